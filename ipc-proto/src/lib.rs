@@ -1,0 +1,20 @@
+//! The wire between capvm's processes.
+//!
+//! Two transports, for two kinds of traffic:
+//! - [`channel`]: typed control messages (bincode 2) over unix seqpacket
+//!   sockets, with file descriptors passed alongside (SCM_RIGHTS). Rare and
+//!   structured: start-up, lifecycle events, shutdown.
+//! - [`ring`]: the exit ring, a shared-memory page through which a vCPU
+//!   thread hands a PIO/MMIO access to a device server and waits for the
+//!   answer. Frequent and tiny: one cache line per request.
+//!
+//! Everything a peer sends is untrusted: every decode error is an error value.
+
+pub mod channel;
+pub mod messages;
+pub mod ring;
+pub mod shm;
+
+pub use channel::{Channel, ChannelError};
+pub use messages::*;
+pub use ring::{ExitRing, RingError};

@@ -1,0 +1,146 @@
+//! The control messages. Fds travel beside a message; each message's doc
+//! comment says which fds, in which order.
+
+use bincode::{Decode, Encode};
+
+/// Bumped whenever a message or the ring layout changes incompatibly.
+pub const PROTO_VERSION: u32 = 1;
+
+/// Broker to child.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub enum ToChild {
+    /// Start the vCPU runner. Fds: `/dev/kvm`, guest RAM, then for each
+    /// entry of `devices`: its exit ring, its doorbell eventfd and, if it has
+    /// an `irq_gsi`, its interrupt eventfd.
+    StartRunner(RunnerConfig),
+    /// Start a UART server. Fds: exit ring, doorbell eventfd, interrupt
+    /// eventfd, then the backend's fds (see [`UartBackendKind`]).
+    StartUart(UartConfig),
+    /// Flush what is pending and exit.
+    Shutdown,
+}
+
+/// Child to broker.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub enum ToBroker {
+    /// Start-up is done; the child speaks `version`.
+    Ready { version: u32 },
+    /// The guest did something that ends this VM run.
+    Event(VmEvent),
+    /// The child cannot go on; one line saying why.
+    Fatal(String),
+}
+
+/// What ends a VM run; maps to bhyve's exit statuses.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub enum VmEvent {
+    /// Reset through port 0xcf9 or the i8042: exit 0.
+    Reboot,
+    /// ACPI S5 through PM1a_CNT: exit 1.
+    PowerOff,
+    /// Every vCPU halted with interrupts disabled: exit 2.
+    Halt,
+    /// Triple fault (KVM_EXIT_SHUTDOWN): exit 3.
+    TripleFault,
+    /// KVM could not run a guest instruction: exit 4.
+    InternalError(InternalErrorReport),
+    /// A guest access to an I/O port nothing emulates, with `-e`: exit 4.
+    UnhandledIo { vcpu: u32, port: u16, write: bool },
+}
+
+/// Where and on what KVM gave up (KVM_EXIT_INTERNAL_ERROR).
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct InternalErrorReport {
+    pub vcpu: u32,
+    pub suberror: u32,
+    pub rip: u64,
+    pub cpl: u8,
+    /// Up to 15 bytes at RIP; empty if RIP did not translate.
+    pub bytes: Vec<u8>,
+}
+
+/// Everything the vCPU runner needs besides its fds.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct RunnerConfig {
+    pub vcpus: u32,
+    pub memory: Vec<MemoryRegion>,
+    pub boot: BootState,
+    /// The host's KVM emulates guest CPL0 code (kvm_pvm): hide from CPUID
+    /// what its instruction emulator cannot execute.
+    pub hide_unemulated_cpuid: bool,
+    pub devices: Vec<DeviceRoute>,
+    /// bhyve `-e`: an access to an unemulated port stops the VM.
+    pub strict_io: bool,
+    /// bhyve `-S`: wire guest memory.
+    pub wire_memory: bool,
+}
+
+/// One piece of guest-physical memory, backed by the RAM memfd at `offset`.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct MemoryRegion {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub offset: u64,
+}
+
+/// How exits reach one device server.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct DeviceRoute {
+    /// For messages, e.g. "com1".
+    pub name: String,
+    pub pio: Vec<PioRange>,
+    /// The GSI the server's interrupt eventfd raises, if any.
+    pub irq_gsi: Option<u32>,
+}
+
+/// A half-open range of I/O ports `[base, base + len)`.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct PioRange {
+    pub base: u16,
+    pub len: u16,
+}
+
+impl PioRange {
+    pub fn contains(&self, port: u16) -> bool {
+        port >= self.base && (port - self.base) < self.len
+    }
+}
+
+/// Register state at the first instruction.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct BootState {
+    pub mode: EntryMode,
+    pub entry: u64,
+    pub rsp: u64,
+    pub rsi: u64,
+    pub rbx: u64,
+    /// Page-table root (long mode only).
+    pub cr3: u64,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+}
+
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub enum EntryMode {
+    /// PVH: 32-bit protected mode, paging off, flat segments, EBX = start info.
+    Pvh32,
+    /// 64-bit long mode with identity-mapped page tables, RSI = boot_params.
+    Long64,
+}
+
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct UartConfig {
+    /// "com1".."com4".
+    pub name: String,
+    pub backend: UartBackendKind,
+}
+
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub enum UartBackendKind {
+    /// Two fds: input, output (the broker's stdin and stdout).
+    Stdio,
+    /// One fd: a tty opened read-write.
+    Tty,
+    /// One fd: a listening unix stream socket; one client at a time.
+    Socket,
+}

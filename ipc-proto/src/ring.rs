@@ -1,0 +1,370 @@
+//! The exit ring: one page of shared memory between the vCPU runner and one
+//! device server, a slot per vCPU.
+//!
+//! A vCPU thread that exits on a device register writes the access into its
+//! slot, marks it `REQUEST` and rings the doorbell (an eventfd the server
+//! polls). The server answers in the slot, marks it `DONE` and wakes the
+//! vCPU with a futex on the state word. A vCPU has at most one access in
+//! flight, so a slot needs no queue.
+//!
+//! The broker creates the page and writes the header; each side checks the
+//! header's magic and version when it attaches (the version handshake). All
+//! fields are atomics: the peer is untrusted and may scribble at any time.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::messages::PROTO_VERSION;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"cvmR");
+/// The ring is one page.
+pub const RING_SIZE: usize = 4096;
+const SLOT_SIZE: usize = 64;
+/// Most slots (and so vCPUs) one ring serves: the page less the header.
+pub const MAX_SLOTS: u32 = (RING_SIZE / SLOT_SIZE) as u32 - 1;
+
+const IDLE: u32 = 0;
+const REQUEST: u32 = 1;
+const DONE: u32 = 2;
+
+/// How many times a waiting vCPU polls its slot before sleeping on the futex.
+const SPIN_LIMIT: u32 = 4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("exit ring: {0}")]
+    Io(#[from] nix::Error),
+    #[error("exit ring has bad magic {0:#x}: not a capvm ring")]
+    BadMagic(u32),
+    #[error("exit ring speaks version {found}, this binary speaks {expected}: mixed capvm builds")]
+    VersionMismatch { found: u32, expected: u32 },
+    #[error("exit ring has {0} slots; at most {MAX_SLOTS} fit")]
+    TooManySlots(u32),
+}
+
+#[repr(C)]
+struct Header {
+    magic: AtomicU32,
+    version: AtomicU32,
+    slots: AtomicU32,
+}
+
+#[repr(C, align(64))]
+struct Slot {
+    state: AtomicU32,
+    op: AtomicU32,
+    size: AtomicU32,
+    addr: AtomicU64,
+    data: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+
+/// The kind of access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Op {
+    PioRead = 1,
+    PioWrite = 2,
+    MmioRead = 3,
+    MmioWrite = 4,
+}
+
+impl Op {
+    fn from_u32(v: u32) -> Option<Op> {
+        Some(match v {
+            1 => Op::PioRead,
+            2 => Op::PioWrite,
+            3 => Op::MmioRead,
+            4 => Op::MmioWrite,
+            _ => return None,
+        })
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(self, Op::PioWrite | Op::MmioWrite)
+    }
+}
+
+/// One access, as the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub op: Op,
+    pub addr: u64,
+    /// 1, 2, 4 or 8 bytes.
+    pub size: u8,
+    /// The value written (for writes).
+    pub data: u64,
+}
+
+/// A mapped exit ring plus its doorbell.
+pub struct ExitRing {
+    base: NonNull<u8>,
+    slots: u32,
+    doorbell: OwnedFd,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for ExitRing {}
+// SAFETY: as above; every access goes through an atomic.
+unsafe impl Sync for ExitRing {}
+
+impl ExitRing {
+    /// Creates the ring page (a sealed memfd) and writes its header.
+    /// Returns the memfd; the broker hands it to both sides.
+    pub fn create(slots: u32) -> Result<OwnedFd, RingError> {
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(RingError::TooManySlots(slots));
+        }
+        let fd = crate::shm::sealed_memfd("capvm-exit-ring", RING_SIZE as u64)?;
+        let ring = Mapping::new(fd.as_fd())?;
+        let header = ring.header();
+        header.slots.store(slots, Ordering::Relaxed);
+        header.version.store(PROTO_VERSION, Ordering::Relaxed);
+        header.magic.store(MAGIC, Ordering::Release);
+        Ok(fd)
+    }
+
+    /// Maps a ring made by [`ExitRing::create`] and checks its header.
+    pub fn attach(memfd: BorrowedFd, doorbell: OwnedFd) -> Result<ExitRing, RingError> {
+        let map = Mapping::new(memfd)?;
+        let header = map.header();
+        let magic = header.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(RingError::BadMagic(magic));
+        }
+        let version = header.version.load(Ordering::Relaxed);
+        if version != PROTO_VERSION {
+            return Err(RingError::VersionMismatch { found: version, expected: PROTO_VERSION });
+        }
+        // Read once: the peer could change the header later, we never reread it.
+        let slots = header.slots.load(Ordering::Relaxed);
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(RingError::TooManySlots(slots));
+        }
+        // serve() drains the doorbell and must never block on an empty one.
+        let fl = nix::fcntl::fcntl(&doorbell, nix::fcntl::FcntlArg::F_GETFL)?;
+        let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&doorbell, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+        let base = map.base;
+        std::mem::forget(map);
+        Ok(ExitRing { base, slots, doorbell })
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The eventfd the server polls.
+    pub fn doorbell(&self) -> BorrowedFd<'_> {
+        self.doorbell.as_fd()
+    }
+
+    fn slot(&self, i: u32) -> &Slot {
+        assert!(i < self.slots, "slot {i} out of range");
+        // SAFETY: the page holds the header then `slots` slots; i < slots.
+        unsafe { &*(self.base.as_ptr().add(SLOT_SIZE * (1 + i as usize)) as *const Slot) }
+    }
+
+    /// Client side: hands `req` to the server through slot `slot` and waits
+    /// for the answer (the value read, for reads).
+    pub fn call(&self, slot: u32, req: Request) -> u64 {
+        let s = self.slot(slot);
+        s.op.store(req.op as u32, Ordering::Relaxed);
+        s.size.store(req.size as u32, Ordering::Relaxed);
+        s.addr.store(req.addr, Ordering::Relaxed);
+        s.data.store(req.data, Ordering::Relaxed);
+        s.state.store(REQUEST, Ordering::Release);
+        ring_eventfd(self.doorbell.as_fd());
+        let mut spins = 0;
+        loop {
+            if s.state.load(Ordering::Acquire) == DONE {
+                break;
+            }
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                futex_wait(&s.state, REQUEST);
+            }
+        }
+        let data = s.data.load(Ordering::Relaxed);
+        s.state.store(IDLE, Ordering::Relaxed);
+        data
+    }
+
+    /// Server side: clears the doorbell, then answers every pending request
+    /// with `handle`. Malformed requests are answered with all-ones without
+    /// calling `handle`.
+    pub fn serve(&self, mut handle: impl FnMut(u32, Request) -> u64) {
+        let mut buf = [0u8; 8];
+        let _ = nix::unistd::read(&self.doorbell, &mut buf);
+        for i in 0..self.slots {
+            let s = self.slot(i);
+            if s.state.load(Ordering::Acquire) != REQUEST {
+                continue;
+            }
+            let op = Op::from_u32(s.op.load(Ordering::Relaxed));
+            let size = s.size.load(Ordering::Relaxed);
+            let answer = match (op, size) {
+                (Some(op), 1 | 2 | 4 | 8) => handle(
+                    i,
+                    Request {
+                        op,
+                        addr: s.addr.load(Ordering::Relaxed),
+                        size: size as u8,
+                        data: s.data.load(Ordering::Relaxed),
+                    },
+                ),
+                _ => u64::MAX,
+            };
+            s.data.store(answer, Ordering::Relaxed);
+            s.state.store(DONE, Ordering::Release);
+            futex_wake(&s.state);
+        }
+    }
+}
+
+impl Drop for ExitRing {
+    fn drop(&mut self) {
+        // SAFETY: base is our mapping of RING_SIZE bytes, no references outlive self.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), RING_SIZE) };
+    }
+}
+
+/// A shared mapping of one ring page, unmapped on drop unless forgotten.
+struct Mapping {
+    base: NonNull<u8>,
+}
+
+impl Mapping {
+    fn new(fd: BorrowedFd) -> Result<Mapping, RingError> {
+        // SAFETY: a fresh shared mapping of a page-sized memfd; no aliasing Rust refs.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                RING_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(RingError::Io(nix::Error::last()));
+        }
+        Ok(Mapping { base: NonNull::new(p.cast()).expect("mmap returned null") })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least a page and page-aligned.
+        unsafe { &*(self.base.as_ptr() as *const Header) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps our own mapping.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), RING_SIZE) };
+    }
+}
+
+/// Adds 1 to an eventfd.
+pub fn ring_eventfd(fd: BorrowedFd) {
+    let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 in shared memory; a spurious
+    // return (EINTR, EAGAIN) is handled by the caller's loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32; waking nobody is fine.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::eventfd::{EventFd, EfdFlags};
+
+    fn doorbell() -> OwnedFd {
+        OwnedFd::from(EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap())
+    }
+
+    #[test]
+    fn ring_call_is_answered_by_serve_in_another_thread() {
+        let fd = ExitRing::create(2).unwrap();
+        let bell = doorbell();
+        let client = ExitRing::attach(fd.as_fd(), bell.try_clone().unwrap()).unwrap();
+        let server = ExitRing::attach(fd.as_fd(), bell).unwrap();
+        let t = std::thread::spawn(move || {
+            for _ in 0..100 {
+                nix::poll::poll(
+                    &mut [nix::poll::PollFd::new(server.doorbell(), nix::poll::PollFlags::POLLIN)],
+                    nix::poll::PollTimeout::NONE,
+                )
+                .unwrap();
+                server.serve(|_, r| r.addr + r.data);
+            }
+        });
+        for i in 0..50u64 {
+            let v = client.call(1, Request { op: Op::PioWrite, addr: 0x3f8, size: 1, data: i });
+            assert_eq!(v, 0x3f8 + i);
+        }
+        drop(client);
+        drop(t);
+    }
+
+    #[test]
+    fn ring_garbage_request_gets_all_ones() {
+        let fd = ExitRing::create(1).unwrap();
+        let ring = ExitRing::attach(fd.as_fd(), doorbell()).unwrap();
+        let s = ring.slot(0);
+        s.op.store(99, Ordering::Relaxed);
+        s.size.store(3, Ordering::Relaxed);
+        s.state.store(REQUEST, Ordering::Release);
+        let mut called = false;
+        ring.serve(|_, _| {
+            called = true;
+            0
+        });
+        assert!(!called);
+        assert_eq!(s.state.load(Ordering::Acquire), DONE);
+        assert_eq!(s.data.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
+    fn ring_attach_rejects_other_versions_and_non_rings() {
+        let fd = ExitRing::create(1).unwrap();
+        {
+            let m = Mapping::new(fd.as_fd()).unwrap();
+            m.header().version.store(PROTO_VERSION + 1, Ordering::Relaxed);
+        }
+        assert!(matches!(
+            ExitRing::attach(fd.as_fd(), doorbell()),
+            Err(RingError::VersionMismatch { .. })
+        ));
+        let blank = crate::shm::sealed_memfd("blank", RING_SIZE as u64).unwrap();
+        assert!(matches!(ExitRing::attach(blank.as_fd(), doorbell()), Err(RingError::BadMagic(0))));
+    }
+
+    #[test]
+    fn ring_create_rejects_bad_slot_counts() {
+        assert!(ExitRing::create(0).is_err());
+        assert!(ExitRing::create(MAX_SLOTS + 1).is_err());
+    }
+}
