@@ -18,3 +18,13 @@ pub mod shm;
 pub use channel::{Channel, ChannelError};
 pub use messages::*;
 pub use ring::{ExitRing, RingError};
+
+/// The fd number at which every child finds its control socket after exec.
+pub const CHILD_CONTROL_FD: std::os::fd::RawFd = 3;
+
+/// A child's end of its control socket, taken over once at start-up.
+pub fn child_channel() -> Channel {
+    // SAFETY: the broker dup2()s the child's socket to CHILD_CONTROL_FD
+    // before exec and nothing else in the child owns that fd number.
+    unsafe { Channel::from_raw_fd(CHILD_CONTROL_FD) }
+}

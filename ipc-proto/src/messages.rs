@@ -132,6 +132,8 @@ pub enum EntryMode {
 pub struct UartConfig {
     /// "com1".."com4".
     pub name: String,
+    /// First of the UART's eight I/O ports.
+    pub port_base: u16,
     pub backend: UartBackendKind,
 }
 

@@ -1,0 +1,119 @@
+//! The event loop: exit-ring requests, backend input, broker messages.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use capvm_ipc::ring::{ExitRing, Op};
+use capvm_ipc::{Channel, ChannelError, RingError, ToBroker, ToChild, PROTO_VERSION};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vm_superio::{Serial, Trigger};
+
+use crate::backend::{self, Readable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UartError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+}
+
+/// The UART's interrupt line: an eventfd the vCPU runner bound to a GSI.
+struct IrqLine(OwnedFd);
+
+impl Trigger for IrqLine {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        nix::unistd::write(&self.0, &1u64.to_ne_bytes())?;
+        Ok(())
+    }
+}
+
+pub fn run(channel: &Channel) -> Result<(), UartError> {
+    let (cfg, fds) = match channel.recv()? {
+        (ToChild::StartUart(cfg), fds) => (cfg, fds),
+        (other, _) => return Err(UartError::Protocol(format!("expected StartUart, got {other:?}"))),
+    };
+    if fds.len() < 3 {
+        return Err(UartError::Protocol(format!("StartUart carried {} fds, need at least 3", fds.len())));
+    }
+    let mut fds = fds.into_iter();
+    let (ring_fd, doorbell, irq) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
+    let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
+    let (mut input, output) =
+        backend::from_fds(cfg.backend, fds.collect()).map_err(|e| UartError::Io("backend", e))?;
+    let mut serial = Serial::new(IrqLine(irq), output);
+    channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
+
+    let base = cfg.port_base;
+    let mut input_open = true;
+    let mut buf = [0u8; 64];
+    loop {
+        // Only listen to the backend while the receive FIFO has room, so
+        // input waits in the host buffer instead of being dropped.
+        let want_input = input_open && serial.fifo_capacity() > 0;
+        let mut pfds = vec![
+            PollFd::new(ring.doorbell(), PollFlags::POLLIN),
+            PollFd::new(channel.as_fd(), PollFlags::POLLIN),
+        ];
+        if want_input {
+            pfds.push(PollFd::new(input.poll_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut pfds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(UartError::Io("poll", e.into())),
+        }
+        let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        let (ring_ready, ctl_ready) = (ready(&pfds[0]), ready(&pfds[1]));
+        let input_ready = want_input && ready(&pfds[2]);
+        drop(pfds);
+
+        if ring_ready {
+            ring.serve(|_, req| {
+                let offset = req.addr.wrapping_sub(base as u64);
+                // Registers are bytes; a wider or out-of-range access floats high.
+                if offset >= 8 || req.size != 1 {
+                    return u64::MAX;
+                }
+                match req.op {
+                    Op::PioRead => serial.read(offset as u8) as u64,
+                    Op::PioWrite => {
+                        // A failing host output is the host's problem, not the guest's.
+                        let _ = serial.write(offset as u8, req.data as u8);
+                        0
+                    }
+                    Op::MmioRead | Op::MmioWrite => u64::MAX,
+                }
+            });
+        }
+        if input_ready {
+            let room = serial.fifo_capacity().min(buf.len());
+            match input.on_readable(&mut buf[..room]) {
+                Ok(Readable::Bytes(n)) if n > 0 => {
+                    let _ = serial.enqueue_raw_bytes(&buf[..n]);
+                }
+                Ok(Readable::Bytes(_)) => {}
+                Ok(Readable::Connected(fd)) => serial.writer_mut().connect(fd),
+                Ok(Readable::Closed) => {
+                    if matches!(input, backend::Input::Stream(_)) {
+                        input_open = false;
+                    } else {
+                        serial.writer_mut().disconnect();
+                    }
+                }
+                Err(e) => return Err(UartError::Io("backend input", e)),
+            }
+        }
+        if ctl_ready {
+            match channel.recv::<ToChild>() {
+                Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => return Ok(()),
+                Ok((other, _)) => return Err(UartError::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+

@@ -1,0 +1,201 @@
+//! One vCPU: boot registers, the run loop's decoded exits, and the state the
+//! runner inspects (MP state, IF, where an emulation failure happened).
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_segment, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::boot::{BootRegs, EntryMode, GDT, GDT_ADDR, PML4_ADDR, SEL_CODE32, SEL_CODE64, SEL_DATA, SEL_TSS};
+use crate::{Context, Result};
+
+const X86_CR0_PE: u64 = 1 << 0;
+const X86_CR0_ET: u64 = 1 << 4;
+const X86_CR0_PG: u64 = 1 << 31;
+const X86_CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_RESERVED: u64 = 1 << 1;
+const RFLAGS_IF: u64 = 1 << 9;
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+/// MTRRs enabled, default type write-back.
+const MTRR_DEF_TYPE_WB_ENABLED: u64 = (1 << 11) | 6;
+
+/// Why KVM_RUN returned, decoded. Data slices point into the kvm_run page.
+#[derive(Debug)]
+pub enum Exit<'a> {
+    IoIn(u16, &'a mut [u8]),
+    IoOut(u16, &'a [u8]),
+    MmioRead(u64, &'a mut [u8]),
+    MmioWrite(u64, &'a [u8]),
+    /// Triple fault or other shutdown condition.
+    Shutdown,
+    /// KVM_EXIT_INTERNAL_ERROR with its suberror (1 = emulation failure).
+    InternalError(u32),
+    /// A signal interrupted KVM_RUN (a kick from the runner).
+    Interrupted,
+    /// KVM_EXIT_SYSTEM_EVENT (reset or shutdown requested through PSCI-like paths).
+    SystemEvent(u32),
+    /// Hlt reaching user space (only without the in-kernel irqchip).
+    Hlt,
+    /// An exit we do not handle; the name is for the error message.
+    Unhandled(String),
+}
+
+pub struct Vcpu {
+    id: u32,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub(crate) fn new(id: u32, fd: VcpuFd) -> Vcpu {
+        Vcpu { id, fd }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// LINT0 as ExtINT and LINT1 as NMI, as firmware leaves them, so the
+    /// legacy PIC reaches the BSP before the guest sets up its IOAPIC.
+    pub(crate) fn setup_lapic(&self) -> Result<()> {
+        let mut lapic = self.fd.get_lapic().context("KVM_GET_LAPIC")?;
+        for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+            let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                lapic.regs[reg + i] = *b as _;
+            }
+        }
+        self.fd.set_lapic(&lapic).context("KVM_SET_LAPIC")
+    }
+
+    pub(crate) fn setup_msrs(&self) -> Result<()> {
+        let msrs = Msrs::from_entries(&[
+            kvm_msr_entry { index: MSR_IA32_MISC_ENABLE, data: MSR_IA32_MISC_ENABLE_FAST_STRING, ..Default::default() },
+            kvm_msr_entry { index: MSR_MTRR_DEF_TYPE, data: MTRR_DEF_TYPE_WB_ENABLED, ..Default::default() },
+        ])
+        .expect("two MSR entries fit");
+        self.fd.set_msrs(&msrs).context("KVM_SET_MSRS")?;
+        Ok(())
+    }
+
+    /// Puts the vCPU at the kernel's entry point in the given mode. The boot
+    /// GDT (and, for 64-bit entry, the page tables) must already be in memory.
+    pub fn set_boot_state(&self, boot: &BootRegs) -> Result<()> {
+        let mut sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
+        let long = boot.mode == EntryMode::Long64;
+        let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db,
+            s: 1,
+            l,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.cs = if long { seg(SEL_CODE64, 0xb, 1, 0) } else { seg(SEL_CODE32, 0xb, 0, 1) };
+        let data = seg(SEL_DATA, 0x3, 0, 1);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.tr = kvm_segment { limit: 0x67, s: 0, g: 0, db: 0, ..seg(SEL_TSS, 0xb, 0, 0) };
+        sregs.gdt.base = GDT_ADDR;
+        sregs.gdt.limit = (std::mem::size_of_val(&GDT) - 1) as u16;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        if long {
+            sregs.cr0 |= X86_CR0_PG;
+            sregs.cr3 = PML4_ADDR;
+            sregs.cr4 |= X86_CR4_PAE;
+            sregs.efer |= EFER_LME | EFER_LMA;
+        }
+        self.fd.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+
+        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+        self.fd.set_fpu(&fpu).context("KVM_SET_FPU")?;
+
+        let mut regs = self.fd.get_regs().context("KVM_GET_REGS")?;
+        regs.rflags = RFLAGS_RESERVED;
+        regs.rip = boot.entry;
+        regs.rsp = boot.rsp;
+        regs.rbp = boot.rsp;
+        regs.rsi = boot.rsi;
+        regs.rbx = boot.rbx;
+        self.fd.set_regs(&regs).context("KVM_SET_REGS")
+    }
+
+    /// Runs the vCPU until the next exit.
+    pub fn run(&mut self) -> Result<Exit<'_>> {
+        // Kept as a pointer: `exit` below borrows the fd for its data slices.
+        let run_page: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
+        let exit = match self.fd.run() {
+            Ok(e) => e,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Ok(Exit::Interrupted),
+            Err(e) => return Err(crate::KvmError { what: "KVM_RUN", source: e }),
+        };
+        Ok(match exit {
+            VcpuExit::IoIn(port, data) => Exit::IoIn(port, data),
+            VcpuExit::IoOut(port, data) => Exit::IoOut(port, data),
+            VcpuExit::MmioRead(addr, data) => Exit::MmioRead(addr, data),
+            VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite(addr, data),
+            VcpuExit::Shutdown => Exit::Shutdown,
+            VcpuExit::Hlt => Exit::Hlt,
+            VcpuExit::Intr => Exit::Interrupted,
+            VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent(kind),
+            VcpuExit::InternalError => {
+                // SAFETY: the kvm_run page is mapped for the vCPU's life, and
+                // with exit_reason KVM_EXIT_INTERNAL_ERROR the `internal`
+                // member of the union is the one KVM filled.
+                let suberror = unsafe { (*run_page).__bindgen_anon_1.internal.suberror };
+                Exit::InternalError(suberror)
+            }
+            other => Exit::Unhandled(format!("{other:?}")),
+        })
+    }
+
+    /// Whether the vCPU is parked for good unless an NMI or INIT comes: halted
+    /// with interrupts disabled, or an AP that was never started.
+    pub fn is_stopped(&self) -> Result<bool> {
+        let mp = self.fd.get_mp_state().context("KVM_GET_MP_STATE")?.mp_state;
+        if mp == KVM_MP_STATE_UNINITIALIZED || mp == KVM_MP_STATE_INIT_RECEIVED {
+            return Ok(true);
+        }
+        if mp != KVM_MP_STATE_HALTED {
+            return Ok(false);
+        }
+        let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
+        Ok(regs.rflags & RFLAGS_IF == 0)
+    }
+
+    /// RIP, CPL and the guest-physical address of RIP (if it translates),
+    /// for reporting where the guest stopped.
+    pub fn where_am_i(&self) -> Result<(u64, u8, Option<u64>)> {
+        let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
+        let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
+        let linear = sregs.cs.base.wrapping_add(regs.rip);
+        let phys = match self.fd.translate_gva(linear) {
+            Ok(t) if t.valid != 0 => Some(t.physical_address),
+            _ => None,
+        };
+        Ok((regs.rip, sregs.ss.dpl, phys))
+    }
+
+    /// Sets KVM's immediate_exit flag (used to break out of KVM_RUN).
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(on as u8);
+    }
+}

@@ -1,0 +1,112 @@
+//! The test guest. One binary, whose behaviour the kernel command line picks
+//! (`-o boot.cmdline=...`), so capvm and QEMU run the very same bytes.
+//!
+//! Commands: `hello` (default: greet, print CPUID leaf 1 ECX, halt),
+//! `reboot`, `reboot-kbd`, `poweroff`, `halt`, `triple-fault`,
+//! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run),
+//! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever).
+
+#![no_std]
+#![no_main]
+
+mod entry;
+mod io;
+
+use io::print;
+
+/// The parts of Xen's hvm_start_info we read.
+#[repr(C)]
+struct StartInfo {
+    magic: u32,
+    version: u32,
+    flags: u32,
+    nr_modules: u32,
+    modlist_paddr: u64,
+    cmdline_paddr: u64,
+}
+
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+
+fn cmdline(start_info: *const StartInfo) -> &'static [u8] {
+    // SAFETY: the loader put hvm_start_info at EBX and a NUL-terminated
+    // command line at cmdline_paddr; both are identity-mapped.
+    unsafe {
+        if start_info.is_null() || (*start_info).magic != XEN_HVM_START_MAGIC {
+            return b"";
+        }
+        let p = (*start_info).cmdline_paddr as *const u8;
+        if p.is_null() {
+            return b"";
+        }
+        let mut n = 0;
+        while *p.add(n) != 0 && n < 4096 {
+            n += 1;
+        }
+        core::slice::from_raw_parts(p, n)
+    }
+}
+
+/// The first word of the command line.
+fn command(line: &[u8]) -> &[u8] {
+    line.split(|&b| b == b' ').find(|w| !w.is_empty()).unwrap_or(b"hello")
+}
+
+#[no_mangle]
+extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
+    let line = cmdline(start_info);
+    let cmd = command(line);
+    print(b"capvm test guest: ");
+    print(cmd);
+    print(b"\n");
+    match cmd {
+        b"hello" => {
+            print(b"Hello from a capvm guest\n");
+            print(b"cpuid.1.ecx=");
+            io::print_hex(io::cpuid(1, 0).2 as u64);
+            print(b"\n");
+            io::halt()
+        }
+        b"reboot" => io::reset_cf9(),
+        b"reboot-kbd" => io::reset_i8042(),
+        b"poweroff" => io::poweroff(),
+        b"halt" => io::halt(),
+        b"triple-fault" => io::triple_fault(),
+        b"cmpxchg16b" => {
+            let mut target = [0u64; 2];
+            // SAFETY: a 16-byte aligned target on our stack.
+            unsafe {
+                core::arch::asm!(
+                    "xchg {b}, rbx",
+                    "lock cmpxchg16b [{t}]",
+                    "xchg {b}, rbx",
+                    t = in(reg) target.as_mut_ptr(),
+                    b = inout(reg) 1u64 => _,
+                    inout("rax") 0u64 => _, inout("rdx") 0u64 => _,
+                    in("rcx") 1u64,
+                );
+            }
+            print(b"cmpxchg16b ran\n");
+            io::halt()
+        }
+        b"unknown-port" => {
+            let v = io::inb(0x1234);
+            print(b"port 0x1234 read ");
+            io::print_hex(v as u64);
+            print(b"\n");
+            io::halt()
+        }
+        b"spin" => loop {
+            core::hint::spin_loop();
+        },
+        _ => {
+            print(b"unknown command\n");
+            io::halt()
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    print(b"guest panic\n");
+    io::halt()
+}

@@ -1,0 +1,57 @@
+//! Guest RAM: the broker's memfd mapped here and registered with KVM.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+
+use capvm_ipc::MemoryRegion;
+use capvm_kernel::Vm;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::runner::RunnerError;
+
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+}
+
+impl GuestRam {
+    /// Maps every region of the RAM memfd and gives it to KVM as one slot each.
+    pub fn map(vm: &Vm, ram: OwnedFd, regions: &[MemoryRegion], wire: bool) -> Result<GuestRam, RunnerError> {
+        let file = std::sync::Arc::new(File::from(ram));
+        let ranges: Vec<_> = regions
+            .iter()
+            .map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset))))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges_with_files(ranges)
+            .map_err(|e| RunnerError::Memory(format!("cannot map guest RAM: {e}")))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| RunnerError::Memory(e.to_string()))?;
+            if wire {
+                // SAFETY: mlock on our own live mapping.
+                if unsafe { libc::mlock(host.cast(), region.len() as usize) } != 0 {
+                    return Err(RunnerError::Memory(format!(
+                        "cannot wire guest memory (-S): {}",
+                        std::io::Error::last_os_error()
+                    )));
+                }
+            }
+            // SAFETY: `mem` owns the mapping and lives as long as the VM
+            // (GuestRam is kept until the process exits).
+            unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), host as u64)? };
+        }
+        Ok(GuestRam { mem })
+    }
+
+    /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.
+    pub fn read(&self, addr: u64, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n as u64 {
+            match self.mem.read_obj::<u8>(GuestAddress(addr + i)) {
+                Ok(b) => out.push(b),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,114 @@
+//! The platform registers the vCPU runner owns itself, because they stop or
+//! reset the whole VM: the reset control register (0xcf9), the i8042's reset
+//! line (0x64), and ACPI PM1a (0x400-0x405, bhyve's ports).
+
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+
+use capvm_ipc::VmEvent;
+
+pub const RESET_CONTROL: u16 = 0xcf9;
+const RESET_CONTROL_RST_CPU: u8 = 1 << 2;
+pub const I8042_DATA: u16 = 0x60;
+pub const I8042_COMMAND: u16 = 0x64;
+const I8042_CMD_PULSE_RESET: u8 = 0xfe;
+pub const PM1A_EVT_BLK: u16 = 0x400;
+pub const PM1A_CNT_BLK: u16 = 0x404;
+const PM1_SCI_EN: u16 = 1 << 0;
+const PM1_SLP_EN: u16 = 1 << 13;
+const PM1_SLP_TYP_SHIFT: u16 = 10;
+/// bhyve's DSDT names S5 with SLP_TYP 5.
+const SLP_TYP_S5: u16 = 5;
+/// POST code port: writes are ignored silently.
+pub const POST: u16 = 0x80;
+
+#[derive(Default)]
+pub struct Platform {
+    reset_control: AtomicU8,
+    pm1_cnt: AtomicU16,
+}
+
+/// What a platform access did.
+pub enum Outcome {
+    /// Not a platform port.
+    NotMine,
+    /// Handled; for reads, the value.
+    Done(u64),
+    /// Handled, and it ends the VM run.
+    Stop(VmEvent),
+}
+
+impl Platform {
+    pub fn read(&self, port: u16, size: u8) -> Outcome {
+        match (port, size) {
+            (RESET_CONTROL, 1) => Outcome::Done(self.reset_control.load(Ordering::Relaxed) as u64),
+            // No keyboard: status says output buffer empty, input buffer empty.
+            (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
+            (PM1A_EVT_BLK..=0x403, _) => Outcome::Done(0),
+            (PM1A_CNT_BLK, 2) => Outcome::Done((self.pm1_cnt.load(Ordering::Relaxed) | PM1_SCI_EN) as u64),
+            (POST, _) => Outcome::Done(0xff),
+            _ => Outcome::NotMine,
+        }
+    }
+
+    pub fn write(&self, port: u16, size: u8, value: u64) -> Outcome {
+        match (port, size) {
+            (RESET_CONTROL, 1) => {
+                let v = value as u8;
+                self.reset_control.store(v & !RESET_CONTROL_RST_CPU, Ordering::Relaxed);
+                if v & RESET_CONTROL_RST_CPU != 0 {
+                    return Outcome::Stop(VmEvent::Reboot);
+                }
+                Outcome::Done(0)
+            }
+            (I8042_COMMAND, 1) if value as u8 == I8042_CMD_PULSE_RESET => Outcome::Stop(VmEvent::Reboot),
+            (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
+            (PM1A_EVT_BLK..=0x403, _) => Outcome::Done(0),
+            (PM1A_CNT_BLK, 2) => {
+                let v = value as u16;
+                if v & PM1_SLP_EN != 0 && (v >> PM1_SLP_TYP_SHIFT) & 0x7 == SLP_TYP_S5 {
+                    return Outcome::Stop(VmEvent::PowerOff);
+                }
+                self.pm1_cnt.store(v & !PM1_SLP_EN, Ordering::Relaxed);
+                Outcome::Done(0)
+            }
+            (POST, _) => Outcome::Done(0),
+            _ => Outcome::NotMine,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_cf9_with_rst_cpu_reboots() {
+        let p = Platform::default();
+        assert!(matches!(p.write(RESET_CONTROL, 1, 0x2), Outcome::Done(_)));
+        assert!(matches!(p.read(RESET_CONTROL, 1), Outcome::Done(2)));
+        assert!(matches!(p.write(RESET_CONTROL, 1, 0x6), Outcome::Stop(VmEvent::Reboot)));
+    }
+
+    #[test]
+    fn platform_i8042_pulse_reset_reboots() {
+        let p = Platform::default();
+        assert!(matches!(p.write(I8042_COMMAND, 1, 0xfe), Outcome::Stop(VmEvent::Reboot)));
+        assert!(matches!(p.write(I8042_COMMAND, 1, 0xaa), Outcome::Done(_)));
+    }
+
+    #[test]
+    fn platform_pm1_s5_powers_off_and_other_states_do_not() {
+        let p = Platform::default();
+        assert!(matches!(p.write(PM1A_CNT_BLK, 2, (5 << 10) | (1 << 13)), Outcome::Stop(VmEvent::PowerOff)));
+        assert!(matches!(p.write(PM1A_CNT_BLK, 2, (3 << 10) | (1 << 13)), Outcome::Done(_)));
+        assert!(matches!(p.write(PM1A_CNT_BLK, 2, 5 << 10), Outcome::Done(_)));
+        assert!(matches!(p.read(PM1A_CNT_BLK, 2), Outcome::Done(v) if v & 1 == 1));
+    }
+
+    #[test]
+    fn platform_leaves_other_ports_alone() {
+        let p = Platform::default();
+        assert!(matches!(p.read(0x3f8, 1), Outcome::NotMine));
+        assert!(matches!(p.write(0xcf8, 4, 0), Outcome::NotMine));
+    }
+}

@@ -1,0 +1,237 @@
+//! Start-up and the vCPU threads.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capvm_ipc::ring::ExitRing;
+use capvm_ipc::{Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent};
+use capvm_kernel::boot::{BootRegs, EntryMode};
+use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
+
+use crate::memory::GuestRam;
+use crate::platform::Platform;
+use crate::router::{Device, Routed, Router};
+
+/// How often the runner looks for vCPUs halted with interrupts off.
+const HALT_CHECK_PERIOD: Duration = Duration::from_millis(50);
+/// KVM_SYSTEM_EVENT types (linux/kvm.h).
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("{0}")]
+    Memory(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+pub enum Never {}
+
+/// Per-vCPU state the halt watchdog reads.
+#[derive(Default)]
+struct VcpuStatus {
+    /// Exits other than kicks; a vCPU whose count does not move gets kicked.
+    exits: AtomicU64,
+    /// Halted with IF=0, or an AP never started, at the last kick.
+    stopped: AtomicBool,
+}
+
+struct Shared {
+    router: Router,
+    ram: GuestRam,
+    channel: Channel,
+    status: Vec<VcpuStatus>,
+    reported: AtomicBool,
+}
+
+impl Shared {
+    /// Sends the first terminal event; later ones lose the race and are dropped.
+    fn report(&self, msg: ToBroker) {
+        if !self.reported.swap(true, Ordering::SeqCst) {
+            let _ = self.channel.send(&msg, &[]);
+        }
+    }
+}
+
+fn next_fd(fds: &mut std::vec::IntoIter<OwnedFd>, what: &str) -> Result<OwnedFd, RunnerError> {
+    fds.next().ok_or_else(|| RunnerError::Protocol(format!("StartRunner is missing the {what} fd")))
+}
+
+pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
+    let (cfg, fds) = crate::receive_start(channel)?;
+    let mut fds = fds.into_iter();
+    let host = if cfg.hide_unemulated_cpuid { HostKvm::Emulated } else { HostKvm::HardwareAssisted };
+    let mut vm = Vm::create(next_fd(&mut fds, "kvm")?, host)?;
+    if cfg.vcpus == 0 || cfg.vcpus as usize > vm.max_vcpus() {
+        return Err(RunnerError::Protocol(format!("{} vCPUs asked, KVM allows 1..={}", cfg.vcpus, vm.max_vcpus())));
+    }
+    let ram = GuestRam::map(&vm, next_fd(&mut fds, "RAM")?, &cfg.memory, cfg.wire_memory)?;
+
+    let mut devices = Vec::new();
+    for d in &cfg.devices {
+        let ring_fd = next_fd(&mut fds, "exit ring")?;
+        let ring = ExitRing::attach(ring_fd.as_fd(), next_fd(&mut fds, "doorbell")?)?;
+        if ring.slots() < cfg.vcpus {
+            return Err(RunnerError::Protocol(format!("{}'s exit ring has fewer slots than vCPUs", d.name)));
+        }
+        if let Some(gsi) = d.irq_gsi {
+            vm.register_irqfd(next_fd(&mut fds, "interrupt")?, gsi)?;
+        }
+        devices.push(Device { pio: d.pio.clone(), ring });
+    }
+
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.vcpus {
+        vcpus.push(vm.create_vcpu(id)?);
+    }
+    let b = &cfg.boot;
+    let mode = match b.mode {
+        capvm_ipc::EntryMode::Pvh32 => EntryMode::Pvh32,
+        capvm_ipc::EntryMode::Long64 => EntryMode::Long64,
+    };
+    vcpus[0].set_boot_state(&BootRegs { mode, entry: b.entry, rsp: b.rsp, rsi: b.rsi, rbx: b.rbx })?;
+
+    install_kick_handler();
+    let shared = Arc::new(Shared {
+        router: Router { platform: Platform::default(), devices, strict_io: cfg.strict_io },
+        ram,
+        channel: Channel::from_fd(channel_dup(channel)?),
+        status: (0..cfg.vcpus).map(|_| VcpuStatus::default()).collect(),
+        reported: AtomicBool::new(false),
+    });
+    let mut threads = Vec::new();
+    for vcpu in vcpus {
+        let shared = shared.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.id()))
+            .spawn(move || vcpu_loop(vcpu, &shared))
+            .map_err(|e| RunnerError::Memory(format!("cannot start vCPU thread: {e}")))?;
+        threads.push(t);
+    }
+    supervise(channel, &shared, &threads)
+}
+
+fn channel_dup(channel: &Channel) -> Result<OwnedFd, RunnerError> {
+    channel.as_fd().try_clone_to_owned().map_err(|e| RunnerError::Memory(format!("dup control socket: {e}")))
+}
+
+/// The main thread: answers the broker and watches for an all-halted VM.
+fn supervise(channel: &Channel, shared: &Shared, threads: &[std::thread::JoinHandle<Never>]) -> Result<Never, RunnerError> {
+    use std::os::unix::thread::JoinHandleExt;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    let mut last_exits: Vec<u64> = vec![u64::MAX; threads.len()];
+    loop {
+        let mut pfd = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut pfd, PollTimeout::try_from(HALT_CHECK_PERIOD).unwrap()).unwrap_or(0);
+        if ready > 0 {
+            match channel.recv::<ToChild>() {
+                Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => std::process::exit(0),
+                Ok((other, _)) => return Err(RunnerError::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (i, t) in threads.iter().enumerate() {
+            let exits = shared.status[i].exits.load(Ordering::Relaxed);
+            if exits == last_exits[i] {
+                // Quiet since the last look: kick it out of KVM_RUN so it
+                // reports its MP state. A vCPU busy in emulated CPL0 code
+                // may not come out; it is then not halted either.
+                // SAFETY: the thread is alive (vCPU threads never return).
+                unsafe { libc::pthread_kill(t.as_pthread_t(), KICK_SIGNAL) };
+            }
+            last_exits[i] = exits;
+        }
+        if shared.status.iter().all(|s| s.stopped.load(Ordering::Relaxed)) {
+            shared.report(ToBroker::Event(VmEvent::Halt));
+        }
+    }
+}
+
+const KICK_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// A no-op handler without SA_RESTART: its only job is to make KVM_RUN
+/// return EINTR in the vCPU thread it is sent to.
+fn install_kick_handler() {
+    // SAFETY: installs an async-signal-safe no-op handler.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(KICK_SIGNAL, &sa, std::ptr::null_mut());
+    }
+}
+
+fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
+    let id = vcpu.id();
+    let status = &shared.status[id as usize];
+    let msg = loop {
+        let exit = match vcpu.run() {
+            Ok(e) => e,
+            Err(e) => break ToBroker::Fatal(format!("vCPU {id}: {e}")),
+        };
+        if !matches!(exit, Exit::Interrupted) {
+            status.exits.fetch_add(1, Ordering::Relaxed);
+            status.stopped.store(false, Ordering::Relaxed);
+        }
+        let routed = match exit {
+            Exit::IoOut(port, data) => {
+                let mut v = [0u8; 8];
+                let n = data.len().min(8);
+                v[..n].copy_from_slice(&data[..n]);
+                shared.router.pio(id, port, n as u8, Some(u64::from_le_bytes(v)))
+            }
+            Exit::IoIn(port, data) => {
+                let n = data.len().min(8);
+                let r = shared.router.pio(id, port, n as u8, None);
+                if let Routed::Continue(v) = r {
+                    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+                }
+                r
+            }
+            // No MMIO devices yet: reads float high, writes are dropped.
+            Exit::MmioRead(_, data) => {
+                data.fill(0xff);
+                Routed::Continue(0)
+            }
+            Exit::MmioWrite(..) => Routed::Continue(0),
+            Exit::Interrupted => {
+                let stopped = vcpu.is_stopped().unwrap_or(false);
+                status.stopped.store(stopped, Ordering::Relaxed);
+                Routed::Continue(0)
+            }
+            Exit::Shutdown => Routed::Stop(VmEvent::TripleFault),
+            Exit::Hlt => Routed::Stop(VmEvent::Halt),
+            Exit::SystemEvent(KVM_SYSTEM_EVENT_RESET) => Routed::Stop(VmEvent::Reboot),
+            Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Routed::Stop(VmEvent::PowerOff),
+            Exit::SystemEvent(kind) => break ToBroker::Fatal(format!("vCPU {id}: system event {kind}")),
+            Exit::InternalError(suberror) => Routed::Stop(VmEvent::InternalError(internal_error(&vcpu, &shared.ram, suberror))),
+            Exit::Unhandled(what) => break ToBroker::Fatal(format!("vCPU {id}: unhandled exit {what}")),
+        };
+        if let Routed::Stop(event) = routed {
+            break ToBroker::Event(event);
+        }
+    };
+    shared.report(msg);
+    // The broker stops the VM; this vCPU never runs again.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn internal_error(vcpu: &Vcpu, ram: &GuestRam, suberror: u32) -> InternalErrorReport {
+    let (rip, cpl, phys) = vcpu.where_am_i().unwrap_or((0, 0, None));
+    let bytes = phys.map(|pa| ram.read(pa, 15)).unwrap_or_default();
+    InternalErrorReport { vcpu: vcpu.id(), suberror, rip, cpl, bytes }
+}
