@@ -72,14 +72,17 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"halt" => io::halt(),
         b"triple-fault" => io::triple_fault(),
         b"cmpxchg16b" => {
-            let mut target = [0u64; 2];
+            // Not a local `[0; 2]`: zeroing that compiles to SSE, which
+            // kvm_pvm's emulator cannot run either.
+            // SAFETY: only this path touches the static, once.
+            let target = unsafe { core::ptr::addr_of_mut!(CMPXCHG16B_TARGET.0) };
             // SAFETY: a 16-byte aligned target on our stack.
             unsafe {
                 core::arch::asm!(
                     "xchg {b}, rbx",
                     "lock cmpxchg16b [{t}]",
                     "xchg {b}, rbx",
-                    t = in(reg) target.as_mut_ptr(),
+                    t = in(reg) target,
                     b = inout(reg) 1u64 => _,
                     inout("rax") 0u64 => _, inout("rdx") 0u64 => _,
                     in("rcx") 1u64,
@@ -104,6 +107,10 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
     }
 }
+
+#[repr(C, align(16))]
+struct Aligned16([u64; 2]);
+static mut CMPXCHG16B_TARGET: Aligned16 = Aligned16([0; 2]);
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

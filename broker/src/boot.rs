@@ -1,0 +1,258 @@
+//! Kernel loading, the job bhyveload does for bhyve: put the kernel, its
+//! command line, an initrd and the boot structures into guest RAM, and say
+//! where and how the BSP starts.
+//!
+//! Low memory map:
+//!   0x0500  boot GDT (kernel::boot::GDT)
+//!   0x6000  PVH hvm_start_info, memory map at 0x6040, module list at 0x6800
+//!   0x7000  Linux boot_params (zero page)
+//!   0x8ff0  boot stack top (64-bit entry)
+//!   0x9000  identity page tables (64-bit entry)
+//!   0x20000 kernel command line
+//!   1 MiB   the kernel; the initrd goes at the top of low RAM
+
+use std::fs::File;
+use std::path::Path;
+
+use capvm_ipc::{BootState, EntryMode, MemoryRegion};
+use capvm_kernel::boot::{identity_page_tables, GDT, GDT_ADDR};
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::config::BootConfig;
+
+const PVH_INFO_ADDR: u64 = 0x6000;
+const PVH_MEMMAP_ADDR: u64 = 0x6040;
+const PVH_MODLIST_ADDR: u64 = 0x6800;
+const ZERO_PAGE_ADDR: u64 = 0x7000;
+const BOOT_STACK_TOP: u64 = 0x8ff0;
+const CMDLINE_ADDR: u64 = 0x20000;
+/// x86 Linux's COMMAND_LINE_SIZE.
+const CMDLINE_MAX: usize = 2048;
+const HIMEM_START: u64 = 0x10_0000;
+/// The end of conventional memory, where the EBDA would start.
+const EBDA_START: u64 = 0x9_fc00;
+/// Where the 32-bit PCI hole starts; RAM above it moves to 4 GiB.
+pub const LOW_RAM_END: u64 = 0xc000_0000;
+const HIGH_RAM_START: u64 = 1 << 32;
+
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+/// Offset of the 64-bit entry point in a bzImage's protected-mode kernel.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open {what} {path}: {err}")]
+    Open { what: &'static str, path: String, err: std::io::Error },
+    #[error("boot.kernel {0}: not an ELF64 kernel or a bzImage")]
+    UnknownFormat(String),
+    #[error("boot.kernel {path}: {err:?}")]
+    Load { path: String, err: loader::Error },
+    #[error("boot.cmdline is {0} bytes; Linux takes at most {max}", max = CMDLINE_MAX - 1)]
+    CmdlineTooLong(usize),
+    #[error("boot.initrd {path} ({size} bytes) does not fit in guest RAM below the kernel's limit; give more memory")]
+    InitrdTooBig { path: String, size: u64 },
+    #[error("writing boot structures to guest RAM: {0}")]
+    Memory(String),
+}
+
+/// Splits `size` bytes of RAM around the 32-bit PCI hole; each region's
+/// memfd offset follows the previous one.
+pub fn memory_regions(size: u64) -> Vec<MemoryRegion> {
+    let low = size.min(LOW_RAM_END);
+    let mut regions = vec![MemoryRegion { guest_addr: 0, size: low, offset: 0 }];
+    if size > low {
+        regions.push(MemoryRegion { guest_addr: HIGH_RAM_START, size: size - low, offset: low });
+    }
+    regions
+}
+
+fn e820(regions: &[MemoryRegion]) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![(0, EBDA_START, E820_RAM), (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED)];
+    for r in regions {
+        if r.guest_addr == 0 {
+            map.push((HIMEM_START, r.size - HIMEM_START, E820_RAM));
+        } else {
+            map.push((r.guest_addr, r.size, E820_RAM));
+        }
+    }
+    map
+}
+
+fn mem_err(e: impl std::fmt::Debug) -> BootError {
+    BootError::Memory(format!("{e:?}"))
+}
+
+/// Loads the guest described by `cfg` into `mem`.
+pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig) -> Result<BootState, BootError> {
+    let kpath = cfg.kernel.display().to_string();
+    let mut kernel = File::open(&cfg.kernel).map_err(|err| BootError::Open { what: "boot.kernel", path: kpath.clone(), err })?;
+    let (result, bzimage) = match Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
+        Ok(r) => (r, false),
+        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
+            match BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
+                Ok(r) => (r, true),
+                Err(loader::Error::Bzimage(loader::bzimage::Error::InvalidBzImage)) => {
+                    return Err(BootError::UnknownFormat(kpath))
+                }
+                Err(err) => return Err(BootError::Load { path: kpath, err }),
+            }
+        }
+        Err(err) => return Err(BootError::Load { path: kpath, err }),
+    };
+
+    for (i, entry) in GDT.iter().enumerate() {
+        mem.write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64)).map_err(mem_err)?;
+    }
+
+    if cfg.cmdline.len() >= CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong(cfg.cmdline.len()));
+    }
+    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(mem_err)?;
+    if !cfg.cmdline.is_empty() {
+        cmdline.insert_str(&cfg.cmdline).map_err(mem_err)?;
+    }
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline).map_err(mem_err)?;
+
+    let initrd_max = match &result.setup_header {
+        Some(h) if h.initrd_addr_max != 0 => h.initrd_addr_max as u64 + 1,
+        _ => LOW_RAM_END,
+    };
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(load_initrd(mem, regions[0].size.min(initrd_max), p, result.kernel_end)?),
+        None => None,
+    };
+
+    match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) if !bzimage => {
+            write_pvh_info(mem, regions, initrd)?;
+            Ok(BootState {
+                mode: EntryMode::Pvh32,
+                entry: entry.0,
+                rsp: 0,
+                rsi: 0,
+                rbx: PVH_INFO_ADDR,
+                cr3: 0,
+                gdt_base: GDT_ADDR,
+                gdt_limit: (8 * GDT.len() - 1) as u16,
+            })
+        }
+        _ => {
+            for (addr, entry) in identity_page_tables() {
+                mem.write_obj(entry, GuestAddress(addr)).map_err(mem_err)?;
+            }
+            write_zero_page(mem, regions, &result, cfg.cmdline.len(), initrd)?;
+            let entry = if bzimage { result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET } else { result.kernel_load.0 };
+            Ok(BootState {
+                mode: EntryMode::Long64,
+                entry,
+                rsp: BOOT_STACK_TOP,
+                rsi: ZERO_PAGE_ADDR,
+                rbx: 0,
+                cr3: capvm_kernel::boot::PML4_ADDR,
+                gdt_base: GDT_ADDR,
+                gdt_limit: (8 * GDT.len() - 1) as u16,
+            })
+        }
+    }
+}
+
+/// Puts the initrd page-aligned at the top of `limit`, above the kernel.
+fn load_initrd(mem: &GuestMemoryMmap, limit: u64, path: &Path, kernel_end: u64) -> Result<(u64, u64), BootError> {
+    let shown = path.display().to_string();
+    let data = std::fs::read(path).map_err(|err| BootError::Open { what: "boot.initrd", path: shown.clone(), err })?;
+    let size = data.len() as u64;
+    let addr = limit.checked_sub(size).map(|a| a & !0xfff).filter(|&a| a >= kernel_end.max(HIMEM_START));
+    let Some(addr) = addr else {
+        return Err(BootError::InitrdTooBig { path: shown, size });
+    };
+    mem.write_slice(&data, GuestAddress(addr)).map_err(mem_err)?;
+    Ok((addr, size))
+}
+
+fn write_pvh_info(mem: &GuestMemoryMmap, regions: &[MemoryRegion], initrd: Option<(u64, u64)>) -> Result<(), BootError> {
+    let memmap: Vec<hvm_memmap_table_entry> = e820(regions)
+        .into_iter()
+        .map(|(addr, size, type_)| hvm_memmap_table_entry { addr, size, type_, reserved: 0 })
+        .collect();
+    let mut info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_ADDR,
+        memmap_paddr: PVH_MEMMAP_ADDR,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let modules: Vec<hvm_modlist_entry> =
+        initrd.iter().map(|&(paddr, size)| hvm_modlist_entry { paddr, size, ..Default::default() }).collect();
+    if !modules.is_empty() {
+        info.nr_modules = modules.len() as u32;
+        info.modlist_paddr = PVH_MODLIST_ADDR;
+    }
+    let mut params = BootParams::new(&info, GuestAddress(PVH_INFO_ADDR));
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_ADDR));
+    if !modules.is_empty() {
+        params.set_modules(&modules, GuestAddress(PVH_MODLIST_ADDR));
+    }
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem).map_err(mem_err)
+}
+
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    regions: &[MemoryRegion],
+    result: &KernelLoaderResult,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    if let Some(hdr) = result.setup_header {
+        params.hdr = hdr;
+    }
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+    params.hdr.header = KERNEL_HDR_MAGIC;
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmdline_size = cmdline_len as u32 + 1;
+    if let Some((addr, size)) = initrd {
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+    let map = e820(regions);
+    for (i, (addr, size, type_)) in map.iter().enumerate() {
+        params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *type_ };
+    }
+    params.e820_entries = map.len() as u8;
+    let bp = BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR));
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&bp, mem).map_err(mem_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_regions_split_around_the_pci_hole() {
+        assert_eq!(memory_regions(64 << 20), vec![MemoryRegion { guest_addr: 0, size: 64 << 20, offset: 0 }]);
+        let r = memory_regions(4 << 30);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1], MemoryRegion { guest_addr: 1 << 32, size: (4 << 30) - LOW_RAM_END, offset: LOW_RAM_END });
+    }
+
+    #[test]
+    fn e820_reserves_the_bios_area_and_covers_all_ram() {
+        let map = e820(&memory_regions(64 << 20));
+        let ram: u64 = map.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
+        assert_eq!(ram, (64 << 20) - (HIMEM_START - EBDA_START));
+        assert!(map.contains(&(EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED)));
+    }
+}

@@ -1,0 +1,379 @@
+//! The VM's configuration, kept as bhyve keeps it: a flat tree of
+//! `dotted.name=value` variables that the command line (`-c`, `-m`, `-s`,
+//! `-l`, flags), `-k` files and `-o` all write into, in order. [`VmConfig`]
+//! is the checked, typed view the rest of the broker uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A configuration error: one line saying what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// bhyve's configuration variables.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigTree {
+    vars: BTreeMap<String, String>,
+}
+
+/// Variables that are not under `pci.` or `lpc.`, with what they do here.
+const KNOWN_VARS: &[&str] = &[
+    "name",
+    "cpus",
+    "sockets",
+    "cores",
+    "threads",
+    "memory.size",
+    "memory.wired",
+    "x86.strictio",
+    "x86.strictmsr",
+    "x86.vmexit_on_hlt",
+    "x86.vmexit_on_pause",
+    "acpi_tables",
+    "rtc.use_localtime",
+    "destroy_on_poweroff",
+    "boot.kernel",
+    "boot.initrd",
+    "boot.cmdline",
+];
+
+impl ConfigTree {
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.vars.insert(key.to_string(), value.to_string());
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    /// `-o key=value`.
+    pub fn set_assignment(&mut self, arg: &str) -> Result<(), ConfigError> {
+        match arg.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                self.set(k.trim(), v.trim());
+                Ok(())
+            }
+            _ => err(format!("-o '{arg}': expected key=value")),
+        }
+    }
+
+    /// `-k file`: bhyve's format, one `key=value` a line, `#` comments.
+    pub fn read_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        self.parse_lines(&text, &path.display().to_string())
+    }
+
+    fn parse_lines(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => self.set(k.trim(), v.trim()),
+                _ => return err(format!("{origin}:{}: expected key=value, found '{line}'", n + 1)),
+            }
+        }
+        Ok(())
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("true" | "yes" | "on" | "1") => Ok(true),
+            Some("false" | "no" | "off" | "0") => Ok(false),
+            Some(v) => err(format!("{key}={v}: expected true or false")),
+        }
+    }
+}
+
+/// Parses bhyve's memory size: a number with an optional K/M/G/T suffix
+/// (either case); no suffix means megabytes.
+pub fn parse_memsize(s: &str) -> Result<u64, ConfigError> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return err(format!("memory size '{s}': unknown suffix '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 20),
+    };
+    let n: u64 = digits.parse().map_err(|_| ConfigError(format!("memory size '{s}' is not a number with K/M/G/T")))?;
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(|| ConfigError(format!("memory size '{s}' is out of range")))
+}
+
+/// The COM ports an lpc device offers: name, first I/O port, IRQ.
+pub const COM_PORTS: [(&str, u16, u32); 4] = [("com1", 0x3f8, 4), ("com2", 0x2f8, 3), ("com3", 0x3e8, 4), ("com4", 0x2e8, 3)];
+
+/// PCI emulations `-s` accepts now, with a line for `-s help`.
+pub const PCI_EMULATIONS: &[(&str, &str)] = &[
+    ("hostbridge", "PCI host bridge (bus 0 is not yet emulated: accepted for bhyve compatibility)"),
+    ("amd_hostbridge", "as hostbridge, with AMD's vendor id"),
+    ("lpc", "LPC bridge: the platform devices, COM1-COM4 (see -l help)"),
+];
+
+/// Where a COM port's bytes go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComBackend {
+    Stdio,
+    Tty(PathBuf),
+    /// A unix socket capvm creates and listens on.
+    Socket(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComPort {
+    pub name: &'static str,
+    pub port_base: u16,
+    pub irq: u32,
+    pub backend: ComBackend,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PciSlot {
+    pub slot: u8,
+    pub func: u8,
+    pub emulation: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// The checked configuration of one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    pub name: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub wired: bool,
+    pub strict_io: bool,
+    pub slots: Vec<PciSlot>,
+    pub coms: Vec<ComPort>,
+    pub boot: BootConfig,
+}
+
+/// Most vCPUs: what one exit ring page serves.
+pub const MAX_CPUS: u32 = capvm_ipc::ring::MAX_SLOTS;
+/// Least memory a guest gets: the boot structures live in the first MiB.
+const MIN_MEMORY: u64 = 2 << 20;
+/// Default as bhyve: 256 MiB.
+const DEFAULT_MEMORY: &str = "256M";
+
+impl VmConfig {
+    pub fn from_tree(tree: &ConfigTree) -> Result<VmConfig, ConfigError> {
+        for key in tree.vars.keys() {
+            let known = KNOWN_VARS.contains(&key.as_str()) || key.starts_with("pci.") || key.starts_with("lpc.");
+            if !known {
+                return err(format!("unknown configuration variable '{key}'"));
+            }
+        }
+        let name = tree.get("name").ok_or_else(|| ConfigError("no VM name: give it as the last argument".into()))?;
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.starts_with('.')
+        {
+            return err(format!("VM name '{name}': use 1-64 letters, digits, '-', '_' or '.'"));
+        }
+        let cpus_s = tree.get("cpus").unwrap_or("1");
+        let cpus: u32 = cpus_s.parse().map_err(|_| ConfigError(format!("cpus={cpus_s}: not a number")))?;
+        if cpus == 0 || cpus > MAX_CPUS {
+            return err(format!("cpus={cpus}: capvm runs 1 to {MAX_CPUS} vCPUs"));
+        }
+        let topology: u32 = ["sockets", "cores", "threads"]
+            .iter()
+            .map(|k| tree.get(k).map_or(Ok(1), |v| v.parse::<u32>().map_err(|_| ConfigError(format!("{k}={v}: not a number")))))
+            .product::<Result<u32, _>>()?;
+        if ["sockets", "cores", "threads"].iter().any(|k| tree.get(k).is_some()) && topology != cpus {
+            return err(format!("sockets x cores x threads = {topology}, but cpus={cpus}: make them agree"));
+        }
+        let memory = parse_memsize(tree.get("memory.size").unwrap_or(DEFAULT_MEMORY))?;
+        if memory < MIN_MEMORY {
+            return err(format!("memory.size: {memory} bytes is too small; give at least 2M"));
+        }
+        if memory % 4096 != 0 {
+            return err("memory.size must be a multiple of 4K");
+        }
+
+        let slots = pci_slots(tree)?;
+        let has_lpc = slots.iter().any(|s| s.emulation == "lpc");
+        let mut coms = Vec::new();
+        for (com, base, irq) in COM_PORTS {
+            let Some(path) = tree.get(&format!("lpc.{com}.path")) else { continue };
+            if !has_lpc {
+                return err(format!("-l {com} needs an LPC bridge: add -s 31,lpc"));
+            }
+            let backend = match path {
+                "stdio" => ComBackend::Stdio,
+                "" => return err(format!("-l {com}: give stdio, a tty path or a socket path")),
+                p => {
+                    let p = PathBuf::from(p);
+                    match std::fs::metadata(&p) {
+                        Ok(m) if std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()) => ComBackend::Tty(p),
+                        Ok(_) => return err(format!("-l {com}: {} exists and is not a tty; remove it to use it as a socket path", p.display())),
+                        Err(_) => ComBackend::Socket(p),
+                    }
+                }
+            };
+            coms.push(ComPort { name: com, port_base: base, irq, backend });
+        }
+        if let Some(k) = tree.vars.keys().find(|k| k.starts_with("lpc.") && !COM_PORTS.iter().any(|(c, _, _)| k.as_str() == format!("lpc.{c}.path"))) {
+            return err(format!("unknown LPC device variable '{k}' (see -l help)"));
+        }
+        if coms.iter().filter(|c| c.backend == ComBackend::Stdio).count() > 1 {
+            return err("only one COM port can use stdio");
+        }
+
+        let kernel = tree
+            .get("boot.kernel")
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| ConfigError("nothing to boot: give -o boot.kernel=PATH (a bzImage or an ELF kernel)".into()))?;
+        let boot = BootConfig {
+            kernel: PathBuf::from(kernel),
+            initrd: tree.get("boot.initrd").filter(|s| !s.is_empty()).map(PathBuf::from),
+            cmdline: tree.get("boot.cmdline").unwrap_or("").to_string(),
+        };
+
+        Ok(VmConfig {
+            name: name.to_string(),
+            cpus,
+            memory,
+            wired: tree.bool("memory.wired", false)?,
+            strict_io: tree.bool("x86.strictio", false)?,
+            slots,
+            coms,
+            boot,
+        })
+    }
+}
+
+/// `pci.<bus>.<slot>.<func>.device` variables, checked.
+fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
+    let mut slots = Vec::new();
+    for (key, value) in &tree.vars {
+        let Some(rest) = key.strip_prefix("pci.") else { continue };
+        let parts: Vec<&str> = rest.split('.').collect();
+        let [bus, slot, func, "device"] = parts[..] else {
+            return err(format!("unknown PCI variable '{key}'"));
+        };
+        let num = |s: &str, max: u8, what: &str| -> Result<u8, ConfigError> {
+            s.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| ConfigError(format!("{key}: {what} must be 0-{max}")))
+        };
+        if num(bus, 255, "bus")? != 0 {
+            return err(format!("{key}: only PCI bus 0 exists"));
+        }
+        let (slot, func) = (num(slot, 31, "slot")?, num(func, 7, "function")?);
+        if !PCI_EMULATIONS.iter().any(|(e, _)| e == value) {
+            return err(format!("-s {slot}:{func},{value}: unknown or not yet supported emulation (see -s help)"));
+        }
+        slots.push(PciSlot { slot, func, emulation: value.clone() });
+    }
+    Ok(slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(vars: &[(&str, &str)]) -> ConfigTree {
+        let mut t = ConfigTree::default();
+        for (k, v) in vars {
+            t.set(k, v);
+        }
+        t
+    }
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![("name", "vm0"), ("boot.kernel", "/k")]
+    }
+
+    #[test]
+    fn memsize_accepts_bhyve_suffixes_and_defaults_to_megabytes() {
+        assert_eq!(parse_memsize("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_memsize("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_memsize("512").unwrap(), 512 << 20);
+        assert_eq!(parse_memsize("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_memsize("4096k").unwrap(), 4 << 20);
+        assert_eq!(parse_memsize("1T").unwrap(), 1 << 40);
+    }
+
+    #[test]
+    fn memsize_rejects_garbage_with_a_message() {
+        for bad in ["", "M", "12Q", "-1M", "99999999999999999999G", "0"] {
+            assert!(parse_memsize(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_file_lines_and_comments_parse() {
+        let mut t = ConfigTree::default();
+        t.parse_lines("# a comment\n\nname = vm1\ncpus=2\nmemory.size=128M\n", "f").unwrap();
+        assert_eq!(t.get("name"), Some("vm1"));
+        assert_eq!(t.get("cpus"), Some("2"));
+        assert!(t.parse_lines("novalue\n", "f").unwrap_err().0.contains("f:1"));
+    }
+
+    #[test]
+    fn vmconfig_defaults_match_bhyve() {
+        let c = VmConfig::from_tree(&tree(&base())).unwrap();
+        assert_eq!((c.cpus, c.memory, c.wired, c.strict_io), (1, 256 << 20, false, false));
+    }
+
+    #[test]
+    fn vmconfig_rejects_unknown_variables_and_emulations() {
+        let mut v = base();
+        v.push(("frobnicate", "1"));
+        assert!(VmConfig::from_tree(&tree(&v)).unwrap_err().0.contains("frobnicate"));
+        let mut v = base();
+        v.push(("pci.0.3.0.device", "sound-blaster"));
+        assert!(VmConfig::from_tree(&tree(&v)).unwrap_err().0.contains("-s help"));
+    }
+
+    #[test]
+    fn vmconfig_com_port_needs_lpc() {
+        let mut v = base();
+        v.push(("lpc.com1.path", "stdio"));
+        assert!(VmConfig::from_tree(&tree(&v)).unwrap_err().0.contains("-s 31,lpc"));
+        v.push(("pci.0.31.0.device", "lpc"));
+        let c = VmConfig::from_tree(&tree(&v)).unwrap();
+        assert_eq!(c.coms[0].port_base, 0x3f8);
+        assert_eq!(c.coms[0].backend, ComBackend::Stdio);
+    }
+
+    #[test]
+    fn vmconfig_checks_cpus_topology_and_name() {
+        for (k, val) in [("cpus", "0"), ("cpus", "999"), ("cpus", "x"), ("name", "../etc"), ("memory.size", "1M")] {
+            let mut v = base();
+            v.retain(|(kk, _)| *kk != k);
+            v.push((k, val));
+            assert!(VmConfig::from_tree(&tree(&v)).is_err(), "{k}={val}");
+        }
+        let mut v = base();
+        v.extend([("cpus", "4"), ("sockets", "2"), ("cores", "2")]);
+        assert_eq!(VmConfig::from_tree(&tree(&v)).unwrap().cpus, 4);
+        v.push(("threads", "2"));
+        assert!(VmConfig::from_tree(&tree(&v)).is_err());
+    }
+
+    #[test]
+    fn vmconfig_without_kernel_says_how_to_give_one() {
+        let e = VmConfig::from_tree(&tree(&[("name", "vm0")])).unwrap_err();
+        assert!(e.0.contains("boot.kernel"));
+    }
+}

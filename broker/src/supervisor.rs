@@ -1,0 +1,207 @@
+//! The broker's loop while the VM runs: child messages, child deaths,
+//! operator signals; and the orderly stop that leaves nothing behind.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use capvm_ipc::{ChannelError, ToBroker, ToChild, VmEvent, PROTO_VERSION};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+use crate::spawn::Child;
+
+/// bhyve's exit statuses.
+pub const EXIT_REBOOT: i32 = 0;
+pub const EXIT_POWEROFF: i32 = 1;
+pub const EXIT_HALT: i32 = 2;
+pub const EXIT_TRIPLE_FAULT: i32 = 3;
+pub const EXIT_ERROR: i32 = 4;
+
+/// How long children get to exit after `Shutdown` before SIGKILL. A vCPU
+/// spinning in emulated guest CPL0 code never leaves KVM_RUN, so the runner
+/// may not exit by itself at all.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
+/// The signals the broker takes through its signalfd.
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+pub struct Supervisor {
+    pub children: Vec<Child>,
+    pub signals: SignalFd,
+}
+
+impl Supervisor {
+    /// Runs until the VM ends; returns the exit status after every child is gone.
+    pub fn run(mut self) -> i32 {
+        let status = self.wait_for_end();
+        self.stop_children();
+        status
+    }
+
+    /// Stops the children of a start-up that failed half way.
+    pub fn run_stopped(mut self) {
+        self.stop_children();
+    }
+
+    fn wait_for_end(&mut self) -> i32 {
+        loop {
+            let watched: Vec<usize> = (0..self.children.len()).filter(|&i| self.children[i].connected).collect();
+            let mut pfds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            pfds.extend(watched.iter().map(|&i| PollFd::new(self.children[i].channel.as_fd(), PollFlags::POLLIN)));
+            if let Err(e) = poll(&mut pfds, PollTimeout::NONE) {
+                if e != nix::Error::EINTR {
+                    eprintln!("capvm: poll: {e}");
+                    return EXIT_ERROR;
+                }
+            }
+            let ready: Vec<bool> = pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect();
+            drop(pfds);
+            // Messages first: a child that reports and then dies is reported once, by its message.
+            for (k, &i) in watched.iter().enumerate() {
+                if ready[k + 1] {
+                    if let Some(status) = self.on_message(i) {
+                        return status;
+                    }
+                }
+            }
+            if ready[0] {
+                if let Some(status) = self.on_signal() {
+                    return status;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, i: usize) -> Option<i32> {
+        let child = &mut self.children[i];
+        let msg = match child.channel.recv::<ToBroker>() {
+            Ok((msg, _)) => msg,
+            Err(ChannelError::Closed) => {
+                // Its exit status comes through SIGCHLD.
+                child.connected = false;
+                return None;
+            }
+            Err(e) => {
+                eprintln!("capvm: {} (pid {}) sent a bad message: {e}; stopping the VM", child.role, child.pid);
+                return Some(EXIT_ERROR);
+            }
+        };
+        match msg {
+            ToBroker::Ready { version } if version == PROTO_VERSION => None,
+            ToBroker::Ready { version } => {
+                eprintln!(
+                    "capvm: {} (pid {}) speaks protocol {version}, the broker {PROTO_VERSION}: mixed capvm builds",
+                    child.role, child.pid
+                );
+                Some(EXIT_ERROR)
+            }
+            ToBroker::Fatal(msg) => {
+                eprintln!("capvm: {} (pid {}): {msg}", child.role, child.pid);
+                Some(EXIT_ERROR)
+            }
+            ToBroker::Event(event) => Some(event_status(&event)),
+        }
+    }
+
+    fn on_signal(&mut self) -> Option<i32> {
+        let info = match self.signals.read_signal() {
+            Ok(Some(info)) => info,
+            _ => return None,
+        };
+        let signo = info.ssi_signo as i32;
+        if signo != libc::SIGCHLD {
+            let name = Signal::try_from(signo).map(|s| s.as_str()).unwrap_or("signal");
+            eprintln!("capvm: received {name}; stopping the VM");
+            return Some(EXIT_POWEROFF);
+        }
+        // SIGCHLD coalesces: reap everything that has exited.
+        let mut status = None;
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(ws) => {
+                    let Some(pid) = ws.pid() else { break };
+                    if let Some(child) = self.children.iter_mut().find(|c| c.pid == pid) {
+                        child.alive = false;
+                        child.connected = false;
+                        eprintln!("capvm: {} (pid {pid}) {}; stopping the VM", child.role, describe(&ws));
+                        status = Some(EXIT_ERROR);
+                    }
+                }
+            }
+        }
+        status
+    }
+
+    /// Asks every child to exit, waits a little, then SIGKILLs the rest and
+    /// reaps them all.
+    fn stop_children(&mut self) {
+        for c in self.children.iter().filter(|c| c.alive && c.connected) {
+            let _ = c.channel.send(&ToChild::Shutdown, &[]);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.children.iter().any(|c| c.alive) && Instant::now() < deadline {
+            self.reap_nohang();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for c in self.children.iter_mut().filter(|c| c.alive) {
+            let _ = kill(c.pid, Signal::SIGKILL);
+            let _ = waitpid(c.pid, None);
+            c.alive = false;
+        }
+    }
+
+    fn reap_nohang(&mut self) {
+        for c in self.children.iter_mut().filter(|c| c.alive) {
+            if !matches!(waitpid(c.pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)) {
+                c.alive = false;
+            }
+        }
+    }
+}
+
+/// The exit status for an event, with a line on stderr for the bad ones.
+fn event_status(event: &VmEvent) -> i32 {
+    match event {
+        VmEvent::Reboot => EXIT_REBOOT,
+        VmEvent::PowerOff => EXIT_POWEROFF,
+        VmEvent::Halt => EXIT_HALT,
+        VmEvent::TripleFault => {
+            eprintln!("capvm: the guest triple-faulted");
+            EXIT_TRIPLE_FAULT
+        }
+        VmEvent::InternalError(r) => {
+            let bytes: Vec<String> = r.bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let bytes = if bytes.is_empty() { "(RIP does not translate)".to_string() } else { bytes.join(" ") };
+            let what = if r.suberror == 1 { "emulation failure: the host's KVM cannot execute this instruction" } else { "KVM internal error" };
+            eprintln!(
+                "capvm: vCPU {} stopped at RIP {:#x} (CPL {}), instruction bytes {bytes}: {what} (suberror {})",
+                r.vcpu, r.rip, r.cpl, r.suberror
+            );
+            EXIT_ERROR
+        }
+        VmEvent::UnhandledIo { vcpu, port, write } => {
+            let dir = if *write { "wrote" } else { "read" };
+            eprintln!("capvm: vCPU {vcpu} {dir} I/O port {port:#x}, which nothing emulates (-e makes this fatal)");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn describe(ws: &WaitStatus) -> String {
+    match ws {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!("was killed by signal {} ({}){}", *sig as i32, sig.as_str(), if *core { ", core dumped" } else { "" })
+        }
+        other => format!("changed state: {other:?}"),
+    }
+}

@@ -1,0 +1,191 @@
+//! Building one VM: open the host resources, load the kernel, start the
+//! children and hand each its fds, then supervise.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use capvm_ipc::ring::ExitRing;
+use capvm_ipc::{shm, DeviceRoute, PioRange, RunnerConfig, ToChild, UartBackendKind, UartConfig};
+use capvm_kernel::HostKvm;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::SigmaskHow;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::boot;
+use crate::config::{ComBackend, ComPort, VmConfig};
+use crate::console::{RawTerminal, SocketPath};
+use crate::spawn::{spawn, Child};
+use crate::supervisor::{handled_signals, Supervisor};
+
+/// A start-up failure: one line, already saying what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VmError(pub String);
+
+impl From<boot::BootError> for VmError {
+    fn from(e: boot::BootError) -> Self {
+        VmError(e.to_string())
+    }
+}
+
+fn eventfd() -> Result<OwnedFd, VmError> {
+    EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map(OwnedFd::from)
+        .map_err(|e| VmError(format!("cannot create an eventfd: {e}")))
+}
+
+/// The fds shared between the runner and one device server.
+struct DeviceWires {
+    ring: OwnedFd,
+    doorbell: OwnedFd,
+    irq: OwnedFd,
+}
+
+impl DeviceWires {
+    fn new(vcpus: u32) -> Result<DeviceWires, VmError> {
+        let ring = ExitRing::create(vcpus).map_err(|e| VmError(e.to_string()))?;
+        Ok(DeviceWires { ring, doorbell: eventfd()?, irq: eventfd()? })
+    }
+
+    fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [self.ring.as_fd(), self.doorbell.as_fd(), self.irq.as_fd()]
+    }
+}
+
+/// What a COM port's backend holds open in the broker.
+struct ComHost {
+    kind: UartBackendKind,
+    fds: Vec<OwnedFd>,
+    _socket: Option<SocketPath>,
+}
+
+fn open_com_backend(com: &ComPort) -> Result<ComHost, VmError> {
+    let dup = |fd: BorrowedFd| fd.try_clone_to_owned().map_err(|e| VmError(format!("{}: cannot dup stdio: {e}", com.name)));
+    match &com.backend {
+        ComBackend::Stdio => Ok(ComHost {
+            kind: UartBackendKind::Stdio,
+            fds: vec![dup(std::io::stdin().as_fd())?, dup(std::io::stdout().as_fd())?],
+            _socket: None,
+        }),
+        ComBackend::Tty(path) => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| VmError(format!("-l {}: cannot open {}: {e}", com.name, path.display())))?;
+            Ok(ComHost { kind: UartBackendKind::Tty, fds: vec![f.into()], _socket: None })
+        }
+        ComBackend::Socket(path) => {
+            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| VmError(format!("-l {}: cannot create a socket: {e}", com.name)))?;
+            let addr = UnixAddr::new(path).map_err(|e| VmError(format!("-l {}: {}: {e}", com.name, path.display())))?;
+            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
+                .map_err(|e| VmError(format!("-l {}: cannot listen on {}: {e}", com.name, path.display())))?;
+            let guard = SocketPath(path.clone());
+            listen(&fd, Backlog::new(1).expect("backlog 1 is valid"))
+                .map_err(|e| VmError(format!("-l {}: listen on {}: {e}", com.name, path.display())))?;
+            Ok(ComHost { kind: UartBackendKind::Socket, fds: vec![fd], _socket: Some(guard) })
+        }
+    }
+}
+
+/// Runs the VM to its end; returns bhyve's exit status.
+pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
+    let host = HostKvm::detect();
+    let kvm: OwnedFd = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/kvm")
+        .map_err(|e| VmError(format!("cannot open /dev/kvm: {e} (is KVM loaded, and may this user use it?)")))?
+        .into();
+
+    // Guest RAM: a sealed memfd; the broker maps it only to load the kernel.
+    let ram = shm::sealed_memfd("capvm-guest-ram", cfg.memory)
+        .map_err(|e| VmError(format!("cannot create {} bytes of guest RAM: {e}", cfg.memory)))?;
+    let regions = boot::memory_regions(cfg.memory);
+    let boot_state = {
+        let file = std::sync::Arc::new(File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?));
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(
+            regions.iter().map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset)))),
+        )
+        .map_err(|e| VmError(format!("cannot map guest RAM: {e}")))?;
+        boot::load(&mem, &regions, &cfg.boot)?
+    };
+
+    let coms: Vec<(ComPort, ComHost, DeviceWires)> = cfg
+        .coms
+        .iter()
+        .map(|c| Ok((c.clone(), open_com_backend(c)?, DeviceWires::new(cfg.cpus)?)))
+        .collect::<Result<_, VmError>>()?;
+
+    // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
+    let signals = handled_signals();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+        .map_err(|e| VmError(format!("sigprocmask: {e}")))?;
+    let signalfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| VmError(format!("signalfd: {e}")))?;
+    let _raw = coms.iter().any(|(c, _, _)| c.backend == ComBackend::Stdio).then(RawTerminal::enter);
+
+    let mut children: Vec<Child> = Vec::new();
+    let started = start_children(cfg, kvm, ram, boot_state, host, &coms, &mut children);
+    let supervisor = Supervisor { children, signals: signalfd };
+    if let Err(e) = started {
+        // Stop whatever did start, then report.
+        let _ = supervisor.run_stopped();
+        return Err(e);
+    }
+    Ok(supervisor.run())
+}
+
+fn start_children(
+    cfg: &VmConfig,
+    kvm: OwnedFd,
+    ram: OwnedFd,
+    boot: capvm_ipc::BootState,
+    host: HostKvm,
+    coms: &[(ComPort, ComHost, DeviceWires)],
+    children: &mut Vec<Child>,
+) -> Result<(), VmError> {
+    let send_err = |role: &str, e: capvm_ipc::ChannelError| VmError(format!("cannot start the {role}: {e}"));
+    for (com, backend, wires) in coms {
+        let child = spawn("capvm-uart", format!("uart server ({})", com.name)).map_err(VmError)?;
+        let mut fds: Vec<BorrowedFd> = wires.fds().to_vec();
+        fds.extend(backend.fds.iter().map(|f| f.as_fd()));
+        let start = ToChild::StartUart(UartConfig { name: com.name.to_string(), port_base: com.port_base, backend: backend.kind });
+        let sent = child.channel.send(&start, &fds);
+        let role = child.role.clone();
+        children.push(child);
+        sent.map_err(|e| send_err(&role, e))?;
+    }
+
+    let child = spawn("capvm-vcpu-runner", "vcpu-runner".to_string()).map_err(VmError)?;
+    let devices = coms
+        .iter()
+        .map(|(com, _, _)| DeviceRoute {
+            name: com.name.to_string(),
+            pio: vec![PioRange { base: com.port_base, len: 8 }],
+            irq_gsi: Some(com.irq),
+        })
+        .collect();
+    let config = RunnerConfig {
+        vcpus: cfg.cpus,
+        memory: boot::memory_regions(cfg.memory),
+        boot,
+        hide_unemulated_cpuid: host == HostKvm::Emulated,
+        devices,
+        strict_io: cfg.strict_io,
+        wire_memory: cfg.wired,
+    };
+    let mut fds = vec![kvm.as_fd(), ram.as_fd()];
+    for (_, _, w) in coms {
+        fds.extend(w.fds());
+    }
+    let sent = child.channel.send(&ToChild::StartRunner(config), &fds);
+    children.push(child);
+    sent.map_err(|e| send_err("vcpu-runner", e))
+}
