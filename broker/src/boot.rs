@@ -97,12 +97,15 @@ fn mem_err(e: impl std::fmt::Debug) -> BootError {
 pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig) -> Result<BootState, BootError> {
     let kpath = cfg.kernel.display().to_string();
     let mut kernel = File::open(&cfg.kernel).map_err(|err| BootError::Open { what: "boot.kernel", path: kpath.clone(), err })?;
+    use loader::bzimage::Error as BzError;
+    use loader::elf::Error as ElfError;
     let (result, bzimage) = match Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => (r, false),
-        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
+        // Not an ELF at all (too short counts): maybe a bzImage.
+        Err(loader::Error::Elf(ElfError::InvalidElfMagicNumber | ElfError::ReadElfHeader)) => {
             match BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
                 Ok(r) => (r, true),
-                Err(loader::Error::Bzimage(loader::bzimage::Error::InvalidBzImage)) => {
+                Err(loader::Error::Bzimage(BzError::InvalidBzImage | BzError::ReadBzImageHeader | BzError::SeekBzImageHeader)) => {
                     return Err(BootError::UnknownFormat(kpath))
                 }
                 Err(err) => return Err(BootError::Load { path: kpath, err }),

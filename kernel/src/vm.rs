@@ -37,9 +37,9 @@ impl Vm {
         Ok(Vm { kvm, fd, supported_cpuid, host, irqfds: Vec::new() })
     }
 
-    /// Most vCPUs this KVM recommends.
+    /// Most vCPUs this KVM runs in one VM.
     pub fn max_vcpus(&self) -> usize {
-        self.kvm.get_nr_vcpus()
+        self.kvm.get_max_vcpus()
     }
 
     /// Maps `size` bytes of host memory at `host_addr` as guest-physical

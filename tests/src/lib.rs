@@ -1,1 +1,201 @@
+//! Helpers for capvm's integration tests: find the binaries, build the test
+//! guest once, run a VM with a deadline and collect what it printed.
+//!
+//! Tests need /dev/kvm and fail loudly without it, unless the run opts out
+//! with CAPVM_TESTS_WITHOUT_KVM=1 (then KVM tests return early, saying so).
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Where cargo put the workspace binaries (target/<profile>/).
+pub fn bin_dir() -> PathBuf {
+    // This test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+pub fn capvm_bin() -> PathBuf {
+    let p = bin_dir().join("capvm");
+    for b in ["capvm", "capvm-vcpu-runner", "capvm-uart"] {
+        assert!(
+            bin_dir().join(b).exists(),
+            "{b} is not built in {}: run `cargo build --workspace` first (scripts/test does)",
+            bin_dir().display()
+        );
+    }
+    p
+}
+
+/// True if KVM tests should run; panics when /dev/kvm is missing and the
+/// run did not opt out.
+pub fn kvm_available() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var_os("CAPVM_TESTS_WITHOUT_KVM").is_some() {
+        eprintln!("skipping: no /dev/kvm and CAPVM_TESTS_WITHOUT_KVM is set");
+        return false;
+    }
+    panic!("/dev/kvm is missing: these tests boot real guests (set CAPVM_TESTS_WITHOUT_KVM=1 to skip them)");
+}
+
+/// Builds tests/guests once per test process and returns the guest ELF.
+pub fn guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--release", "--quiet"])
+            .current_dir(&dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run cargo for the test guest");
+        assert!(out.status.success(), "building the test guest failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        dir.join("target/release/testguest")
+    })
+}
+
+/// The test guest with its PVH note removed and its ELF entry moved to the
+/// 64-bit entry point, to exercise the non-PVH ELF path.
+pub fn guest_without_pvh_note() -> &'static Path {
+    static GUEST64: OnceLock<PathBuf> = OnceLock::new();
+    GUEST64.get_or_init(|| {
+        let src = guest();
+        let nm = Command::new("nm").arg(src).output().expect("run nm (binutils)");
+        let syms = String::from_utf8_lossy(&nm.stdout);
+        let addr = syms
+            .lines()
+            .find(|l| l.ends_with(" entry64"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("entry64 symbol");
+        let dst = src.with_file_name("testguest-no-pvh");
+        let st = Command::new("objcopy")
+            .args(["--remove-section=.note.Xen", &format!("--set-start=0x{addr}")])
+            .arg(src)
+            .arg(&dst)
+            .status()
+            .expect("run objcopy (binutils)");
+        assert!(st.success());
+        dst
+    })
+}
+
+/// A finished VM run.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+}
+
+/// The Handbook-style command line for the test guest with `cmd` on its
+/// kernel command line, plus `extra` flags before the VM name.
+pub fn guest_args(cmd: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-c", "1", "-m", "64M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push("-o".into());
+    args.push(format!("boot.kernel={}", guest().display()));
+    args.push("-o".into());
+    args.push(format!("boot.cmdline={cmd}"));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("vm0".into());
+    args
+}
+
+/// Starts capvm with piped stdio.
+pub fn spawn(args: &[String]) -> Child {
+    Command::new(capvm_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start capvm")
+}
+
+/// Waits for `child` at most `limit`; kills it and panics on a hang.
+pub fn finish(mut child: Child, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("capvm did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    Run { status, stdout, stderr }
+}
+
+/// Runs capvm to the end (30 s at most) with stdin closed.
+pub fn run(args: &[String]) -> Run {
+    let mut child = spawn(args);
+    drop(child.stdin.take());
+    finish(child, Duration::from_secs(30))
+}
+
+/// The pids whose parent is `pid`, with their names.
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // pid (comm) state ppid ...; comm may hold spaces, so split after ')'.
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = stat[stat.find('(').unwrap() + 1..close].to_string();
+        let ppid: u32 = stat[close + 2..].split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == pid {
+            out.push((p, comm));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Waits until `pid` has `n` children that have exec'd (or `limit` passes)
+/// and returns them.
+pub fn wait_for_children(pid: u32, n: usize, limit: Duration) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = children_of(pid);
+        let execd = c.iter().filter(|(_, name)| name != "capvm").count();
+        if execd >= n || Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+pub fn pid_exists(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').map_or(false, |i| !stat[i + 2..].starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether the host's KVM emulates guest CPL0 code (kvm_pvm).
+pub fn host_is_emulated() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}

@@ -30,6 +30,8 @@ pub enum RunnerError {
     Ring(#[from] RingError),
     #[error("{0}")]
     Memory(String),
+    #[error("{0}")]
+    Config(String),
     #[error("protocol error: {0}")]
     Protocol(String),
 }
@@ -72,7 +74,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let host = if cfg.hide_unemulated_cpuid { HostKvm::Emulated } else { HostKvm::HardwareAssisted };
     let mut vm = Vm::create(next_fd(&mut fds, "kvm")?, host)?;
     if cfg.vcpus == 0 || cfg.vcpus as usize > vm.max_vcpus() {
-        return Err(RunnerError::Protocol(format!("{} vCPUs asked, KVM allows 1..={}", cfg.vcpus, vm.max_vcpus())));
+        return Err(RunnerError::Config(format!("-c {}: this host's KVM runs at most {} vCPUs", cfg.vcpus, vm.max_vcpus())));
     }
     let ram = GuestRam::map(&vm, next_fd(&mut fds, "RAM")?, &cfg.memory, cfg.wire_memory)?;
 

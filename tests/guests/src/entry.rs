@@ -33,6 +33,19 @@ pvh_start:
     ljmp $0x08, $long_entry
 
     .code64
+    /* 64-bit entry (ELF without PVH note): the loader's page tables and GDT
+     * are live; there is no hvm_start_info. */
+    .global entry64
+entry64:
+    cli
+    xor %edi, %edi
+    lgdt (gdt_ptr)
+    lea pml4(%rip), %rax
+    mov %rax, %cr3
+    pushq $0x08
+    lea long_entry(%rip), %rax
+    push %rax
+    lretq
 long_entry:
     mov $0x10, %ax
     mov %ax, %ds

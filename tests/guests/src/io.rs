@@ -21,7 +21,14 @@ pub fn inb(port: u16) -> u8 {
 
 const COM1: u16 = 0x3f8;
 const LSR: u16 = 5;
+const LSR_DR: u8 = 0x01;
 const LSR_THRE: u8 = 0x20;
+
+/// Waits for a byte on COM1 (polling: no interrupts at this stage).
+pub fn getc() -> u8 {
+    while inb(COM1 + LSR) & LSR_DR == 0 {}
+    inb(COM1)
+}
 
 /// Writes bytes to COM1, waiting for the transmit holding register.
 pub fn print(s: &[u8]) {

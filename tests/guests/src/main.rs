@@ -4,7 +4,9 @@
 //! Commands: `hello` (default: greet, print CPUID leaf 1 ECX, halt),
 //! `reboot`, `reboot-kbd`, `poweroff`, `halt`, `triple-fault`,
 //! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run),
-//! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever).
+//! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever),
+//! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
+//! PVH module count and the first module's first 8 bytes).
 
 #![no_std]
 #![no_main]
@@ -96,6 +98,36 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             print(b"port 0x1234 read ");
             io::print_hex(v as u64);
             print(b"\n");
+            io::halt()
+        }
+        b"echo" => {
+            print(b"echo ready\n");
+            loop {
+                let c = io::getc();
+                if c == b'q' {
+                    print(b"\nbye\n");
+                    io::poweroff();
+                }
+                io::outb(0x3f8, c);
+            }
+        }
+        b"initrd" => {
+            // SAFETY: the loader wrote hvm_start_info and the module list.
+            unsafe {
+                let n = (*start_info).nr_modules;
+                print(b"modules=");
+                io::print_hex(n as u64);
+                print(b"\n");
+                if n > 0 {
+                    let entry = (*start_info).modlist_paddr as *const u64;
+                    let data = *entry as *const u8;
+                    print(b"initrd starts with ");
+                    for i in 0..8 {
+                        io::outb(0x3f8, *data.add(i));
+                    }
+                    print(b"\n");
+                }
+            }
             io::halt()
         }
         b"spin" => loop {

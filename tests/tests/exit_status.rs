@@ -1,0 +1,96 @@
+//! Each of bhyve's exit statuses, caused by a guest that asks for it.
+
+use capvm_tests::*;
+
+fn boot(cmd: &str, extra: &[&str]) -> Option<Run> {
+    if !kvm_available() {
+        return None;
+    }
+    let r = run(&guest_args(cmd, extra));
+    assert!(r.stdout.contains(&format!("capvm test guest: {cmd}")), "guest did not start: {r:?}");
+    Some(r)
+}
+
+#[test]
+fn handbook_command_line_prints_hello_on_com1_and_halts_with_2() {
+    let Some(r) = boot("hello", &[]) else { return };
+    assert!(r.stdout.contains("Hello from a capvm guest"), "{r:?}");
+    assert_eq!(r.code(), 2, "{r:?}");
+}
+
+#[test]
+fn reset_through_cf9_exits_0() {
+    let Some(r) = boot("reboot", &[]) else { return };
+    assert_eq!(r.code(), 0, "{r:?}");
+}
+
+#[test]
+fn reset_through_i8042_exits_0() {
+    let Some(r) = boot("reboot-kbd", &[]) else { return };
+    assert_eq!(r.code(), 0, "{r:?}");
+}
+
+#[test]
+fn acpi_s5_poweroff_exits_1() {
+    let Some(r) = boot("poweroff", &[]) else { return };
+    assert_eq!(r.code(), 1, "{r:?}");
+}
+
+#[test]
+fn halt_with_interrupts_off_exits_2() {
+    let Some(r) = boot("halt", &[]) else { return };
+    assert_eq!(r.code(), 2, "{r:?}");
+}
+
+#[test]
+fn halt_counts_never_started_aps_as_stopped() {
+    let Some(r) = boot("halt", &["-c", "2"]) else { return };
+    assert_eq!(r.code(), 2, "{r:?}");
+}
+
+#[test]
+fn triple_fault_exits_3_and_says_so() {
+    let Some(r) = boot("triple-fault", &[]) else { return };
+    assert_eq!(r.code(), 3, "{r:?}");
+    assert!(r.stderr.contains("triple-faulted"), "{r:?}");
+}
+
+#[test]
+fn unemulated_port_with_strict_io_exits_4_naming_the_port() {
+    let Some(r) = boot("unknown-port", &["-e"]) else { return };
+    assert_eq!(r.code(), 4, "{r:?}");
+    assert!(r.stderr.contains("I/O port 0x1234"), "{r:?}");
+}
+
+#[test]
+fn unemulated_port_without_strict_io_reads_all_ones() {
+    let Some(r) = boot("unknown-port", &[]) else { return };
+    assert!(r.stdout.contains("port 0x1234 read 0x00000000000000ff"), "{r:?}");
+    assert_eq!(r.code(), 2, "{r:?}");
+}
+
+/// On kvm_pvm the instruction emulator cannot run `lock cmpxchg16b` at CPL0:
+/// capvm must report where and what, and exit 4. Elsewhere it just runs.
+#[test]
+fn emulation_failure_is_reported_with_rip_cpl_and_bytes() {
+    let Some(r) = boot("cmpxchg16b", &[]) else { return };
+    if host_is_emulated() {
+        assert_eq!(r.code(), 4, "{r:?}");
+        assert!(r.stderr.contains("(CPL 0), instruction bytes f0 48 0f c7"), "{r:?}");
+        assert!(r.stderr.contains("RIP 0x10"), "{r:?}");
+    } else {
+        assert!(r.stdout.contains("cmpxchg16b ran"), "{r:?}");
+        assert_eq!(r.code(), 2, "{r:?}");
+    }
+}
+
+/// On kvm_pvm, CX16 must not be offered: the emulator cannot run it.
+#[test]
+fn cpuid_hides_cx16_on_an_emulated_host() {
+    let Some(r) = boot("hello", &[]) else { return };
+    let hex = r.stdout.split("cpuid.1.ecx=0x").nth(1).expect("cpuid line");
+    let ecx = u64::from_str_radix(&hex[..16], 16).unwrap();
+    let cx16 = ecx & (1 << 13) != 0;
+    assert_eq!(cx16, !host_is_emulated(), "cpuid.1.ecx={ecx:#x}");
+    assert!(ecx & (1 << 31) != 0, "hypervisor bit missing: {ecx:#x}");
+}
