@@ -1,36 +1,31 @@
 //! The broker's terminal and socket paths: put back as they were on exit.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 
-/// Raw mode on stdin while a COM port uses stdio, so every key reaches the
-/// guest; restored when dropped.
+/// Raw mode on a terminal a COM port uses (stdin, or a tty path), so every
+/// byte reaches the guest unchanged; restored when dropped, as bhyve does.
 pub struct RawTerminal {
-    saved: Option<Termios>,
+    fd: OwnedFd,
+    saved: Termios,
 }
 
 impl RawTerminal {
-    pub fn enter() -> RawTerminal {
-        let stdin = std::io::stdin();
-        let Ok(saved) = tcgetattr(stdin.as_fd()) else {
-            return RawTerminal { saved: None }; // not a tty: nothing to do
-        };
+    /// None if `fd` is not a terminal (a pipe, a file): nothing to do.
+    pub fn enter(fd: BorrowedFd) -> Option<RawTerminal> {
+        let saved = tcgetattr(fd).ok()?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
-        if tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).is_err() {
-            return RawTerminal { saved: None };
-        }
-        RawTerminal { saved: Some(saved) }
+        tcsetattr(fd, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal { fd: fd.try_clone_to_owned().ok()?, saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        if let Some(t) = &self.saved {
-            let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, t);
-        }
+        let _ = tcsetattr(self.fd.as_fd(), SetArg::TCSANOW, &self.saved);
     }
 }
 

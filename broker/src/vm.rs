@@ -129,7 +129,11 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map_err(|e| VmError(format!("sigprocmask: {e}")))?;
     let signalfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| VmError(format!("signalfd: {e}")))?;
-    let _raw = coms.iter().any(|(c, _, _)| c.backend == ComBackend::Stdio).then(RawTerminal::enter);
+    let _raw: Vec<RawTerminal> = coms
+        .iter()
+        .filter(|(_, host, _)| host.kind != UartBackendKind::Socket)
+        .filter_map(|(_, host, _)| RawTerminal::enter(host.fds[0].as_fd()))
+        .collect();
 
     let mut children: Vec<Child> = Vec::new();
     let started = start_children(cfg, kvm, ram, boot_state, host, &coms, &mut children);

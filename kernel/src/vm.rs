@@ -2,11 +2,16 @@
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region, CpuId,
+    KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+pub use kvm_ioctls::IoEventAddress;
+use kvm_ioctls::{Kvm, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{Context, HostKvm, Result, Vcpu};
+use crate::{Context, HostKvm, KvmError, Result, Vcpu};
 
 /// Where KVM puts the TSS it needs for real-mode emulation on Intel: three
 /// pages just below the 4 GiB boundary's BIOS area, outside guest RAM.
@@ -17,8 +22,8 @@ pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
     host: HostKvm,
-    /// irqfds stay registered as long as the VM lives.
-    irqfds: Vec<EventFd>,
+    /// irqfds and ioeventfds stay registered as long as the VM lives.
+    eventfds: Vec<EventFd>,
 }
 
 impl Vm {
@@ -34,7 +39,7 @@ impl Vm {
         fd.create_pit2(pit).context("KVM_CREATE_PIT2")?;
         let supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).context("KVM_GET_SUPPORTED_CPUID")?;
-        Ok(Vm { kvm, fd, supported_cpuid, host, irqfds: Vec::new() })
+        Ok(Vm { kvm, fd, supported_cpuid, host, eventfds: Vec::new() })
     }
 
     /// Most vCPUs this KVM runs in one VM.
@@ -65,8 +70,34 @@ impl Vm {
         // SAFETY: fd is an eventfd we own; EventFd takes ownership.
         let efd = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
         self.fd.register_irqfd(&efd, gsi).context("KVM_IRQFD")?;
-        self.irqfds.push(efd);
+        self.eventfds.push(efd);
         Ok(())
+    }
+
+    /// Signals `fd` (an eventfd) on a guest write to `addr` instead of
+    /// exiting to user space: the exit-free queue-notify path.
+    pub fn register_ioeventfd(&mut self, fd: OwnedFd, addr: IoEventAddress) -> Result<()> {
+        // SAFETY: fd is an eventfd we own; EventFd takes ownership.
+        let efd = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
+        self.fd.register_ioevent(&efd, &addr, NoDatamatch).context("KVM_IOEVENTFD")?;
+        self.eventfds.push(efd);
+        Ok(())
+    }
+
+    /// Replaces the GSI routing table: the IOAPIC/PIC pins KVM set up by
+    /// default stay, and each `(gsi, address, data)` becomes an MSI route.
+    pub fn set_msi_routes(&self, routes: &[(u32, u64, u32)]) -> Result<()> {
+        let mut entries = default_irq_routes();
+        for &(gsi, address, data) in routes {
+            let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+            e.u.msi = kvm_irq_routing_msi { address_lo: address as u32, address_hi: (address >> 32) as u32, data, ..Default::default() };
+            entries.push(e);
+        }
+        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| KvmError {
+            what: "KVM_SET_GSI_ROUTING (too many routes)",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        self.fd.set_gsi_routing(&routing).context("KVM_SET_GSI_ROUTING")
     }
 
     /// Creates vCPU `id` with its CPUID and LAPIC set up.
@@ -79,5 +110,68 @@ impl Vm {
         vcpu.setup_lapic()?;
         vcpu.setup_msrs()?;
         Ok(vcpu)
+    }
+}
+
+/// KVM's default routing: GSI 0-15 to both PICs and the IOAPIC, 16-23 to
+/// the IOAPIC. Setting a routing table replaces it, so it is rebuilt.
+fn default_irq_routes() -> Vec<kvm_irq_routing_entry> {
+    let pin = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
+        e.u.irqchip = kvm_irq_routing_irqchip { irqchip, pin };
+        e
+    };
+    let mut v = Vec::new();
+    for gsi in 0..24u32 {
+        if gsi < 8 {
+            v.push(pin(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
+        } else if gsi < 16 {
+            v.push(pin(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
+        }
+        // The PIT's IRQ 0 is wired to IOAPIC pin 2, as on a PC.
+        v.push(pin(gsi, KVM_IRQCHIP_IOAPIC, if gsi == 0 { 2 } else { gsi }));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn vm() -> Option<Vm> {
+        let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+        match kvm {
+            Ok(f) => Some(Vm::create(OwnedFd::from(f), HostKvm::detect()).expect("create VM")),
+            Err(_) if std::env::var_os("CAPVM_TESTS_WITHOUT_KVM").is_some() => None,
+            Err(e) => panic!("/dev/kvm: {e} (set CAPVM_TESTS_WITHOUT_KVM=1 to skip)"),
+        }
+    }
+
+    fn eventfd() -> OwnedFd {
+        // SAFETY: plain eventfd(2).
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh fd we own.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn vm_takes_irqfds_ioeventfds_and_msi_routes() {
+        let Some(mut vm) = vm() else { return };
+        vm.register_irqfd(eventfd(), 4).unwrap();
+        vm.register_ioeventfd(eventfd(), IoEventAddress::Mmio(0xd000_0000)).unwrap();
+        vm.register_ioeventfd(eventfd(), IoEventAddress::Pio(0x6000)).unwrap();
+        vm.set_msi_routes(&[(24, 0xfee0_0000, 0x4041), (25, 0xfee0_1000, 0x22)]).unwrap();
+        assert!(vm.max_vcpus() >= 1);
+        let vcpu = vm.create_vcpu(0).unwrap();
+        assert_eq!(vcpu.id(), 0);
+    }
+
+    #[test]
+    fn default_routes_cover_the_legacy_gsis() {
+        let r = default_irq_routes();
+        assert_eq!(r.len(), 16 + 24);
+        assert!(r.iter().all(|e| e.gsi < 24));
     }
 }

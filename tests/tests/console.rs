@@ -150,3 +150,47 @@ fn help_lists_slots_and_lpc_devices() {
     let r = capvm_args(&["-h"]);
     assert!(r.stdout.contains("usage: capvm"), "{r:?}");
 }
+
+/// Reads `master` until `needle` shows up (or 20 s pass); returns all read.
+fn read_until(master: &mut std::fs::File, got: &mut Vec<u8>, needle: &str) {
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(got).contains(needle) && Instant::now() < deadline {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn tty_backend_is_raw_and_carries_both_directions() {
+    if !kvm_available() {
+        return;
+    }
+    let (mut master_fd, mut slave_fd) = (0, 0);
+    // SAFETY: openpty fills two fds; no name, termios or winsize.
+    let rc = unsafe {
+        libc::openpty(&mut master_fd, &mut slave_fd, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    assert_eq!(rc, 0);
+    let slave_path = std::fs::read_link(format!("/proc/self/fd/{slave_fd}")).unwrap();
+    let mut args = guest_args("echo", &[]);
+    let i = args.iter().position(|a| a == "com1,stdio").unwrap();
+    args[i] = format!("com1,{}", slave_path.display());
+    let child = spawn(&args);
+    // SAFETY: we own the master fd.
+    let mut master = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master_fd) };
+    let mut got = Vec::new();
+    read_until(&mut master, &mut got, "echo ready");
+    // Cooked, the line discipline would hold this (no newline) and echo it.
+    master.write_all(b"tty bytes q").unwrap();
+    read_until(&mut master, &mut got, "bye");
+    let r = finish(child, Duration::from_secs(30));
+    // SAFETY: closing the slave fd we own.
+    unsafe { libc::close(slave_fd) };
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("tty bytes "), "{got:?}; {r:?}");
+    assert_eq!(got.matches("tty bytes").count(), 1, "line discipline echoed: {got:?}");
+    assert_eq!(r.code(), 1, "{r:?}");
+}
