@@ -40,6 +40,9 @@ const KNOWN_VARS: &[&str] = &[
     "boot.kernel",
     "boot.initrd",
     "boot.cmdline",
+    "sandbox.violations",
+    "sandbox.audit_log",
+    "sandbox.test_violation",
 ];
 
 impl ConfigTree {
@@ -155,6 +158,18 @@ pub struct BootConfig {
     pub cmdline: String,
 }
 
+/// How children are confined and audited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSettings {
+    /// `sandbox.violations=log`: forbidden syscalls fail with EPERM and are
+    /// recorded, the VM goes on (default `kill`: the VM stops).
+    pub log_only: bool,
+    /// JSON-lines audit log; created on the first record.
+    pub audit_log: PathBuf,
+    /// Test hook: `ROLE:OP` (see capvm_policy::hostile).
+    pub test_violation: Option<String>,
+}
+
 /// The checked configuration of one VM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmConfig {
@@ -166,6 +181,7 @@ pub struct VmConfig {
     pub slots: Vec<PciSlot>,
     pub coms: Vec<ComPort>,
     pub boot: BootConfig,
+    pub sandbox: SandboxSettings,
 }
 
 /// Most vCPUs: what one exit ring page serves.
@@ -250,7 +266,35 @@ impl VmConfig {
             cmdline: tree.get("boot.cmdline").unwrap_or("").to_string(),
         };
 
+        let log_only = match tree.get("sandbox.violations").unwrap_or("kill") {
+            "kill" => false,
+            "log" => true,
+            other => return err(format!("sandbox.violations={other}: use kill or log")),
+        };
+        let test_violation = tree.get("sandbox.test_violation").map(str::to_string);
+        if let Some(t) = &test_violation {
+            let ok = t.split_once(':').is_some_and(|(role, op)| {
+                matches!(role, "uart" | "vcpu-runner")
+                    && (capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP)
+            });
+            if !ok {
+                return err(format!(
+                    "sandbox.test_violation={t}: use ROLE:OP with ROLE uart or vcpu-runner and OP one of {}, ioctl",
+                    capvm_policy::hostile::OPS.join(", ")
+                ));
+            }
+        }
+        let sandbox = SandboxSettings {
+            log_only,
+            audit_log: tree
+                .get("sandbox.audit_log")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("/var/log/capvm/{name}.audit.jsonl"))),
+            test_violation,
+        };
+
         Ok(VmConfig {
+            sandbox,
             name: name.to_string(),
             cpus,
             memory,

@@ -4,6 +4,7 @@
 //! resource, loads the guest kernel, starts the vCPU runner and the device
 //! servers, and supervises them until the VM ends. See ARCHITECTURE.md.
 
+mod audit;
 mod boot;
 mod cli;
 mod config;

@@ -1,12 +1,16 @@
-//! Starting child processes: fork and exec a fresh binary (its own ASLR
-//! layout), with only stdio and its control socket at fd 3.
+//! Starting child processes: clone into a new pid namespace and exec a fresh
+//! binary (its own ASLR layout, nothing of the broker's memory), as the
+//! unprivileged user nobody, with only stdin/stdout on /dev/null, stderr,
+//! and its control socket at fd 3. The child confines itself further
+//! (capvm_policy::enforce) before it reads any guest-controlled byte.
 
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use capvm_ipc::{Channel, CHILD_CONTROL_FD};
+use capvm_policy::enforce::NOBODY;
 use nix::unistd::Pid;
 
 /// A running child of the broker.
@@ -19,6 +23,10 @@ pub struct Child {
     pub alive: bool,
     /// Its control socket has not hung up.
     pub connected: bool,
+    /// What it reported on entering its sandbox.
+    pub sandbox: Option<capvm_ipc::SandboxReport>,
+    /// Forbidden syscalls it attempted, as audit JSON objects.
+    pub violations: Vec<String>,
 }
 
 /// Where the child binaries live: `$CAPVM_LIBEXEC_DIR`, else beside `capvm`.
@@ -32,47 +40,117 @@ pub fn libexec_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+fn cstr(b: &[u8]) -> CString {
+    CString::new(b).expect("no NUL in paths")
+}
+
 pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
     let exe = libexec_dir().join(binary);
     if !exe.exists() {
-        return Err(format!(
-            "cannot find {} (set CAPVM_LIBEXEC_DIR or install it beside capvm)",
-            exe.display()
-        ));
+        return Err(format!("cannot find {} (set CAPVM_LIBEXEC_DIR or install it beside capvm)", exe.display()));
     }
     let (ours, theirs) = Channel::pair().map_err(|e| format!("cannot create a control socket: {e}"))?;
     let theirs = OwnedFd::from(theirs);
-    let theirs_raw = theirs.as_raw_fd();
-    let parent = std::process::id() as libc::pid_t;
-    let mut cmd = Command::new(&exe);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit()).env_clear();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if theirs_raw == CHILD_CONTROL_FD {
-                // dup2 onto itself would keep close-on-exec set.
-                if libc::fcntl(theirs_raw, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(theirs_raw, CHILD_CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Nothing else the broker holds may leak into the child.
-            libc::syscall(libc::SYS_close_range, CHILD_CONTROL_FD + 1, u32::MAX, 0);
-            // Die with the broker, whatever kills it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                libc::_exit(4);
-            }
-            // The terminal's signals are the broker's to handle.
-            libc::setpgid(0, 0);
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            Ok(())
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    // A close-on-exec pipe: EOF means exec worked, 4 bytes are its errno.
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+
+    // Everything the child needs is prepared before clone: after it, only
+    // async-signal-safe calls.
+    let path = cstr(exe.as_os_str().as_bytes());
+    let argv0 = cstr(binary.as_bytes());
+    let argv = [argv0.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    let (sock, null, errw) = (theirs.as_raw_fd(), devnull.as_raw_fd(), err_w.as_raw_fd());
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+
+    // SAFETY: clone without CLONE_VM behaves like fork; the child only makes
+    // raw syscalls on memory prepared above, then execs or _exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
+    if pid == 0 {
+        // SAFETY: see above; we are the child.
+        unsafe { child_exec(sock, null, errw, as_root, &path, &argv, &envp) };
+    }
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EPERM) {
+            format!("cannot start the {role} in a new pid namespace: {e} (capvm must run as root)")
+        } else {
+            format!("cannot start the {role}: clone: {e}")
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     drop(theirs);
-    Ok(Child { role, pid: Pid::from_raw(child.id() as i32), channel: ours, alive: true, connected: true })
+    drop(err_w);
+    let mut buf = [0u8; 4];
+    if let Ok(4) = nix::unistd::read(&err_r, &mut buf) {
+        let errno = i32::from_ne_bytes(buf);
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+        return Err(format!("cannot start {}: {}", exe.display(), std::io::Error::from_raw_os_error(errno)));
+    }
+    Ok(Child {
+        role,
+        pid: Pid::from_raw(pid as i32),
+        channel: ours,
+        alive: true,
+        connected: true,
+        sandbox: None,
+        violations: Vec::new(),
+    })
+}
+
+/// The child's side of spawn: never returns.
+///
+/// # Safety
+/// Only to be called in a freshly cloned child of a single-threaded parent.
+unsafe fn child_exec(
+    sock: i32,
+    null: i32,
+    errw: i32,
+    as_root: bool,
+    path: &CString,
+    argv: &[*const libc::c_char; 2],
+    envp: &[*const libc::c_char; 1],
+) -> ! {
+    let fail = |errw: i32| -> ! {
+        let errno = *libc::__errno_location();
+        libc::write(errw, (&errno as *const i32).cast(), 4);
+        libc::_exit(127);
+    };
+    if libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0 {
+        fail(errw);
+    }
+    if sock == CHILD_CONTROL_FD {
+        // dup2 onto itself would keep close-on-exec set.
+        if libc::fcntl(sock, libc::F_SETFD, 0) < 0 {
+            fail(errw);
+        }
+    } else if libc::dup2(sock, CHILD_CONTROL_FD) < 0 {
+        fail(errw);
+    }
+    // Nothing else the broker holds leaks into the child (errw is close-on-exec).
+    if errw > CHILD_CONTROL_FD + 1 {
+        libc::syscall(libc::SYS_close_range, CHILD_CONTROL_FD + 1, errw - 1, 0);
+    }
+    libc::syscall(libc::SYS_close_range, errw + 1, u32::MAX, 0);
+    if as_root {
+        // Children run as nobody: no file, process or key of root's is theirs.
+        if libc::setgroups(0, std::ptr::null()) < 0
+            || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
+            || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
+        {
+            fail(errw);
+        }
+    }
+    // After the uid change, which clears it: die with the broker.
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    let mut none: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut none);
+    libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    fail(errw)
 }

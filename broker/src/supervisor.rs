@@ -36,9 +36,14 @@ pub fn handled_signals() -> SigSet {
 pub struct Supervisor {
     pub children: Vec<Child>,
     pub signals: SignalFd,
+    audit: crate::audit::AuditLog,
 }
 
 impl Supervisor {
+    pub fn new(children: Vec<Child>, signals: SignalFd, cfg: &crate::config::VmConfig) -> Supervisor {
+        Supervisor { children, signals, audit: crate::audit::AuditLog::new(&cfg.name, &cfg.sandbox.audit_log) }
+    }
+
     /// Runs until the VM ends; returns the exit status after every child is gone.
     pub fn run(mut self) -> i32 {
         let status = self.wait_for_end();
@@ -108,6 +113,25 @@ impl Supervisor {
                 Some(EXIT_ERROR)
             }
             ToBroker::Event(event) => Some(event_status(&event)),
+            ToBroker::Sandboxed(report) => {
+                child.sandbox = Some(report);
+                None
+            }
+            ToBroker::Violation(v) => {
+                let record = self.audit.record(&child.role, child.pid.as_raw() as u32, &v);
+                let line = crate::audit::describe(&v);
+                child.violations.push(record);
+                if v.killed {
+                    eprintln!(
+                        "capvm: {} (pid {}) made a forbidden system call, {line}; stopping the VM (sandbox.violations=kill)",
+                        child.role, child.pid
+                    );
+                    Some(EXIT_ERROR)
+                } else {
+                    eprintln!("capvm: {} (pid {}): forbidden system call {line} denied with EPERM (sandbox.violations=log)", child.role, child.pid);
+                    None
+                }
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use capvm_ipc::ring::ExitRing;
-use capvm_ipc::{shm, DeviceRoute, PioRange, RunnerConfig, ToChild, UartBackendKind, UartConfig};
+use capvm_ipc::{shm, DeviceRoute, PioRange, RunnerConfig, SandboxConfig, ToChild, UartBackendKind, UartConfig};
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::SigmaskHow;
@@ -137,13 +137,21 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
 
     let mut children: Vec<Child> = Vec::new();
     let started = start_children(cfg, kvm, ram, boot_state, host, &coms, &mut children);
-    let supervisor = Supervisor { children, signals: signalfd };
+    let supervisor = Supervisor::new(children, signalfd, cfg);
     if let Err(e) = started {
         // Stop whatever did start, then report.
         let _ = supervisor.run_stopped();
         return Err(e);
     }
     Ok(supervisor.run())
+}
+
+fn sandbox_config(cfg: &VmConfig) -> SandboxConfig {
+    SandboxConfig {
+        log_only: cfg.sandbox.log_only,
+        test_violation: cfg.sandbox.test_violation.clone(),
+        broker_pid: std::process::id(),
+    }
 }
 
 fn start_children(
@@ -160,7 +168,12 @@ fn start_children(
         let child = spawn("capvm-uart", format!("uart server ({})", com.name)).map_err(VmError)?;
         let mut fds: Vec<BorrowedFd> = wires.fds().to_vec();
         fds.extend(backend.fds.iter().map(|f| f.as_fd()));
-        let start = ToChild::StartUart(UartConfig { name: com.name.to_string(), port_base: com.port_base, backend: backend.kind });
+        let start = ToChild::StartUart(UartConfig {
+            name: com.name.to_string(),
+            port_base: com.port_base,
+            backend: backend.kind,
+            sandbox: sandbox_config(cfg),
+        });
         let sent = child.channel.send(&start, &fds);
         let role = child.role.clone();
         children.push(child);
@@ -184,6 +197,7 @@ fn start_children(
         devices,
         strict_io: cfg.strict_io,
         wire_memory: cfg.wired,
+        sandbox: sandbox_config(cfg),
     };
     let mut fds = vec![kvm.as_fd(), ram.as_fd()];
     for (_, _, w) in coms {

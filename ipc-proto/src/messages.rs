@@ -29,6 +29,45 @@ pub enum ToBroker {
     Event(VmEvent),
     /// The child cannot go on; one line saying why.
     Fatal(String),
+    /// The child entered its sandbox; what it holds and how it is confined.
+    Sandboxed(SandboxReport),
+    /// The child made a syscall its manifest does not allow (sent from its
+    /// SIGSYS handler, so plain integers only).
+    Violation(ViolationRecord),
+}
+
+/// What a sandboxed child reports about itself, for the audit.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct SandboxReport {
+    pub role: String,
+    /// Allowed syscalls in its seccomp filter.
+    pub allowed_syscalls: u32,
+    pub namespaces: Vec<String>,
+    /// "enforced (ABI n)", "partially enforced", "not supported".
+    pub landlock: String,
+    pub fds: Vec<FdReport>,
+}
+
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct FdReport {
+    pub fd: i32,
+    pub what: String,
+    /// Capsicum names, e.g. "CAP_READ".
+    pub rights: Vec<String>,
+    /// For CAP_IOCTL: the allowed commands by name.
+    pub ioctls: Vec<String>,
+}
+
+/// One forbidden syscall, as the SIGSYS handler saw it.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct ViolationRecord {
+    pub nr: u64,
+    pub args: [u64; 6],
+    /// Where the syscall was made.
+    pub ip: u64,
+    /// The process exits after reporting (sandbox.violations=kill); else
+    /// the syscall returned EPERM and it goes on.
+    pub killed: bool,
 }
 
 /// What ends a VM run; maps to bhyve's exit statuses.
@@ -73,6 +112,19 @@ pub struct RunnerConfig {
     pub strict_io: bool,
     /// bhyve `-S`: wire guest memory.
     pub wire_memory: bool,
+    pub sandbox: SandboxConfig,
+}
+
+/// How a child confines itself.
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Default)]
+pub struct SandboxConfig {
+    /// Log mode: forbidden syscalls fail with EPERM instead of ending the child.
+    pub log_only: bool,
+    /// Test hook (`-o sandbox.test_violation=ROLE:OP`): right after entering
+    /// its sandbox the child attempts this forbidden operation.
+    pub test_violation: Option<String>,
+    /// The broker's pid as the host sees it (the target of the hook's kill/ptrace).
+    pub broker_pid: u32,
 }
 
 /// One piece of guest-physical memory, backed by the RAM memfd at `offset`.
@@ -135,6 +187,7 @@ pub struct UartConfig {
     /// First of the UART's eight I/O ports.
     pub port_base: u16,
     pub backend: UartBackendKind,
+    pub sandbox: SandboxConfig,
 }
 
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]

@@ -62,6 +62,11 @@ impl Vcpu {
         self.id
     }
 
+    /// The vCPU fd number, for the sandbox manifest.
+    pub fn raw_fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
     /// LINT0 as ExtINT and LINT1 as NMI, as firmware leaves them, so the
     /// legacy PIC reaches the BSP before the guest sets up its IOAPIC.
     pub(crate) fn setup_lapic(&self) -> Result<()> {

@@ -42,6 +42,18 @@ impl Vm {
         Ok(Vm { kvm, fd, supported_cpuid, host, eventfds: Vec::new() })
     }
 
+    /// The `/dev/kvm` and VM fd numbers, for the sandbox manifest.
+    pub fn raw_fds(&self) -> (i32, i32) {
+        use std::os::fd::AsRawFd;
+        (self.kvm.as_raw_fd(), self.fd.as_raw_fd())
+    }
+
+    /// The registered irqfds' and ioeventfds' fd numbers.
+    pub fn eventfd_numbers(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.eventfds.iter().map(|e| e.as_raw_fd()).collect()
+    }
+
     /// Most vCPUs this KVM runs in one VM.
     pub fn max_vcpus(&self) -> usize {
         self.kvm.get_max_vcpus()

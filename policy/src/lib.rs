@@ -1,1 +1,181 @@
+//! What each capvm process may do, said once and enforced from the same
+//! words.
+//!
+//! A [`Manifest`] lists, for one role (vcpu-runner, uart, ...):
+//! - the fds it keeps, each with Capsicum-named rights ([`Right`]) and, for
+//!   `CAP_IOCTL`, the exact ioctl commands;
+//! - the syscalls it may make, each with why and with argument filters
+//!   (fd rights are bound to fd numbers through seccomp, since Linux cannot
+//!   attach rights to an fd);
+//! - its namespaces and resource limits.
+//!
+//! [`seccomp`] turns a manifest into BPF; [`enforce`] applies everything in
+//! the child before it reads any guest-controlled byte. On FreeBSD the same
+//! manifest maps one to one onto cap_enter, cap_rights_limit and
+//! cap_ioctls_limit; that backend is not written yet, and the `capsicum`
+//! crate cannot be built on the Linux machines this project runs on.
 
+pub mod enforce;
+pub mod hostile;
+pub mod roles;
+pub mod seccomp;
+
+use std::fmt;
+
+/// A Capsicum right, as `cap_rights_limit(2)` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Right {
+    Read,
+    Write,
+    Seek,
+    Fsync,
+    Mmap,
+    Event,
+    Accept,
+    Ioctl,
+}
+
+impl Right {
+    pub fn capsicum_name(self) -> &'static str {
+        match self {
+            Right::Read => "CAP_READ",
+            Right::Write => "CAP_WRITE",
+            Right::Seek => "CAP_SEEK",
+            Right::Fsync => "CAP_FSYNC",
+            Right::Mmap => "CAP_MMAP",
+            Right::Event => "CAP_EVENT",
+            Right::Accept => "CAP_ACCEPT",
+            Right::Ioctl => "CAP_IOCTL",
+        }
+    }
+}
+
+/// An ioctl command an fd with `CAP_IOCTL` may receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ioctl {
+    pub name: &'static str,
+    pub cmd: u64,
+}
+
+/// One fd the process keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdGrant {
+    pub fd: i32,
+    /// What it is, for people: "guest RAM", "COM1 input (stdin)".
+    pub what: String,
+    pub rights: Vec<Right>,
+    pub ioctls: Vec<Ioctl>,
+    /// Not held at start: the number a later fd (an accepted client) gets.
+    pub reserved: bool,
+}
+
+impl FdGrant {
+    pub fn new(fd: i32, what: impl Into<String>, rights: &[Right]) -> FdGrant {
+        FdGrant { fd, what: what.into(), rights: rights.to_vec(), ioctls: Vec::new(), reserved: false }
+    }
+
+    pub fn has(&self, r: Right) -> bool {
+        self.rights.contains(&r)
+    }
+}
+
+/// How a syscall's arguments are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Args {
+    /// Any arguments.
+    Any,
+    /// The fd in argument 0 must hold every one of these rights.
+    FdWith(&'static [Right]),
+    /// mmap/mprotect: never PROT_EXEC; mmap only anonymous or on a `CAP_MMAP` fd.
+    NoExec,
+    /// clone: only threads (CLONE_THREAD set).
+    ThreadsOnly,
+    /// ioctl: only the commands listed on the fd in argument 0.
+    IoctlList,
+    /// Argument 0 must be one of these values (prctl options, own pid).
+    Arg0In(Vec<u64>),
+}
+
+/// One allowed syscall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallRule {
+    /// The x86_64 name, as in `man 2`.
+    pub name: &'static str,
+    pub args: Args,
+    /// Why this role needs it.
+    pub why: &'static str,
+}
+
+/// Linux namespaces every sandboxed child gets anew.
+pub const NAMESPACES: [&str; 6] = ["user", "mount", "pid", "ipc", "uts", "net"];
+
+/// Everything one process may hold and do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// "vcpu-runner", "uart".
+    pub role: String,
+    pub fds: Vec<FdGrant>,
+    pub syscalls: Vec<SyscallRule>,
+    /// (resource, limit): RLIMIT_NOFILE and RLIMIT_CORE.
+    pub rlimits: Vec<(&'static str, u64)>,
+}
+
+impl Manifest {
+    /// The fd numbers the process holds at start, sorted.
+    pub fn fd_numbers(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.fds.iter().filter(|f| !f.reserved).map(|f| f.fd).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// What to do when a sandboxed process makes a forbidden syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnViolation {
+    /// Report it, then the process exits (the broker stops the VM).
+    Kill,
+    /// Report it; the syscall fails with EPERM and the process goes on.
+    Log,
+}
+
+/// A syscall number's name on x86_64, or "syscall_N".
+pub fn syscall_name(nr: u64) -> String {
+    syscalls::Sysno::new(nr as usize).map(|s| s.name().to_string()).unwrap_or_else(|| format!("syscall_{nr}"))
+}
+
+impl fmt::Display for Manifest {
+    /// The review format of `capvm --print-policy`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "role {}", self.role)?;
+        writeln!(f, "  namespaces: {} (all new)", NAMESPACES.join(", "))?;
+        writeln!(f, "  root: empty read-only tmpfs; landlock: no filesystem access, no TCP, signals and abstract sockets scoped")?;
+        writeln!(f, "  capabilities: none; no_new_privs")?;
+        let limits: Vec<String> = self.rlimits.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        writeln!(f, "  rlimits: {}", limits.join(", "))?;
+        writeln!(f, "  fds:")?;
+        for g in &self.fds {
+            let rights: Vec<&str> = g.rights.iter().map(|r| r.capsicum_name()).collect();
+            let rights = if rights.is_empty() { "(none)".to_string() } else { rights.join("|") };
+            writeln!(f, "    {:>3}  {:<34} {rights}", g.fd, g.what)?;
+            if !g.ioctls.is_empty() {
+                let names: Vec<&str> = g.ioctls.iter().map(|i| i.name).collect();
+                writeln!(f, "         ioctls: {}", names.join(" "))?;
+            }
+        }
+        writeln!(f, "  syscalls ({}; anything else traps and is audited):", self.syscalls.len())?;
+        for s in &self.syscalls {
+            let args = match &s.args {
+                Args::Any => String::new(),
+                Args::FdWith(r) => {
+                    format!(" [fd with {}]", r.iter().map(|r| r.capsicum_name()).collect::<Vec<_>>().join("|"))
+                }
+                Args::NoExec => " [no PROT_EXEC]".into(),
+                Args::ThreadsOnly => " [threads only]".into(),
+                Args::IoctlList => " [listed commands only]".into(),
+                Args::Arg0In(v) => format!(" [arg0 in {v:?}]"),
+            };
+            writeln!(f, "    {:<16}{args:<28} {}", s.name, s.why)?;
+        }
+        Ok(())
+    }
+}

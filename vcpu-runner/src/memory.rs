@@ -11,12 +11,15 @@ use crate::runner::RunnerError;
 
 pub struct GuestRam {
     mem: GuestMemoryMmap,
+    /// The memfd stays open as long as the mappings that hold it.
+    fd: i32,
 }
 
 impl GuestRam {
     /// Maps every region of the RAM memfd and gives it to KVM as one slot each.
     pub fn map(vm: &Vm, ram: OwnedFd, regions: &[MemoryRegion], wire: bool) -> Result<GuestRam, RunnerError> {
         let file = std::sync::Arc::new(File::from(ram));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*file);
         let ranges: Vec<_> = regions
             .iter()
             .map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset))))
@@ -40,7 +43,11 @@ impl GuestRam {
             // (GuestRam is kept until the process exits).
             unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), host as u64)? };
         }
-        Ok(GuestRam { mem })
+        Ok(GuestRam { mem, fd })
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd
     }
 
     /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.

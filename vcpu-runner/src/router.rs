@@ -7,6 +7,7 @@ use capvm_ipc::{PioRange, VmEvent};
 use crate::platform::{Outcome, Platform};
 
 pub struct Device {
+    pub name: String,
     pub pio: Vec<PioRange>,
     pub ring: ExitRing,
 }

@@ -88,7 +88,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         if let Some(gsi) = d.irq_gsi {
             vm.register_irqfd(next_fd(&mut fds, "interrupt")?, gsi)?;
         }
-        devices.push(Device { pio: d.pio.clone(), ring });
+        devices.push(Device { name: d.name.clone(), pio: d.pio.clone(), ring });
     }
 
     let mut vcpus = Vec::new();
@@ -103,10 +103,12 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     vcpus[0].set_boot_state(&BootRegs { mode, entry: b.entry, rsp: b.rsp, rsi: b.rsi, rbx: b.rbx })?;
 
     install_kick_handler();
+    let control = channel_dup(channel)?;
+    enter_sandbox(channel, &cfg.sandbox, &vm, &vcpus, &ram, &devices, &control)?;
     let shared = Arc::new(Shared {
         router: Router { platform: Platform::default(), devices, strict_io: cfg.strict_io },
         ram,
-        channel: Channel::from_fd(channel_dup(channel)?),
+        channel: Channel::from_fd(control),
         status: (0..cfg.vcpus).map(|_| VcpuStatus::default()).collect(),
         reported: AtomicBool::new(false),
     });
@@ -120,6 +122,42 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         threads.push(t);
     }
     supervise(channel, &shared, &threads)
+}
+
+/// Confines this process before any vCPU runs (single-threaded still).
+fn enter_sandbox(
+    channel: &Channel,
+    sandbox: &capvm_ipc::SandboxConfig,
+    vm: &Vm,
+    vcpus: &[Vcpu],
+    ram: &GuestRam,
+    devices: &[Device],
+    control_dup: &OwnedFd,
+) -> Result<(), RunnerError> {
+    use std::os::fd::AsRawFd;
+    let (kvm_fd, vm_fd) = vm.raw_fds();
+    let vcpu_fds: Vec<i32> = vcpus.iter().map(|v| v.raw_fd()).collect();
+    let doorbells: Vec<(i32, String)> =
+        devices.iter().map(|d| (d.ring.doorbell().as_raw_fd(), d.name.clone())).collect();
+    let mut manifest = capvm_policy::roles::vcpu_runner(kvm_fd, vm_fd, &vcpu_fds, &doorbells, std::process::id());
+    manifest.fds.push(capvm_policy::FdGrant::new(ram.fd(), "guest RAM (sealed memfd, mapped)", &[]));
+    manifest.fds.push(capvm_policy::FdGrant::new(
+        control_dup.as_raw_fd(),
+        "control socket (vCPU threads' copy)",
+        &[capvm_policy::Right::Write],
+    ));
+    for fd in vm.eventfd_numbers() {
+        manifest.fds.push(capvm_policy::FdGrant::new(fd, "irqfd (registered with KVM)", &[]));
+    }
+    manifest.rlimits = capvm_policy::roles::vcpu_runner_rlimits(&manifest.fds);
+    let mode = if sandbox.log_only { capvm_policy::OnViolation::Log } else { capvm_policy::OnViolation::Kill };
+    let report = capvm_policy::enforce::enter(&manifest, mode).map_err(|e| RunnerError::Config(e.to_string()))?;
+    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    if let Some(op) = sandbox.test_violation.as_deref().and_then(|t| t.strip_prefix("vcpu-runner:")) {
+        // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
+        capvm_policy::hostile::attempt(op, kvm_fd, kvm_fd, sandbox.broker_pid);
+    }
+    Ok(())
 }
 
 fn channel_dup(channel: &Channel) -> Result<OwnedFd, RunnerError> {

@@ -1,6 +1,7 @@
 //! The host side of a COM port: where guest output goes, where input comes from.
 
 use std::io;
+use std::rc::Rc;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use capvm_ipc::UartBackendKind;
@@ -9,16 +10,19 @@ use nix::sys::socket::{accept4, SockFlag};
 /// Where the UART's transmitter writes. For a socket backend with no client
 /// connected, output is dropped (as a serial line with nothing attached).
 pub struct Output {
-    fd: Option<OwnedFd>,
+    /// Shared with the input side for a socket client (no dup: the sandbox
+    /// knows the client by one fd number).
+    fd: Option<Rc<OwnedFd>>,
     /// For sockets a failed write means the client left; for stdio and ttys
     /// the error is reported.
     disconnect_on_error: bool,
+    is_tty: bool,
 }
 
 impl io::Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let Some(fd) = &self.fd else { return Ok(buf.len()) };
-        match nix::unistd::write(fd, buf) {
+        match nix::unistd::write(&**fd, buf) {
             Ok(n) => Ok(n),
             Err(_) if self.disconnect_on_error => {
                 self.fd = None;
@@ -38,7 +42,7 @@ pub enum Input {
     /// Reads from this fd (stdin or the tty).
     Stream(OwnedFd),
     /// A listening socket and, when one is connected, its client.
-    Socket { listener: OwnedFd, client: Option<OwnedFd> },
+    Socket { listener: OwnedFd, client: Option<Rc<OwnedFd>> },
 }
 
 impl Input {
@@ -56,7 +60,7 @@ impl Input {
 pub enum Readable {
     Bytes(usize),
     /// A socket client connected: here is its fd for output.
-    Connected(OwnedFd),
+    Connected(Rc<OwnedFd>),
     /// The input closed; for a socket, the client left.
     Closed,
 }
@@ -73,12 +77,11 @@ impl Input {
             Input::Socket { listener, client: c @ None } => {
                 let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
                 // SAFETY: accept4 just returned this fd and nothing else owns it.
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                let out = fd.try_clone()?;
-                *c = Some(fd);
-                Ok(Readable::Connected(out))
+                let fd = Rc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+                *c = Some(fd.clone());
+                Ok(Readable::Connected(fd))
             }
-            Input::Socket { client: Some(c), .. } => match nix::unistd::read(&*c, buf) {
+            Input::Socket { client: Some(c), .. } => match nix::unistd::read(&**c, buf) {
                 Ok(0) | Err(_) => {
                     if let Input::Socket { client, .. } = self {
                         *client = None;
@@ -101,25 +104,36 @@ pub fn from_fds(kind: UartBackendKind, mut fds: Vec<OwnedFd>) -> io::Result<(Inp
             }
             let out = fds.pop().ok_or_else(missing)?;
             let input = fds.pop().ok_or_else(missing)?;
-            Ok((Input::Stream(input), Output { fd: Some(out), disconnect_on_error: false }))
+            Ok((Input::Stream(input), Output { fd: Some(Rc::new(out)), disconnect_on_error: false, is_tty: false }))
         }
         UartBackendKind::Tty => {
             let fd = fds.pop().ok_or_else(missing)?;
             let out = fd.try_clone()?;
-            Ok((Input::Stream(fd), Output { fd: Some(out), disconnect_on_error: false }))
+            Ok((Input::Stream(fd), Output { fd: Some(Rc::new(out)), disconnect_on_error: false, is_tty: true }))
         }
         UartBackendKind::Socket => {
             let listener = fds.pop().ok_or_else(missing)?;
-            Ok((Input::Socket { listener, client: None }, Output { fd: None, disconnect_on_error: true }))
+            Ok((Input::Socket { listener, client: None }, Output { fd: None, disconnect_on_error: true, is_tty: false }))
         }
     }
 }
 
 impl Output {
-    pub fn connect(&mut self, fd: OwnedFd) {
+    pub fn connect(&mut self, fd: Rc<OwnedFd>) {
         self.fd = Some(fd);
     }
     pub fn disconnect(&mut self) {
         self.fd = None;
+    }
+}
+
+/// The backend's fds as the sandbox manifest names them.
+pub fn manifest_fds(input: &Input, output: &Output) -> capvm_policy::roles::UartBackendFds {
+    use capvm_policy::roles::UartBackendFds;
+    let out = output.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+    match input {
+        Input::Stream(fd) if output.is_tty => UartBackendFds::Tty { input: fd.as_raw_fd(), output: out },
+        Input::Stream(fd) => UartBackendFds::Stdio { input: fd.as_raw_fd(), output: out },
+        Input::Socket { listener, .. } => UartBackendFds::Socket { listener: listener.as_raw_fd() },
     }
 }

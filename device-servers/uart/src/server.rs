@@ -1,6 +1,6 @@
 //! The event loop: exit-ring requests, backend input, broker messages.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use capvm_ipc::ring::{ExitRing, Op};
 use capvm_ipc::{Channel, ChannelError, RingError, ToBroker, ToChild, PROTO_VERSION};
@@ -43,8 +43,24 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
     let mut fds = fds.into_iter();
     let (ring_fd, doorbell, irq) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
+    // The mapping stays; the memfd itself is not needed any more.
+    drop(ring_fd);
     let (mut input, output) =
         backend::from_fds(cfg.backend, fds.collect()).map_err(|e| UartError::Io("backend", e))?;
+    let manifest = capvm_policy::roles::uart(
+        &cfg.name,
+        ring.doorbell().as_raw_fd(),
+        irq.as_raw_fd(),
+        &backend::manifest_fds(&input, &output),
+    );
+    let mode = if cfg.sandbox.log_only { capvm_policy::OnViolation::Log } else { capvm_policy::OnViolation::Kill };
+    let report = capvm_policy::enforce::enter(&manifest, mode).map_err(|e| UartError::Protocol(e.to_string()))?;
+    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    if let Some(op) = cfg.sandbox.test_violation.as_deref().and_then(|t| t.strip_prefix("uart:")) {
+        // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
+        let fd = ring.doorbell().as_raw_fd();
+        capvm_policy::hostile::attempt(op, fd, fd, cfg.sandbox.broker_pid);
+    }
     let mut serial = Serial::new(IrqLine(irq), output);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
 

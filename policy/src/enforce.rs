@@ -1,0 +1,263 @@
+//! Entering the sandbox, in the child, while it is still single-threaded and
+//! before it reads any guest-controlled byte:
+//!
+//! 1. close every fd the manifest does not list;
+//! 2. new user, mount, ipc, uts and net namespaces (the pid namespace was
+//!    made by the broker's clone), uid/gid 0 inside mapped to nobody;
+//! 3. pivot_root into an empty read-only tmpfs;
+//! 4. rlimits: the fd count just above what it holds, no core dumps;
+//! 5. no capabilities (bounding, ambient, effective, permitted, inheritable);
+//! 6. Landlock: no filesystem access, no TCP, signals and abstract unix
+//!    sockets scoped to the sandbox (also sets no_new_privs);
+//! 7. seccomp: the manifest's filter; anything else raises SIGSYS, whose
+//!    handler sends the broker one [`ViolationRecord`] and then exits, or
+//!    (log mode) makes the syscall return EPERM.
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use capvm_ipc::{FdReport, SandboxReport, ToBroker, ViolationRecord, CHILD_CONTROL_FD};
+use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, Scope, ABI};
+
+use crate::{Manifest, OnViolation, NAMESPACES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox: {what}: {err}")]
+    Os { what: &'static str, err: std::io::Error },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("sandbox: applying seccomp: {0}")]
+    Apply(#[from] seccompiler::Error),
+}
+
+fn os(what: &'static str) -> SandboxError {
+    SandboxError::Os { what, err: std::io::Error::last_os_error() }
+}
+
+fn check(rc: libc::c_long, what: &'static str) -> Result<(), SandboxError> {
+    if rc < 0 {
+        Err(os(what))
+    } else {
+        Ok(())
+    }
+}
+
+/// The uid and gid a child runs as outside its user namespace.
+pub const NOBODY: u32 = 65534;
+
+/// Confines the calling process as `m` says. Must run single-threaded.
+pub fn enter(m: &Manifest, on_violation: OnViolation) -> Result<SandboxReport, SandboxError> {
+    close_unlisted(&m.fd_numbers())?;
+    enter_namespaces()?;
+    pivot_to_empty_root()?;
+    set_rlimits(m)?;
+    drop_capabilities()?;
+    let landlock = restrict_landlock();
+    // Landlock sets it too, but not when Landlock is missing.
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _, "no_new_privs")?;
+    install_sigsys_handler(on_violation)?;
+    let main = crate::seccomp::manifest_filter(m)?;
+    let clone3 = crate::seccomp::clone3_filter()?;
+    seccompiler::apply_filter(&clone3)?;
+    seccompiler::apply_filter(&main)?;
+    Ok(report(m, landlock))
+}
+
+/// The audit view of a manifest as entered.
+pub fn report(m: &Manifest, landlock: String) -> SandboxReport {
+    SandboxReport {
+        role: m.role.clone(),
+        allowed_syscalls: crate::seccomp::allowed_count(m) as u32,
+        namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
+        landlock,
+        fds: m
+            .fds
+            .iter()
+            .map(|g| FdReport {
+                fd: g.fd,
+                what: g.what.clone(),
+                rights: g.rights.iter().map(|r| r.capsicum_name().to_string()).collect(),
+                ioctls: g.ioctls.iter().map(|i| i.name.to_string()).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn close_unlisted(keep: &[i32]) -> Result<(), SandboxError> {
+    let mut next = 0u32;
+    for &fd in keep {
+        if fd as u32 > next {
+            // SAFETY: closes fds this process does not use any more.
+            check(unsafe { libc::syscall(libc::SYS_close_range, next, fd as u32 - 1, 0) }, "close_range")?;
+        }
+        next = fd as u32 + 1;
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) }, "close_range")
+}
+
+fn write_file(path: &str, data: &str) -> Result<(), SandboxError> {
+    std::fs::write(path, data).map_err(|err| SandboxError::Os { what: "writing /proc/self id maps", err })
+}
+
+fn enter_namespaces() -> Result<(), SandboxError> {
+    let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
+    // SAFETY: unshare with constant flags; the process is single-threaded.
+    check(unsafe { libc::unshare(flags) } as _, "unshare (user, mount, ipc, uts, net namespaces)")?;
+    // Root inside, our own (unprivileged) ids outside.
+    write_file("/proc/self/setgroups", "deny")?;
+    write_file("/proc/self/uid_map", &format!("0 {uid} 1"))?;
+    write_file("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+    Ok(())
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str, what: &'static str) -> Result<(), SandboxError> {
+    let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
+    let (src, target, fstype, data) = (c(src), c(target), c(fstype), c(data));
+    // SAFETY: valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    check(rc as _, what)
+}
+
+fn pivot_to_empty_root() -> Result<(), SandboxError> {
+    mount("none", "/", "", libc::MS_REC | libc::MS_PRIVATE, "", "making / private")?;
+    // Any directory serves as the mount point: the mount is private to us.
+    mount("capvm-empty", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "size=4k,mode=0555", "mounting the empty root")?;
+    let tmp = CString::new("/tmp").unwrap();
+    let dot = CString::new(".").unwrap();
+    // SAFETY: plain path syscalls on NUL-terminated strings.
+    unsafe {
+        check(libc::chdir(tmp.as_ptr()) as _, "chdir")?;
+        // pivot_root(".", "."): the old root ends up on top, then detach it.
+        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()), "pivot_root")?;
+        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as _, "detaching the old root")?;
+        check(libc::chdir(c"/".as_ptr()) as _, "chdir /")?;
+    }
+    mount(
+        "none",
+        "/",
+        "",
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+        "making the root read-only",
+    )
+}
+
+fn set_rlimits(m: &Manifest) -> Result<(), SandboxError> {
+    for (name, value) in &m.rlimits {
+        let resource = match *name {
+            "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+            "RLIMIT_CORE" => libc::RLIMIT_CORE,
+            _ => continue,
+        };
+        let lim = libc::rlimit { rlim_cur: *value, rlim_max: *value };
+        // SAFETY: setrlimit with a valid struct.
+        check(unsafe { libc::setrlimit(resource, &lim) } as _, "setrlimit")?;
+    }
+    Ok(())
+}
+
+fn drop_capabilities() -> Result<(), SandboxError> {
+    // SAFETY: prctl/capset with plain integers and a zeroed capability set.
+    unsafe {
+        for cap in 0..64 {
+            // EINVAL past the kernel's last capability: that is the end.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && *libc::__errno_location() == libc::EINVAL {
+                break;
+            }
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Default, Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let data = [Data::default(); 2];
+        check(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()), "capset")
+    }
+}
+
+fn restrict_landlock() -> String {
+    let abi = ABI::V6;
+    let result = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.scope(Scope::from_all(abi)))
+        .and_then(|r| r.create())
+        .and_then(|r| r.restrict_self());
+    match result {
+        Ok(s) => match s.ruleset {
+            RulesetStatus::FullyEnforced => "enforced".into(),
+            RulesetStatus::PartiallyEnforced => "partially enforced (older kernel ABI)".into(),
+            RulesetStatus::NotEnforced => "not supported by this kernel".into(),
+        },
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+static KILL_ON_VIOLATION: AtomicBool = AtomicBool::new(true);
+
+fn install_sigsys_handler(on_violation: OnViolation) -> Result<(), SandboxError> {
+    KILL_ON_VIOLATION.store(on_violation == OnViolation::Kill, Ordering::SeqCst);
+    // SAFETY: installs an async-signal-safe handler (see on_sigsys).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        check(libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) as _, "sigaction(SIGSYS)")
+    }
+}
+
+/// Offset of `si_syscall` in siginfo_t for SIGSYS on x86_64: after
+/// si_signo, si_errno, si_code, padding (16 bytes) and si_call_addr (8).
+const SI_SYSCALL_OFFSET: usize = 24;
+const SI_CALL_ADDR_OFFSET: usize = 16;
+
+/// Async-signal-safe: no allocation, no locks; one encode into a stack
+/// buffer and one send on the control socket.
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext for SA_SIGINFO.
+    unsafe {
+        let base = info as *const u8;
+        let nr = *(base.add(SI_SYSCALL_OFFSET) as *const i32) as u64;
+        let ip = *(base.add(SI_CALL_ADDR_OFFSET) as *const u64);
+        let uc = ctx as *mut libc::ucontext_t;
+        let g = &mut (*uc).uc_mcontext.gregs;
+        let args = [
+            g[libc::REG_RDI as usize] as u64,
+            g[libc::REG_RSI as usize] as u64,
+            g[libc::REG_RDX as usize] as u64,
+            g[libc::REG_R10 as usize] as u64,
+            g[libc::REG_R8 as usize] as u64,
+            g[libc::REG_R9 as usize] as u64,
+        ];
+        let killed = KILL_ON_VIOLATION.load(Ordering::Relaxed);
+        let msg = ToBroker::Violation(ViolationRecord { nr, args, ip, killed });
+        let mut buf = [0u8; 256];
+        if let Ok(n) = bincode::encode_into_slice(&msg, &mut buf, bincode::config::standard()) {
+            // sendmsg, not send (sendto): the one the manifest allows.
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: n };
+            let mut hdr: libc::msghdr = std::mem::zeroed();
+            hdr.msg_iov = &mut iov;
+            hdr.msg_iovlen = 1;
+            libc::sendmsg(CHILD_CONTROL_FD, &hdr, libc::MSG_NOSIGNAL);
+        }
+        if killed {
+            libc::_exit(159);
+        }
+        g[libc::REG_RAX as usize] = -(libc::EPERM as i64);
+    }
+}

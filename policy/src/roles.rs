@@ -1,0 +1,179 @@
+//! The manifests of each role. The fd numbers are those the process holds
+//! when it enters its sandbox; the broker's `--print-policy` shows the same
+//! manifests with the numbers a default start gives.
+
+use crate::{Args, FdGrant, Ioctl, Manifest, Right, SyscallRule};
+
+use Right::*;
+
+/// What every sandboxed capvm process needs: its own memory, its threads'
+/// synchronisation, time, and talking over the fds it holds.
+fn common() -> Vec<SyscallRule> {
+    let r = |name, args, why| SyscallRule { name, args, why };
+    vec![
+        r("read", Args::FdWith(&[Read]), "read from fds that hold CAP_READ"),
+        r("write", Args::FdWith(&[Write]), "write to fds that hold CAP_WRITE (eventfds, output)"),
+        r("recvmsg", Args::FdWith(&[Read]), "control messages from the broker"),
+        r("sendmsg", Args::FdWith(&[Write]), "control messages and audit records to the broker"),
+        r("poll", Args::Any, "wait for fds it holds"),
+        r("ppoll", Args::Any, "wait for fds it holds"),
+        r("close", Args::Any, "drop an fd"),
+        r("futex", Args::Any, "locks, and the exit ring's wake-ups"),
+        r("mmap", Args::NoExec, "heap and thread stacks; never executable"),
+        r("mprotect", Args::NoExec, "guard pages; never executable"),
+        r("munmap", Args::Any, "free memory"),
+        r("madvise", Args::Any, "return freed memory"),
+        r("brk", Args::Any, "heap"),
+        r("rt_sigreturn", Args::Any, "return from the SIGSYS/kick handlers"),
+        r("rt_sigprocmask", Args::Any, "thread start-up masks signals"),
+        r("sigaltstack", Args::Any, "Rust's stack-overflow guard"),
+        r("sched_yield", Args::Any, "spin-wait back-off"),
+        r("nanosleep", Args::Any, "back-off"),
+        r("clock_nanosleep", Args::Any, "back-off"),
+        r("clock_gettime", Args::Any, "time (when the vDSO is not used)"),
+        r("getrandom", Args::Any, "hash map seeds"),
+        r("gettid", Args::Any, "thread identity"),
+        r("getpid", Args::Any, "process identity"),
+        r("exit", Args::Any, "thread exit"),
+        r("exit_group", Args::Any, "process exit"),
+    ]
+}
+
+/// Limits besides the fd count: no core dumps (guest memory stays in RAM).
+fn rlimits(fds: &[FdGrant], spare: u64) -> Vec<(&'static str, u64)> {
+    let max = fds.iter().map(|f| f.fd).max().unwrap_or(2) as u64;
+    vec![("RLIMIT_NOFILE", max + 1 + spare), ("RLIMIT_CORE", 0)]
+}
+
+/// stderr and the control socket, which every child keeps.
+pub fn base_fds() -> Vec<FdGrant> {
+    vec![
+        FdGrant::new(2, "stderr (diagnostics)", &[Write]),
+        FdGrant::new(3, "control socket to the broker", &[Read, Write, Event]),
+    ]
+}
+
+/// The KVM ioctls a vCPU runner still needs once the VM is built.
+pub fn vcpu_ioctls() -> Vec<Ioctl> {
+    // _IO(KVMIO, n) and _IOR/_IOW(KVMIO, n, struct) as in linux/kvm.h.
+    vec![
+        Ioctl { name: "KVM_RUN", cmd: 0xae80 },
+        Ioctl { name: "KVM_GET_REGS", cmd: 0x8090_ae81 },
+        Ioctl { name: "KVM_GET_SREGS", cmd: 0x8138_ae83 },
+        Ioctl { name: "KVM_TRANSLATE", cmd: 0xc018_ae85 },
+        Ioctl { name: "KVM_GET_MP_STATE", cmd: 0x8004_ae98 },
+    ]
+}
+
+/// The vCPU runner: the VM and vCPU fds, and one doorbell per device.
+/// `vcpus` are the vCPU fds; `doorbells` (fd, device) the exit-ring doorbells.
+pub fn vcpu_runner(kvm: i32, vm: i32, vcpus: &[i32], doorbells: &[(i32, String)], own_pid: u32) -> Manifest {
+    let mut fds = base_fds();
+    fds.push(FdGrant::new(kvm, "/dev/kvm", &[]));
+    fds.push(FdGrant::new(vm, "KVM VM", &[]));
+    for (i, &fd) in vcpus.iter().enumerate() {
+        let mut g = FdGrant::new(fd, format!("KVM vCPU {i}"), &[Ioctl]);
+        g.ioctls = vcpu_ioctls();
+        fds.push(g);
+    }
+    for (fd, dev) in doorbells {
+        fds.push(FdGrant::new(*fd, format!("{dev} exit-ring doorbell (eventfd)"), &[Write]));
+    }
+    let mut syscalls = common();
+    let r = |name, args, why| SyscallRule { name, args, why };
+    syscalls.extend([
+        r("ioctl", Args::IoctlList, "run vCPUs and read their state"),
+        r("clone", Args::ThreadsOnly, "one thread per vCPU"),
+        r("rt_sigaction", Args::Arg0In(vec![32, 33]), "glibc sets up its internal thread signals at the first thread"),
+        r("rseq", Args::Any, "glibc registers each new thread"),
+        r("sched_getaffinity", Args::Any, "Rust's thread start-up reads its own stack bounds through glibc"),
+        r("set_robust_list", Args::Any, "glibc registers each new thread"),
+        r("prctl", Args::Arg0In(vec![libc::PR_SET_NAME as u64]), "name vCPU threads"),
+        r("tgkill", Args::Arg0In(vec![own_pid as u64]), "kick its own vCPU threads out of KVM_RUN"),
+    ]);
+    let rlimits = vcpu_runner_rlimits(&fds);
+    Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits }
+}
+
+/// The runner's limits once every fd it keeps is listed.
+pub fn vcpu_runner_rlimits(fds: &[FdGrant]) -> Vec<(&'static str, u64)> {
+    rlimits(fds, 0)
+}
+
+/// Where a UART's bytes go, as fds.
+pub enum UartBackendFds {
+    Stdio { input: i32, output: i32 },
+    /// The tty, opened once, and its duplicate for output.
+    Tty { input: i32, output: i32 },
+    /// The listening socket; the accepted client takes the next free fd.
+    Socket { listener: i32 },
+}
+
+/// A UART server: its doorbell, its interrupt eventfd, its backend.
+pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Manifest {
+    let mut fds = base_fds();
+    fds.push(FdGrant::new(doorbell, "exit-ring doorbell (eventfd)", &[Read, Event]));
+    fds.push(FdGrant::new(irq, format!("{name} interrupt (irqfd)"), &[Write]));
+    let mut spare = 0;
+    match *backend {
+        UartBackendFds::Stdio { input, output } => {
+            fds.push(FdGrant::new(input, format!("{name} input (stdin)"), &[Read, Event]));
+            fds.push(FdGrant::new(output, format!("{name} output (stdout)"), &[Write]));
+        }
+        UartBackendFds::Tty { input, output } => {
+            fds.push(FdGrant::new(input, format!("{name} tty (input)"), &[Read, Event]));
+            fds.push(FdGrant::new(output, format!("{name} tty (output)"), &[Write]));
+        }
+        UartBackendFds::Socket { listener } => {
+            fds.push(FdGrant::new(listener, format!("{name} listening socket"), &[Accept, Event]));
+            let client = first_free(&fds);
+            let mut g = FdGrant::new(client, format!("{name} socket client (when connected)"), &[Read, Write, Event]);
+            g.reserved = true;
+            fds.push(g);
+            spare = 0;
+        }
+    }
+    let mut syscalls = common();
+    if matches!(backend, UartBackendFds::Socket { .. }) {
+        syscalls.push(SyscallRule { name: "accept4", args: Args::FdWith(&[Accept]), why: "take the next socket client" });
+    }
+    let rlimits = rlimits(&fds, spare);
+    Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits }
+}
+
+/// The lowest fd number not in `fds`: where the kernel puts the next new fd.
+fn first_free(fds: &[FdGrant]) -> i32 {
+    (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uart_socket_manifest_reserves_the_client_fd() {
+        let m = uart("com1", 4, 5, &UartBackendFds::Socket { listener: 6 });
+        // 0 and 1 are closed in the child, so the client lands on 0.
+        let client = m.fds.iter().find(|f| f.what.contains("client")).unwrap();
+        assert_eq!(client.fd, 0);
+        assert!(m.syscalls.iter().any(|s| s.name == "accept4"));
+    }
+
+    #[test]
+    fn runner_manifest_lists_vcpu_ioctls_and_no_write_on_kvm() {
+        let m = vcpu_runner(4, 5, &[6, 7], &[(8, "com1".into())], 1);
+        let vcpu = m.fds.iter().find(|f| f.fd == 7).unwrap();
+        assert!(vcpu.ioctls.iter().any(|i| i.name == "KVM_RUN"));
+        assert!(!m.fds.iter().find(|f| f.fd == 4).unwrap().has(Right::Write));
+        assert_eq!(m.rlimits[0], ("RLIMIT_NOFILE", 9));
+    }
+
+    #[test]
+    fn every_syscall_name_is_a_real_x86_64_syscall() {
+        let m = vcpu_runner(4, 5, &[6], &[], 1);
+        let u = uart("com1", 4, 5, &UartBackendFds::Socket { listener: 6 });
+        for s in m.syscalls.iter().chain(&u.syscalls) {
+            assert!(s.name.parse::<syscalls::Sysno>().is_ok(), "{}", s.name);
+        }
+    }
+}
