@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::config::{parse_memsize, ConfigError, ConfigTree, COM_PORTS, PCI_EMULATIONS};
 
 pub const USAGE: &str = "\
-usage: capvm [-ADeHhPSuw] [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]
+usage: capvm [--print-policy] [-ADeHhPSuw] [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]
              [-k config_file] [-l help|lpc_device,conf] [-m memsize[K|k|M|m|G|g|T|t]]
              [-o var=value] [-s help|[bus:]slot[:func],emulation[,conf]] vmname
 
@@ -24,12 +24,20 @@ capvm boots a kernel directly (the role of bhyveload):
   -o boot.initrd=PATH    an initial ramdisk
   -o boot.cmdline=STRING the kernel command line
 
+sandbox (every child process; see capvmctl --audit):
+  --print-policy               print each child's manifest for this command line, start nothing
+  -o sandbox.violations=kill|log  a forbidden syscall stops the VM (kill, default) or fails
+                               with EPERM and is recorded (log)
+  -o sandbox.audit_log=PATH    JSON-lines audit log (default /var/log/capvm/NAME.audit.jsonl)
+
 exit status: 0 reboot, 1 poweroff, 2 halt, 3 triple fault, 4 error";
 
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Action {
     Run(ConfigTree),
+    /// `--print-policy`: the children's manifests for this configuration.
+    PrintPolicy(ConfigTree),
     Usage,
     ListSlots,
     ListLpc,
@@ -43,6 +51,7 @@ pub fn parse(args: &[String]) -> Result<Action, ConfigError> {
     let mut tree = ConfigTree::default();
     let mut i = 0;
     let mut positional = Vec::new();
+    let mut print_policy = false;
     while i < args.len() {
         let arg = &args[i];
         i += 1;
@@ -52,6 +61,10 @@ pub fn parse(args: &[String]) -> Result<Action, ConfigError> {
         }
         if arg == "--help" {
             return Ok(Action::Usage);
+        }
+        if arg == "--print-policy" {
+            print_policy = true;
+            continue;
         }
         let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty()) else {
             positional.push(arg.clone());
@@ -104,7 +117,7 @@ pub fn parse(args: &[String]) -> Result<Action, ConfigError> {
         [name] => tree.set("name", name),
         [_, extra, ..] => return err(format!("unexpected argument '{extra}': the VM name comes last, once")),
     }
-    Ok(Action::Run(tree))
+    Ok(if print_policy { Action::PrintPolicy(tree) } else { Action::Run(tree) })
 }
 
 /// `-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]`.

@@ -4,17 +4,10 @@
 //! resource, loads the guest kernel, starts the vCPU runner and the device
 //! servers, and supervises them until the VM ends. See ARCHITECTURE.md.
 
-mod audit;
-mod boot;
-mod cli;
-mod config;
-mod console;
-mod spawn;
-mod supervisor;
-mod vm;
 
-use cli::Action;
-use supervisor::EXIT_ERROR;
+use capvm::cli::{self, Action};
+use capvm::supervisor::EXIT_ERROR;
+use capvm::{config, vm};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,8 +15,9 @@ fn main() {
 }
 
 fn run(args: &[String]) -> i32 {
-    let tree = match cli::parse(args) {
-        Ok(Action::Run(tree)) => tree,
+    let (tree, print_policy) = match cli::parse(args) {
+        Ok(Action::Run(tree)) => (tree, false),
+        Ok(Action::PrintPolicy(tree)) => (tree, true),
         Ok(Action::Usage) => {
             println!("{}", cli::USAGE);
             return 0;
@@ -48,6 +42,10 @@ fn run(args: &[String]) -> i32 {
             return EXIT_ERROR;
         }
     };
+    if print_policy {
+        print!("{}", capvm::print_policy::print(&cfg));
+        return 0;
+    }
     match vm::run(&cfg) {
         Ok(status) => status,
         Err(e) => {

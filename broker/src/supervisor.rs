@@ -37,11 +37,24 @@ pub struct Supervisor {
     pub children: Vec<Child>,
     pub signals: SignalFd,
     audit: crate::audit::AuditLog,
+    control: Option<crate::control::ControlSocket>,
+    name: String,
 }
 
 impl Supervisor {
-    pub fn new(children: Vec<Child>, signals: SignalFd, cfg: &crate::config::VmConfig) -> Supervisor {
-        Supervisor { children, signals, audit: crate::audit::AuditLog::new(&cfg.name, &cfg.sandbox.audit_log) }
+    pub fn new(
+        children: Vec<Child>,
+        signals: SignalFd,
+        cfg: &crate::config::VmConfig,
+        control: Option<crate::control::ControlSocket>,
+    ) -> Supervisor {
+        Supervisor {
+            children,
+            signals,
+            audit: crate::audit::AuditLog::new(&cfg.name, &cfg.sandbox.audit_log),
+            control,
+            name: cfg.name.clone(),
+        }
     }
 
     /// Runs until the VM ends; returns the exit status after every child is gone.
@@ -61,6 +74,9 @@ impl Supervisor {
             let watched: Vec<usize> = (0..self.children.len()).filter(|&i| self.children[i].connected).collect();
             let mut pfds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
             pfds.extend(watched.iter().map(|&i| PollFd::new(self.children[i].channel.as_fd(), PollFlags::POLLIN)));
+            if let Some(c) = &self.control {
+                pfds.push(PollFd::new(c.listener.as_fd(), PollFlags::POLLIN));
+            }
             if let Err(e) = poll(&mut pfds, PollTimeout::NONE) {
                 if e != nix::Error::EINTR {
                     eprintln!("capvm: poll: {e}");
@@ -80,6 +96,14 @@ impl Supervisor {
             if ready[0] {
                 if let Some(status) = self.on_signal() {
                     return status;
+                }
+            }
+            if let Some(c) = &self.control {
+                if ready[watched.len() + 1] {
+                    if let crate::control::Request::Destroy = c.serve(&self.children, &self.name) {
+                        eprintln!("capvm: destroyed by capvmctl");
+                        return EXIT_POWEROFF;
+                    }
                 }
             }
         }

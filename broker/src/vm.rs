@@ -104,6 +104,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map_err(|e| VmError(format!("cannot open /dev/kvm: {e} (is KVM loaded, and may this user use it?)")))?
         .into();
 
+    let control = crate::control::ControlSocket::bind(&cfg.name).map_err(VmError)?;
+
     // Guest RAM: a sealed memfd; the broker maps it only to load the kernel.
     let ram = shm::sealed_memfd("capvm-guest-ram", cfg.memory)
         .map_err(|e| VmError(format!("cannot create {} bytes of guest RAM: {e}", cfg.memory)))?;
@@ -137,7 +139,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
 
     let mut children: Vec<Child> = Vec::new();
     let started = start_children(cfg, kvm, ram, boot_state, host, &coms, &mut children);
-    let supervisor = Supervisor::new(children, signalfd, cfg);
+    let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
         let _ = supervisor.run_stopped();

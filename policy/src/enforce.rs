@@ -72,9 +72,12 @@ pub fn report(m: &Manifest, landlock: String) -> SandboxReport {
         allowed_syscalls: crate::seccomp::allowed_count(m) as u32,
         namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
         landlock,
-        fds: m
-            .fds
-            .iter()
+        fds: {
+            let mut fds = m.fds.clone();
+            fds.sort_by_key(|g| g.fd);
+            fds
+        }
+        .iter()
             .map(|g| FdReport {
                 fd: g.fd,
                 what: g.what.clone(),

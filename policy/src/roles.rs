@@ -65,9 +65,24 @@ pub fn vcpu_ioctls() -> Vec<Ioctl> {
     ]
 }
 
-/// The vCPU runner: the VM and vCPU fds, and one doorbell per device.
-/// `vcpus` are the vCPU fds; `doorbells` (fd, device) the exit-ring doorbells.
-pub fn vcpu_runner(kvm: i32, vm: i32, vcpus: &[i32], doorbells: &[(i32, String)], own_pid: u32) -> Manifest {
+/// The fds a vCPU runner holds when it enters its sandbox.
+pub struct RunnerFds {
+    pub kvm: i32,
+    pub vm: i32,
+    pub vcpus: Vec<i32>,
+    /// (fd, device name) of each exit ring's doorbell.
+    pub doorbells: Vec<(i32, String)>,
+    pub ram: i32,
+    /// The vCPU threads' copy of the control socket.
+    pub control_dup: i32,
+    /// Interrupt eventfds registered with KVM, kept for later unregistering.
+    pub irqfds: Vec<i32>,
+}
+
+/// The vCPU runner: the VM and vCPU fds, one doorbell per device, guest RAM.
+/// `own_pid` is its pid as it sees it (1: it is its pid namespace's init).
+pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
+    let (kvm, vm, vcpus, doorbells) = (f.kvm, f.vm, &f.vcpus, &f.doorbells);
     let mut fds = base_fds();
     fds.push(FdGrant::new(kvm, "/dev/kvm", &[]));
     fds.push(FdGrant::new(vm, "KVM VM", &[]));
@@ -78,6 +93,11 @@ pub fn vcpu_runner(kvm: i32, vm: i32, vcpus: &[i32], doorbells: &[(i32, String)]
     }
     for (fd, dev) in doorbells {
         fds.push(FdGrant::new(*fd, format!("{dev} exit-ring doorbell (eventfd)"), &[Write]));
+    }
+    fds.push(FdGrant::new(f.ram, "guest RAM (sealed memfd, mapped)", &[]));
+    fds.push(FdGrant::new(f.control_dup, "control socket (vCPU threads' copy)", &[Write]));
+    for &fd in &f.irqfds {
+        fds.push(FdGrant::new(fd, "irqfd (registered with KVM)", &[]));
     }
     let mut syscalls = common();
     let r = |name, args, why| SyscallRule { name, args, why };
@@ -91,13 +111,8 @@ pub fn vcpu_runner(kvm: i32, vm: i32, vcpus: &[i32], doorbells: &[(i32, String)]
         r("prctl", Args::Arg0In(vec![libc::PR_SET_NAME as u64]), "name vCPU threads"),
         r("tgkill", Args::Arg0In(vec![own_pid as u64]), "kick its own vCPU threads out of KVM_RUN"),
     ]);
-    let rlimits = vcpu_runner_rlimits(&fds);
+    let rlimits = rlimits(&fds, 0);
     Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits }
-}
-
-/// The runner's limits once every fd it keeps is listed.
-pub fn vcpu_runner_rlimits(fds: &[FdGrant]) -> Vec<(&'static str, u64)> {
-    rlimits(fds, 0)
 }
 
 /// Where a UART's bytes go, as fds.
@@ -146,6 +161,12 @@ fn first_free(fds: &[FdGrant]) -> i32 {
     (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")
 }
 
+/// A runner's fds for tests: kvm 4, VM 5, vCPUs 6 and 7, doorbell 8, RAM 9, control copy 10, irqfd 11.
+#[cfg(test)]
+pub fn test_runner_fds() -> RunnerFds {
+    RunnerFds { kvm: 4, vm: 5, vcpus: vec![6, 7], doorbells: vec![(8, "com1".into())], ram: 9, control_dup: 10, irqfds: vec![11] }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,16 +182,16 @@ mod tests {
 
     #[test]
     fn runner_manifest_lists_vcpu_ioctls_and_no_write_on_kvm() {
-        let m = vcpu_runner(4, 5, &[6, 7], &[(8, "com1".into())], 1);
+        let m = vcpu_runner(&test_runner_fds(), 1);
         let vcpu = m.fds.iter().find(|f| f.fd == 7).unwrap();
         assert!(vcpu.ioctls.iter().any(|i| i.name == "KVM_RUN"));
         assert!(!m.fds.iter().find(|f| f.fd == 4).unwrap().has(Right::Write));
-        assert_eq!(m.rlimits[0], ("RLIMIT_NOFILE", 9));
+        assert_eq!(m.rlimits[0], ("RLIMIT_NOFILE", 12));
     }
 
     #[test]
     fn every_syscall_name_is_a_real_x86_64_syscall() {
-        let m = vcpu_runner(4, 5, &[6], &[], 1);
+        let m = vcpu_runner(&test_runner_fds(), 1);
         let u = uart("com1", 4, 5, &UartBackendFds::Socket { listener: 6 });
         for s in m.syscalls.iter().chain(&u.syscalls) {
             assert!(s.name.parse::<syscalls::Sysno>().is_ok(), "{}", s.name);

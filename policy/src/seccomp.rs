@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn filters_build_for_every_role_shape() {
-        let r = roles::vcpu_runner(4, 5, &[6, 7], &[(8, "com1".into())], 1);
+        let r = roles::vcpu_runner(&roles::test_runner_fds(), 1);
         assert!(manifest_filter(&r).unwrap().len() > 20);
         for b in [
             roles::UartBackendFds::Stdio { input: 6, output: 7 },

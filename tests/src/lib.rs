@@ -112,13 +112,26 @@ pub fn guest_args(cmd: &str, extra: &[&str]) -> Vec<String> {
     args.push("-o".into());
     args.push(format!("boot.cmdline={cmd}"));
     args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("vm0".into());
+    args.push(unique_vm_name());
     args
+}
+
+/// A VM name no other test uses at the same time (control sockets are per name).
+pub fn unique_vm_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Where test VMs keep their control sockets.
+pub fn runtime_dir() -> PathBuf {
+    std::env::temp_dir().join("capvm-tests-run")
 }
 
 /// Starts capvm with piped stdio.
 pub fn spawn(args: &[String]) -> Child {
     Command::new(capvm_bin())
+        .env("CAPVM_RUNTIME_DIR", runtime_dir())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

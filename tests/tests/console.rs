@@ -102,7 +102,8 @@ fn a_config_file_says_what_the_flags_say() {
     std::fs::write(
         &file,
         format!(
-            "# bhyve_config(5) style\nname=fromfile\ncpus=1\nmemory.size=64M\npci.0.31.0.device=lpc\nlpc.com1.path=stdio\nboot.kernel={}\nboot.cmdline=poweroff\n",
+            "# bhyve_config(5) style\nname={}\ncpus=1\nmemory.size=64M\npci.0.31.0.device=lpc\nlpc.com1.path=stdio\nboot.kernel={}\nboot.cmdline=poweroff\n",
+            unique_vm_name(),
             guest().display()
         ),
     )

@@ -136,20 +136,16 @@ fn enter_sandbox(
 ) -> Result<(), RunnerError> {
     use std::os::fd::AsRawFd;
     let (kvm_fd, vm_fd) = vm.raw_fds();
-    let vcpu_fds: Vec<i32> = vcpus.iter().map(|v| v.raw_fd()).collect();
-    let doorbells: Vec<(i32, String)> =
-        devices.iter().map(|d| (d.ring.doorbell().as_raw_fd(), d.name.clone())).collect();
-    let mut manifest = capvm_policy::roles::vcpu_runner(kvm_fd, vm_fd, &vcpu_fds, &doorbells, std::process::id());
-    manifest.fds.push(capvm_policy::FdGrant::new(ram.fd(), "guest RAM (sealed memfd, mapped)", &[]));
-    manifest.fds.push(capvm_policy::FdGrant::new(
-        control_dup.as_raw_fd(),
-        "control socket (vCPU threads' copy)",
-        &[capvm_policy::Right::Write],
-    ));
-    for fd in vm.eventfd_numbers() {
-        manifest.fds.push(capvm_policy::FdGrant::new(fd, "irqfd (registered with KVM)", &[]));
-    }
-    manifest.rlimits = capvm_policy::roles::vcpu_runner_rlimits(&manifest.fds);
+    let fds = capvm_policy::roles::RunnerFds {
+        kvm: kvm_fd,
+        vm: vm_fd,
+        vcpus: vcpus.iter().map(|v| v.raw_fd()).collect(),
+        doorbells: devices.iter().map(|d| (d.ring.doorbell().as_raw_fd(), d.name.clone())).collect(),
+        ram: ram.fd(),
+        control_dup: control_dup.as_raw_fd(),
+        irqfds: vm.eventfd_numbers(),
+    };
+    let manifest = capvm_policy::roles::vcpu_runner(&fds, std::process::id());
     let mode = if sandbox.log_only { capvm_policy::OnViolation::Log } else { capvm_policy::OnViolation::Kill };
     let report = capvm_policy::enforce::enter(&manifest, mode).map_err(|e| RunnerError::Config(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;

@@ -1,0 +1,206 @@
+//! The VM's control socket, `$CAPVM_RUNTIME_DIR/<name>.sock` (default
+//! `/run/capvm`), which `capvmctl` talks to: one request line, one answer,
+//! then the broker closes the connection. The directory is root's alone
+//! (0700); the socket is removed when the VM ends.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::audit::json_str;
+use crate::console::SocketPath;
+use crate::spawn::Child;
+
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/capvm";
+
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("CAPVM_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR))
+}
+
+pub fn socket_path(name: &str) -> PathBuf {
+    runtime_dir().join(format!("{name}.sock"))
+}
+
+pub struct ControlSocket {
+    pub listener: UnixListener,
+    _path: SocketPath,
+}
+
+/// What a request asks the supervisor to do.
+pub enum Request {
+    Answered,
+    Destroy,
+}
+
+impl ControlSocket {
+    /// Binds the VM's socket; a live VM of the same name is an error, a stale
+    /// socket left by a crash is replaced.
+    pub fn bind(name: &str) -> Result<ControlSocket, String> {
+        let dir = runtime_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the runtime directory {}: {e}", dir.display()))?;
+        let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let path = socket_path(name);
+        if path.exists() {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(format!("a VM named {name} is already running ({})", path.display()));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path).map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
+        listener.set_nonblocking(true).map_err(|e| format!("control socket: {e}"))?;
+        Ok(ControlSocket { listener, _path: SocketPath(path) })
+    }
+
+    /// Serves one pending connection, if any.
+    pub fn serve(&self, children: &[Child], vm: &str) -> Request {
+        let Ok((mut conn, _)) = self.listener.accept() else { return Request::Answered };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).unwrap_or(0);
+        let line = String::from_utf8_lossy(&buf[..n]);
+        let (answer, request) = match line.trim() {
+            "status" => (format!("{vm} {}\n", std::process::id()), Request::Answered),
+            "destroy" => ("destroying\n".to_string(), Request::Destroy),
+            "audit json" => (audit_json(children), Request::Answered),
+            "audit" => (audit_text(children), Request::Answered),
+            other => (format!("error: unknown request '{other}'\n"), Request::Answered),
+        };
+        let _ = conn.write_all(answer.as_bytes());
+        request
+    }
+}
+
+/// Per-process facts read from /proc, so the audit shows what is, not only
+/// what was asked for.
+struct Observed {
+    seccomp: String,
+    cap_eff: String,
+    new_namespaces: Vec<String>,
+    open_fds: Vec<i32>,
+}
+
+fn observe(pid: u32) -> Observed {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
+    let seccomp = match field("Seccomp:").as_str() {
+        "2" => "filter",
+        "1" => "strict",
+        "0" => "none",
+        _ => "unknown",
+    }
+    .to_string();
+    let me = std::process::id();
+    let new_namespaces = ["user", "mnt", "pid", "ipc", "uts", "net"]
+        .iter()
+        .filter(|ns| {
+            let link = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).ok();
+            pid != me && link(pid).is_some() && link(pid) != link(me)
+        })
+        .map(|s| s.to_string())
+        .collect();
+    let mut open_fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    open_fds.sort_unstable();
+    Observed { seccomp, cap_eff: field("CapEff:"), new_namespaces, open_fds }
+}
+
+fn list<T: ToString>(v: &[T], quote: bool) -> String {
+    let items: Vec<String> = v.iter().map(|x| if quote { json_str(&x.to_string()) } else { x.to_string() }).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn audit_json(children: &[Child]) -> String {
+    let me = std::process::id();
+    let b = observe(me);
+    let mut entries = vec![format!(
+        "{{\"role\":\"broker\",\"pid\":{me},\"seccomp\":{},\"allowed_syscalls\":null,\"namespaces\":[],\"landlock\":\"none (the broker opens host resources)\",\"capabilities\":{},\"fds\":[],\"open_fds\":{},\"violations\":[]}}",
+        json_str(&b.seccomp),
+        json_str(&b.cap_eff),
+        list(&b.open_fds, false)
+    )];
+    for c in children.iter().filter(|c| c.alive) {
+        let pid = c.pid.as_raw() as u32;
+        let o = observe(pid);
+        let (allowed, landlock, fds) = match &c.sandbox {
+            Some(r) => {
+                let fds: Vec<String> = r
+                    .fds
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{{\"fd\":{},\"what\":{},\"rights\":{},\"ioctls\":{}}}",
+                            f.fd,
+                            json_str(&f.what),
+                            list(&f.rights, true),
+                            list(&f.ioctls, true)
+                        )
+                    })
+                    .collect();
+                (r.allowed_syscalls.to_string(), json_str(&r.landlock), format!("[{}]", fds.join(",")))
+            }
+            None => ("null".into(), json_str("not yet reported"), "[]".into()),
+        };
+        entries.push(format!(
+            "{{\"role\":{},\"pid\":{pid},\"seccomp\":{},\"allowed_syscalls\":{allowed},\"namespaces\":{},\"landlock\":{landlock},\"capabilities\":{},\"fds\":{fds},\"open_fds\":{},\"violations\":[{}]}}",
+            json_str(&c.role),
+            json_str(&o.seccomp),
+            list(&o.new_namespaces, true),
+            json_str(&o.cap_eff),
+            list(&o.open_fds, false),
+            c.violations.join(",")
+        ));
+    }
+    format!("[{}]\n", entries.join(",\n"))
+}
+
+fn audit_text(children: &[Child]) -> String {
+    let me = std::process::id();
+    let b = observe(me);
+    let mut out = format!("broker  pid {me}: not sandboxed (it opens host resources); seccomp {}\n", b.seccomp);
+    for c in children.iter().filter(|c| c.alive) {
+        let pid = c.pid.as_raw() as u32;
+        let o = observe(pid);
+        out += &format!("\n{}  pid {pid}\n", c.role);
+        match &c.sandbox {
+            Some(r) => {
+                out += &format!("  seccomp: {} ({} syscalls allowed, anything else traps)\n", o.seccomp, r.allowed_syscalls);
+                out += &format!("  namespaces (new): {}\n", o.new_namespaces.join(", "));
+                out += &format!("  landlock: {}; effective capabilities: {}\n", r.landlock, o.cap_eff);
+                out += "  fds:\n";
+                for f in &r.fds {
+                    let rights = if f.rights.is_empty() { "(none)".to_string() } else { f.rights.join("|") };
+                    out += &format!("    {:>3}  {:<40} {rights}\n", f.fd, f.what);
+                    if !f.ioctls.is_empty() {
+                        out += &format!("         ioctls: {}\n", f.ioctls.join(" "));
+                    }
+                }
+                let open: Vec<String> = o.open_fds.iter().map(|f| f.to_string()).collect();
+                out += &format!("  open fds now: {}\n", open.join(" "));
+            }
+            None => out += "  sandbox: not yet entered\n",
+        }
+        out += &format!("  violations: {}\n", c.violations.len());
+        for v in &c.violations {
+            out += &format!("    {v}\n");
+        }
+    }
+    out
+}
+
+/// `capvmctl`'s side: one request to one VM.
+pub fn request(name: &str, what: &str) -> Result<String, String> {
+    let path = socket_path(name);
+    ask(&path, what).map_err(|e| format!("no VM named {name} answers at {}: {e}", path.display()))
+}
+
+pub fn ask(path: &Path, what: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{what}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}

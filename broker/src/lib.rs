@@ -1,0 +1,13 @@
+//! The capvm broker as a library: the `capvm` and `capvmctl` binaries share
+//! its configuration, control-socket and audit code.
+
+pub mod audit;
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod print_policy;
+pub mod spawn;
+pub mod supervisor;
+pub mod vm;

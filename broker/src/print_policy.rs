@@ -1,0 +1,86 @@
+//! `capvm --print-policy`: every child's manifest for a configuration,
+//! without starting anything. The fd numbers are those the children will
+//! hold: the allocation below replays their start-up (received fds take the
+//! lowest free numbers, in message order; then what each child opens and
+//! closes before it enters its sandbox). The integration test
+//! `print_policy_matches_the_running_vm` holds this model to the truth.
+
+use std::collections::BTreeSet;
+
+use capvm_policy::roles::{self, RunnerFds, UartBackendFds};
+use capvm_policy::Manifest;
+
+use crate::config::{ComBackend, VmConfig};
+
+/// The kernel's fd allocator: the lowest free number.
+struct Fds(BTreeSet<i32>);
+
+impl Fds {
+    /// A child right after exec: /dev/null on 0 and 1, stderr, control socket.
+    fn child() -> Fds {
+        Fds((0..=3).collect())
+    }
+    fn alloc(&mut self) -> i32 {
+        let n = (0..).find(|n| !self.0.contains(n)).expect("a free fd");
+        self.0.insert(n);
+        n
+    }
+    fn free(&mut self, fd: i32) {
+        self.0.remove(&fd);
+    }
+}
+
+pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    for com in &cfg.coms {
+        // StartUart carries: ring, doorbell, irq, backend fds.
+        let mut fds = Fds::child();
+        let (ring, doorbell, irq) = (fds.alloc(), fds.alloc(), fds.alloc());
+        let backend = match &com.backend {
+            ComBackend::Stdio => UartBackendFds::Stdio { input: fds.alloc(), output: fds.alloc() },
+            ComBackend::Tty(_) => {
+                let input = fds.alloc();
+                fds.free(ring); // the ring's memfd is closed once mapped
+                UartBackendFds::Tty { input, output: fds.alloc() }
+            }
+            ComBackend::Socket(_) => UartBackendFds::Socket { listener: fds.alloc() },
+        };
+        out.push(roles::uart(com.name, doorbell, irq, &backend));
+    }
+
+    // StartRunner carries: kvm, RAM, then ring, doorbell, irq per device.
+    let mut fds = Fds::child();
+    let (kvm, ram) = (fds.alloc(), fds.alloc());
+    let devices: Vec<(i32, i32, i32)> = cfg.coms.iter().map(|_| (fds.alloc(), fds.alloc(), fds.alloc())).collect();
+    let vm = fds.alloc();
+    for (ring, _, _) in &devices {
+        fds.free(*ring); // mapped, then closed
+    }
+    let vcpus = (0..cfg.cpus).map(|_| fds.alloc()).collect();
+    let control_dup = fds.alloc();
+    let runner = RunnerFds {
+        kvm,
+        vm,
+        vcpus,
+        doorbells: cfg.coms.iter().zip(&devices).map(|(c, d)| (d.1, c.name.to_string())).collect(),
+        ram,
+        control_dup,
+        irqfds: devices.iter().map(|d| d.2).collect(),
+    };
+    // The runner is its pid namespace's init: it sees itself as pid 1.
+    out.push(roles::vcpu_runner(&runner, 1));
+    out
+}
+
+pub fn print(cfg: &VmConfig) -> String {
+    let mut s = format!(
+        "# capvm sandbox policy for VM {} (violations: {})\n# the broker itself is not sandboxed: it opens every host resource\n",
+        cfg.name,
+        if cfg.sandbox.log_only { "log, EPERM" } else { "kill" }
+    );
+    for m in manifests(cfg) {
+        s += "\n";
+        s += &m.to_string();
+    }
+    s
+}

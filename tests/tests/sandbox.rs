@@ -1,0 +1,201 @@
+//! Every child in capability mode: what /proc shows, what the audit shows,
+//! and the hostile matrix (every role against every forbidden operation).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use capvm_tests::*;
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+fn ns(pid: u32, name: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}")).unwrap()
+}
+
+fn open_fds(pid: u32) -> BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// fd numbers per role from `--print-policy` output (reserved fds left out).
+fn policy_fds(text: &str) -> Vec<(String, BTreeSet<i32>)> {
+    let mut out: Vec<(String, BTreeSet<i32>)> = Vec::new();
+    let mut in_fds = false;
+    for line in text.lines() {
+        if let Some(role) = line.strip_prefix("role ") {
+            out.push((role.to_string(), BTreeSet::new()));
+            in_fds = false;
+        } else if line.trim() == "fds:" {
+            in_fds = true;
+        } else if line.trim_start().starts_with("syscalls") {
+            in_fds = false;
+        } else if in_fds && !line.contains("(when connected)") {
+            if let Some(fd) = line.split_whitespace().next().and_then(|w| w.parse().ok()) {
+                out.last_mut().unwrap().1.insert(fd);
+            }
+        }
+    }
+    out
+}
+
+fn capvmctl(args: &[&str]) -> String {
+    let out = Command::new(bin_dir().join("capvmctl"))
+        .env("CAPVM_RUNTIME_DIR", runtime_dir())
+        .args(args)
+        .output()
+        .expect("run capvmctl");
+    assert!(out.status.success(), "capvmctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Two COM ports (stdio and a socket) and two vCPUs, spinning.
+fn two_port_args(name: &str, sock: &std::path::Path) -> Vec<String> {
+    let mut args = guest_args("spin", &["-c", "2", "-l", &format!("com2,{}", sock.display())]);
+    *args.last_mut().unwrap() = name.to_string();
+    args
+}
+
+#[test]
+fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
+    if !kvm_available() {
+        return;
+    }
+    let name = unique_vm_name();
+    let sock = std::env::temp_dir().join(format!("{name}.com2.sock"));
+    let args = two_port_args(&name, &sock);
+    let mut pp = args.clone();
+    pp.insert(0, "--print-policy".into());
+    let policy = run(&pp);
+    assert_eq!(policy.code(), 0, "{policy:?}");
+    let manifests = policy_fds(&policy.stdout);
+    assert_eq!(manifests.len(), 3, "{}", policy.stdout);
+
+    let child = spawn(&args);
+    let broker = child.id();
+    let kids = wait_for_children(broker, 3, Duration::from_secs(10));
+    assert_eq!(kids.len(), 3, "{kids:?}");
+    // Let every child finish entering its sandbox.
+    std::thread::sleep(Duration::from_millis(300));
+    let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
+    for (pid, comm) in &kids {
+        let pid = *pid;
+        assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
+        assert_eq!(status_field(pid, "NoNewPrivs:"), "1", "{comm}");
+        assert_eq!(status_field(pid, "CapEff:"), "0000000000000000", "{comm}");
+        for n in ["mnt", "net", "pid", "ipc", "uts", "user"] {
+            assert_ne!(ns(pid, n), ns(broker, n), "{comm} shares the broker's {n} namespace");
+        }
+        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap().collect();
+        assert!(root.is_empty(), "{comm}'s root is not empty: {root:?}");
+        // The manifest this child's role prints, matched through the audit's pid line.
+        let role = audit
+            .lines()
+            .find(|l| l.ends_with(&format!("pid {pid}")))
+            .unwrap_or_else(|| panic!("audit does not list pid {pid}:\n{audit}"))
+            .split("  pid")
+            .next()
+            .unwrap()
+            .replace("uart server", "uart");
+        let want = &manifests.iter().find(|(r, _)| *r == role).unwrap_or_else(|| panic!("no manifest for {role}")).1;
+        assert_eq!(&open_fds(pid), want, "{role} holds other fds than its manifest lists");
+    }
+    assert!(audit.contains("seccomp: filter"), "{audit}");
+    assert!(audit.contains("landlock: enforced"), "{audit}");
+    assert!(audit.contains("KVM_RUN"), "{audit}");
+    let json = capvmctl(&[&format!("--vm={name}"), "--audit", "--json"]);
+    for key in ["\"role\":", "\"pid\":", "\"seccomp\":\"filter\"", "\"namespaces\":[\"user\"", "\"fds\":[{\"fd\":", "\"rights\":[", "\"violations\":[]"] {
+        assert!(json.contains(key), "{key} missing in {json}");
+    }
+    assert!(capvmctl(&["--list"]).contains(&name));
+    assert!(capvmctl(&[&format!("--vm={name}"), "--destroy"]).contains("destroying"));
+    let r = finish(child, Duration::from_secs(10));
+    assert_eq!(r.code(), 1, "{r:?}");
+    assert!(!runtime_dir().join(format!("{name}.sock")).exists(), "control socket left behind");
+    assert!(!sock.exists(), "COM2 socket left behind");
+    assert!(kids.iter().all(|(p, _)| !pid_exists(*p)));
+}
+
+/// What each hostile operation shows up as in the audit.
+const MATRIX: [(&str, &str); 9] = [
+    ("open", "openat"),
+    ("socket", "socket"),
+    ("connect", "connect"),
+    ("execve", "execve"),
+    ("ptrace", "ptrace"),
+    ("kill", "kill"),
+    ("mmap-exec", "mmap"),
+    ("pwrite", "pwrite64"),
+    ("ioctl", "ioctl"),
+];
+
+fn audit_log(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("capvm-audit-{}-{tag}.jsonl", std::process::id()))
+}
+
+#[test]
+fn hostile_matrix_every_role_every_operation_denied_and_audited() {
+    if !kvm_available() {
+        return;
+    }
+    for role in ["uart", "vcpu-runner"] {
+        for (op, syscall) in MATRIX {
+            let log = audit_log(&format!("{role}-{op}"));
+            let _ = std::fs::remove_file(&log);
+            let hook = format!("sandbox.test_violation={role}:{op}");
+            let audit = format!("sandbox.audit_log={}", log.display());
+            let r = run(&guest_args("hello", &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit]));
+            // Denied, recorded, and the VM went on to run the guest to its halt.
+            assert_eq!(r.code(), 2, "{role}:{op}: {r:?}");
+            assert!(r.stdout.contains("Hello from a capvm guest"), "{role}:{op}: {r:?}");
+            assert!(r.stderr.contains(&format!("forbidden system call {syscall}(")), "{role}:{op}: {r:?}");
+            let records = std::fs::read_to_string(&log).unwrap_or_default();
+            let line = records
+                .lines()
+                .find(|l| l.contains(&format!("\"syscall\":\"{syscall}\"")))
+                .unwrap_or_else(|| panic!("{role}:{op}: no {syscall} record in {records:?}"));
+            assert!(line.contains(&format!("\"role\":\"{}", if role == "uart" { "uart server" } else { role })), "{line}");
+            assert!(line.contains("\"action\":\"denied\""), "{line}");
+            std::fs::remove_file(&log).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_violation_in_kill_mode_stops_the_vm_and_leaves_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    for role in ["uart", "vcpu-runner"] {
+        let log = audit_log(&format!("kill-{role}"));
+        let _ = std::fs::remove_file(&log);
+        let hook = format!("sandbox.test_violation={role}:open");
+        let audit = format!("sandbox.audit_log={}", log.display());
+        let child = spawn(&guest_args("spin", &["-o", &hook, "-o", &audit]));
+        let kids = wait_for_children(child.id(), 1, Duration::from_secs(5));
+        assert!(!kids.is_empty(), "{role}: no child seen");
+        let r = finish(child, Duration::from_secs(20));
+        assert_eq!(r.code(), 4, "{role}: {r:?}");
+        assert!(r.stderr.contains("made a forbidden system call, openat("), "{role}: {r:?}");
+        assert!(r.stderr.contains("stopping the VM (sandbox.violations=kill)"), "{role}: {r:?}");
+        let records = std::fs::read_to_string(&log).unwrap();
+        assert!(records.contains("\"action\":\"killed\""), "{records}");
+        assert!(kids.iter().all(|(p, _)| !pid_exists(*p)), "{role}: children outlived the VM");
+        std::fs::remove_file(&log).unwrap();
+    }
+}
+
+#[test]
+fn a_clean_run_writes_no_audit_log() {
+    if !kvm_available() {
+        return;
+    }
+    let log = audit_log("clean");
+    let _ = std::fs::remove_file(&log);
+    let r = run(&guest_args("hello", &["-o", &format!("sandbox.audit_log={}", log.display())]));
+    assert_eq!(r.code(), 2, "{r:?}");
+    assert!(!log.exists());
+}
