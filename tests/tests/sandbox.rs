@@ -199,3 +199,42 @@ fn a_clean_run_writes_no_audit_log() {
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(!log.exists());
 }
+
+/// The acceptance scenario: an operator attaches gdb to a sandboxed process
+/// and makes it call open("/etc/passwd"). The call fails, and the violation
+/// shows in capvmctl --audit. (The echo guest keeps its vCPU exiting, so a
+/// ptrace stop reaches every thread.)
+#[test]
+fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
+    if !kvm_available() {
+        return;
+    }
+    for (comm, binary, role) in [
+        ("capvm-uart", "capvm-uart", "uart server (com1)"),
+        ("capvm-vcpu-runn", "capvm-vcpu-runner", "vcpu-runner"),
+    ] {
+        let name = unique_vm_name();
+        let mut args = guest_args("echo", &["-o", "sandbox.violations=log", "-o", "sandbox.audit_log=/dev/null"]);
+        *args.last_mut().unwrap() = name.clone();
+        let mut child = spawn(&args);
+        let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
+        let (pid, _) = kids.iter().find(|(_, n)| n == comm).unwrap_or_else(|| panic!("{comm} in {kids:?}")).clone();
+        std::thread::sleep(Duration::from_millis(300));
+        let gdb = Command::new("gdb")
+            .args(["-batch", "-nx", "-ex", "set sysroot /", "-ex"])
+            .arg(format!("file {}", bin_dir().join(binary).display()))
+            .args(["-ex", &format!("attach {pid}"), "-ex", "set language c"])
+            .args(["-ex", "handle SIGSYS nostop noprint pass", "-ex", "print (int)open(\"/etc/passwd\", 0)"])
+            .output()
+            .expect("run gdb (scripts/setup installs it)");
+        let out = String::from_utf8_lossy(&gdb.stdout);
+        assert!(out.contains("$1 = -1"), "{role}: open did not fail under gdb:\n{out}\n{}", String::from_utf8_lossy(&gdb.stderr));
+        let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
+        let section = audit.split(&format!("{role}  pid {pid}")).nth(1).unwrap_or_else(|| panic!("{audit}"));
+        assert!(section.contains("violations: 1") && section.contains("\"syscall\":\"openat\""), "{role}:\n{audit}");
+        drop(child.stdin.take());
+        capvmctl(&[&format!("--vm={name}"), "--destroy"]);
+        let r = finish(child, Duration::from_secs(10));
+        assert_eq!(r.code(), 1, "{role}: {r:?}");
+    }
+}
