@@ -124,7 +124,7 @@ fn audit_json(children: &[Child]) -> String {
     for c in children.iter().filter(|c| c.alive) {
         let pid = c.pid.as_raw() as u32;
         let o = observe(pid);
-        let (allowed, landlock, fds) = match &c.sandbox {
+        let (allowed, landlock, fds, enter_us) = match &c.sandbox {
             Some(r) => {
                 let fds: Vec<String> = r
                     .fds
@@ -139,12 +139,12 @@ fn audit_json(children: &[Child]) -> String {
                         )
                     })
                     .collect();
-                (r.allowed_syscalls.to_string(), json_str(&r.landlock), format!("[{}]", fds.join(",")))
+                (r.allowed_syscalls.to_string(), json_str(&r.landlock), format!("[{}]", fds.join(",")), r.enter_us.to_string())
             }
-            None => ("null".into(), json_str("not yet reported"), "[]".into()),
+            None => ("null".into(), json_str("not yet reported"), "[]".into(), "null".into()),
         };
         entries.push(format!(
-            "{{\"role\":{},\"pid\":{pid},\"seccomp\":{},\"allowed_syscalls\":{allowed},\"namespaces\":{},\"landlock\":{landlock},\"capabilities\":{},\"fds\":{fds},\"open_fds\":{},\"violations\":[{}]}}",
+            "{{\"role\":{},\"pid\":{pid},\"seccomp\":{},\"sandbox_enter_us\":{enter_us},\"allowed_syscalls\":{allowed},\"namespaces\":{},\"landlock\":{landlock},\"capabilities\":{},\"fds\":{fds},\"open_fds\":{},\"violations\":[{}]}}",
             json_str(&c.role),
             json_str(&o.seccomp),
             list(&o.new_namespaces, true),
@@ -169,6 +169,7 @@ fn audit_text(children: &[Child]) -> String {
                 out += &format!("  seccomp: {} ({} syscalls allowed, anything else traps)\n", o.seccomp, r.allowed_syscalls);
                 out += &format!("  namespaces (new): {}\n", o.new_namespaces.join(", "));
                 out += &format!("  landlock: {}; effective capabilities: {}\n", r.landlock, o.cap_eff);
+                out += &format!("  sandbox entered in {} µs\n", r.enter_us);
                 out += "  fds:\n";
                 for f in &r.fds {
                     let rights = if f.rights.is_empty() { "(none)".to_string() } else { f.rights.join("|") };

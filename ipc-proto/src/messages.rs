@@ -46,6 +46,8 @@ pub struct SandboxReport {
     /// "enforced (ABI n)", "partially enforced", "not supported".
     pub landlock: String,
     pub fds: Vec<FdReport>,
+    /// How long entering the sandbox took, in microseconds.
+    pub enter_us: u64,
 }
 
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]

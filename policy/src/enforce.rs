@@ -48,6 +48,7 @@ pub const NOBODY: u32 = 65534;
 
 /// Confines the calling process as `m` says. Must run single-threaded.
 pub fn enter(m: &Manifest, on_violation: OnViolation) -> Result<SandboxReport, SandboxError> {
+    let start = std::time::Instant::now();
     close_unlisted(&m.fd_numbers())?;
     enter_namespaces()?;
     pivot_to_empty_root()?;
@@ -62,12 +63,15 @@ pub fn enter(m: &Manifest, on_violation: OnViolation) -> Result<SandboxReport, S
     let clone3 = crate::seccomp::clone3_filter()?;
     seccompiler::apply_filter(&clone3)?;
     seccompiler::apply_filter(&main)?;
-    Ok(report(m, landlock))
+    let mut r = report(m, landlock);
+    r.enter_us = start.elapsed().as_micros() as u64;
+    Ok(r)
 }
 
 /// The audit view of a manifest as entered.
 pub fn report(m: &Manifest, landlock: String) -> SandboxReport {
     SandboxReport {
+        enter_us: 0,
         role: m.role.clone(),
         allowed_syscalls: crate::seccomp::allowed_count(m) as u32,
         namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
