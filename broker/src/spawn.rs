@@ -6,7 +6,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use capvm_ipc::{Channel, CHILD_CONTROL_FD};
@@ -59,13 +58,15 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
     // A close-on-exec pipe: EOF means exec worked, 4 bytes are its errno.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
+    // Opened as the broker: the child execs the fd, so it needs no search
+    // permission on the directories above (a checkout under /root, say).
+    let exe_file = std::fs::File::open(&exe).map_err(|e| format!("cannot open {}: {e}", exe.display()))?;
     // Everything the child needs is prepared before clone: after it, only
     // async-signal-safe calls.
-    let path = cstr(exe.as_os_str().as_bytes());
     let argv0 = cstr(binary.as_bytes());
     let argv = [argv0.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null()];
-    let (sock, null, errw) = (theirs.as_raw_fd(), devnull.as_raw_fd(), err_w.as_raw_fd());
+    let (sock, null, errw, exe_fd) = (theirs.as_raw_fd(), devnull.as_raw_fd(), err_w.as_raw_fd(), exe_file.as_raw_fd());
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
 
@@ -74,7 +75,7 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
     let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
     if pid == 0 {
         // SAFETY: see above; we are the child.
-        unsafe { child_exec(sock, null, errw, as_root, &path, &argv, &envp) };
+        unsafe { child_exec(sock, null, errw, exe_fd, as_root, &argv, &envp) };
     }
     if pid < 0 {
         let e = std::io::Error::last_os_error();
@@ -111,8 +112,8 @@ unsafe fn child_exec(
     sock: i32,
     null: i32,
     errw: i32,
+    exe_fd: i32,
     as_root: bool,
-    path: &CString,
     argv: &[*const libc::c_char; 2],
     envp: &[*const libc::c_char; 1],
 ) -> ! {
@@ -132,11 +133,14 @@ unsafe fn child_exec(
     } else if libc::dup2(sock, CHILD_CONTROL_FD) < 0 {
         fail(errw);
     }
-    // Nothing else the broker holds leaks into the child (errw is close-on-exec).
-    if errw > CHILD_CONTROL_FD + 1 {
-        libc::syscall(libc::SYS_close_range, CHILD_CONTROL_FD + 1, errw - 1, 0);
+    // Nothing else the broker holds leaks into the child (errw and exe_fd
+    // are close-on-exec; they must stay open until the exec).
+    let (lo, hi) = (errw.min(exe_fd), errw.max(exe_fd));
+    for (from, to) in [(CHILD_CONTROL_FD + 1, lo - 1), (lo + 1, hi - 1), (hi + 1, i32::MAX)] {
+        if from <= to {
+            libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0);
+        }
     }
-    libc::syscall(libc::SYS_close_range, errw + 1, u32::MAX, 0);
     if as_root {
         // Children run as nobody: no file, process or key of root's is theirs.
         if libc::setgroups(0, std::ptr::null()) < 0
@@ -151,6 +155,6 @@ unsafe fn child_exec(
     let mut none: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut none);
     libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
     fail(errw)
 }
