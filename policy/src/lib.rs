@@ -138,6 +138,16 @@ pub enum OnViolation {
     Log,
 }
 
+impl From<&capvm_ipc::SandboxConfig> for OnViolation {
+    fn from(c: &capvm_ipc::SandboxConfig) -> OnViolation {
+        if c.log_only {
+            OnViolation::Log
+        } else {
+            OnViolation::Kill
+        }
+    }
+}
+
 /// A syscall number's name on x86_64, or "syscall_N".
 pub fn syscall_name(nr: u64) -> String {
     syscalls::Sysno::new(nr as usize).map(|s| s.name().to_string()).unwrap_or_else(|| format!("syscall_{nr}"))

@@ -146,13 +146,10 @@ fn enter_sandbox(
         irqfds: vm.eventfd_numbers(),
     };
     let manifest = capvm_policy::roles::vcpu_runner(&fds, std::process::id());
-    let mode = if sandbox.log_only { capvm_policy::OnViolation::Log } else { capvm_policy::OnViolation::Kill };
-    let report = capvm_policy::enforce::enter(&manifest, mode).map_err(|e| RunnerError::Config(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
-    if let Some(op) = sandbox.test_violation.as_deref().and_then(|t| t.strip_prefix("vcpu-runner:")) {
-        // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
-        capvm_policy::hostile::attempt(op, kvm_fd, kvm_fd, sandbox.broker_pid);
-    }
+    // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
+    capvm_policy::hostile::run_hook(sandbox, "vcpu-runner", kvm_fd, kvm_fd);
     Ok(())
 }
 

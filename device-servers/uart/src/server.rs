@@ -53,14 +53,11 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         irq.as_raw_fd(),
         &backend::manifest_fds(&input, &output),
     );
-    let mode = if cfg.sandbox.log_only { capvm_policy::OnViolation::Log } else { capvm_policy::OnViolation::Kill };
-    let report = capvm_policy::enforce::enter(&manifest, mode).map_err(|e| UartError::Protocol(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| UartError::Protocol(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
-    if let Some(op) = cfg.sandbox.test_violation.as_deref().and_then(|t| t.strip_prefix("uart:")) {
-        // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
-        let fd = ring.doorbell().as_raw_fd();
-        capvm_policy::hostile::attempt(op, fd, fd, cfg.sandbox.broker_pid);
-    }
+    // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
+    let doorbell = ring.doorbell().as_raw_fd();
+    capvm_policy::hostile::run_hook(&cfg.sandbox, "uart", doorbell, doorbell);
     let mut serial = Serial::new(IrqLine(irq), output);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
 
