@@ -133,14 +133,12 @@ fn pivot_to_empty_root() -> Result<(), SandboxError> {
     mount("none", "/", "", libc::MS_REC | libc::MS_PRIVATE, "", "making / private")?;
     // Any directory serves as the mount point: the mount is private to us.
     mount("capvm-empty", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "size=4k,mode=0555", "mounting the empty root")?;
-    let tmp = CString::new("/tmp").unwrap();
-    let dot = CString::new(".").unwrap();
     // SAFETY: plain path syscalls on NUL-terminated strings.
     unsafe {
-        check(libc::chdir(tmp.as_ptr()) as _, "chdir")?;
+        check(libc::chdir(c"/tmp".as_ptr()) as _, "chdir")?;
         // pivot_root(".", "."): the old root ends up on top, then detach it.
-        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()), "pivot_root")?;
-        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH) as _, "detaching the old root")?;
+        check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()), "pivot_root")?;
+        check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as _, "detaching the old root")?;
         check(libc::chdir(c"/".as_ptr()) as _, "chdir /")?;
     }
     mount(
