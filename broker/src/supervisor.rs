@@ -222,8 +222,8 @@ fn event_status(event: &VmEvent) -> i32 {
         VmEvent::Reboot => EXIT_REBOOT,
         VmEvent::PowerOff => EXIT_POWEROFF,
         VmEvent::Halt => EXIT_HALT,
-        VmEvent::TripleFault => {
-            eprintln!("capvm: the guest triple-faulted");
+        VmEvent::TripleFault { vcpu, rip, cpl } => {
+            eprintln!("capvm: the guest triple-faulted (vCPU {vcpu} at RIP {rip:#x}, CPL {cpl})");
             EXIT_TRIPLE_FAULT
         }
         VmEvent::InternalError(r) => {

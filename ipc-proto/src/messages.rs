@@ -81,8 +81,9 @@ pub enum VmEvent {
     PowerOff,
     /// Every vCPU halted with interrupts disabled: exit 2.
     Halt,
-    /// Triple fault (KVM_EXIT_SHUTDOWN): exit 3.
-    TripleFault,
+    /// Triple fault (KVM_EXIT_SHUTDOWN): exit 3. RIP and CPL as KVM left
+    /// them (often the instruction whose exception could not be delivered).
+    TripleFault { vcpu: u32, rip: u64, cpl: u8 },
     /// KVM could not run a guest instruction: exit 4.
     InternalError(InternalErrorReport),
     /// A guest access to an I/O port nothing emulates, with `-e`: exit 4.

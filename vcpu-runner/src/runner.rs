@@ -244,7 +244,10 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
                 status.stopped.store(stopped, Ordering::Relaxed);
                 Routed::Continue(0)
             }
-            Exit::Shutdown => Routed::Stop(VmEvent::TripleFault),
+            Exit::Shutdown => {
+                let (rip, cpl, _) = vcpu.where_am_i().unwrap_or((0, 0, None));
+                Routed::Stop(VmEvent::TripleFault { vcpu: id, rip, cpl })
+            }
             Exit::Hlt => Routed::Stop(VmEvent::Halt),
             Exit::SystemEvent(KVM_SYSTEM_EVENT_RESET) => Routed::Stop(VmEvent::Reboot),
             Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Routed::Stop(VmEvent::PowerOff),

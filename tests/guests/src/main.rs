@@ -6,13 +6,15 @@
 //! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run),
 //! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever),
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
-//! PVH module count and the first module's first 8 bytes).
+//! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
+//! (N port writes from user mode, then reset: the exit benchmark).
 
 #![no_std]
 #![no_main]
 
 mod entry;
 mod io;
+mod user;
 
 use io::print;
 
@@ -130,6 +132,18 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             }
             io::halt()
         }
+        b"pio-loop" => {
+            // pio-loop COUNT PORT: COUNT byte writes to PORT from CPL3 (IOPL 3),
+            // then reset. Guest CPL0 is emulated on some hosts, so the hot
+            // loop runs in user mode, natively.
+            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            // SAFETY: single-threaded guest; set before the switch to user mode.
+            unsafe {
+                LOOP_COUNT = words.next().and_then(parse_num).unwrap_or(0);
+                LOOP_PORT = words.next().and_then(parse_num).unwrap_or(0x3ff) as u16;
+            }
+            user::enter(pio_loop)
+        }
         b"spin" => loop {
             core::hint::spin_loop();
         },
@@ -138,6 +152,33 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             io::halt()
         }
     }
+}
+
+static mut LOOP_COUNT: u64 = 0;
+static mut LOOP_PORT: u16 = 0;
+
+extern "C" fn pio_loop() -> ! {
+    // SAFETY: written once at CPL0 before entering user mode.
+    let (n, port) = unsafe { (LOOP_COUNT, LOOP_PORT) };
+    for i in 0..n {
+        io::outb(port, i as u8);
+    }
+    print(b"pio-loop done\n");
+    io::reset_cf9()
+}
+
+/// Decimal or 0x-prefixed hex.
+fn parse_num(w: &[u8]) -> Option<u64> {
+    let (digits, radix) = match w {
+        [b'0', b'x', rest @ ..] => (rest, 16),
+        _ => (w, 10),
+    };
+    let mut v: u64 = 0;
+    for &d in digits {
+        let x = (d as char).to_digit(radix)? as u64;
+        v = v.checked_mul(radix as u64)?.checked_add(x)?;
+    }
+    Some(v)
 }
 
 #[repr(C, align(16))]
