@@ -175,9 +175,18 @@ fn a_violation_in_kill_mode_stops_the_vm_and_leaves_nothing() {
         let hook = format!("sandbox.test_violation={role}:open");
         let audit = format!("sandbox.audit_log={}", log.display());
         let child = spawn(&guest_args("spin", &["-o", &hook, "-o", &audit]));
-        let kids = wait_for_children(child.id(), 1, Duration::from_secs(5));
-        assert!(!kids.is_empty(), "{role}: no child seen");
+        // The violating child may be gone before we look: check what we saw
+        // and the pid the broker's line names.
+        let kids = wait_for_children(child.id(), 2, Duration::from_millis(500));
         let r = finish(child, Duration::from_secs(20));
+        let named: u32 = r
+            .stderr
+            .split("(pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{role}: no pid in {r:?}"));
+        assert!(!pid_exists(named), "{role}: pid {named} outlived the VM");
         assert_eq!(r.code(), 4, "{role}: {r:?}");
         assert!(r.stderr.contains("made a forbidden system call, openat("), "{role}: {r:?}");
         assert!(r.stderr.contains("stopping the VM (sandbox.violations=kill)"), "{role}: {r:?}");
