@@ -52,6 +52,18 @@ fn capvmctl(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Polls `capvmctl --audit` until `n` children have entered their sandbox.
+fn wait_sandboxed(name: &str, n: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
+        if audit.matches("sandbox entered in").count() >= n || std::time::Instant::now() > deadline {
+            return audit;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Two COM ports (stdio and a socket) and two vCPUs, spinning.
 fn two_port_args(name: &str, sock: &std::path::Path) -> Vec<String> {
     let mut args = guest_args("spin", &["-c", "2", "-l", &format!("com2,{}", sock.display())]);
@@ -78,9 +90,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let broker = child.id();
     let kids = wait_for_children(broker, 3, Duration::from_secs(10));
     assert_eq!(kids.len(), 3, "{kids:?}");
-    // Let every child finish entering its sandbox.
-    std::thread::sleep(Duration::from_millis(300));
-    let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
+    let audit = wait_sandboxed(&name, 3);
     for (pid, comm) in &kids {
         let pid = *pid;
         assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
@@ -228,7 +238,7 @@ fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
         let mut child = spawn(&args);
         let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
         let (pid, _) = kids.iter().find(|(_, n)| n == comm).unwrap_or_else(|| panic!("{comm} in {kids:?}")).clone();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_sandboxed(&name, 2);
         let gdb = Command::new("gdb")
             .args(["-batch", "-nx", "-ex", "set sysroot /", "-ex"])
             .arg(format!("file {}", bin_dir().join(binary).display()))
