@@ -123,6 +123,22 @@ impl Supervisor {
                 return Some(EXIT_ERROR);
             }
         };
+        self.handle_message(i, msg)
+    }
+
+    /// Reads what a dead child sent before it died (a violation record, a
+    /// fatal error): its last words explain its death better than a status.
+    fn drain_messages(&mut self, i: usize) -> Option<i32> {
+        while self.children[i].connected {
+            if let Some(status) = self.on_message(i) {
+                return Some(status);
+            }
+        }
+        None
+    }
+
+    fn handle_message(&mut self, i: usize, msg: ToBroker) -> Option<i32> {
+        let child = &mut self.children[i];
         match msg {
             ToBroker::Ready { version } if version == PROTO_VERSION => None,
             ToBroker::Ready { version } => {
@@ -177,9 +193,12 @@ impl Supervisor {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) => {
                     let Some(pid) = ws.pid() else { break };
-                    if let Some(child) = self.children.iter_mut().find(|c| c.pid == pid) {
-                        child.alive = false;
-                        child.connected = false;
+                    if let Some(i) = self.children.iter().position(|c| c.pid == pid) {
+                        self.children[i].alive = false;
+                        if let Some(s) = self.drain_messages(i) {
+                            return Some(s);
+                        }
+                        let child = &self.children[i];
                         eprintln!("capvm: {} (pid {pid}) {}; stopping the VM", child.role, describe(&ws));
                         status = Some(EXIT_ERROR);
                     }
