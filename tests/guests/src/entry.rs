@@ -67,6 +67,10 @@ gdt:
     .quad 0x00cf93000000ffff    /* 0x10: data */
     .quad 0x00affb000000ffff    /* 0x18: 64-bit code, DPL 3 */
     .quad 0x00cff3000000ffff    /* 0x20: data, DPL 3 */
+    .global gdt_tss
+gdt_tss:
+    .quad 0                     /* 0x28: TSS, filled in by user::enter */
+    .quad 0
 gdt_end:
 gdt_ptr:
     .word gdt_end - gdt - 1
