@@ -30,6 +30,8 @@ const DONE: u32 = 2;
 
 /// How many times a waiting vCPU polls its slot before sleeping on the futex.
 const SPIN_LIMIT: u32 = 4000;
+/// How many idle rounds a server keeps polling after a request (tens of µs).
+const SERVER_POLL_SPINS: u32 = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -194,10 +196,35 @@ impl ExitRing {
         data
     }
 
+    /// Server side: whether any slot holds a request.
+    pub fn pending(&self) -> bool {
+        (0..self.slots).any(|i| self.slot(i).state.load(Ordering::Acquire) == REQUEST)
+    }
+
+    /// Server side: [`serve`](Self::serve), then keep polling the slots for
+    /// `SERVER_POLL_SPINS` idle rounds before returning to the doorbell. The
+    /// next access usually follows at once (a driver's register sequence, a
+    /// loop), and a wake-up from poll(2) costs more than the exit itself on
+    /// small hosts: measured here, 100 000 exits to the uart took 4.9 s
+    /// without this and 2.7 s with it, against 2.65 s for an exit the runner
+    /// answers in-process (docs/kvm-pvm.md).
+    pub fn serve_polling(&self, mut handle: impl FnMut(u32, Request) -> u64) {
+        let mut idle = 0;
+        while idle < SERVER_POLL_SPINS {
+            if self.pending() {
+                self.serve(&mut handle);
+                idle = 0;
+            } else {
+                idle += 1;
+                std::hint::spin_loop();
+            }
+        }
+    }
+
     /// Server side: clears the doorbell, then answers every pending request
     /// with `handle`. Malformed requests are answered with all-ones without
     /// calling `handle`.
-    pub fn serve(&self, mut handle: impl FnMut(u32, Request) -> u64) {
+    pub fn serve(&self, handle: &mut impl FnMut(u32, Request) -> u64) {
         let mut buf = [0u8; 8];
         let _ = nix::unistd::read(&self.doorbell, &mut buf);
         for i in 0..self.slots {
@@ -318,7 +345,7 @@ mod tests {
                     nix::poll::PollTimeout::NONE,
                 )
                 .unwrap();
-                server.serve(|_, r| r.addr + r.data);
+                server.serve_polling(|_, r| r.addr + r.data);
             }
         });
         for i in 0..50u64 {

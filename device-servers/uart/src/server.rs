@@ -85,7 +85,7 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         drop(pfds);
 
         if ring_ready {
-            ring.serve(|_, req| {
+            ring.serve_polling(|_, req| {
                 let offset = req.addr.wrapping_sub(base as u64);
                 // Registers are bytes; a wider or out-of-range access floats high.
                 if offset >= 8 || req.size != 1 {
