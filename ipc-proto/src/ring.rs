@@ -365,7 +365,7 @@ mod tests {
         s.size.store(3, Ordering::Relaxed);
         s.state.store(REQUEST, Ordering::Release);
         let mut called = false;
-        ring.serve(|_, _| {
+        ring.serve(&mut |_, _| {
             called = true;
             0
         });
