@@ -102,15 +102,15 @@ pub struct Request {
 
 /// A mapped exit ring plus its doorbell.
 pub struct ExitRing {
-    base: NonNull<u8>,
+    map: Mapping,
     slots: u32,
     doorbell: OwnedFd,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl Send for ExitRing {}
+unsafe impl Send for Mapping {}
 // SAFETY: as above; every access goes through an atomic.
-unsafe impl Sync for ExitRing {}
+unsafe impl Sync for Mapping {}
 
 impl ExitRing {
     /// Creates the ring page (a sealed memfd) and writes its header.
@@ -149,9 +149,7 @@ impl ExitRing {
         let fl = nix::fcntl::fcntl(&doorbell, nix::fcntl::FcntlArg::F_GETFL)?;
         let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&doorbell, nix::fcntl::FcntlArg::F_SETFL(fl))?;
-        let base = map.base;
-        std::mem::forget(map);
-        Ok(ExitRing { base, slots, doorbell })
+        Ok(ExitRing { map, slots, doorbell })
     }
 
     pub fn slots(&self) -> u32 {
@@ -166,7 +164,7 @@ impl ExitRing {
     fn slot(&self, i: u32) -> &Slot {
         assert!(i < self.slots, "slot {i} out of range");
         // SAFETY: the page holds the header then `slots` slots; i < slots.
-        unsafe { &*(self.base.as_ptr().add(SLOT_SIZE * (1 + i as usize)) as *const Slot) }
+        unsafe { &*(self.map.base.as_ptr().add(SLOT_SIZE * (1 + i as usize)) as *const Slot) }
     }
 
     /// Client side: hands `req` to the server through slot `slot` and waits
@@ -253,14 +251,7 @@ impl ExitRing {
     }
 }
 
-impl Drop for ExitRing {
-    fn drop(&mut self) {
-        // SAFETY: base is our mapping of RING_SIZE bytes, no references outlive self.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), RING_SIZE) };
-    }
-}
-
-/// A shared mapping of one ring page, unmapped on drop unless forgotten.
+/// A shared mapping of one ring page, unmapped on drop.
 struct Mapping {
     base: NonNull<u8>,
 }
