@@ -145,9 +145,6 @@ pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig) -
                 rsp: 0,
                 rsi: 0,
                 rbx: PVH_INFO_ADDR,
-                cr3: 0,
-                gdt_base: GDT_ADDR,
-                gdt_limit: (8 * GDT.len() - 1) as u16,
             })
         }
         _ => {
@@ -162,9 +159,6 @@ pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig) -
                 rsp: BOOT_STACK_TOP,
                 rsi: ZERO_PAGE_ADDR,
                 rbx: 0,
-                cr3: capvm_kernel::boot::PML4_ADDR,
-                gdt_base: GDT_ADDR,
-                gdt_limit: (8 * GDT.len() - 1) as u16,
             })
         }
     }

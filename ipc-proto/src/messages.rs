@@ -161,7 +161,8 @@ impl PioRange {
     }
 }
 
-/// Register state at the first instruction.
+/// Register state at the first instruction. The GDT and page tables sit at
+/// the fixed addresses of `capvm_kernel::boot`, so they are not sent.
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
 pub struct BootState {
     pub mode: EntryMode,
@@ -169,10 +170,6 @@ pub struct BootState {
     pub rsp: u64,
     pub rsi: u64,
     pub rbx: u64,
-    /// Page-table root (long mode only).
-    pub cr3: u64,
-    pub gdt_base: u64,
-    pub gdt_limit: u16,
 }
 
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
