@@ -12,7 +12,6 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::SigmaskHow;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::boot;
 use crate::config::{ComBackend, ComPort, VmConfig};
@@ -111,11 +110,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map_err(|e| VmError(format!("cannot create {} bytes of guest RAM: {e}", cfg.memory)))?;
     let regions = boot::memory_regions(cfg.memory);
     let boot_state = {
-        let file = std::sync::Arc::new(File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?));
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(
-            regions.iter().map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset)))),
-        )
-        .map_err(|e| VmError(format!("cannot map guest RAM: {e}")))?;
+        let file = File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?);
+        let mem = capvm_kernel::memory::map_memfd(file, regions.iter().map(|r| (r.guest_addr, r.size, r.offset)))
+            .map_err(VmError)?;
         boot::load(&mem, &regions, &cfg.boot)?
     };
 
@@ -138,7 +135,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect();
 
     let mut children: Vec<Child> = Vec::new();
-    let started = start_children(cfg, kvm, ram, boot_state, host, &coms, &mut children);
+    let started = start_children(cfg, kvm, ram, regions, boot_state, host, &coms, &mut children);
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
@@ -156,10 +153,12 @@ fn sandbox_config(cfg: &VmConfig) -> SandboxConfig {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_children(
     cfg: &VmConfig,
     kvm: OwnedFd,
     ram: OwnedFd,
+    regions: Vec<capvm_ipc::MemoryRegion>,
     boot: capvm_ipc::BootState,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
@@ -193,7 +192,7 @@ fn start_children(
         .collect();
     let config = RunnerConfig {
         vcpus: cfg.cpus,
-        memory: boot::memory_regions(cfg.memory),
+        memory: regions,
         boot,
         hide_unemulated_cpuid: host == HostKvm::Emulated,
         devices,

@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod cpuid;
 pub mod host;
+pub mod memory;
 pub mod vcpu;
 pub mod vm;
 

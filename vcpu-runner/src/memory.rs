@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 
 use capvm_ipc::MemoryRegion;
 use capvm_kernel::Vm;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::runner::RunnerError;
 
@@ -18,14 +18,9 @@ pub struct GuestRam {
 impl GuestRam {
     /// Maps every region of the RAM memfd and gives it to KVM as one slot each.
     pub fn map(vm: &Vm, ram: OwnedFd, regions: &[MemoryRegion], wire: bool) -> Result<GuestRam, RunnerError> {
-        let file = std::sync::Arc::new(File::from(ram));
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*file);
-        let ranges: Vec<_> = regions
-            .iter()
-            .map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset))))
-            .collect();
-        let mem = GuestMemoryMmap::from_ranges_with_files(ranges)
-            .map_err(|e| RunnerError::Memory(format!("cannot map guest RAM: {e}")))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ram);
+        let mem = capvm_kernel::memory::map_memfd(File::from(ram), regions.iter().map(|r| (r.guest_addr, r.size, r.offset)))
+            .map_err(RunnerError::Memory)?;
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
