@@ -198,9 +198,4 @@ impl Vcpu {
         };
         Ok((regs.rip, sregs.ss.dpl, phys))
     }
-
-    /// Sets KVM's immediate_exit flag (used to break out of KVM_RUN).
-    pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(on as u8);
-    }
 }

@@ -40,10 +40,11 @@ fn common() -> Vec<SyscallRule> {
     ]
 }
 
-/// Limits besides the fd count: no core dumps (guest memory stays in RAM).
-fn rlimits(fds: &[FdGrant], spare: u64) -> Vec<(&'static str, u64)> {
+/// The fd count just above the highest fd held (or reserved), and no core
+/// dumps (guest memory stays in RAM).
+fn rlimits(fds: &[FdGrant]) -> Vec<(&'static str, u64)> {
     let max = fds.iter().map(|f| f.fd).max().unwrap_or(2) as u64;
-    vec![("RLIMIT_NOFILE", max + 1 + spare), ("RLIMIT_CORE", 0)]
+    vec![("RLIMIT_NOFILE", max + 1), ("RLIMIT_CORE", 0)]
 }
 
 /// stderr and the control socket, which every child keeps.
@@ -112,7 +113,7 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
         r("prctl", Args::Arg0In(vec![libc::PR_SET_NAME as u64]), "name vCPU threads"),
         r("tgkill", Args::Arg0In(vec![own_pid as u64]), "kick its own vCPU threads out of KVM_RUN"),
     ]);
-    let rlimits = rlimits(&fds, 0);
+    let rlimits = rlimits(&fds);
     Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits }
 }
 
@@ -130,7 +131,6 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
     let mut fds = base_fds();
     fds.push(FdGrant::new(doorbell, "exit-ring doorbell (eventfd)", &[Read, Event]));
     fds.push(FdGrant::new(irq, format!("{name} interrupt (irqfd)"), &[Write]));
-    let mut spare = 0;
     match *backend {
         UartBackendFds::Stdio { input, output } => {
             fds.push(FdGrant::new(input, format!("{name} input (stdin)"), &[Read, Event]));
@@ -146,14 +146,13 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
             let mut g = FdGrant::new(client, format!("{name} socket client (when connected)"), &[Read, Write, Event]);
             g.reserved = true;
             fds.push(g);
-            spare = 0;
         }
     }
     let mut syscalls = common();
     if matches!(backend, UartBackendFds::Socket { .. }) {
         syscalls.push(SyscallRule { name: "accept4", args: Args::FdWith(&[Accept]), why: "take the next socket client" });
     }
-    let rlimits = rlimits(&fds, spare);
+    let rlimits = rlimits(&fds);
     Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits }
 }
 
