@@ -16,7 +16,6 @@ pub struct Output {
     /// For sockets a failed write means the client left; for stdio and ttys
     /// the error is reported.
     disconnect_on_error: bool,
-    is_tty: bool,
 }
 
 impl io::Write for Output {
@@ -104,16 +103,16 @@ pub fn from_fds(kind: UartBackendKind, mut fds: Vec<OwnedFd>) -> io::Result<(Inp
             }
             let out = fds.pop().ok_or_else(missing)?;
             let input = fds.pop().ok_or_else(missing)?;
-            Ok((Input::Stream(input), Output { fd: Some(Rc::new(out)), disconnect_on_error: false, is_tty: false }))
+            Ok((Input::Stream(input), Output { fd: Some(Rc::new(out)), disconnect_on_error: false }))
         }
         UartBackendKind::Tty => {
             let fd = fds.pop().ok_or_else(missing)?;
             let out = fd.try_clone()?;
-            Ok((Input::Stream(fd), Output { fd: Some(Rc::new(out)), disconnect_on_error: false, is_tty: true }))
+            Ok((Input::Stream(fd), Output { fd: Some(Rc::new(out)), disconnect_on_error: false }))
         }
         UartBackendKind::Socket => {
             let listener = fds.pop().ok_or_else(missing)?;
-            Ok((Input::Socket { listener, client: None }, Output { fd: None, disconnect_on_error: true, is_tty: false }))
+            Ok((Input::Socket { listener, client: None }, Output { fd: None, disconnect_on_error: true }))
         }
     }
 }
@@ -128,11 +127,11 @@ impl Output {
 }
 
 /// The backend's fds as the sandbox manifest names them.
-pub fn manifest_fds(input: &Input, output: &Output) -> capvm_policy::roles::UartBackendFds {
+pub fn manifest_fds(kind: UartBackendKind, input: &Input, output: &Output) -> capvm_policy::roles::UartBackendFds {
     use capvm_policy::roles::UartBackendFds;
     let out = output.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
     match input {
-        Input::Stream(fd) if output.is_tty => UartBackendFds::Tty { input: fd.as_raw_fd(), output: out },
+        Input::Stream(fd) if kind == UartBackendKind::Tty => UartBackendFds::Tty { input: fd.as_raw_fd(), output: out },
         Input::Stream(fd) => UartBackendFds::Stdio { input: fd.as_raw_fd(), output: out },
         Input::Socket { listener, .. } => UartBackendFds::Socket { listener: listener.as_raw_fd() },
     }

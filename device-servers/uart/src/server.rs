@@ -51,7 +51,7 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         &cfg.name,
         ring.doorbell().as_raw_fd(),
         irq.as_raw_fd(),
-        &backend::manifest_fds(&input, &output),
+        &backend::manifest_fds(cfg.backend, &input, &output),
     );
     let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| UartError::Protocol(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
