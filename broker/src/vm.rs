@@ -188,6 +188,7 @@ fn start_children(
             name: com.name.to_string(),
             pio: vec![PioRange { base: com.port_base, len: 8 }],
             irq_gsi: Some(com.irq),
+            pci: None,
         })
         .collect();
     let config = RunnerConfig {

@@ -8,12 +8,16 @@
 //!   thread hands a PIO/MMIO access to a device server and waits for the
 //!   answer. Frequent and tiny: one cache line per request.
 //!
+//! - [`stats`]: a page of named counters each child keeps and the broker
+//!   reads (`capvmctl --get-stats`) without asking.
+//!
 //! Everything a peer sends is untrusted: every decode error is an error value.
 
 pub mod channel;
 pub mod messages;
 pub mod ring;
 pub mod shm;
+pub mod stats;
 
 pub use channel::{Channel, ChannelError};
 pub use messages::*;

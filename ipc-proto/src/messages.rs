@@ -4,7 +4,7 @@
 use bincode::{Decode, Encode};
 
 /// Bumped whenever a message or the ring layout changes incompatibly.
-pub const PROTO_VERSION: u32 = 1;
+pub const PROTO_VERSION: u32 = 2;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -16,6 +16,11 @@ pub enum ToChild {
     /// Start a UART server. Fds: exit ring, doorbell eventfd, interrupt
     /// eventfd, then the backend's fds (see [`UartBackendKind`]).
     StartUart(UartConfig),
+    /// Start a virtio device server. Fds: exit ring, doorbell eventfd,
+    /// guest RAM, then one notify eventfd per entry of `function.notify`,
+    /// one interrupt eventfd per MSI-X vector, then the backend's fds (see
+    /// [`VirtioBackend`]).
+    StartVirtio(VirtioConfig),
     /// Flush what is pending and exit.
     Shutdown,
 }
@@ -138,7 +143,9 @@ pub struct MemoryRegion {
     pub offset: u64,
 }
 
-/// How exits reach one device server.
+/// How exits reach one device server. Fds, in the StartRunner message:
+/// exit ring, doorbell, the interrupt eventfd if `irq_gsi`, then for a PCI
+/// function one eventfd per `notify` entry and one per MSI-X vector.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
 pub struct DeviceRoute {
     /// For messages, e.g. "com1".
@@ -146,6 +153,97 @@ pub struct DeviceRoute {
     pub pio: Vec<PioRange>,
     /// The GSI the server's interrupt eventfd raises, if any.
     pub irq_gsi: Option<u32>,
+    /// The PCI function the server owns, if it is one.
+    pub pci: Option<PciFunction>,
+}
+
+/// A PCI function's shape as the broker laid it out. The server owns the
+/// config space bytes; the runner knows the shape so it can check what the
+/// guest (or a lying server) makes of it before routing changes.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct PciFunction {
+    pub slot: u8,
+    pub func: u8,
+    pub bars: Vec<BarSpec>,
+    /// Queue-notify registers: guest writes there signal an eventfd (KVM
+    /// ioeventfd) instead of exiting.
+    pub notify: Vec<NotifySpec>,
+    pub msix: Option<MsixSpec>,
+}
+
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    Mem32,
+    Mem64,
+}
+
+/// One memory BAR: its index (a 64-bit BAR takes `index` and `index + 1`),
+/// its size (a power of two) and where the broker placed it.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct BarSpec {
+    pub index: u8,
+    pub kind: BarKind,
+    pub size: u64,
+    pub addr: u64,
+}
+
+/// A notify register at `offset` in BAR `bar`.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct NotifySpec {
+    pub bar: u8,
+    pub offset: u64,
+}
+
+/// Where the MSI-X table lives, and the GSIs its vectors' irqfds raise
+/// (`first_gsi + vector`).
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct MsixSpec {
+    pub bar: u8,
+    pub table_offset: u64,
+    pub pba_offset: u64,
+    pub vectors: u16,
+    pub first_gsi: u32,
+}
+
+/// A virtio device server's start-up.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct VirtioConfig {
+    /// For messages and the audit: "virtio-blk (0:2.0)".
+    pub name: String,
+    pub memory: Vec<MemoryRegion>,
+    pub function: PciFunction,
+    pub backend: VirtioBackend,
+    pub sandbox: SandboxConfig,
+}
+
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub enum VirtioBackend {
+    /// One fd: the image file or block device, opened as the options say.
+    Blk(BlkOptions),
+    /// One fd: the tap, opened with IFF_NO_PI | IFF_VNET_HDR.
+    Net(NetOptions),
+}
+
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct BlkOptions {
+    pub read_only: bool,
+    /// Logical sector size the guest sees (512 or 4096); physical below.
+    pub sector_size: u32,
+    pub physical_sector_size: u32,
+    /// Disk size in bytes, as the broker found it.
+    pub size: u64,
+    /// bhyve `nodelete`: no DISCARD.
+    pub no_delete: bool,
+    /// The backend can punch holes (a regular file).
+    pub can_discard: bool,
+    /// Up to 20 bytes for GET_ID.
+    pub serial: String,
+}
+
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct NetOptions {
+    pub mac: [u8; 6],
+    pub mtu: u16,
 }
 
 /// A half-open range of I/O ports `[base, base + len)`.

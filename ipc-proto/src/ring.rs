@@ -11,15 +11,15 @@
 //! header's magic and version when it attaches (the version handshake). All
 //! fields are atomics: the peer is untrusted and may scribble at any time.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::messages::PROTO_VERSION;
+use crate::shm::SharedPage as Mapping;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"cvmR");
 /// The ring is one page.
-pub const RING_SIZE: usize = 4096;
+pub const RING_SIZE: usize = crate::shm::PAGE;
 const SLOT_SIZE: usize = 64;
 /// Most slots (and so vCPUs) one ring serves: the page less the header.
 pub const MAX_SLOTS: u32 = (RING_SIZE / SLOT_SIZE) as u32 - 1;
@@ -57,6 +57,8 @@ struct Slot {
     state: AtomicU32,
     op: AtomicU32,
     size: AtomicU32,
+    /// Which of the server's regions `addr` is in: the BAR for MMIO.
+    region: AtomicU32,
     addr: AtomicU64,
     data: AtomicU64,
 }
@@ -71,6 +73,10 @@ pub enum Op {
     PioWrite = 2,
     MmioRead = 3,
     MmioWrite = 4,
+    /// PCI configuration space of the server's function; `addr` is the
+    /// register offset (0-4095).
+    ConfigRead = 5,
+    ConfigWrite = 6,
 }
 
 impl Op {
@@ -80,12 +86,14 @@ impl Op {
             2 => Op::PioWrite,
             3 => Op::MmioRead,
             4 => Op::MmioWrite,
+            5 => Op::ConfigRead,
+            6 => Op::ConfigWrite,
             _ => return None,
         })
     }
 
     pub fn is_write(self) -> bool {
-        matches!(self, Op::PioWrite | Op::MmioWrite)
+        matches!(self, Op::PioWrite | Op::MmioWrite | Op::ConfigWrite)
     }
 }
 
@@ -93,6 +101,8 @@ impl Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub op: Op,
+    /// For MMIO: the BAR index; `addr` is then the offset into that BAR.
+    pub region: u8,
     pub addr: u64,
     /// 1, 2, 4 or 8 bytes.
     pub size: u8,
@@ -107,11 +117,6 @@ pub struct ExitRing {
     doorbell: OwnedFd,
 }
 
-// SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; every access goes through an atomic.
-unsafe impl Sync for Mapping {}
-
 impl ExitRing {
     /// Creates the ring page (a sealed memfd) and writes its header.
     /// Returns the memfd; the broker hands it to both sides.
@@ -121,7 +126,8 @@ impl ExitRing {
         }
         let fd = crate::shm::sealed_memfd("capvm-exit-ring", RING_SIZE as u64)?;
         let ring = Mapping::new(fd.as_fd())?;
-        let header = ring.header();
+        // SAFETY: the page is at least as large and aligned as Header.
+        let header: &Header = unsafe { ring.at(0) };
         header.slots.store(slots, Ordering::Relaxed);
         header.version.store(PROTO_VERSION, Ordering::Relaxed);
         header.magic.store(MAGIC, Ordering::Release);
@@ -131,7 +137,8 @@ impl ExitRing {
     /// Maps a ring made by [`ExitRing::create`] and checks its header.
     pub fn attach(memfd: BorrowedFd, doorbell: OwnedFd) -> Result<ExitRing, RingError> {
         let map = Mapping::new(memfd)?;
-        let header = map.header();
+        // SAFETY: as in create.
+        let header: &Header = unsafe { map.at(0) };
         let magic = header.magic.load(Ordering::Acquire);
         if magic != MAGIC {
             return Err(RingError::BadMagic(magic));
@@ -164,7 +171,7 @@ impl ExitRing {
     fn slot(&self, i: u32) -> &Slot {
         assert!(i < self.slots, "slot {i} out of range");
         // SAFETY: the page holds the header then `slots` slots; i < slots.
-        unsafe { &*(self.map.base.as_ptr().add(SLOT_SIZE * (1 + i as usize)) as *const Slot) }
+        unsafe { self.map.at(SLOT_SIZE * (1 + i as usize)) }
     }
 
     /// Client side: hands `req` to the server through slot `slot` and waits
@@ -173,6 +180,7 @@ impl ExitRing {
         let s = self.slot(slot);
         s.op.store(req.op as u32, Ordering::Relaxed);
         s.size.store(req.size as u32, Ordering::Relaxed);
+        s.region.store(req.region as u32, Ordering::Relaxed);
         s.addr.store(req.addr, Ordering::Relaxed);
         s.data.store(req.data, Ordering::Relaxed);
         s.state.store(REQUEST, Ordering::Release);
@@ -232,11 +240,13 @@ impl ExitRing {
             }
             let op = Op::from_u32(s.op.load(Ordering::Relaxed));
             let size = s.size.load(Ordering::Relaxed);
-            let answer = match (op, size) {
-                (Some(op), 1 | 2 | 4 | 8) => handle(
+            let region = s.region.load(Ordering::Relaxed);
+            let answer = match (op, size, u8::try_from(region)) {
+                (Some(op), 1 | 2 | 4 | 8, Ok(region)) => handle(
                     i,
                     Request {
                         op,
+                        region,
                         addr: s.addr.load(Ordering::Relaxed),
                         size: size as u8,
                         data: s.data.load(Ordering::Relaxed),
@@ -248,43 +258,6 @@ impl ExitRing {
             s.state.store(DONE, Ordering::Release);
             futex_wake(&s.state);
         }
-    }
-}
-
-/// A shared mapping of one ring page, unmapped on drop.
-struct Mapping {
-    base: NonNull<u8>,
-}
-
-impl Mapping {
-    fn new(fd: BorrowedFd) -> Result<Mapping, RingError> {
-        // SAFETY: a fresh shared mapping of a page-sized memfd; no aliasing Rust refs.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                RING_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(RingError::Io(nix::Error::last()));
-        }
-        Ok(Mapping { base: NonNull::new(p.cast()).expect("mmap returned null") })
-    }
-
-    fn header(&self) -> &Header {
-        // SAFETY: the mapping is at least a page and page-aligned.
-        unsafe { &*(self.base.as_ptr() as *const Header) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps our own mapping.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), RING_SIZE) };
     }
 }
 
@@ -340,7 +313,7 @@ mod tests {
             }
         });
         for i in 0..50u64 {
-            let v = client.call(1, Request { op: Op::PioWrite, addr: 0x3f8, size: 1, data: i });
+            let v = client.call(1, Request { op: Op::PioWrite, region: 0, addr: 0x3f8, size: 1, data: i });
             assert_eq!(v, 0x3f8 + i);
         }
         drop(client);
@@ -370,7 +343,8 @@ mod tests {
         let fd = ExitRing::create(1).unwrap();
         {
             let m = Mapping::new(fd.as_fd()).unwrap();
-            m.header().version.store(PROTO_VERSION + 1, Ordering::Relaxed);
+            // SAFETY: test; the ring page starts with its header.
+            unsafe { m.at::<Header>(0) }.version.store(PROTO_VERSION + 1, Ordering::Relaxed);
         }
         assert!(matches!(
             ExitRing::attach(fd.as_fd(), doorbell()),

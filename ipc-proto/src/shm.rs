@@ -1,6 +1,7 @@
 //! Sealed memfds: shared memory whose size neither side can change.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -15,6 +16,49 @@ pub fn sealed_memfd(name: &str, size: u64) -> Result<OwnedFd, nix::Error> {
         FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL),
     )?;
     Ok(fd)
+}
+
+/// One page of a shared memfd, mapped read-write and unmapped on drop.
+pub(crate) struct SharedPage {
+    base: NonNull<u8>,
+}
+
+pub(crate) const PAGE: usize = 4096;
+
+// SAFETY: the page is shared memory that users access only through atomics.
+unsafe impl Send for SharedPage {}
+// SAFETY: as above.
+unsafe impl Sync for SharedPage {}
+
+impl SharedPage {
+    pub(crate) fn new(fd: BorrowedFd) -> Result<SharedPage, nix::Error> {
+        // SAFETY: a fresh shared mapping of a page of the memfd; no aliasing Rust refs.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(nix::Error::last());
+        }
+        Ok(SharedPage { base: NonNull::new(p.cast()).expect("mmap returned null") })
+    }
+
+    /// A reference to the `T` at `offset`.
+    ///
+    /// # Safety
+    /// `T` must fit in the page at `offset`, be aligned there, and be made
+    /// of atomics (the peer writes behind our back).
+    pub(crate) unsafe fn at<T>(&self, offset: usize) -> &T {
+        debug_assert!(offset + std::mem::size_of::<T>() <= PAGE);
+        // SAFETY: the caller's contract.
+        unsafe { &*(self.base.as_ptr().add(offset) as *const T) }
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: unmaps our own mapping.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), PAGE) };
+    }
 }
 
 #[cfg(test)]

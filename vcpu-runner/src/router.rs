@@ -38,7 +38,7 @@ impl Router {
         }
         if let Some(dev) = self.devices.iter().find(|d| d.pio.iter().any(|r| r.contains(port))) {
             let op = if write.is_some() { Op::PioWrite } else { Op::PioRead };
-            let req = Request { op, addr: port as u64, size, data: write.unwrap_or(0) };
+            let req = Request { op, region: 0, addr: port as u64, size, data: write.unwrap_or(0) };
             return Routed::Continue(dev.ring.call(vcpu, req));
         }
         if self.strict_io {
