@@ -111,7 +111,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let regions = boot::memory_regions(cfg.memory);
     let boot_state = {
         let file = File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?);
-        let mem = capvm_kernel::memory::map_memfd(file, regions.iter().map(|r| (r.guest_addr, r.size, r.offset)))
+        let mem = capvm_ipc::shm::map_guest_ram(file, &regions)
             .map_err(VmError)?;
         boot::load(&mem, &regions, &cfg.boot)?
     };

@@ -18,6 +18,20 @@ pub fn sealed_memfd(name: &str, size: u64) -> Result<OwnedFd, nix::Error> {
     Ok(fd)
 }
 
+/// Maps every region of the guest-RAM memfd, shared: how the broker (to
+/// load the kernel), the vCPU runner (to hand it to KVM) and the device
+/// servers (to reach virtqueues) see guest memory.
+pub fn map_guest_ram(ram: std::fs::File, regions: &[crate::MemoryRegion]) -> Result<vm_memory::GuestMemoryMmap, String> {
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+    let file = std::sync::Arc::new(ram);
+    GuestMemoryMmap::from_ranges_with_files(
+        regions
+            .iter()
+            .map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset)))),
+    )
+    .map_err(|e| format!("cannot map guest RAM: {e}"))
+}
+
 /// One page of a shared memfd, mapped read-write and unmapped on drop.
 pub(crate) struct SharedPage {
     base: NonNull<u8>,

@@ -8,7 +8,6 @@
 pub mod boot;
 pub mod cpuid;
 pub mod host;
-pub mod memory;
 pub mod vcpu;
 pub mod vm;
 

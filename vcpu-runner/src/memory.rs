@@ -19,7 +19,7 @@ impl GuestRam {
     /// Maps every region of the RAM memfd and gives it to KVM as one slot each.
     pub fn map(vm: &Vm, ram: OwnedFd, regions: &[MemoryRegion], wire: bool) -> Result<GuestRam, RunnerError> {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ram);
-        let mem = capvm_kernel::memory::map_memfd(File::from(ram), regions.iter().map(|r| (r.guest_addr, r.size, r.offset)))
+        let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), regions)
             .map_err(RunnerError::Memory)?;
         for (slot, region) in mem.iter().enumerate() {
             let host = region
