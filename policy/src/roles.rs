@@ -156,6 +156,38 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
     Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits }
 }
 
+/// The fds every virtio device server holds besides its backend's.
+pub struct VirtioFds {
+    pub doorbell: i32,
+    pub ram: i32,
+    /// One per queue: KVM signals it when the guest writes the queue's
+    /// notify register.
+    pub notify: Vec<i32>,
+    /// One per MSI-X vector: bound to the vector's GSI by the runner.
+    pub interrupts: Vec<i32>,
+}
+
+/// A virtio device server: its exit-ring doorbell, guest RAM (where the
+/// virtqueues live), the queue-notify and interrupt eventfds, and the
+/// backend `backend` lists (a disk, a tap) with the syscalls its data path
+/// needs.
+pub fn virtio_device(name: &str, f: &VirtioFds, backend: Vec<FdGrant>, backend_syscalls: Vec<SyscallRule>) -> Manifest {
+    let mut fds = base_fds();
+    fds.push(FdGrant::new(f.doorbell, "exit-ring doorbell (eventfd)", &[Read, Event]));
+    fds.push(FdGrant::new(f.ram, "guest RAM (sealed memfd, mapped)", &[Mmap]));
+    for (q, &fd) in f.notify.iter().enumerate() {
+        fds.push(FdGrant::new(fd, format!("queue {q} notify (ioeventfd)"), &[Read, Event]));
+    }
+    for (v, &fd) in f.interrupts.iter().enumerate() {
+        fds.push(FdGrant::new(fd, format!("MSI-X vector {v} (irqfd)"), &[Write]));
+    }
+    fds.extend(backend);
+    let mut syscalls = common();
+    syscalls.extend(backend_syscalls);
+    let rlimits = rlimits(&fds);
+    Manifest { role: name.to_string(), fds, syscalls, rlimits }
+}
+
 /// The lowest fd number not in `fds`: where the kernel puts the next new fd.
 fn first_free(fds: &[FdGrant]) -> i32 {
     (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")

@@ -1,1 +1,11 @@
-pub fn x(){}
+//! What every capvm virtio device server shares: modern virtio over PCI
+//! (config space, BAR registers, MSI-X, split virtqueues from the
+//! virtio-queue crate) and the server's event loop. A device server (blk,
+//! net) adds its device model through [`transport::Device`].
+
+pub mod layout;
+pub mod pci;
+pub mod server;
+pub mod transport;
+
+pub use transport::{Device, Transport};

@@ -1,0 +1,191 @@
+//! A virtio device server's life: take the StartVirtio message and its
+//! fds, map guest RAM, build the device, enter the sandbox, then serve
+//! three kinds of events until the broker says stop:
+//! - exit-ring requests (config space and BAR registers, from the runner);
+//! - queue notifies, straight from KVM through ioeventfds;
+//! - the backend (a tap's packets), if the device has one.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use capvm_ipc::ring::{ExitRing, Op};
+use capvm_ipc::stats::{Counter, Stats};
+use capvm_ipc::{Channel, ChannelError, RingError, ToBroker, ToChild, VirtioConfig, PROTO_VERSION};
+use capvm_policy::roles::VirtioFds;
+use capvm_policy::{FdGrant, SyscallRule};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::layout;
+use crate::transport::{Device, Transport, TransportStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a device model needs to be confined: its backend fds with their
+/// rights, and the syscalls its data path makes beyond the common ones.
+pub struct DeviceSandbox {
+    pub fds: Vec<FdGrant>,
+    pub syscalls: Vec<SyscallRule>,
+}
+
+/// A device that also waits on a host fd (a tap).
+pub trait Backend: Device {
+    fn backend_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// The backend fd is ready. Returns the queues that used buffers.
+    fn on_backend(&mut self, _queues: &mut [virtio_queue::Queue], _mem: &vm_memory::GuestMemoryMmap) -> Vec<usize> {
+        Vec::new()
+    }
+}
+
+/// Everything `make` gets to build its device from.
+pub struct Setup<'a> {
+    pub config: &'a VirtioConfig,
+    /// The backend's fds, in the order the broker sent them.
+    pub backend_fds: Vec<OwnedFd>,
+    pub stats: &'a mut Stats,
+}
+
+/// Runs a device server on the control channel; `make` builds the device.
+pub fn run<D: Backend>(
+    channel: &Channel,
+    make: impl FnOnce(Setup) -> Result<(D, DeviceSandbox), String>,
+) -> Result<(), ServerError> {
+    let (cfg, fds) = match channel.recv()? {
+        (ToChild::StartVirtio(cfg), fds) => (cfg, fds),
+        (other, _) => return Err(ServerError::Protocol(format!("expected StartVirtio, got {other:?}"))),
+    };
+    let queues = cfg.function.notify.len();
+    let vectors = cfg.function.msix.map_or(0, |m| m.vectors as usize);
+    if queues > layout::MAX_QUEUES || vectors != layout::vectors(queues) as usize {
+        return Err(ServerError::Protocol(format!("{queues} queues with {vectors} MSI-X vectors is not a virtio layout")));
+    }
+    let fixed = 4 + queues + vectors;
+    if fds.len() < fixed {
+        return Err(ServerError::Protocol(format!("StartVirtio carried {} fds, need at least {fixed}", fds.len())));
+    }
+    let mut fds = fds.into_iter();
+    let mut take = |n: usize| -> Vec<OwnedFd> { fds.by_ref().take(n).collect() };
+    let [ring_fd, doorbell, ram, stats_fd]: [OwnedFd; 4] = take(4).try_into().expect("four fds");
+    let notify = take(queues);
+    let irqs = take(vectors);
+    let backend_fds = take(usize::MAX);
+
+    let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
+    drop(ring_fd);
+    let ram_fd = ram.as_raw_fd();
+    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &cfg.memory).map_err(ServerError::Setup)?;
+    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(|e| ServerError::Setup(format!("stats page: {e}")))?;
+    drop(stats_fd);
+    let counters = TransportStats {
+        config_accesses: stats.counter("config_accesses"),
+        mmio_accesses: stats.counter("mmio_accesses"),
+        notify_exits: stats.counter("notify_exits"),
+        interrupts: stats.counter("interrupts"),
+    };
+    let notifies = stats.counter("ioeventfd_notifies");
+    let (device, sandbox) =
+        make(Setup { config: &cfg, backend_fds, stats: &mut stats }).map_err(ServerError::Setup)?;
+
+    let manifest = capvm_policy::roles::virtio_device(
+        &cfg.name,
+        &VirtioFds {
+            doorbell: ring.doorbell().as_raw_fd(),
+            ram: ram_fd,
+            notify: notify.iter().map(|f| f.as_raw_fd()).collect(),
+            interrupts: irqs.iter().map(|f| f.as_raw_fd()).collect(),
+        },
+        sandbox.fds,
+        sandbox.syscalls,
+    );
+    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| ServerError::Setup(e.to_string()))?;
+    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    let mut transport = Transport::new(device, &cfg.function, irqs, counters);
+    transport.set_memory(mem);
+    channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
+    serve(channel, &ring, &notify, &mut transport, &notifies)
+}
+
+fn serve<D: Backend>(
+    channel: &Channel,
+    ring: &ExitRing,
+    notify: &[OwnedFd],
+    transport: &mut Transport<D>,
+    notifies: &Counter,
+) -> Result<(), ServerError> {
+    let mut buf = [0u8; 8];
+    loop {
+        let ready: Vec<bool> = {
+            let mut pfds =
+                vec![PollFd::new(ring.doorbell(), PollFlags::POLLIN), PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+            pfds.extend(notify.iter().map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)));
+            if let Some(fd) = transport.device.backend_fd() {
+                pfds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            match poll(&mut pfds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(ServerError::Setup(format!("poll: {e}"))),
+            }
+            pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect()
+        };
+        let backend_ready = ready.get(2 + notify.len()).copied().unwrap_or(false);
+
+        if ready[0] {
+            // Notifies that came as register writes (BAR not yet mapped
+            // with ioeventfds) are run after the vCPU has its answer.
+            let mut kicked = Vec::new();
+            ring.serve_polling(|_, req| match req.op {
+                Op::ConfigRead => transport.config_read(req.addr, req.size),
+                Op::ConfigWrite => {
+                    transport.config_write(req.addr, req.size, req.data);
+                    0
+                }
+                Op::MmioRead if req.region == layout::BAR => transport.bar_read(req.addr, req.size),
+                Op::MmioWrite if req.region == layout::BAR => {
+                    kicked.extend(transport.bar_write(req.addr, req.size, req.data));
+                    0
+                }
+                _ => u64::MAX,
+            });
+            for q in kicked {
+                transport.notify(q);
+            }
+        }
+        for (q, fd) in notify.iter().enumerate() {
+            if ready[2 + q] {
+                let _ = nix::unistd::read(fd, &mut buf);
+                notifies.inc();
+                transport.notify(q);
+            }
+        }
+        if backend_ready && transport.driver_ok() {
+            let used = {
+                let (device, queues, mem) = transport.queues_mut();
+                match mem {
+                    Some(mem) => device.on_backend(queues, mem),
+                    None => Vec::new(),
+                }
+            };
+            for q in used {
+                transport.signal_queue(q);
+            }
+        }
+        if ready[1] {
+            match channel.recv::<ToChild>() {
+                Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => return Ok(()),
+                Ok((other, _)) => return Err(ServerError::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

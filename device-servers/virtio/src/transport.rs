@@ -1,0 +1,509 @@
+//! Modern virtio over PCI (virtio 1.x, section 4.1): the function's config
+//! space with its capabilities, the registers in BAR 0 (common
+//! configuration, ISR, device configuration, queue notify, MSI-X table and
+//! PBA), and the split virtqueues behind them.
+//!
+//! Everything here runs on guest-controlled input: a bad offset or size
+//! reads as all-ones and writes nothing; a queue the driver set up wrong
+//! is never made ready.
+
+use std::os::fd::OwnedFd;
+
+use capvm_ipc::stats::Counter;
+use capvm_ipc::PciFunction;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::layout::*;
+use crate::pci::{ConfigSpace, Identity};
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Vector value meaning "no MSI-X vector".
+pub const NO_VECTOR: u16 = 0xffff;
+
+const STATUS_DRIVER_OK: u8 = 4;
+const STATUS_FEATURES_OK: u8 = 8;
+const STATUS_FAILED: u8 = 0x80;
+
+const CAP_VENDOR: u8 = 0x09;
+const CAP_MSIX: u8 = 0x11;
+const CFG_COMMON: u8 = 1;
+const CFG_NOTIFY: u8 = 2;
+const CFG_ISR: u8 = 3;
+const CFG_DEVICE: u8 = 4;
+const CFG_PCI: u8 = 5;
+const MSIX_ENABLE: u16 = 1 << 15;
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+const MSIX_ENTRY_MASKED: u32 = 1;
+const ISR_QUEUE: u8 = 1;
+const ISR_CONFIG: u8 = 2;
+
+/// What a virtio device adds to the transport.
+pub trait Device {
+    /// The virtio device id (1 net, 2 block); the PCI device id is 0x1040 + it.
+    fn device_type(&self) -> u16;
+    /// The PCI class code (base, sub, interface).
+    fn class(&self) -> [u8; 3];
+    /// Feature bits the device offers (the transport adds VERSION_1).
+    fn features(&self) -> u64;
+    /// The largest size of each queue; their number is the queue count.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Reads the device configuration at `offset`; out of range reads 0xff.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK with these features.
+    fn activate(&mut self, features: u64);
+    /// The driver reset the device.
+    fn reset(&mut self);
+    /// Work on queue `index` after a notify. Returns whether any buffer
+    /// was used (the driver is then interrupted).
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+}
+
+/// Counters of what the guest made this function do.
+#[derive(Clone)]
+pub struct TransportStats {
+    pub config_accesses: Counter,
+    pub mmio_accesses: Counter,
+    /// Notifies that arrived as register writes (an exit), not ioeventfds.
+    pub notify_exits: Counter,
+    pub interrupts: Counter,
+}
+
+pub struct Transport<D: Device> {
+    config: ConfigSpace,
+    pub device: D,
+    queues: Vec<Queue>,
+    queue_vectors: Vec<u16>,
+    config_vector: u16,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    queue_select: u16,
+    config_generation: u8,
+    isr: u8,
+    msix_cap: usize,
+    msix_table: Vec<[u32; 4]>,
+    msix_pending: Vec<bool>,
+    pci_cfg_cap: usize,
+    /// One eventfd per MSI-X vector, bound to its GSI by the runner.
+    interrupts: Vec<OwnedFd>,
+    mem: Option<GuestMemoryMmap>,
+    stats: TransportStats,
+}
+
+impl<D: Device> Transport<D> {
+    pub fn new(device: D, function: &PciFunction, interrupts: Vec<OwnedFd>, stats: TransportStats) -> Transport<D> {
+        let max_sizes = device.queue_max_sizes();
+        assert!(max_sizes.len() <= MAX_QUEUES);
+        let vectors = vectors(max_sizes.len());
+        let mut config = ConfigSpace::new(&Identity {
+            vendor: 0x1af4,
+            device: 0x1040 + device.device_type(),
+            revision: 1,
+            class: device.class(),
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x40,
+        });
+        for bar in &function.bars {
+            config.add_bar(bar);
+        }
+        let msix_cap = config.add_capability(
+            &msix_capability(vectors),
+            &[0, 0, 0, (MSIX_ENABLE | MSIX_FUNCTION_MASK).to_le_bytes()[1]],
+        );
+        config.add_capability(&virtio_cap(CFG_COMMON, COMMON, COMMON_LEN, None), &[]);
+        config.add_capability(&virtio_cap(CFG_NOTIFY, NOTIFY, 0x1000, Some(NOTIFY_MULTIPLIER as u32)), &[]);
+        config.add_capability(&virtio_cap(CFG_ISR, ISR, ISR_LEN, None), &[]);
+        config.add_capability(&virtio_cap(CFG_DEVICE, DEVICE, DEVICE_LEN, None), &[]);
+        // VIRTIO_PCI_CAP_PCI_CFG: a window onto the BARs through config
+        // space; its bar, offset, length and data fields are the driver's.
+        let mut cfg_cap = virtio_cap(CFG_PCI, 0, 0, None).to_vec();
+        cfg_cap.extend([0u8; 4]);
+        let mut w = vec![0u8; 20];
+        w[4] = 0xff;
+        w[8..20].fill(0xff);
+        let pci_cfg_cap = config.add_capability(&cfg_cap, &w);
+        let queues = max_sizes.iter().map(|&m| Queue::new(m).expect("queue max size is a power of two")).collect();
+        Transport {
+            config,
+            device,
+            queues,
+            queue_vectors: vec![NO_VECTOR; max_sizes.len()],
+            config_vector: NO_VECTOR,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            queue_select: 0,
+            config_generation: 0,
+            isr: 0,
+            msix_cap,
+            msix_table: vec![[0, 0, 0, MSIX_ENTRY_MASKED]; vectors as usize],
+            msix_pending: vec![false; vectors as usize],
+            pci_cfg_cap,
+            interrupts,
+            mem: None,
+            stats,
+        }
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    pub fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
+    }
+
+    // ---- configuration space ----
+
+    pub fn config_read(&mut self, offset: u64, size: u8) -> u64 {
+        self.stats.config_accesses.inc();
+        if let Some(v) = self.pci_cfg_window(offset, size, None) {
+            return v;
+        }
+        self.config.read(offset, size)
+    }
+
+    pub fn config_write(&mut self, offset: u64, size: u8, value: u64) {
+        self.stats.config_accesses.inc();
+        if self.pci_cfg_window(offset, size, Some(value)).is_some() {
+            return;
+        }
+        let was = self.msix_control();
+        self.config.write(offset, size, value);
+        if was & MSIX_FUNCTION_MASK != 0 && self.msix_control() & MSIX_FUNCTION_MASK == 0 {
+            self.fire_pending();
+        }
+    }
+
+    /// VIRTIO_PCI_CAP_PCI_CFG's pci_cfg_data: an access through it reaches
+    /// the BAR at the cap's offset with the cap's length.
+    fn pci_cfg_window(&mut self, offset: u64, size: u8, write: Option<u64>) -> Option<u64> {
+        let data = self.pci_cfg_cap as u64 + 16;
+        if offset != data || !ConfigSpace::valid_access(offset, size) {
+            return None;
+        }
+        let c = self.pci_cfg_cap;
+        let (bar, at, len) = (self.config.read(c as u64 + 4, 1) as u8, self.config.u32_at(c + 8), self.config.u32_at(c + 12));
+        if bar != BAR || !matches!(len, 1 | 2 | 4) || len as u8 > size {
+            return Some(u64::MAX);
+        }
+        match write {
+            Some(v) => {
+                self.bar_write(at as u64, len as u8, v);
+                Some(0)
+            }
+            None => Some(self.bar_read(at as u64, len as u8)),
+        }
+    }
+
+    fn msix_control(&self) -> u16 {
+        self.config.u16_at(self.msix_cap + 2)
+    }
+
+    fn msix_enabled(&self) -> bool {
+        self.msix_control() & MSIX_ENABLE != 0
+    }
+
+    // ---- BAR 0 ----
+
+    pub fn bar_read(&mut self, offset: u64, size: u8) -> u64 {
+        self.stats.mmio_accesses.inc();
+        let n = size as usize;
+        if !matches!(size, 1 | 2 | 4 | 8) || offset % size as u64 != 0 || offset >= BAR_SIZE {
+            return u64::MAX;
+        }
+        let mut out = [0u8; 8];
+        match offset {
+            o if o < COMMON + COMMON_LEN => {
+                let regs = self.common_registers();
+                let o = o as usize;
+                if o + n > regs.len() {
+                    return u64::MAX;
+                }
+                out[..n].copy_from_slice(&regs[o..o + n]);
+            }
+            o if (ISR..ISR + ISR_LEN).contains(&o) => {
+                // Reading the ISR clears it (and deasserts INTx).
+                out[0] = std::mem::take(&mut self.isr);
+            }
+            o if (DEVICE..DEVICE + DEVICE_LEN).contains(&o) => self.device.read_config(o - DEVICE, &mut out[..n]),
+            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.msix_table.len() as u64).contains(&o) => {
+                let (entry, word) = (((o - MSIX_TABLE) / 16) as usize, ((o - MSIX_TABLE) % 16 / 4) as usize);
+                let e = self.msix_table[entry];
+                let v = if size == 8 && word % 2 == 0 { e[word] as u64 | (e[word + 1] as u64) << 32 } else { e[word] as u64 };
+                out = v.to_le_bytes();
+            }
+            o if (MSIX_PBA..MSIX_PBA + 8).contains(&o) => {
+                let bits = self.msix_pending.iter().enumerate().fold(0u64, |acc, (i, &p)| acc | (p as u64) << i);
+                out = (bits >> (8 * (o - MSIX_PBA))).to_le_bytes();
+            }
+            // Notify registers read as 0; everything else floats high.
+            o if (NOTIFY..NOTIFY + 0x1000).contains(&o) => {}
+            _ => return u64::MAX,
+        }
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&out[..n]);
+        u64::from_le_bytes(v)
+    }
+
+    /// Returns the queue a notify register write named, if it was one.
+    pub fn bar_write(&mut self, offset: u64, size: u8, value: u64) -> Option<usize> {
+        self.stats.mmio_accesses.inc();
+        if !matches!(size, 1 | 2 | 4 | 8) || offset % size as u64 != 0 || offset >= BAR_SIZE {
+            return None;
+        }
+        match offset {
+            o if o < COMMON + COMMON_LEN => self.common_write(o, size, value),
+            o if (DEVICE..DEVICE + DEVICE_LEN).contains(&o) => {
+                self.device.write_config(o - DEVICE, &value.to_le_bytes()[..size as usize]);
+            }
+            o if (NOTIFY..NOTIFY + NOTIFY_MULTIPLIER * self.queues.len() as u64).contains(&o) => {
+                self.stats.notify_exits.inc();
+                return Some(((o - NOTIFY) / NOTIFY_MULTIPLIER) as usize);
+            }
+            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.msix_table.len() as u64).contains(&o) => {
+                let (entry, word) = (((o - MSIX_TABLE) / 16) as usize, ((o - MSIX_TABLE) % 16 / 4) as usize);
+                let was_masked = self.entry_masked(entry);
+                self.msix_table[entry][word] = value as u32;
+                if size == 8 && word % 2 == 0 {
+                    self.msix_table[entry][word + 1] = (value >> 32) as u32;
+                }
+                if was_masked && !self.entry_masked(entry) {
+                    self.fire_pending();
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// The common configuration structure as the driver reads it.
+    fn common_registers(&self) -> [u8; COMMON_LEN as usize] {
+        let mut r = [0u8; COMMON_LEN as usize];
+        let features = self.offered_features();
+        let feature_word = match self.device_feature_select {
+            0 => features as u32,
+            1 => (features >> 32) as u32,
+            _ => 0,
+        };
+        r[0x00..0x04].copy_from_slice(&self.device_feature_select.to_le_bytes());
+        r[0x04..0x08].copy_from_slice(&feature_word.to_le_bytes());
+        r[0x08..0x0c].copy_from_slice(&self.driver_feature_select.to_le_bytes());
+        let driver_word = match self.driver_feature_select {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        };
+        r[0x0c..0x10].copy_from_slice(&driver_word.to_le_bytes());
+        r[0x10..0x12].copy_from_slice(&self.config_vector.to_le_bytes());
+        r[0x12..0x14].copy_from_slice(&(self.queues.len() as u16).to_le_bytes());
+        r[0x14] = self.status;
+        r[0x15] = self.config_generation;
+        r[0x16..0x18].copy_from_slice(&self.queue_select.to_le_bytes());
+        if let Some(q) = self.queues.get(self.queue_select as usize) {
+            let qs = q.state();
+            r[0x18..0x1a].copy_from_slice(&qs.size.to_le_bytes());
+            r[0x1a..0x1c].copy_from_slice(&self.queue_vectors[self.queue_select as usize].to_le_bytes());
+            r[0x1c..0x1e].copy_from_slice(&(qs.ready as u16).to_le_bytes());
+            r[0x1e..0x20].copy_from_slice(&self.queue_select.to_le_bytes());
+            r[0x20..0x28].copy_from_slice(&qs.desc_table.to_le_bytes());
+            r[0x28..0x30].copy_from_slice(&qs.avail_ring.to_le_bytes());
+            r[0x30..0x38].copy_from_slice(&qs.used_ring.to_le_bytes());
+        }
+        r
+    }
+
+    fn common_write(&mut self, offset: u64, size: u8, value: u64) {
+        let v32 = value as u32;
+        let sel = self.queue_select as usize;
+        // Queue registers change only while the queue is not enabled.
+        let queue = self.queues.get_mut(sel).filter(|q| !q.ready());
+        match (offset, size) {
+            (0x00, 4) => self.device_feature_select = v32,
+            (0x08, 4) => self.driver_feature_select = v32,
+            (0x0c, 4) if self.status & STATUS_FEATURES_OK == 0 => {
+                let (shift, mask) = match self.driver_feature_select {
+                    0 => (0, 0xffff_ffffu64),
+                    1 => (32, 0xffff_ffff << 32),
+                    _ => return,
+                };
+                self.driver_features = (self.driver_features & !mask) | ((v32 as u64) << shift);
+            }
+            (0x10, 2) => self.config_vector = self.checked_vector(value as u16),
+            (0x14, 1) => self.set_status(value as u8),
+            (0x16, 2) => self.queue_select = value as u16,
+            (0x18, 2) => {
+                if let Some(q) = queue {
+                    q.set_size(value as u16);
+                }
+            }
+            (0x1a, 2) => {
+                let v = self.checked_vector(value as u16);
+                if let Some(qv) = self.queue_vectors.get_mut(sel) {
+                    *qv = v;
+                }
+            }
+            (0x1c, 2) if value == 1 => self.enable_queue(sel),
+            (0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34, 4) => {
+                if let Some(q) = queue {
+                    let high = offset % 8 == 4;
+                    let (lo, hi) = if high { (None, Some(v32)) } else { (Some(v32), None) };
+                    match offset & !7 {
+                        0x20 => q.set_desc_table_address(lo, hi),
+                        0x28 => q.set_avail_ring_address(lo, hi),
+                        _ => q.set_used_ring_address(lo, hi),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A vector the table has, or NO_VECTOR (which the driver reads back to
+    /// learn the assignment failed).
+    fn checked_vector(&self, v: u16) -> u16 {
+        if (v as usize) < self.msix_table.len() {
+            v
+        } else {
+            NO_VECTOR
+        }
+    }
+
+    /// Makes queue `index` ready if the driver set it up within guest RAM.
+    fn enable_queue(&mut self, index: usize) {
+        let Some(mem) = self.mem.as_ref() else { return };
+        if let Some(q) = self.queues.get_mut(index) {
+            if self.status & STATUS_FEATURES_OK != 0 && q.is_valid(mem) {
+                q.set_ready(true);
+            }
+        }
+    }
+
+    fn set_status(&mut self, value: u8) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let new = value & !self.status;
+        if new & STATUS_FEATURES_OK != 0 {
+            let ok = self.driver_features & !self.offered_features() == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                // The driver reads FEATURES_OK back and sees it refused.
+                self.status = value & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        if new & STATUS_DRIVER_OK != 0 && value & STATUS_FEATURES_OK != 0 {
+            let features = self.driver_features;
+            for q in &mut self.queues {
+                q.set_event_idx(false);
+            }
+            self.device.activate(features);
+        }
+        self.status = value;
+    }
+
+    fn reset(&mut self) {
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+        self.config_vector = NO_VECTOR;
+        self.isr = 0;
+        self.queue_vectors.fill(NO_VECTOR);
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device.reset();
+    }
+
+    // ---- queues and interrupts ----
+
+    /// Guest memory, for checking queue addresses when the driver enables one.
+    pub fn set_memory(&mut self, mem: GuestMemoryMmap) {
+        self.mem = Some(mem);
+    }
+
+    /// A notify for queue `index` (from its ioeventfd or a register write).
+    pub fn notify(&mut self, index: usize) {
+        let Some(mem) = self.mem.as_ref() else { return };
+        if !self.driver_ok() || !self.queues.get(index).is_some_and(|q| q.ready()) {
+            return;
+        }
+        if self.device.process_queue(index, &mut self.queues, mem) {
+            self.signal_queue(index);
+        }
+    }
+
+    /// Interrupts the driver for queue `index`.
+    pub fn signal_queue(&mut self, index: usize) {
+        self.isr |= ISR_QUEUE;
+        let v = self.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR);
+        self.signal_vector(v);
+    }
+
+    /// Tells the driver the device configuration changed.
+    pub fn signal_config(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.isr |= ISR_CONFIG;
+        self.signal_vector(self.config_vector);
+    }
+
+    fn entry_masked(&self, v: usize) -> bool {
+        self.msix_control() & MSIX_FUNCTION_MASK != 0 || self.msix_table[v][3] & MSIX_ENTRY_MASKED != 0
+    }
+
+    fn signal_vector(&mut self, v: u16) {
+        // Without MSI-X there is no INTx wire yet: the ISR bit is all the
+        // driver gets (it can poll it).
+        if !self.msix_enabled() || v == NO_VECTOR || v as usize >= self.interrupts.len() {
+            return;
+        }
+        if self.entry_masked(v as usize) {
+            self.msix_pending[v as usize] = true;
+            return;
+        }
+        self.stats.interrupts.inc();
+        capvm_ipc::ring::ring_eventfd(std::os::fd::AsFd::as_fd(&self.interrupts[v as usize]));
+    }
+
+    /// Sends what was held back while a vector was masked.
+    fn fire_pending(&mut self) {
+        for v in 0..self.msix_pending.len() {
+            if self.msix_pending[v] && !self.entry_masked(v) {
+                self.msix_pending[v] = false;
+                self.signal_vector(v as u16);
+            }
+        }
+    }
+
+    pub fn queues_mut(&mut self) -> (&mut D, &mut [Queue], Option<&GuestMemoryMmap>) {
+        (&mut self.device, &mut self.queues, self.mem.as_ref())
+    }
+}
+
+fn msix_capability(vectors: u16) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = CAP_MSIX;
+    c[2..4].copy_from_slice(&(vectors - 1).to_le_bytes());
+    c[4..8].copy_from_slice(&((MSIX_TABLE as u32) | BAR as u32).to_le_bytes());
+    c[8..12].copy_from_slice(&((MSIX_PBA as u32) | BAR as u32).to_le_bytes());
+    c
+}
+
+/// struct virtio_pci_cap, plus notify_off_multiplier for the notify cap.
+fn virtio_cap(cfg_type: u8, offset: u64, length: u64, multiplier: Option<u32>) -> Vec<u8> {
+    let mut c = vec![CAP_VENDOR, 0, 16, cfg_type, BAR, 0, 0, 0];
+    c.extend((offset as u32).to_le_bytes());
+    c.extend((length as u32).to_le_bytes());
+    if let Some(m) = multiplier {
+        c[2] = 20;
+        c.extend(m.to_le_bytes());
+    }
+    c
+}
