@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use capvm_ipc::memmap::LOW_RAM_END;
 use capvm_ipc::{BootState, EntryMode, MemoryRegion};
 use capvm_kernel::boot::{identity_page_tables, GDT, GDT_ADDR};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -37,8 +38,6 @@ const CMDLINE_MAX: usize = 2048;
 const HIMEM_START: u64 = 0x10_0000;
 /// The end of conventional memory, where the EBDA would start.
 const EBDA_START: u64 = 0x9_fc00;
-/// Where the 32-bit PCI hole starts; RAM above it moves to 4 GiB.
-pub const LOW_RAM_END: u64 = 0xc000_0000;
 const HIGH_RAM_START: u64 = 1 << 32;
 
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;

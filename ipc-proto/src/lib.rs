@@ -14,6 +14,7 @@
 //! Everything a peer sends is untrusted: every decode error is an error value.
 
 pub mod channel;
+pub mod memmap;
 pub mod messages;
 pub mod ring;
 pub mod shm;

@@ -9,7 +9,7 @@ use kvm_bindings::{
 };
 pub use kvm_ioctls::IoEventAddress;
 use kvm_ioctls::{Kvm, NoDatamatch, VmFd};
-use vmm_sys_util::eventfd::EventFd;
+pub use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Context, HostKvm, KvmError, Result, Vcpu};
 
@@ -48,7 +48,7 @@ impl Vm {
         (self.kvm.as_raw_fd(), self.fd.as_raw_fd())
     }
 
-    /// The registered irqfds' and ioeventfds' fd numbers.
+    /// The registered irqfds' fd numbers.
     pub fn eventfd_numbers(&self) -> Vec<i32> {
         use std::os::fd::AsRawFd;
         self.eventfds.iter().map(|e| e.as_raw_fd()).collect()
@@ -86,14 +86,16 @@ impl Vm {
         Ok(())
     }
 
-    /// Signals `fd` (an eventfd) on a guest write to `addr` instead of
-    /// exiting to user space: the exit-free queue-notify path.
-    pub fn register_ioeventfd(&mut self, fd: OwnedFd, addr: IoEventAddress) -> Result<()> {
-        // SAFETY: fd is an eventfd we own; EventFd takes ownership.
-        let efd = unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) };
-        self.fd.register_ioevent(&efd, &addr, NoDatamatch).context("KVM_IOEVENTFD")?;
-        self.eventfds.push(efd);
-        Ok(())
+    /// Signals `fd` on a guest write of any size to `addr` instead of
+    /// exiting to user space: the exit-free queue-notify path. The caller
+    /// keeps `fd` to move the registration when the guest moves the BAR.
+    pub fn attach_ioeventfd(&self, fd: &EventFd, addr: IoEventAddress) -> Result<()> {
+        self.fd.register_ioevent(fd, &addr, NoDatamatch).context("KVM_IOEVENTFD")
+    }
+
+    /// Undoes [`attach_ioeventfd`](Self::attach_ioeventfd).
+    pub fn detach_ioeventfd(&self, fd: &EventFd, addr: IoEventAddress) -> Result<()> {
+        self.fd.unregister_ioevent(fd, &addr, NoDatamatch).context("KVM_IOEVENTFD (deassign)")
     }
 
     /// Replaces the GSI routing table: the IOAPIC/PIC pins KVM set up by
@@ -172,8 +174,12 @@ mod tests {
     fn vm_takes_irqfds_ioeventfds_and_msi_routes() {
         let Some(mut vm) = vm() else { return };
         vm.register_irqfd(eventfd(), 4).unwrap();
-        vm.register_ioeventfd(eventfd(), IoEventAddress::Mmio(0xd000_0000)).unwrap();
-        vm.register_ioeventfd(eventfd(), IoEventAddress::Pio(0x6000)).unwrap();
+        let notify = EventFd::new(libc::EFD_CLOEXEC).unwrap();
+        vm.attach_ioeventfd(&notify, IoEventAddress::Mmio(0xd000_0000)).unwrap();
+        vm.attach_ioeventfd(&notify, IoEventAddress::Pio(0x6000)).unwrap();
+        vm.detach_ioeventfd(&notify, IoEventAddress::Mmio(0xd000_0000)).unwrap();
+        vm.attach_ioeventfd(&notify, IoEventAddress::Mmio(0xd000_4000)).unwrap();
+        assert!(vm.detach_ioeventfd(&notify, IoEventAddress::Mmio(0xd000_0000)).is_err());
         vm.set_msi_routes(&[(24, 0xfee0_0000, 0x4041), (25, 0xfee0_1000, 0x22)]).unwrap();
         assert!(vm.max_vcpus() >= 1);
         let vcpu = vm.create_vcpu(0).unwrap();

@@ -1,0 +1,57 @@
+//! The guest-physical memory map every process agrees on: where RAM ends
+//! below 4 GiB, where PCI BARs may live, where ECAM and the interrupt
+//! controllers sit. The broker lays devices out from it and describes it
+//! in ACPI; the vCPU runner checks every BAR move against it.
+
+/// RAM below 4 GiB ends here; the rest of RAM starts at 4 GiB.
+pub const LOW_RAM_END: u64 = 0xc000_0000;
+/// The 32-bit window for memory BARs.
+pub const PCI_MMIO32: (u64, u64) = (0xc000_0000, 0xe000_0000);
+/// PCI Express enhanced configuration (ECAM) for bus 0 only: 1 MiB.
+pub const ECAM_BASE: u64 = 0xe000_0000;
+pub const ECAM_SIZE: u64 = 1 << 20;
+/// Fixed platform MMIO that no BAR may cover: IOAPIC, HPET, LAPIC, and the
+/// top 2 MiB (firmware's traditional home).
+pub const PLATFORM_HOLES: [(u64, u64); 3] = [(0xfec0_0000, 0xfed0_0000 - 0xfec0_0000), (0xfee0_0000, 0x10_0000), (0xffe0_0000, 0x20_0000)];
+/// The 64-bit BAR window ends here (1 TiB: inside every host's physical
+/// address width).
+pub const PCI_MMIO64_END: u64 = 1 << 40;
+
+/// Where the 64-bit BAR window starts for a guest with `ram_top` (the end
+/// of RAM above 4 GiB, or 4 GiB): the next 1 GiB boundary.
+pub fn pci_mmio64_start(ram_top: u64) -> u64 {
+    ram_top.max(1 << 32).next_multiple_of(1 << 30)
+}
+
+/// Whether `[addr, addr + size)` is a place a BAR may be: inside one of the
+/// BAR windows and clear of RAM, ECAM and the platform holes.
+pub fn bar_fits(addr: u64, size: u64, ram: &[(u64, u64)]) -> bool {
+    let Some(end) = addr.checked_add(size) else { return false };
+    let overlaps = |(a, len): (u64, u64)| addr < a + len && a < end;
+    let in_window = (addr >= PCI_MMIO32.0 && end <= PCI_MMIO32.1)
+        || (addr >= pci_mmio64_start(ram.iter().map(|(a, l)| a + l).max().unwrap_or(0)) && end <= PCI_MMIO64_END);
+    in_window
+        && size > 0
+        && !ram.iter().any(|&r| overlaps(r))
+        && !overlaps((ECAM_BASE, ECAM_SIZE))
+        && !PLATFORM_HOLES.iter().any(|&h| overlaps(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_fit_only_in_the_windows_and_clear_of_ram() {
+        let ram = [(0, 64 << 20)];
+        assert!(bar_fits(0xc000_0000, 0x4000, &ram));
+        assert!(bar_fits(1 << 32, 0x4000, &ram));
+        assert!(!bar_fits(0, 0x4000, &ram));
+        assert!(!bar_fits(0xdfff_f000, 0x4000, &ram), "crosses into ECAM");
+        assert!(!bar_fits(0xfee0_0000, 0x1000, &ram));
+        assert!(!bar_fits(u64::MAX - 10, 0x4000, &ram));
+        let big = [(0, LOW_RAM_END), (1 << 32, 2 << 30)];
+        assert!(!bar_fits(1 << 32, 0x4000, &big), "RAM above 4 GiB");
+        assert!(bar_fits(pci_mmio64_start(6 << 30), 0x4000, &big));
+    }
+}
