@@ -171,8 +171,14 @@ fn parse_slot(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
     }
     tree.set(&format!("{prefix}.device"), emulation);
     if let Some(conf) = parts.next() {
-        for opt in conf.split(',').filter(|o| !o.is_empty()) {
-            let (k, v) = opt.split_once('=').unwrap_or(("path", opt));
+        // As bhyve: the first bare word is the backend (a disk's path), a
+        // later one a flag (`ro` means ro=true).
+        for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
+            let (k, v) = match opt.split_once('=') {
+                Some(kv) => kv,
+                None if i == 0 => ("path", opt),
+                None => (opt, "true"),
+            };
             tree.set(&format!("{prefix}.{k}"), v);
         }
     }

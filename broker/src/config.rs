@@ -125,7 +125,32 @@ pub const PCI_EMULATIONS: &[(&str, &str)] = &[
     ("hostbridge", "PCI host bridge (bus 0 is not yet emulated: accepted for bhyve compatibility)"),
     ("amd_hostbridge", "as hostbridge, with AMD's vendor id"),
     ("lpc", "LPC bridge: the platform devices, COM1-COM4 (see -l help)"),
+    (
+        "virtio-blk",
+        "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID]",
+    ),
 ];
+
+/// The options a virtio-blk slot takes (bhyve's block-device options).
+const BLK_OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser"];
+
+/// A disk, as `-s slot,virtio-blk,...` configures it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskConfig {
+    pub slot: u8,
+    pub func: u8,
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// O_DIRECT: bypass the host page cache.
+    pub nocache: bool,
+    /// O_SYNC: every write reaches the disk before it completes.
+    pub sync: bool,
+    pub sector_size: u32,
+    pub physical_sector_size: u32,
+    pub no_delete: bool,
+    /// GET_ID's answer; default derived from the slot.
+    pub serial: String,
+}
 
 /// Where a COM port's bytes go.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +204,7 @@ pub struct VmConfig {
     pub wired: bool,
     pub strict_io: bool,
     pub slots: Vec<PciSlot>,
+    pub disks: Vec<DiskConfig>,
     pub coms: Vec<ComPort>,
     pub boot: BootConfig,
     pub sandbox: SandboxSettings,
@@ -228,6 +254,11 @@ impl VmConfig {
         }
 
         let slots = pci_slots(tree)?;
+        let disks = slots
+            .iter()
+            .filter(|s| s.emulation == "virtio-blk")
+            .map(|s| disk(tree, s))
+            .collect::<Result<Vec<_>, _>>()?;
         let has_lpc = slots.iter().any(|s| s.emulation == "lpc");
         let mut coms = Vec::new();
         for (com, base, irq) in COM_PORTS {
@@ -301,6 +332,7 @@ impl VmConfig {
             wired: tree.bool("memory.wired", false)?,
             strict_io: tree.bool("x86.strictio", false)?,
             slots,
+            disks,
             coms,
             boot,
         })
@@ -314,7 +346,12 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
         let Some(rest) = key.strip_prefix("pci.") else { continue };
         let parts: Vec<&str> = rest.split('.').collect();
         let [bus, slot, func, "device"] = parts[..] else {
-            return err(format!("unknown PCI variable '{key}'"));
+            let emulation = parts.get(..3).and_then(|p| tree.get(&format!("pci.{}.device", p.join("."))));
+            match (emulation, parts.get(3)) {
+                (Some("virtio-blk"), Some(opt)) if parts.len() == 4 && BLK_OPTIONS.contains(opt) => continue,
+                (Some(e), Some(opt)) => return err(format!("{key}: {e} has no option '{opt}' (see -s help)")),
+                _ => return err(format!("unknown PCI variable '{key}'")),
+            }
         };
         let num = |s: &str, max: u8, what: &str| -> Result<u8, ConfigError> {
             s.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| ConfigError(format!("{key}: {what} must be 0-{max}")))
@@ -329,6 +366,40 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
         slots.push(PciSlot { slot, func, emulation: value.clone() });
     }
     Ok(slots)
+}
+
+/// A virtio-blk slot's options, checked.
+fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
+    let prefix = format!("pci.0.{}.{}", slot.slot, slot.func);
+    let at = format!("-s {}:{},virtio-blk", slot.slot, slot.func);
+    let path = tree
+        .get(&format!("{prefix}.path"))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ConfigError(format!("{at}: give the image file or block device: -s {},virtio-blk,PATH", slot.slot)))?;
+    let flag = |k: &str| tree.bool(&format!("{prefix}.{k}"), false);
+    let (sector_size, physical_sector_size) = match tree.get(&format!("{prefix}.sectorsize")) {
+        None => (512, 512),
+        Some(v) => {
+            let (l, p) = v.split_once('/').unwrap_or((v, v));
+            let size = |s: &str| s.parse::<u32>().ok().filter(|n| n.is_power_of_two() && (512..=65536).contains(n));
+            match (size(l), size(p)) {
+                (Some(l), Some(p)) if p >= l => (l, p),
+                _ => return err(format!("{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536")),
+            }
+        }
+    };
+    Ok(DiskConfig {
+        slot: slot.slot,
+        func: slot.func,
+        path: PathBuf::from(path),
+        read_only: flag("ro")?,
+        nocache: flag("nocache")?,
+        sync: flag("sync")? || flag("direct")?,
+        sector_size,
+        physical_sector_size,
+        no_delete: flag("nodelete")?,
+        serial: tree.get(&format!("{prefix}.ser")).map_or_else(|| format!("CAPVM-{}-{}", slot.slot, slot.func), str::to_string),
+    })
 }
 
 #[cfg(test)]
@@ -413,6 +484,27 @@ mod tests {
         assert_eq!(VmConfig::from_tree(&tree(&v)).unwrap().cpus, 4);
         v.push(("threads", "2"));
         assert!(VmConfig::from_tree(&tree(&v)).is_err());
+    }
+
+    #[test]
+    fn virtio_blk_options_parse_as_bhyve_and_reject_unknown_ones() {
+        let mut v = base();
+        v.extend([("pci.0.2.0.device", "virtio-blk"), ("pci.0.2.0.path", "/d.img"), ("pci.0.2.0.ro", "true")]);
+        v.push(("pci.0.2.0.sectorsize", "512/4096"));
+        let c = VmConfig::from_tree(&tree(&v)).unwrap();
+        let d = &c.disks[0];
+        assert_eq!((d.slot, d.read_only, d.sector_size, d.physical_sector_size), (2, true, 512, 4096));
+        assert_eq!(d.serial, "CAPVM-2-0");
+        let mut bad = v.clone();
+        bad.push(("pci.0.2.0.frob", "1"));
+        assert!(VmConfig::from_tree(&tree(&bad)).unwrap_err().0.contains("no option 'frob'"));
+        let mut bad = v.clone();
+        bad.retain(|(k, _)| *k != "pci.0.2.0.sectorsize");
+        bad.push(("pci.0.2.0.sectorsize", "1000"));
+        assert!(VmConfig::from_tree(&tree(&bad)).unwrap_err().0.contains("sectorsize"));
+        let mut nopath = base();
+        nopath.push(("pci.0.2.0.device", "virtio-blk"));
+        assert!(VmConfig::from_tree(&tree(&nopath)).unwrap_err().0.contains("PATH"));
     }
 
     #[test]

@@ -65,11 +65,30 @@ impl ControlSocket {
             "destroy" => ("destroying\n".to_string(), Request::Destroy),
             "audit json" => (audit_json(children), Request::Answered),
             "audit" => (audit_text(children), Request::Answered),
+            "stats" => (stats_text(children), Request::Answered),
             other => (format!("error: unknown request '{other}'\n"), Request::Answered),
         };
         let _ = conn.write_all(answer.as_bytes());
         request
     }
+}
+
+/// Every child's counters from its stats page, one `ROLE: NAME VALUE`
+/// line each (bhyvectl --get-stats).
+fn stats_text(children: &[Child]) -> String {
+    let mut s = String::new();
+    for c in children {
+        let Some(fd) = &c.stats else { continue };
+        match capvm_ipc::stats::read(fd) {
+            Ok(counters) => {
+                for (name, value) in counters {
+                    s += &format!("{}: {name} {value}\n", c.role);
+                }
+            }
+            Err(e) => s += &format!("{}: stats page unreadable: {e}\n", c.role),
+        }
+    }
+    s
 }
 
 /// Per-process facts read from /proc, so the audit shows what is, not only

@@ -10,4 +10,5 @@ pub mod control;
 pub mod print_policy;
 pub mod spawn;
 pub mod supervisor;
+pub mod virtio;
 pub mod vm;

@@ -48,11 +48,12 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         out.push(roles::uart(com.name, doorbell, irq, &backend));
     }
 
-    // StartRunner carries: kvm, RAM, then ring, doorbell, irq per device.
+    // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per device.
     let mut fds = Fds::child();
-    let (kvm, ram) = (fds.alloc(), fds.alloc());
+    let (kvm, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc());
     let devices: Vec<(i32, i32, i32)> = cfg.coms.iter().map(|_| (fds.alloc(), fds.alloc(), fds.alloc())).collect();
     let vm = fds.alloc();
+    fds.free(stats); // mapped, then closed
     for (ring, _, _) in &devices {
         fds.free(*ring); // mapped, then closed
     }
@@ -66,6 +67,8 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         ram,
         control_dup,
         irqfds: devices.iter().map(|d| d.2).collect(),
+        notify: Vec::new(),
+        pci: false,
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));

@@ -26,6 +26,8 @@ pub struct Child {
     pub sandbox: Option<capvm_ipc::SandboxReport>,
     /// Forbidden syscalls it attempted, as audit JSON objects.
     pub violations: Vec<String>,
+    /// Its stats page (capvmctl --get-stats), if it keeps one.
+    pub stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// Where the child binaries live: `$CAPVM_LIBEXEC_DIR`, else beside `capvm`.
@@ -101,6 +103,7 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
         connected: true,
         sandbox: None,
         violations: Vec::new(),
+        stats: None,
     })
 }
 

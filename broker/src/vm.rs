@@ -6,7 +6,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use capvm_ipc::ring::ExitRing;
-use capvm_ipc::{shm, DeviceRoute, PioRange, RunnerConfig, SandboxConfig, ToChild, UartBackendKind, UartConfig};
+use capvm_ipc::{
+    shm, BridgeKind, DeviceRoute, PioRange, RunnerConfig, SandboxConfig, ToChild, UartBackendKind, UartConfig, VirtioConfig,
+};
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::SigmaskHow;
@@ -17,6 +19,7 @@ use crate::boot;
 use crate::config::{ComBackend, ComPort, VmConfig};
 use crate::console::{RawTerminal, SocketPath};
 use crate::spawn::{spawn, Child};
+use crate::virtio::VirtioHost;
 use crate::supervisor::{handled_signals, Supervisor};
 
 /// A start-up failure: one line, already saying what to do.
@@ -30,7 +33,7 @@ impl From<boot::BootError> for VmError {
     }
 }
 
-fn eventfd() -> Result<OwnedFd, VmError> {
+pub fn eventfd() -> Result<OwnedFd, VmError> {
     EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
         .map(OwnedFd::from)
         .map_err(|e| VmError(format!("cannot create an eventfd: {e}")))
@@ -122,6 +125,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map(|c| Ok((c.clone(), open_com_backend(c)?, DeviceWires::new(cfg.cpus)?)))
         .collect::<Result<_, VmError>>()?;
 
+    let mut alloc = crate::virtio::Allocator::default();
+    let virtio: Vec<VirtioHost> = cfg.disks.iter().map(|d| crate::virtio::disk(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
@@ -135,7 +141,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect();
 
     let mut children: Vec<Child> = Vec::new();
-    let started = start_children(cfg, kvm, ram, regions, boot_state, host, &coms, &mut children);
+    let started = start_children(cfg, kvm, ram, regions, boot_state, host, &coms, &virtio, &mut children);
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
@@ -162,8 +168,10 @@ fn start_children(
     boot: capvm_ipc::BootState,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
+    virtio: &[VirtioHost],
     children: &mut Vec<Child>,
 ) -> Result<(), VmError> {
+    let stats_page = || capvm_ipc::stats::create().map_err(|e| VmError(format!("cannot create a stats page: {e}")));
     let send_err = |role: &str, e: capvm_ipc::ChannelError| VmError(format!("cannot start the {role}: {e}"));
     for (com, backend, wires) in coms {
         let child = spawn("capvm-uart", format!("uart server ({})", com.name)).map_err(VmError)?;
@@ -181,8 +189,25 @@ fn start_children(
         sent.map_err(|e| send_err(&role, e))?;
     }
 
-    let child = spawn("capvm-vcpu-runner", "vcpu-runner".to_string()).map_err(VmError)?;
-    let devices = coms
+    for dev in virtio {
+        let mut child = spawn(dev.server, dev.name.clone()).map_err(VmError)?;
+        let stats = stats_page()?;
+        let start = ToChild::StartVirtio(VirtioConfig {
+            name: dev.name.clone(),
+            memory: regions.clone(),
+            function: dev.function.clone(),
+            backend: dev.backend.clone(),
+            sandbox: sandbox_config(cfg),
+        });
+        let sent = child.channel.send(&start, &dev.server_fds(ram.as_fd(), stats.as_fd()));
+        child.stats = Some(stats);
+        let role = child.role.clone();
+        children.push(child);
+        sent.map_err(|e| send_err(&role, e))?;
+    }
+
+    let mut child = spawn("capvm-vcpu-runner", "vcpu-runner".to_string()).map_err(VmError)?;
+    let mut devices: Vec<DeviceRoute> = coms
         .iter()
         .map(|(com, _, _)| DeviceRoute {
             name: com.name.to_string(),
@@ -191,21 +216,41 @@ fn start_children(
             pci: None,
         })
         .collect();
+    devices.extend(virtio.iter().map(VirtioHost::route));
+    let bridges = cfg
+        .slots
+        .iter()
+        .filter_map(|s| {
+            let kind = match s.emulation.as_str() {
+                "hostbridge" => BridgeKind::HostBridge,
+                "amd_hostbridge" => BridgeKind::AmdHostBridge,
+                "lpc" => BridgeKind::Lpc,
+                _ => return None,
+            };
+            Some((s.slot, s.func, kind))
+        })
+        .collect();
     let config = RunnerConfig {
         vcpus: cfg.cpus,
         memory: regions,
         boot,
         hide_unemulated_cpuid: host == HostKvm::Emulated,
         devices,
+        bridges,
         strict_io: cfg.strict_io,
         wire_memory: cfg.wired,
         sandbox: sandbox_config(cfg),
     };
-    let mut fds = vec![kvm.as_fd(), ram.as_fd()];
+    let stats = stats_page()?;
+    let mut fds = vec![kvm.as_fd(), ram.as_fd(), stats.as_fd()];
     for (_, _, w) in coms {
         fds.extend(w.fds());
     }
+    for dev in virtio {
+        fds.extend(dev.runner_fds());
+    }
     let sent = child.channel.send(&ToChild::StartRunner(config), &fds);
+    child.stats = Some(stats);
     children.push(child);
     sent.map_err(|e| send_err("vcpu-runner", e))
 }

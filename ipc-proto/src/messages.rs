@@ -9,9 +9,8 @@ pub const PROTO_VERSION: u32 = 2;
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
 pub enum ToChild {
-    /// Start the vCPU runner. Fds: `/dev/kvm`, guest RAM, then for each
-    /// entry of `devices`: its exit ring, its doorbell eventfd and, if it has
-    /// an `irq_gsi`, its interrupt eventfd.
+    /// Start the vCPU runner. Fds: `/dev/kvm`, guest RAM, its stats page,
+    /// then for each entry of `devices` the fds [`DeviceRoute`] lists.
     StartRunner(RunnerConfig),
     /// Start a UART server. Fds: exit ring, doorbell eventfd, interrupt
     /// eventfd, then the backend's fds (see [`UartBackendKind`]).
@@ -116,11 +115,21 @@ pub struct RunnerConfig {
     /// what its instruction emulator cannot execute.
     pub hide_unemulated_cpuid: bool,
     pub devices: Vec<DeviceRoute>,
+    /// PCI functions the runner answers itself: (slot, function, kind).
+    pub bridges: Vec<(u8, u8, BridgeKind)>,
     /// bhyve `-e`: an access to an unemulated port stops the VM.
     pub strict_io: bool,
     /// bhyve `-S`: wire guest memory.
     pub wire_memory: bool,
     pub sandbox: SandboxConfig,
+}
+
+/// The platform PCI functions, which have no server.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeKind {
+    HostBridge,
+    AmdHostBridge,
+    Lpc,
 }
 
 /// How a child confines itself.

@@ -79,6 +79,16 @@ pub struct RunnerFds {
     pub control_dup: i32,
     /// Interrupt eventfds registered with KVM, kept for later unregistering.
     pub irqfds: Vec<i32>,
+    /// Queue-notify eventfds, moved (KVM_IOEVENTFD) when the guest moves a BAR.
+    pub notify: Vec<i32>,
+    /// The VM has PCI functions: BAR moves and MSI-X routes need VM ioctls.
+    pub pci: bool,
+}
+
+/// The VM ioctls a runner with PCI functions keeps: moving queue-notify
+/// ioeventfds with their BAR, and MSI-X table writes becoming GSI routes.
+pub fn vm_ioctls() -> Vec<Ioctl> {
+    vec![Ioctl { name: "KVM_IOEVENTFD", cmd: 0x4040_ae79 }, Ioctl { name: "KVM_SET_GSI_ROUTING", cmd: 0x4008_ae6a }]
 }
 
 /// The vCPU runner: the VM and vCPU fds, one doorbell per device, guest RAM.
@@ -87,7 +97,13 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
     let (kvm, vm, vcpus, doorbells) = (f.kvm, f.vm, &f.vcpus, &f.doorbells);
     let mut fds = base_fds();
     fds.push(FdGrant::new(kvm, "/dev/kvm", &[]));
-    fds.push(FdGrant::new(vm, "KVM VM", &[]));
+    if f.pci {
+        let mut g = FdGrant::new(vm, "KVM VM", &[Ioctl]);
+        g.ioctls = vm_ioctls();
+        fds.push(g);
+    } else {
+        fds.push(FdGrant::new(vm, "KVM VM", &[]));
+    }
     for (i, &fd) in vcpus.iter().enumerate() {
         let mut g = FdGrant::new(fd, format!("KVM vCPU {i}"), &[Ioctl]);
         g.ioctls = vcpu_ioctls();
@@ -101,6 +117,10 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
     for &fd in &f.irqfds {
         fds.push(FdGrant::new(fd, "irqfd (registered with KVM)", &[]));
     }
+    for &fd in &f.notify {
+        fds.push(FdGrant::new(fd, "queue notify (ioeventfd, moves with its BAR)", &[]));
+    }
+
     let mut syscalls = common();
     let r = |name, args, why| SyscallRule { name, args, why };
     syscalls.extend([
@@ -196,7 +216,17 @@ fn first_free(fds: &[FdGrant]) -> i32 {
 /// A runner's fds for tests: kvm 4, VM 5, vCPUs 6 and 7, doorbell 8, RAM 9, control copy 10, irqfd 11.
 #[cfg(test)]
 pub fn test_runner_fds() -> RunnerFds {
-    RunnerFds { kvm: 4, vm: 5, vcpus: vec![6, 7], doorbells: vec![(8, "com1".into())], ram: 9, control_dup: 10, irqfds: vec![11] }
+    RunnerFds {
+        kvm: 4,
+        vm: 5,
+        vcpus: vec![6, 7],
+        doorbells: vec![(8, "com1".into())],
+        ram: 9,
+        control_dup: 10,
+        irqfds: vec![11],
+        notify: vec![],
+        pci: false,
+    }
 }
 
 #[cfg(test)]

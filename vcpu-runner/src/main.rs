@@ -5,6 +5,7 @@
 //! (/dev/kvm, RAM, rings, eventfds) arrives in the `StartRunner` message.
 
 mod memory;
+mod pci;
 mod platform;
 mod router;
 mod runner;

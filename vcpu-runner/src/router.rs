@@ -1,9 +1,13 @@
-//! Where a PIO exit goes: the platform registers here, a device server's
-//! exit ring, or nowhere (reads float high, writes are dropped).
+//! Where an exit goes: the platform registers here, PCI (config space and
+//! BARs, routed to the function's server), a device server's port range,
+//! or nowhere (reads float high, writes are dropped).
 
 use capvm_ipc::ring::{ExitRing, Op, Request};
+use capvm_ipc::stats::Counter;
 use capvm_ipc::{PioRange, VmEvent};
+use capvm_kernel::Vm;
 
+use crate::pci::{PciBus, PioResult, Target};
 use crate::platform::{Outcome, Platform};
 
 pub struct Device {
@@ -12,10 +16,20 @@ pub struct Device {
     pub ring: ExitRing,
 }
 
+/// Exits that reached user space, by kind: the figure the ioeventfd data
+/// path keeps flat.
+pub struct ExitCounters {
+    pub pio: Counter,
+    pub mmio: Counter,
+}
+
 pub struct Router {
+    pub vm: Vm,
     pub platform: Platform,
+    pub pci: PciBus,
     pub devices: Vec<Device>,
     pub strict_io: bool,
+    pub exits: ExitCounters,
 }
 
 /// What the vCPU does after an access.
@@ -27,6 +41,7 @@ pub enum Routed {
 impl Router {
     /// Routes one port access from vCPU `vcpu`.
     pub fn pio(&self, vcpu: u32, port: u16, size: u8, write: Option<u64>) -> Routed {
+        self.exits.pio.inc();
         let platform = match write {
             Some(v) => self.platform.write(port, size, v),
             None => self.platform.read(port, size),
@@ -35,6 +50,11 @@ impl Router {
             Outcome::Done(v) => return Routed::Continue(v),
             Outcome::Stop(e) => return Routed::Stop(e),
             Outcome::NotMine => {}
+        }
+        match self.pci.pio(port, size, write) {
+            Some(PioResult::Done(v)) => return Routed::Continue(v),
+            Some(PioResult::Config { slot, func, offset }) => return Routed::Continue(self.config(vcpu, slot, func, offset, size, write)),
+            None => {}
         }
         if let Some(dev) = self.devices.iter().find(|d| d.pio.iter().any(|r| r.contains(port))) {
             let op = if write.is_some() { Op::PioWrite } else { Op::PioRead };
@@ -45,5 +65,34 @@ impl Router {
             return Routed::Stop(VmEvent::UnhandledIo { vcpu, port, write: write.is_some() });
         }
         Routed::Continue(u64::MAX)
+    }
+
+    /// Routes one MMIO access: ECAM or a mapped BAR; anything else reads
+    /// all-ones and drops writes.
+    pub fn mmio(&self, vcpu: u32, addr: u64, size: u8, write: Option<u64>) -> u64 {
+        self.exits.mmio.inc();
+        match self.pci.mmio(addr) {
+            Some(Target::Config { slot, func, offset }) => self.config(vcpu, slot, func, offset, size, write),
+            Some(Target::Bar { function, bar, offset }) => {
+                let ring = &self.devices[function.device].ring;
+                let op = if write.is_some() { Op::MmioWrite } else { Op::MmioRead };
+                let v = ring.call(vcpu, Request { op, region: bar, addr: offset, size, data: write.unwrap_or(0) });
+                if write.is_some() {
+                    self.pci.bar_written(&self.vm, ring, vcpu, function, bar, offset, size);
+                }
+                v
+            }
+            None => u64::MAX,
+        }
+    }
+
+    fn config(&self, vcpu: u32, slot: u8, func: u8, offset: u64, size: u8, write: Option<u64>) -> u64 {
+        match write {
+            Some(v) => {
+                self.pci.config_write(&self.vm, &self.devices, vcpu, slot, func, offset, size, v);
+                0
+            }
+            None => self.pci.config_read(&self.devices, vcpu, slot, func, offset, size),
+        }
     }
 }

@@ -1,18 +1,21 @@
 //! Start-up and the vCPU threads.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use capvm_ipc::ring::ExitRing;
-use capvm_ipc::{Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent};
+use capvm_ipc::stats::Stats;
+use capvm_ipc::{BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent};
 use capvm_kernel::boot::{BootRegs, EntryMode};
+use capvm_kernel::vm::EventFd;
 use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
 
 use crate::memory::GuestRam;
 use crate::platform::Platform;
-use crate::router::{Device, Routed, Router};
+use crate::pci::{self, PciBus, ServedFunction};
+use crate::router::{Device, ExitCounters, Routed, Router};
 
 /// How often the runner looks for vCPUs halted with interrupts off.
 const HALT_CHECK_PERIOD: Duration = Duration::from_millis(50);
@@ -77,8 +80,14 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         return Err(RunnerError::Config(format!("-c {}: this host's KVM runs at most {} vCPUs", cfg.vcpus, vm.max_vcpus())));
     }
     let ram = GuestRam::map(&vm, next_fd(&mut fds, "RAM")?, &cfg.memory, cfg.wire_memory)?;
+    let stats_fd = next_fd(&mut fds, "stats page")?;
+    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(|e| RunnerError::Memory(format!("stats page: {e}")))?;
+    drop(stats_fd);
+    let exits = ExitCounters { pio: stats.counter("pio_exits"), mmio: stats.counter("mmio_exits") };
 
     let mut devices = Vec::new();
+    let mut served = Vec::new();
+    let mut notify_fds = Vec::new();
     for d in &cfg.devices {
         let ring_fd = next_fd(&mut fds, "exit ring")?;
         let ring = ExitRing::attach(ring_fd.as_fd(), next_fd(&mut fds, "doorbell")?)?;
@@ -88,8 +97,37 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         if let Some(gsi) = d.irq_gsi {
             vm.register_irqfd(next_fd(&mut fds, "interrupt")?, gsi)?;
         }
+        if let Some(layout) = &d.pci {
+            let mut notify = Vec::new();
+            for _ in &layout.notify {
+                let fd = next_fd(&mut fds, "queue notify")?;
+                notify_fds.push(fd.as_raw_fd());
+                // SAFETY: an eventfd the broker sent us, now owned by EventFd.
+                notify.push(unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) });
+            }
+            if let Some(m) = layout.msix {
+                for v in 0..m.vectors as u32 {
+                    vm.register_irqfd(next_fd(&mut fds, "MSI-X interrupt")?, m.first_gsi + v)?;
+                }
+            }
+            served.push(ServedFunction { layout: layout.clone(), device: devices.len(), notify });
+        }
         devices.push(Device { name: d.name.clone(), pio: d.pio.clone(), ring });
     }
+    let bridges = cfg
+        .bridges
+        .iter()
+        .map(|&(slot, func, kind)| {
+            let b = match kind {
+                BridgeKind::HostBridge => pci::HOSTBRIDGE,
+                BridgeKind::AmdHostBridge => pci::AMD_HOSTBRIDGE,
+                BridgeKind::Lpc => pci::LPC,
+            };
+            (slot, func, b)
+        })
+        .collect();
+    let ram_ranges = cfg.memory.iter().map(|r| (r.guest_addr, r.size)).collect();
+    let pci = PciBus::new(bridges, served, ram_ranges, stats.counter("bar_moves_rejected"));
 
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
@@ -104,9 +142,9 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
 
     install_kick_handler();
     let control = channel_dup(channel)?;
-    enter_sandbox(channel, &cfg.sandbox, &vm, &vcpus, &ram, &devices, &control)?;
+    enter_sandbox(channel, &cfg.sandbox, &vm, &vcpus, &ram, &devices, &control, notify_fds)?;
     let shared = Arc::new(Shared {
-        router: Router { platform: Platform::default(), devices, strict_io: cfg.strict_io },
+        router: Router { vm, platform: Platform::default(), pci, devices, strict_io: cfg.strict_io, exits },
         ram,
         channel: Channel::from_fd(control),
         status: (0..cfg.vcpus).map(|_| VcpuStatus::default()).collect(),
@@ -133,6 +171,7 @@ fn enter_sandbox(
     ram: &GuestRam,
     devices: &[Device],
     control_dup: &OwnedFd,
+    notify: Vec<i32>,
 ) -> Result<(), RunnerError> {
     use std::os::fd::AsRawFd;
     let (kvm_fd, vm_fd) = vm.raw_fds();
@@ -144,6 +183,8 @@ fn enter_sandbox(
         ram: ram.fd(),
         control_dup: control_dup.as_raw_fd(),
         irqfds: vm.eventfd_numbers(),
+        pci: !notify.is_empty(),
+        notify,
     };
     let manifest = capvm_policy::roles::vcpu_runner(&fds, std::process::id());
     let report = capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
@@ -233,12 +274,19 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
                 }
                 r
             }
-            // No MMIO devices yet: reads float high, writes are dropped.
-            Exit::MmioRead(_, data) => {
-                data.fill(0xff);
+            Exit::MmioRead(addr, data) => {
+                let n = data.len().min(8);
+                let v = shared.router.mmio(id, addr, n as u8, None);
+                data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
                 Routed::Continue(0)
             }
-            Exit::MmioWrite(..) => Routed::Continue(0),
+            Exit::MmioWrite(addr, data) => {
+                let mut v = [0u8; 8];
+                let n = data.len().min(8);
+                v[..n].copy_from_slice(&data[..n]);
+                shared.router.mmio(id, addr, n as u8, Some(u64::from_le_bytes(v)));
+                Routed::Continue(0)
+            }
             Exit::Interrupted => {
                 let stopped = vcpu.is_stopped().unwrap_or(false);
                 status.stopped.store(stopped, Ordering::Relaxed);

@@ -4,10 +4,11 @@
 //!   capvmctl --list
 //!   capvmctl --vm=NAME --destroy
 //!   capvmctl --vm=NAME --audit [--json]
+//!   capvmctl --vm=NAME --get-stats
 
 use capvm::control;
 
-const USAGE: &str = "usage: capvmctl --list | --vm=NAME --destroy | --vm=NAME --audit [--json]";
+const USAGE: &str = "usage: capvmctl --list | --vm=NAME --destroy | --vm=NAME --audit [--json] | --vm=NAME --get-stats";
 
 fn main() {
     std::process::exit(run(&std::env::args().skip(1).collect::<Vec<_>>()));
@@ -15,13 +16,14 @@ fn main() {
 
 fn run(args: &[String]) -> i32 {
     let mut vm = None;
-    let (mut list, mut destroy, mut audit, mut json) = (false, false, false, false);
+    let (mut list, mut destroy, mut audit, mut json, mut stats) = (false, false, false, false, false);
     for a in args {
         match a.as_str() {
             "--list" => list = true,
             "--destroy" => destroy = true,
             "--audit" => audit = true,
             "--json" => json = true,
+            "--get-stats" => stats = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return 0;
@@ -42,12 +44,13 @@ fn run(args: &[String]) -> i32 {
         eprintln!("capvmctl: name a VM with --vm=NAME\n{USAGE}");
         return 1;
     };
-    let what = match (destroy, audit, json) {
-        (true, false, false) => "destroy",
-        (false, true, false) => "audit",
-        (false, true, true) => "audit json",
+    let what = match (destroy, audit, json, stats) {
+        (true, false, false, false) => "destroy",
+        (false, true, false, false) => "audit",
+        (false, true, true, false) => "audit json",
+        (false, false, false, true) => "stats",
         _ => {
-            eprintln!("capvmctl: give one of --destroy or --audit [--json]\n{USAGE}");
+            eprintln!("capvmctl: give one of --destroy, --audit [--json] or --get-stats\n{USAGE}");
             return 1;
         }
     };

@@ -1,0 +1,252 @@
+//! PCI bus 0 as the vCPU runner sees it: it routes, it does not emulate.
+//!
+//! Config space reaches the server that owns the function, through
+//! configuration mechanism #1 (0xcf8/0xcfc) or ECAM. Only the host bridge
+//! and the LPC bridge, which are platform and have no server, answer here
+//! from a fixed header.
+//!
+//! The runner also keeps KVM's view of each function consistent with its
+//! config space, without trusting the server: after a guest write to the
+//! command register or a BAR it reads the registers back, and maps a BAR
+//! (MMIO routing and its queue-notify ioeventfds) only where it fits the
+//! memory map and overlaps nothing else. After a write to an MSI-X table
+//! entry it reads the entry back and turns it into a GSI route, checked to
+//! be an MSI address.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use capvm_ipc::ring::{ExitRing, Op, Request};
+use capvm_ipc::stats::Counter;
+use capvm_ipc::{memmap, BarKind, PciFunction};
+use capvm_kernel::vm::{EventFd, IoEventAddress};
+use capvm_kernel::Vm;
+
+use crate::router::Device;
+
+pub const CONFIG_ADDRESS: u16 = 0xcf8;
+pub const CONFIG_DATA: u16 = 0xcfc;
+const ENABLE: u32 = 1 << 31;
+const COMMAND_MEMORY: u64 = 1 << 1;
+const MSI_ADDRESS: (u64, u64) = (0xfee0_0000, 0x10_0000);
+
+/// A platform function answered here: vendor, device, class (base, sub).
+#[derive(Clone, Copy)]
+pub struct Bridge {
+    pub vendor: u16,
+    pub device: u16,
+    pub class: [u8; 2],
+}
+
+pub const HOSTBRIDGE: Bridge = Bridge { vendor: 0x1275, device: 0x1275, class: [0x06, 0x00] };
+pub const AMD_HOSTBRIDGE: Bridge = Bridge { vendor: 0x1022, device: 0x7432, class: [0x06, 0x00] };
+pub const LPC: Bridge = Bridge { vendor: 0x8086, device: 0x7000, class: [0x06, 0x01] };
+
+impl Bridge {
+    fn read(&self, offset: u64, size: u8) -> u64 {
+        let mut header = [0u8; 64];
+        header[0..2].copy_from_slice(&self.vendor.to_le_bytes());
+        header[2..4].copy_from_slice(&self.device.to_le_bytes());
+        header[0x0a] = self.class[1];
+        header[0x0b] = self.class[0];
+        // Multi-function bit clear, type 0 header.
+        let o = offset as usize;
+        let mut v = [0u8; 8];
+        if let Some(bytes) = header.get(o..o + size as usize) {
+            v[..size as usize].copy_from_slice(bytes);
+        }
+        u64::from_le_bytes(v)
+    }
+}
+
+/// A function whose config space a device server owns.
+pub struct ServedFunction {
+    pub layout: PciFunction,
+    /// Index of the device (its exit ring) in the router.
+    pub device: usize,
+    /// One per `layout.notify`; KVM signals them while the BAR is mapped.
+    pub notify: Vec<EventFd>,
+}
+
+enum Owner {
+    Bridge(Bridge),
+    Served(usize),
+}
+
+/// Where each served function's BARs are, as last checked.
+#[derive(Default)]
+struct Decoding {
+    /// (function, BAR index) → address, for BARs that are mapped.
+    bars: BTreeMap<(usize, u8), u64>,
+    /// GSI → (MSI address, data) of every valid MSI-X entry.
+    routes: BTreeMap<u32, (u64, u32)>,
+}
+
+pub struct PciBus {
+    address: AtomicU32,
+    slots: Vec<(u8, u8, Owner)>,
+    served: Vec<ServedFunction>,
+    ram: Vec<(u64, u64)>,
+    decoding: Mutex<Decoding>,
+    pub rejected_bars: Counter,
+}
+
+/// A config or BAR access, decoded.
+pub enum Target<'a> {
+    /// Config space of function (slot, func) at `offset`.
+    Config { slot: u8, func: u8, offset: u64 },
+    /// A BAR of a served function at `offset`.
+    Bar { function: &'a ServedFunction, bar: u8, offset: u64 },
+}
+
+impl PciBus {
+    pub fn new(bridges: Vec<(u8, u8, Bridge)>, served: Vec<ServedFunction>, ram: Vec<(u64, u64)>, rejected_bars: Counter) -> PciBus {
+        let mut slots: Vec<(u8, u8, Owner)> = bridges.into_iter().map(|(s, f, b)| (s, f, Owner::Bridge(b))).collect();
+        slots.extend(served.iter().enumerate().map(|(i, f)| (f.layout.slot, f.layout.func, Owner::Served(i))));
+        PciBus { address: AtomicU32::new(0), slots, served, ram, decoding: Mutex::new(Decoding::default()), rejected_bars }
+    }
+
+    /// Decodes a port access at 0xcf8-0xcff. None: not a PCI port.
+    pub fn pio(&self, port: u16, size: u8, write: Option<u64>) -> Option<PioResult> {
+        if port == CONFIG_ADDRESS && size == 4 {
+            return Some(match write {
+                Some(v) => {
+                    self.address.store(v as u32 & 0x80ff_fffc, Ordering::Relaxed);
+                    PioResult::Done(0)
+                }
+                None => PioResult::Done(self.address.load(Ordering::Relaxed) as u64),
+            });
+        }
+        if !(CONFIG_DATA..CONFIG_DATA + 4).contains(&port) {
+            return None;
+        }
+        let a = self.address.load(Ordering::Relaxed);
+        let (bus, slot, func) = ((a >> 16) & 0xff, ((a >> 11) & 0x1f) as u8, ((a >> 8) & 7) as u8);
+        let offset = (a & 0xfc) as u64 + (port - CONFIG_DATA) as u64;
+        if a & ENABLE == 0 || bus != 0 {
+            return Some(PioResult::Done(u64::MAX));
+        }
+        Some(PioResult::Config { slot, func, offset })
+    }
+
+    /// Decodes an MMIO address: ECAM, or a mapped BAR.
+    pub fn mmio(&self, addr: u64) -> Option<Target<'_>> {
+        if (memmap::ECAM_BASE..memmap::ECAM_BASE + memmap::ECAM_SIZE).contains(&addr) {
+            let off = addr - memmap::ECAM_BASE;
+            return Some(Target::Config { slot: (off >> 15) as u8 & 0x1f, func: (off >> 12) as u8 & 7, offset: off & 0xfff });
+        }
+        let decoding = self.decoding.lock().unwrap();
+        for (&(i, bar), &base) in &decoding.bars {
+            let f = &self.served[i];
+            let size = f.layout.bars.iter().find(|b| b.index == bar).map_or(0, |b| b.size);
+            if addr >= base && addr - base < size {
+                return Some(Target::Bar { function: f, bar, offset: addr - base });
+            }
+        }
+        None
+    }
+
+    /// A config read of (slot, func), through the owner.
+    pub fn config_read(&self, devices: &[Device], vcpu: u32, slot: u8, func: u8, offset: u64, size: u8) -> u64 {
+        match self.owner(slot, func) {
+            None => u64::MAX,
+            Some(Owner::Bridge(b)) => b.read(offset, size),
+            Some(Owner::Served(i)) => {
+                let ring = &devices[self.served[*i].device].ring;
+                ring.call(vcpu, Request { op: Op::ConfigRead, region: 0, addr: offset, size, data: 0 })
+            }
+        }
+    }
+
+    /// A config write to (slot, func): forwarded, then the decoding is
+    /// checked again if it touched the command register or a BAR.
+    #[allow(clippy::too_many_arguments)]
+    pub fn config_write(&self, vm: &Vm, devices: &[Device], vcpu: u32, slot: u8, func: u8, offset: u64, size: u8, value: u64) {
+        let Some(Owner::Served(i)) = self.owner(slot, func) else { return };
+        let i = *i;
+        let ring = &devices[self.served[i].device].ring;
+        ring.call(vcpu, Request { op: Op::ConfigWrite, region: 0, addr: offset, size, data: value });
+        let end = offset + size as u64;
+        if offset < 0x06 && end > 0x04 || offset < 0x28 && end > 0x10 {
+            self.remap(vm, ring, vcpu, i);
+        }
+    }
+
+    /// After a guest write into a BAR: if it hit the MSI-X table, read the
+    /// entry back and update its route.
+    pub fn bar_written(&self, vm: &Vm, ring: &ExitRing, vcpu: u32, function: &ServedFunction, bar: u8, offset: u64, size: u8) {
+        let Some(m) = function.layout.msix.filter(|m| m.bar == bar) else { return };
+        let table_end = m.table_offset + 16 * m.vectors as u64;
+        if offset + size as u64 <= m.table_offset || offset >= table_end {
+            return;
+        }
+        let entry = (offset.max(m.table_offset) - m.table_offset) / 16;
+        let at = m.table_offset + 16 * entry;
+        let read = |o: u64| ring.call(vcpu, Request { op: Op::MmioRead, region: bar, addr: at + o, size: 4, data: 0 }) as u32;
+        let address = read(0) as u64 | (read(4) as u64) << 32;
+        let data = read(8);
+        let gsi = m.first_gsi + entry as u32;
+        let mut decoding = self.decoding.lock().unwrap();
+        let valid = address >= MSI_ADDRESS.0 && address < MSI_ADDRESS.0 + MSI_ADDRESS.1;
+        let changed = if valid {
+            decoding.routes.insert(gsi, (address, data)) != Some((address, data))
+        } else {
+            decoding.routes.remove(&gsi).is_some()
+        };
+        if changed {
+            let routes: Vec<(u32, u64, u32)> = decoding.routes.iter().map(|(&g, &(a, d))| (g, a, d)).collect();
+            let _ = vm.set_msi_routes(&routes);
+        }
+    }
+
+    fn owner(&self, slot: u8, func: u8) -> Option<&Owner> {
+        self.slots.iter().find(|(s, f, _)| *s == slot && *f == func).map(|(_, _, o)| o)
+    }
+
+    /// Reads function `i`'s command register and BARs back from its server
+    /// and maps each BAR where it is, if it may be there.
+    fn remap(&self, vm: &Vm, ring: &ExitRing, vcpu: u32, i: usize) {
+        let f = &self.served[i];
+        let read = |offset: u64| ring.call(vcpu, Request { op: Op::ConfigRead, region: 0, addr: offset, size: 4, data: 0 });
+        let memory_on = read(0x04) & COMMAND_MEMORY != 0;
+        let mut decoding = self.decoding.lock().unwrap();
+        for bar in &f.layout.bars {
+            let reg = 0x10 + 4 * bar.index as u64;
+            let mut addr = read(reg) & 0xffff_fff0;
+            if bar.kind == BarKind::Mem64 {
+                addr |= (read(reg + 4) & 0xffff_ffff) << 32;
+            }
+            let others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(&(j, b), &a)| {
+                (a, self.served[j].layout.bars.iter().find(|x| x.index == b).map_or(0, |x| x.size))
+            });
+            let clear = !others.into_iter().any(|(a, s)| addr < a + s && a < addr + bar.size);
+            let fits = addr % bar.size == 0 && memmap::bar_fits(addr, bar.size, &self.ram) && clear;
+            let new = (memory_on && fits).then_some(addr);
+            if memory_on && !fits {
+                self.rejected_bars.inc();
+            }
+            let old = decoding.bars.get(&(i, bar.index)).copied();
+            if old == new {
+                continue;
+            }
+            for (n, fd) in f.layout.notify.iter().zip(&f.notify).filter(|(n, _)| n.bar == bar.index) {
+                if let Some(o) = old {
+                    let _ = vm.detach_ioeventfd(fd, IoEventAddress::Mmio(o + n.offset));
+                }
+                if let Some(a) = new {
+                    let _ = vm.attach_ioeventfd(fd, IoEventAddress::Mmio(a + n.offset));
+                }
+            }
+            match new {
+                Some(a) => decoding.bars.insert((i, bar.index), a),
+                None => decoding.bars.remove(&(i, bar.index)),
+            };
+        }
+    }
+}
+
+pub enum PioResult {
+    Done(u64),
+    Config { slot: u8, func: u8, offset: u64 },
+}
