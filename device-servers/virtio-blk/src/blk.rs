@@ -87,7 +87,13 @@ impl Blk {
         gather(mem, &header_segs, &mut header)?;
         let kind = u32::from_le_bytes(header[0..4].try_into().unwrap());
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
-        let data = if matches!(kind, T_IN | T_GET_ID) { writable } else { &data_in[..] };
+        let to_guest = matches!(kind, T_IN | T_GET_ID);
+        // Data goes one way only: an IN with readable data, or an OUT with
+        // writable bytes besides the status, is malformed.
+        if to_guest && !data_in.is_empty() || !to_guest && !writable.is_empty() {
+            return Err(Failed(S_IOERR));
+        }
+        let data = if to_guest { writable } else { &data_in[..] };
         let total: u64 = data.iter().map(|s| s.len).sum();
         match kind {
             T_IN | T_OUT => {

@@ -377,8 +377,10 @@ impl<D: Device> Transport<D> {
     fn enable_queue(&mut self, index: usize) {
         let Some(mem) = self.mem.as_ref() else { return };
         if let Some(q) = self.queues.get_mut(index) {
-            if self.status & STATUS_FEATURES_OK != 0 && q.is_valid(mem) {
-                q.set_ready(true);
+            // virtio-queue's check counts a queue that is not ready as invalid.
+            q.set_ready(self.status & STATUS_FEATURES_OK != 0);
+            if !q.is_valid(mem) {
+                q.set_ready(false);
             }
         }
     }

@@ -99,3 +99,47 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     (r.eax, r.ebx, r.ecx, r.edx)
 }
+
+pub fn outl(port: u16, v: u32) {
+    // SAFETY: as outb.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack)) }
+}
+
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as outb.
+    unsafe { asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack)) }
+    v
+}
+
+/// Prints `v` in decimal.
+pub fn print_dec(mut v: u64) {
+    // A static, not a local array: zeroing a local may compile to SSE.
+    static mut DIGITS: [u8; 20] = [0; 20];
+    let digits = core::ptr::addr_of_mut!(DIGITS) as *mut u8;
+    let mut n = 0;
+    loop {
+        // SAFETY: n < 20 (u64 has at most 20 digits); volatile keeps the
+        // compiler from turning this into SSE stores.
+        unsafe { core::ptr::write_volatile(digits.add(n), b'0' + (v % 10) as u8) };
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while n > 0 {
+        n -= 1;
+        // SAFETY: n < 20.
+        put(unsafe { core::ptr::read_volatile(digits.add(n)) });
+    }
+}
+
+/// Waits for interrupts forever, with them enabled: the VM stays up until
+/// the host stops it.
+pub fn idle() -> ! {
+    loop {
+        // SAFETY: sti;hlt sleeps until the next interrupt.
+        unsafe { asm!("sti", "hlt", options(nomem, nostack)) }
+    }
+}

@@ -7,14 +7,18 @@
 //! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever),
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
-//! (N port writes from user mode, then reset: the exit benchmark).
+//! (N port writes from user mode, then reset: the exit benchmark),
+//! `blk-rw N [idle]`, `blk-ro`, `blk-fuzz` (our own virtio-blk driver,
+//! see blk.rs).
 
 #![no_std]
 #![no_main]
 
+mod blk;
 mod entry;
 mod io;
 mod user;
+mod virtio;
 
 use io::print;
 
@@ -144,6 +148,13 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             }
             user::enter(pio_loop)
         }
+        b"blk-rw" => {
+            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let rounds = words.next().and_then(parse_num).unwrap_or(1);
+            blk::rw(rounds, words.next() == Some(b"idle"))
+        }
+        b"blk-ro" => blk::ro(),
+        b"blk-fuzz" => blk::fuzz(),
         b"spin" => loop {
             core::hint::spin_loop();
         },

@@ -1,0 +1,293 @@
+//! A small virtio 1.x PCI driver of our own: find a function on bus 0
+//! through 0xcf8/0xcfc, walk its capabilities, bring it up with one split
+//! virtqueue and MSI-X, and submit descriptor chains.
+//!
+//! Guest CPL0 code is emulated on some hosts and the emulator cannot run
+//! SSE, so every memory access that could become a vector store is
+//! volatile.
+
+use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+
+use crate::io::{inl, outl};
+
+pub const QSIZE: u16 = 16;
+pub const VECTOR_CONFIG: u8 = 0x41;
+pub const VECTOR_QUEUE: u8 = 0x40;
+
+const STATUS_ACK: u8 = 1;
+const STATUS_DRIVER: u8 = 2;
+const STATUS_DRIVER_OK: u8 = 4;
+const STATUS_FEATURES_OK: u8 = 8;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+pub const DESC_NEXT: u16 = 1;
+pub const DESC_WRITE: u16 = 2;
+
+fn config_address(slot: u8, offset: u8) -> u32 {
+    0x8000_0000 | (slot as u32) << 11 | (offset as u32 & 0xfc)
+}
+
+pub fn cfg_read32(slot: u8, offset: u8) -> u32 {
+    outl(0xcf8, config_address(slot, offset));
+    inl(0xcfc)
+}
+
+pub fn cfg_write32(slot: u8, offset: u8, v: u32) {
+    outl(0xcf8, config_address(slot, offset));
+    outl(0xcfc, v);
+}
+
+fn cfg_read8(slot: u8, offset: u8) -> u8 {
+    (cfg_read32(slot, offset) >> (8 * (offset & 3))) as u8
+}
+
+pub unsafe fn mmio_w<T>(addr: u64, v: T) {
+    write_volatile(addr as *mut T, v)
+}
+
+pub unsafe fn mmio_r<T: Copy>(addr: u64) -> T {
+    read_volatile(addr as *const T)
+}
+
+/// Function 0 of the first slot with this vendor:device, if any.
+pub fn find(vendor: u16, device: u16) -> Option<u8> {
+    (0..32u8).find(|&s| cfg_read32(s, 0) == (device as u32) << 16 | vendor as u32)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    pub flags: u16,
+    pub next: u16,
+}
+
+#[repr(C, align(4096))]
+struct Ring {
+    desc: [Desc; QSIZE as usize],
+    /// flags, idx, ring[QSIZE], used_event
+    avail: [u16; 2 + QSIZE as usize + 1],
+    _pad: [u8; 4096 - 16 * QSIZE as usize - 2 * (3 + QSIZE as usize)],
+    /// flags:idx, then (id, len) pairs, then avail_event
+    used: [u32; 1 + 2 * QSIZE as usize + 1],
+}
+
+static mut RING: Ring = Ring {
+    desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE as usize],
+    avail: [0; 2 + QSIZE as usize + 1],
+    _pad: [0; 4096 - 16 * QSIZE as usize - 2 * (3 + QSIZE as usize)],
+    used: [0; 1 + 2 * QSIZE as usize + 1],
+};
+
+/// A virtio-pci function brought up with queue 0.
+pub struct Device {
+    pub slot: u8,
+    pub bar: u64,
+    common: u64,
+    notify: u64,
+    msix_table: u64,
+    pub features: u64,
+    avail_idx: u16,
+    /// Chains offered that the device cannot return.
+    lost: u16,
+}
+
+impl Device {
+    /// Finds the BAR and the capabilities, enables memory decoding, bus
+    /// mastering and MSI-X.
+    pub fn probe(slot: u8) -> Device {
+        let bar = (cfg_read32(slot, 0x10) & !0xf) as u64 | (cfg_read32(slot, 0x14) as u64) << 32;
+        let (mut common, mut notify, mut msix_table) = (0, 0, 0);
+        let mut ptr = cfg_read8(slot, 0x34);
+        while ptr != 0 {
+            match cfg_read8(slot, ptr) {
+                0x09 => {
+                    let at = cfg_read32(slot, ptr + 8) as u64;
+                    match cfg_read8(slot, ptr + 3) {
+                        1 => common = at,
+                        2 => notify = at,
+                        _ => {}
+                    }
+                }
+                0x11 => {
+                    msix_table = (cfg_read32(slot, ptr + 4) & !7) as u64;
+                    let ctrl = cfg_read32(slot, ptr);
+                    cfg_write32(slot, ptr, ctrl | 1 << 31); // MSI-X enable
+                }
+                _ => {}
+            }
+            ptr = cfg_read8(slot, ptr + 1);
+        }
+        let cmd = cfg_read32(slot, 4);
+        cfg_write32(slot, 4, (cmd & 0xffff) | 0x6); // memory + bus master
+        Device { slot, bar, common, notify, msix_table, features: 0, avail_idx: 0, lost: 0 }
+    }
+
+    /// Points the device at a new BAR address (the runner checks it).
+    pub fn move_bar(&mut self, addr: u64) {
+        cfg_write32(self.slot, 0x10, addr as u32);
+        cfg_write32(self.slot, 0x14, (addr >> 32) as u32);
+        self.bar = addr;
+    }
+
+    fn reg(&self, off: u64) -> u64 {
+        self.bar + self.common + off
+    }
+
+    pub fn status(&self) -> u8 {
+        // SAFETY: the common configuration structure in our BAR.
+        unsafe { mmio_r::<u8>(self.reg(0x14)) }
+    }
+
+    /// The virtio initialisation sequence (3.1.1) with `wanted` features.
+    /// Returns false if the device refused them.
+    pub fn init(&mut self, wanted: u64) -> bool {
+        // SAFETY: registers of our own device, and our static ring.
+        unsafe {
+            mmio_w::<u8>(self.reg(0x14), 0);
+            mmio_w::<u8>(self.reg(0x14), STATUS_ACK | STATUS_DRIVER);
+            mmio_w::<u32>(self.reg(0x00), 0);
+            let lo = mmio_r::<u32>(self.reg(0x04)) as u64;
+            mmio_w::<u32>(self.reg(0x00), 1);
+            let offered = lo | (mmio_r::<u32>(self.reg(0x04)) as u64) << 32;
+            self.features = offered & (wanted | VIRTIO_F_VERSION_1);
+            mmio_w::<u32>(self.reg(0x08), 0);
+            mmio_w::<u32>(self.reg(0x0c), self.features as u32);
+            mmio_w::<u32>(self.reg(0x08), 1);
+            mmio_w::<u32>(self.reg(0x0c), (self.features >> 32) as u32);
+            mmio_w::<u8>(self.reg(0x14), STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
+            if self.status() & STATUS_FEATURES_OK == 0 {
+                return false;
+            }
+            // MSI-X: entry 0 for configuration, entry 1 for queue 0, both to
+            // the BSP's LAPIC, fixed delivery.
+            for (entry, vector) in [(0u64, VECTOR_CONFIG), (1, VECTOR_QUEUE)] {
+                let e = self.bar + self.msix_table + 16 * entry;
+                mmio_w::<u32>(e, 0xfee0_0000);
+                mmio_w::<u32>(e + 4, 0);
+                mmio_w::<u32>(e + 8, vector as u32);
+                mmio_w::<u32>(e + 12, 0);
+            }
+            mmio_w::<u16>(self.reg(0x10), 0);
+            mmio_w::<u16>(self.reg(0x16), 0);
+            let max = mmio_r::<u16>(self.reg(0x18));
+            mmio_w::<u16>(self.reg(0x18), QSIZE.min(max));
+            let ring = addr_of_mut!(RING);
+            let set64 = |off: u64, v: u64| {
+                mmio_w::<u32>(self.reg(off), v as u32);
+                mmio_w::<u32>(self.reg(off + 4), (v >> 32) as u32);
+            };
+            set64(0x20, addr_of_mut!((*ring).desc) as u64);
+            set64(0x28, addr_of_mut!((*ring).avail) as u64);
+            set64(0x30, addr_of_mut!((*ring).used) as u64);
+            mmio_w::<u16>(self.reg(0x1a), 1);
+            mmio_w::<u16>(self.reg(0x1c), 1);
+            mmio_w::<u8>(self.reg(0x14), STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        }
+        true
+    }
+
+    /// Writes descriptor `i`.
+    pub fn set_desc(&mut self, i: u16, d: Desc) {
+        // SAFETY: our static ring; i is masked into the table.
+        unsafe { write_volatile(addr_of_mut!(RING.desc[(i % QSIZE) as usize]), d) }
+    }
+
+    fn used_idx(&self) -> u16 {
+        // SAFETY: the device writes the used ring; we only read it.
+        (unsafe { read_volatile(addr_of_mut!(RING.used[0])) } >> 16) as u16
+    }
+
+    /// The (head, len) the device returned at used ring position `pos`.
+    pub fn used_at(&self, pos: u16) -> (u32, u32) {
+        let i = 1 + 2 * (pos % QSIZE) as usize;
+        // SAFETY: as used_idx.
+        unsafe { (read_volatile(addr_of_mut!(RING.used[i])), read_volatile(addr_of_mut!(RING.used[i + 1]))) }
+    }
+
+    /// Offers the chain starting at `head`, notifies, and, if `wait`,
+    /// sleeps until the device returns it. Returns the used length.
+    pub fn submit(&mut self, head: u16, wait: bool) -> u32 {
+        let pos = self.avail_idx;
+        let used_pos = pos.wrapping_sub(self.lost);
+        // SAFETY: our static ring, then the notify register of queue 0.
+        unsafe {
+            write_volatile(addr_of_mut!(RING.avail[2 + (pos % QSIZE) as usize]), head);
+            self.avail_idx = pos.wrapping_add(1);
+            write_volatile(addr_of_mut!(RING.avail[1]), self.avail_idx);
+            mmio_w::<u16>(self.bar + self.notify, 0);
+        }
+        if !wait {
+            return 0;
+        }
+        // Interrupts off while checking, then sti;hlt as one step: the
+        // MSI cannot slip in between the check and the sleep.
+        while self.used_idx() != used_pos.wrapping_add(1) {
+            // SAFETY: waits for the queue interrupt.
+            unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+        }
+        self.used_at(used_pos).1
+    }
+
+    /// Counts an offered chain the device will never return (its head
+    /// is outside the table): later waits must not expect it.
+    pub fn forget_one(&mut self) {
+        self.lost = self.lost.wrapping_add(1);
+    }
+}
+
+/// The IDT: only the two device vectors have gates.
+static mut IDT: [[u64; 2]; 256] = [[0; 2]; 256];
+#[repr(C, packed)]
+struct IdtPointer {
+    limit: u16,
+    base: u64,
+}
+static mut IDT_POINTER: IdtPointer = IdtPointer { limit: 0, base: 0 };
+
+/// Counted by irq_entry.
+#[no_mangle]
+static mut irq_count: u64 = 0;
+
+pub fn irqs() -> u64 {
+    // SAFETY: a u64 the interrupt handler increments.
+    unsafe { read_volatile(addr_of_mut!(irq_count)) }
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text
+    .global irq_entry
+irq_entry:
+    push %rax
+    incq irq_count(%rip)
+    mov $0xfee000b0, %eax       /* LAPIC EOI */
+    movl $0, (%rax)
+    pop %rax
+    iretq
+"#,
+    options(att_syntax)
+);
+
+/// Software-enables the LAPIC and installs the handler for both vectors.
+pub fn enable_interrupts() {
+    extern "C" {
+        fn irq_entry();
+    }
+    let handler = irq_entry as *const () as u64;
+    // 64-bit interrupt gate, present, DPL 0, code selector 0x08.
+    let low = (handler & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
+    // SAFETY: our own IDT and LAPIC, set up once with interrupts off.
+    unsafe {
+        for v in [VECTOR_QUEUE, VECTOR_CONFIG] {
+            write_volatile(addr_of_mut!(IDT[v as usize]), [low, handler >> 32]);
+        }
+        write_volatile(
+            addr_of_mut!(IDT_POINTER),
+            IdtPointer { limit: (core::mem::size_of::<[[u64; 2]; 256]>() - 1) as u16, base: addr_of_mut!(IDT) as u64 },
+        );
+        core::arch::asm!("lidt [{}]", in(reg) addr_of_mut!(IDT_POINTER), options(nostack));
+        mmio_w::<u32>(0xfee0_00f0, 0x1ff);
+    }
+}
