@@ -305,12 +305,12 @@ impl VmConfig {
         let test_violation = tree.get("sandbox.test_violation").map(str::to_string);
         if let Some(t) = &test_violation {
             let ok = t.split_once(':').is_some_and(|(role, op)| {
-                matches!(role, "uart" | "vcpu-runner")
+                matches!(role, "uart" | "vcpu-runner" | "virtio-blk")
                     && (capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP)
             });
             if !ok {
                 return err(format!(
-                    "sandbox.test_violation={t}: use ROLE:OP with ROLE uart or vcpu-runner and OP one of {}, ioctl",
+                    "sandbox.test_violation={t}: use ROLE:OP with ROLE uart, vcpu-runner or virtio-blk and OP one of {}, ioctl",
                     capvm_policy::hostile::OPS.join(", ")
                 ));
             }

@@ -48,14 +48,40 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         out.push(roles::uart(com.name, doorbell, irq, &backend));
     }
 
-    // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per device.
+    // StartVirtio carries: ring, doorbell, RAM, stats, one notify per
+    // queue, one interrupt per vector, the disk. Ring and stats are mapped,
+    // then closed.
+    for d in &cfg.disks {
+        let mut fds = Fds::child();
+        let (ring, doorbell, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc(), fds.alloc());
+        let notify = vec![fds.alloc()];
+        let interrupts = (0..capvm_virtio::layout::vectors(1)).map(|_| fds.alloc()).collect();
+        let disk = fds.alloc();
+        fds.free(ring);
+        fds.free(stats);
+        let (grants, syscalls) = roles::virtio_blk_backend(disk, d.read_only);
+        let name = format!("virtio-blk (0:{}.{})", d.slot, d.func);
+        out.push(roles::virtio_device(&name, &roles::VirtioFds { doorbell, ram, notify, interrupts }, grants, syscalls));
+    }
+
+    // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per
+    // COM port and ring, doorbell, notifies, interrupts per virtio device.
     let mut fds = Fds::child();
     let (kvm, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc());
     let devices: Vec<(i32, i32, i32)> = cfg.coms.iter().map(|_| (fds.alloc(), fds.alloc(), fds.alloc())).collect();
+    let mut virtio_rings = Vec::new();
+    let mut virtio_doorbells = Vec::new();
+    let (mut notify, mut msix) = (Vec::new(), Vec::new());
+    for d in &cfg.disks {
+        virtio_rings.push(fds.alloc());
+        virtio_doorbells.push((fds.alloc(), format!("virtio-blk (0:{}.{})", d.slot, d.func)));
+        notify.push(fds.alloc());
+        msix.extend((0..capvm_virtio::layout::vectors(1)).map(|_| fds.alloc()));
+    }
     let vm = fds.alloc();
     fds.free(stats); // mapped, then closed
-    for (ring, _, _) in &devices {
-        fds.free(*ring); // mapped, then closed
+    for ring in devices.iter().map(|d| d.0).chain(virtio_rings) {
+        fds.free(ring); // mapped, then closed
     }
     let vcpus = (0..cfg.cpus).map(|_| fds.alloc()).collect();
     let control_dup = fds.alloc();
@@ -63,12 +89,12 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         kvm,
         vm,
         vcpus,
-        doorbells: cfg.coms.iter().zip(&devices).map(|(c, d)| (d.1, c.name.to_string())).collect(),
+        doorbells: cfg.coms.iter().zip(&devices).map(|(c, d)| (d.1, c.name.to_string())).chain(virtio_doorbells).collect(),
         ram,
         control_dup,
-        irqfds: devices.iter().map(|d| d.2).collect(),
-        notify: Vec::new(),
-        pci: false,
+        irqfds: devices.iter().map(|d| d.2).chain(msix).collect(),
+        pci: !notify.is_empty(),
+        notify,
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));

@@ -208,6 +208,23 @@ pub fn virtio_device(name: &str, f: &VirtioFds, backend: Vec<FdGrant>, backend_s
     Manifest { role: name.to_string(), fds, syscalls, rlimits }
 }
 
+/// A virtio-blk server's disk, with the rights its mode needs: pread needs
+/// CAP_READ|CAP_SEEK, pwrite CAP_WRITE|CAP_SEEK; a read-only disk gets no
+/// CAP_WRITE, and no syscall that writes, at all.
+pub fn virtio_blk_backend(disk: i32, read_only: bool) -> (Vec<FdGrant>, Vec<SyscallRule>) {
+    let r = |name, args, why| SyscallRule { name, args, why };
+    let mut syscalls = vec![r("pread64", Args::FdWith(&[Read, Seek]), "read sectors")];
+    if read_only {
+        return (vec![FdGrant::new(disk, "disk (opened read-only)", &[Read, Seek])], syscalls);
+    }
+    syscalls.extend([
+        r("pwrite64", Args::FdWith(&[Write, Seek]), "write sectors"),
+        r("fdatasync", Args::FdWith(&[Fsync]), "FLUSH"),
+        r("fallocate", Args::FdWith(&[Write]), "DISCARD and WRITE_ZEROES"),
+    ]);
+    (vec![FdGrant::new(disk, "disk", &[Read, Write, Seek, Fsync])], syscalls)
+}
+
 /// The lowest fd number not in `fds`: where the kernel puts the next new fd.
 fn first_free(fds: &[FdGrant]) -> i32 {
     (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")

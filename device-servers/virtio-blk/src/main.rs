@@ -6,7 +6,6 @@
 mod blk;
 
 use capvm_ipc::{ToBroker, VirtioBackend};
-use capvm_policy::{FdGrant, Right, SyscallRule};
 use capvm_virtio::server::{self, DeviceSandbox, Setup};
 
 fn main() {
@@ -16,7 +15,8 @@ fn main() {
             return Err("capvm-virtio-blk was started for another device".into());
         };
         let [disk]: [_; 1] = setup.backend_fds.try_into().map_err(|_| "StartVirtio for a disk carries exactly one backend fd")?;
-        let sandbox = sandbox(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
+        let (fds, syscalls) = capvm_policy::roles::virtio_blk_backend(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
+        let sandbox = DeviceSandbox { fds, syscalls, kind: "virtio-blk" };
         Ok((blk::Blk::new(disk, opts.clone(), setup.stats), sandbox))
     });
     if let Err(e) = result {
@@ -25,25 +25,4 @@ fn main() {
         }
         std::process::exit(4);
     }
-}
-
-/// The disk with the rights its mode needs: pread needs CAP_READ|CAP_SEEK,
-/// pwrite CAP_WRITE|CAP_SEEK; a read-only disk gets no CAP_WRITE at all.
-fn sandbox(disk: i32, read_only: bool) -> DeviceSandbox {
-    use capvm_policy::Args::FdWith;
-    use Right::*;
-    let r = |name, args, why| SyscallRule { name, args, why };
-    let mut syscalls = vec![r("pread64", FdWith(&[Read, Seek]), "read sectors")];
-    let rights: &[Right] = if read_only {
-        &[Read, Seek]
-    } else {
-        syscalls.extend([
-            r("pwrite64", FdWith(&[Write, Seek]), "write sectors"),
-            r("fdatasync", FdWith(&[Fsync]), "FLUSH"),
-            r("fallocate", FdWith(&[Write]), "DISCARD and WRITE_ZEROES"),
-        ]);
-        &[Read, Write, Seek, Fsync]
-    };
-    let what = if read_only { "disk (opened read-only)" } else { "disk" };
-    DeviceSandbox { fds: vec![FdGrant::new(disk, what, rights)], syscalls }
 }

@@ -35,6 +35,8 @@ pub enum ServerError {
 pub struct DeviceSandbox {
     pub fds: Vec<FdGrant>,
     pub syscalls: Vec<SyscallRule>,
+    /// The role name `-o sandbox.test_violation=ROLE:OP` uses ("virtio-blk").
+    pub kind: &'static str,
 }
 
 /// A device that also waits on a host fd (a tap).
@@ -97,6 +99,9 @@ pub fn run<D: Backend>(
     let (device, sandbox) =
         make(Setup { config: &cfg, backend_fds, stats: &mut stats }).map_err(ServerError::Setup)?;
 
+    // Hostile-test hook target: the backend fd (a read-only disk has
+    // neither CAP_WRITE nor CAP_IOCTL).
+    let hook_fd = sandbox.fds.first().map_or(ring.doorbell().as_raw_fd(), |g| g.fd);
     let manifest = capvm_policy::roles::virtio_device(
         &cfg.name,
         &VirtioFds {
@@ -105,11 +110,12 @@ pub fn run<D: Backend>(
             notify: notify.iter().map(|f| f.as_raw_fd()).collect(),
             interrupts: irqs.iter().map(|f| f.as_raw_fd()).collect(),
         },
-        sandbox.fds,
+        sandbox.fds.clone(),
         sandbox.syscalls,
     );
     let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| ServerError::Setup(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
+    capvm_policy::hostile::run_hook(&cfg.sandbox, sandbox.kind, hook_fd, hook_fd);
     let mut transport = Transport::new(device, &cfg.function, irqs, counters);
     transport.set_memory(mem);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
