@@ -64,9 +64,18 @@ fn wait_sandboxed(name: &str, n: usize) -> String {
     }
 }
 
-/// Two COM ports (stdio and a socket) and two vCPUs, spinning.
-fn two_port_args(name: &str, sock: &std::path::Path) -> Vec<String> {
-    let mut args = guest_args("spin", &["-c", "2", "-l", &format!("com2,{}", sock.display())]);
+/// A read-only 64 KiB disk image for the sandbox tests.
+fn ro_disk(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("capvm-sandbox-{}-{tag}.img", std::process::id()));
+    std::fs::write(&p, vec![0u8; 64 << 10]).unwrap();
+    p
+}
+
+/// Two COM ports (stdio and a socket), a read-only disk and two vCPUs, spinning.
+fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> Vec<String> {
+    let com2 = format!("com2,{}", sock.display());
+    let blk = format!("4,virtio-blk,{},ro", disk.display());
+    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk]);
     *args.last_mut().unwrap() = name.to_string();
     args
 }
@@ -78,19 +87,24 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     }
     let name = unique_vm_name();
     let sock = std::env::temp_dir().join(format!("{name}.com2.sock"));
-    let args = two_port_args(&name, &sock);
+    let disk = ro_disk("confined");
+    let args = two_port_args(&name, &sock, &disk);
     let mut pp = args.clone();
     pp.insert(0, "--print-policy".into());
     let policy = run(&pp);
     assert_eq!(policy.code(), 0, "{policy:?}");
     let manifests = policy_fds(&policy.stdout);
-    assert_eq!(manifests.len(), 3, "{}", policy.stdout);
+    assert_eq!(manifests.len(), 4, "{}", policy.stdout);
+    // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
+    let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
+    let blk = blk.split("role ").next().unwrap();
+    assert!(blk.contains("disk (opened read-only)") && !blk.contains("pwrite64"), "{blk}");
 
     let child = spawn(&args);
     let broker = child.id();
-    let kids = wait_for_children(broker, 3, Duration::from_secs(10));
-    assert_eq!(kids.len(), 3, "{kids:?}");
-    let audit = wait_sandboxed(&name, 3);
+    let kids = wait_for_children(broker, 4, Duration::from_secs(10));
+    assert_eq!(kids.len(), 4, "{kids:?}");
+    let audit = wait_sandboxed(&name, 4);
     for (pid, comm) in &kids {
         let pid = *pid;
         assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
@@ -127,6 +141,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     assert!(!runtime_dir().join(format!("{name}.sock")).exists(), "control socket left behind");
     assert!(!sock.exists(), "COM2 socket left behind");
     assert!(kids.iter().all(|(p, _)| !pid_exists(*p)));
+    std::fs::remove_file(disk).unwrap();
 }
 
 /// What each hostile operation shows up as in the audit.
@@ -151,13 +166,15 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
     if !kvm_available() {
         return;
     }
-    for role in ["uart", "vcpu-runner"] {
+    let disk = ro_disk("matrix");
+    let blk = format!("4,virtio-blk,{},ro", disk.display());
+    for role in ["uart", "vcpu-runner", "virtio-blk"] {
         for (op, syscall) in MATRIX {
             let log = audit_log(&format!("{role}-{op}"));
             let _ = std::fs::remove_file(&log);
             let hook = format!("sandbox.test_violation={role}:{op}");
             let audit = format!("sandbox.audit_log={}", log.display());
-            let r = run(&guest_args("hello", &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit]));
+            let r = run(&guest_args("hello", &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit, "-s", &blk]));
             // Denied, recorded, and the VM went on to run the guest to its halt.
             assert_eq!(r.code(), 2, "{role}:{op}: {r:?}");
             assert!(r.stdout.contains("Hello from a capvm guest"), "{role}:{op}: {r:?}");
@@ -172,6 +189,7 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
             std::fs::remove_file(&log).unwrap();
         }
     }
+    std::fs::remove_file(disk).unwrap();
 }
 
 #[test]
