@@ -220,8 +220,12 @@ impl PciBus {
             let others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(&(j, b), &a)| {
                 (a, self.served[j].layout.bars.iter().find(|x| x.index == b).map_or(0, |x| x.size))
             });
-            let clear = !others.into_iter().any(|(a, s)| addr < a + s && a < addr + bar.size);
-            let fits = addr % bar.size == 0 && memmap::bar_fits(addr, bar.size, &self.ram) && clear;
+            // The address is the guest's (all-ones while it sizes the BAR):
+            // no arithmetic on it may overflow.
+            let mut others = others;
+            let fits = addr % bar.size == 0
+                && memmap::bar_fits(addr, bar.size, &self.ram)
+                && !others.any(|(a, s)| addr < a.saturating_add(s) && a < addr.saturating_add(bar.size));
             let new = (memory_on && fits).then_some(addr);
             if memory_on && !fits {
                 self.rejected_bars.inc();
