@@ -146,3 +146,23 @@ fn queue_notifies_take_the_ioeventfd_path_and_exits_do_not_grow_with_requests() 
     let (p_few, p_many) = (stat(&few, "vcpu-runner: pio_exits"), stat(&many, "vcpu-runner: pio_exits"));
     assert!(p_many.abs_diff(p_few) <= 8, "port exits grew with requests: {p_few} -> {p_many}");
 }
+
+#[test]
+fn bad_disk_options_are_one_clear_line_and_status_4() {
+    if !kvm_available() {
+        return; // the disk is opened after /dev/kvm
+    }
+    let cases = [
+        ("3,virtio-blk,/nonexistent/capvm.img", "cannot open /nonexistent/capvm.img"),
+        ("3,virtio-blk,/dev/null,frob", "virtio-blk has no option 'frob'"),
+        ("3,virtio-blk", "give the image file or block device"),
+        ("3,virtio-blk,/dev/null,sectorsize=1000", "sectorsize=1000"),
+        ("3,virtio-blk,/dev/null", "/dev/null is neither a file nor a block device"),
+    ];
+    for (slot, want) in cases {
+        let r = run(&guest_args("hello", &["-s", slot]));
+        assert_eq!(r.code(), 4, "{slot}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{slot}: {r:?}");
+        assert!(r.stderr.contains(want), "{slot}: {r:?}");
+    }
+}
