@@ -261,30 +261,23 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
         }
         let routed = match exit {
             Exit::IoOut(port, data) => {
-                let mut v = [0u8; 8];
-                let n = data.len().min(8);
-                v[..n].copy_from_slice(&data[..n]);
-                shared.router.pio(id, port, n as u8, Some(u64::from_le_bytes(v)))
+                let (size, v) = written_value(data);
+                shared.router.pio(id, port, size, Some(v))
             }
             Exit::IoIn(port, data) => {
-                let n = data.len().min(8);
-                let r = shared.router.pio(id, port, n as u8, None);
+                let r = shared.router.pio(id, port, access_size(data), None);
                 if let Routed::Continue(v) = r {
-                    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+                    fill_read(data, v);
                 }
                 r
             }
             Exit::MmioRead(addr, data) => {
-                let n = data.len().min(8);
-                let v = shared.router.mmio(id, addr, n as u8, None);
-                data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+                fill_read(data, shared.router.mmio(id, addr, access_size(data), None));
                 Routed::Continue(0)
             }
             Exit::MmioWrite(addr, data) => {
-                let mut v = [0u8; 8];
-                let n = data.len().min(8);
-                v[..n].copy_from_slice(&data[..n]);
-                shared.router.mmio(id, addr, n as u8, Some(u64::from_le_bytes(v)));
+                let (size, v) = written_value(data);
+                shared.router.mmio(id, addr, size, Some(v));
                 Routed::Continue(0)
             }
             Exit::Interrupted => {
@@ -312,6 +305,25 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
     loop {
         std::thread::park();
     }
+}
+
+/// An access's width in bytes as the ring carries it (at most 8).
+fn access_size(data: &[u8]) -> u8 {
+    data.len().min(8) as u8
+}
+
+/// The width and little-endian value of a guest write.
+fn written_value(data: &[u8]) -> (u8, u64) {
+    let n = access_size(data) as usize;
+    let mut v = [0u8; 8];
+    v[..n].copy_from_slice(&data[..n]);
+    (n as u8, u64::from_le_bytes(v))
+}
+
+/// Hands a read's answer back to the guest, as wide as it asked.
+fn fill_read(data: &mut [u8], v: u64) {
+    let n = access_size(data) as usize;
+    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
 
 fn internal_error(vcpu: &Vcpu, ram: &GuestRam, suberror: u32) -> InternalErrorReport {
