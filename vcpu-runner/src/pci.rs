@@ -77,8 +77,8 @@ enum Owner {
 /// Where each served function's BARs are, as last checked.
 #[derive(Default)]
 struct Decoding {
-    /// (function, BAR index) → address, for BARs that are mapped.
-    bars: BTreeMap<(usize, u8), u64>,
+    /// (function, BAR index) → (address, size), for BARs that are mapped.
+    bars: BTreeMap<(usize, u8), (u64, u64)>,
     /// GSI → (MSI address, data) of every valid MSI-X entry.
     routes: BTreeMap<u32, (u64, u32)>,
 }
@@ -137,11 +137,9 @@ impl PciBus {
             return Some(Target::Config { slot: (off >> 15) as u8 & 0x1f, func: (off >> 12) as u8 & 7, offset: off & 0xfff });
         }
         let decoding = self.decoding.lock().unwrap();
-        for (&(i, bar), &base) in &decoding.bars {
-            let f = &self.served[i];
-            let size = f.layout.bars.iter().find(|b| b.index == bar).map_or(0, |b| b.size);
+        for (&(i, bar), &(base, size)) in &decoding.bars {
             if addr >= base && addr - base < size {
-                return Some(Target::Bar { function: f, bar, offset: addr - base });
+                return Some(Target::Bar { function: &self.served[i], bar, offset: addr - base });
             }
         }
         None
@@ -217,12 +215,9 @@ impl PciBus {
             if bar.kind == BarKind::Mem64 {
                 addr |= (read(reg + 4) & 0xffff_ffff) << 32;
             }
-            let others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(&(j, b), &a)| {
-                (a, self.served[j].layout.bars.iter().find(|x| x.index == b).map_or(0, |x| x.size))
-            });
             // The address is the guest's (all-ones while it sizes the BAR):
             // no arithmetic on it may overflow.
-            let mut others = others;
+            let mut others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(_, &placed)| placed);
             let fits = addr % bar.size == 0
                 && memmap::bar_fits(addr, bar.size, &self.ram)
                 && !others.any(|(a, s)| addr < a.saturating_add(s) && a < addr.saturating_add(bar.size));
@@ -230,7 +225,7 @@ impl PciBus {
             if memory_on && !fits {
                 self.rejected_bars.inc();
             }
-            let old = decoding.bars.get(&(i, bar.index)).copied();
+            let old = decoding.bars.get(&(i, bar.index)).map(|&(a, _)| a);
             if old == new {
                 continue;
             }
@@ -243,7 +238,7 @@ impl PciBus {
                 }
             }
             match new {
-                Some(a) => decoding.bars.insert((i, bar.index), a),
+                Some(a) => decoding.bars.insert((i, bar.index), (a, bar.size)),
                 None => decoding.bars.remove(&(i, bar.index)),
             };
         }
