@@ -213,7 +213,7 @@ impl<D: Device> Transport<D> {
     pub fn bar_read(&mut self, offset: u64, size: u8) -> u64 {
         self.stats.mmio_accesses.inc();
         let n = size as usize;
-        if !matches!(size, 1 | 2 | 4 | 8) || offset % size as u64 != 0 || offset >= BAR_SIZE {
+        if !valid_bar_access(offset, size) {
             return u64::MAX;
         }
         let mut out = [0u8; 8];
@@ -231,8 +231,8 @@ impl<D: Device> Transport<D> {
                 out[0] = std::mem::take(&mut self.isr);
             }
             o if (DEVICE..DEVICE + DEVICE_LEN).contains(&o) => self.device.read_config(o - DEVICE, &mut out[..n]),
-            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.msix_table.len() as u64).contains(&o) => {
-                let (entry, word) = (((o - MSIX_TABLE) / 16) as usize, ((o - MSIX_TABLE) % 16 / 4) as usize);
+            o if self.in_msix_table(o) => {
+                let (entry, word) = msix_word(o);
                 let e = self.msix_table[entry];
                 let v = if size == 8 && word % 2 == 0 { e[word] as u64 | (e[word + 1] as u64) << 32 } else { e[word] as u64 };
                 out = v.to_le_bytes();
@@ -253,7 +253,7 @@ impl<D: Device> Transport<D> {
     /// Returns the queue a notify register write named, if it was one.
     pub fn bar_write(&mut self, offset: u64, size: u8, value: u64) -> Option<usize> {
         self.stats.mmio_accesses.inc();
-        if !matches!(size, 1 | 2 | 4 | 8) || offset % size as u64 != 0 || offset >= BAR_SIZE {
+        if !valid_bar_access(offset, size) {
             return None;
         }
         match offset {
@@ -265,8 +265,8 @@ impl<D: Device> Transport<D> {
                 self.stats.notify_exits.inc();
                 return Some(((o - NOTIFY) / NOTIFY_MULTIPLIER) as usize);
             }
-            o if (MSIX_TABLE..MSIX_TABLE + 16 * self.msix_table.len() as u64).contains(&o) => {
-                let (entry, word) = (((o - MSIX_TABLE) / 16) as usize, ((o - MSIX_TABLE) % 16 / 4) as usize);
+            o if self.in_msix_table(o) => {
+                let (entry, word) = msix_word(o);
                 let was_masked = self.entry_masked(entry);
                 self.msix_table[entry][word] = value as u32;
                 if size == 8 && word % 2 == 0 {
@@ -279,6 +279,10 @@ impl<D: Device> Transport<D> {
             _ => {}
         }
         None
+    }
+
+    fn in_msix_table(&self, offset: u64) -> bool {
+        (MSIX_TABLE..MSIX_TABLE + 16 * self.msix_table.len() as u64).contains(&offset)
     }
 
     /// The common configuration structure as the driver reads it.
@@ -487,6 +491,17 @@ impl<D: Device> Transport<D> {
     pub fn queues_mut(&mut self) -> (&mut D, &mut [Queue], Option<&GuestMemoryMmap>) {
         (&mut self.device, &mut self.queues, self.mem.as_ref())
     }
+}
+
+/// Whether the BAR's registers answer an access: 1, 2, 4 or 8 bytes,
+/// naturally aligned, inside the BAR.
+fn valid_bar_access(offset: u64, size: u8) -> bool {
+    matches!(size, 1 | 2 | 4 | 8) && offset % size as u64 == 0 && offset < BAR_SIZE
+}
+
+/// The MSI-X table entry and its 32-bit word at a BAR offset in the table.
+fn msix_word(offset: u64) -> (usize, usize) {
+    (((offset - MSIX_TABLE) / 16) as usize, ((offset - MSIX_TABLE) % 16 / 4) as usize)
 }
 
 fn msix_capability(vectors: u16) -> [u8; 12] {
