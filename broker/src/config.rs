@@ -368,6 +368,13 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
     Ok(slots)
 }
 
+impl DiskConfig {
+    /// The disk's server as messages, the audit and the manifests name it.
+    pub fn name(&self) -> String {
+        format!("virtio-blk (0:{}.{})", self.slot, self.func)
+    }
+}
+
 /// A virtio-blk slot's options, checked.
 fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
     let prefix = format!("pci.0.{}.{}", slot.slot, slot.func);

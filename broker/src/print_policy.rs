@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use capvm_policy::roles::{self, RunnerFds, UartBackendFds};
 use capvm_policy::Manifest;
+use capvm_virtio::layout::{self, BLK_QUEUES};
 
 use crate::config::{ComBackend, VmConfig};
 
@@ -54,14 +55,13 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
     for d in &cfg.disks {
         let mut fds = Fds::child();
         let (ring, doorbell, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc(), fds.alloc());
-        let notify = vec![fds.alloc()];
-        let interrupts = (0..capvm_virtio::layout::vectors(1)).map(|_| fds.alloc()).collect();
+        let notify = (0..BLK_QUEUES).map(|_| fds.alloc()).collect();
+        let interrupts = (0..layout::vectors(BLK_QUEUES)).map(|_| fds.alloc()).collect();
         let disk = fds.alloc();
         fds.free(ring);
         fds.free(stats);
         let (grants, syscalls) = roles::virtio_blk_backend(disk, d.read_only);
-        let name = format!("virtio-blk (0:{}.{})", d.slot, d.func);
-        out.push(roles::virtio_device(&name, &roles::VirtioFds { doorbell, ram, notify, interrupts }, grants, syscalls));
+        out.push(roles::virtio_device(&d.name(), &roles::VirtioFds { doorbell, ram, notify, interrupts }, grants, syscalls));
     }
 
     // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per
@@ -74,9 +74,9 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
     let (mut notify, mut msix) = (Vec::new(), Vec::new());
     for d in &cfg.disks {
         virtio_rings.push(fds.alloc());
-        virtio_doorbells.push((fds.alloc(), format!("virtio-blk (0:{}.{})", d.slot, d.func)));
-        notify.push(fds.alloc());
-        msix.extend((0..capvm_virtio::layout::vectors(1)).map(|_| fds.alloc()));
+        virtio_doorbells.push((fds.alloc(), d.name()));
+        notify.extend((0..BLK_QUEUES).map(|_| fds.alloc()));
+        msix.extend((0..layout::vectors(BLK_QUEUES)).map(|_| fds.alloc()));
     }
     let vm = fds.alloc();
     fds.free(stats); // mapped, then closed

@@ -140,7 +140,6 @@ pub fn disk(d: &DiskConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioH
         can_discard,
         serial: d.serial.chars().take(20).collect(),
     };
-    let function = alloc.function(d.slot, d.func, 1)?;
-    let name = format!("virtio-blk ({}:{}.{})", 0, d.slot, d.func);
-    VirtioHost::new(name, "capvm-virtio-blk", function, VirtioBackend::Blk(opts), vec![file.into()], vcpus)
+    let function = alloc.function(d.slot, d.func, layout::BLK_QUEUES)?;
+    VirtioHost::new(d.name(), "capvm-virtio-blk", function, VirtioBackend::Blk(opts), vec![file.into()], vcpus)
 }

@@ -274,7 +274,7 @@ impl Device for Blk {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE]
+        vec![QUEUE_SIZE; capvm_virtio::layout::BLK_QUEUES]
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -20,6 +20,10 @@ pub const MSIX_PBA: u64 = 0x3800;
 /// At most this many queues (their notify registers fill 0x2000-0x2fff).
 pub const MAX_QUEUES: usize = 256;
 
+/// virtio-blk's queues (one request queue): the broker lays the function
+/// out for this many and the server offers this many.
+pub const BLK_QUEUES: usize = 1;
+
 /// One MSI-X vector per queue plus one for configuration changes.
 pub fn vectors(queues: usize) -> u16 {
     queues as u16 + 1
