@@ -225,6 +225,17 @@ pub fn virtio_blk_backend(disk: i32, read_only: bool) -> (Vec<FdGrant>, Vec<Sysc
     (vec![FdGrant::new(disk, "disk", &[Read, Write, Seek, Fsync])], syscalls)
 }
 
+/// A virtio-net server's tap: read and write frames, poll for them. No
+/// ioctl: it cannot re-attach the tap, change its offloads or its name.
+pub fn virtio_net_backend(tap: i32) -> (Vec<FdGrant>, Vec<SyscallRule>) {
+    let syscalls = vec![SyscallRule {
+        name: "writev",
+        args: Args::FdWith(&[Write]),
+        why: "send a frame: a header, then the payload from guest RAM",
+    }];
+    (vec![FdGrant::new(tap, "tap", &[Read, Write, Event])], syscalls)
+}
+
 /// The lowest fd number not in `fds`: where the kernel puts the next new fd.
 fn first_free(fds: &[FdGrant]) -> i32 {
     (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")

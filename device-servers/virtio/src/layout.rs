@@ -23,6 +23,12 @@ pub const MAX_QUEUES: usize = 256;
 /// virtio-blk's queues (one request queue): the broker lays the function
 /// out for this many and the server offers this many.
 pub const BLK_QUEUES: usize = 1;
+/// virtio-net's queues: one receive, one transmit (no multiqueue, no
+/// control queue).
+pub const NET_QUEUES: usize = 2;
+/// virtio 1.x's `virtio_net_hdr` before every frame; the broker sets the
+/// tap's header to this size so frames cross unchanged.
+pub const NET_HEADER_LEN: usize = 12;
 
 /// One MSI-X vector per queue plus one for configuration changes.
 pub fn vectors(queues: usize) -> u16 {
