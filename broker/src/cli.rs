@@ -171,12 +171,13 @@ fn parse_slot(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
     }
     tree.set(&format!("{prefix}.device"), emulation);
     if let Some(conf) = parts.next() {
-        // As bhyve: the first bare word is the backend (a disk's path), a
-        // later one a flag (`ro` means ro=true).
+        // As bhyve: the first bare word is the backend (a disk's path, a
+        // NIC's tap), a later one a flag (`ro` means ro=true).
+        let first = if emulation == "virtio-net" { "backend" } else { "path" };
         for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
             let (k, v) = match opt.split_once('=') {
                 Some(kv) => kv,
-                None if i == 0 => ("path", opt),
+                None if i == 0 => (first, opt),
                 None => (opt, "true"),
             };
             tree.set(&format!("{prefix}.{k}"), v);

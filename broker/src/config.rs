@@ -129,7 +129,11 @@ pub const PCI_EMULATIONS: &[(&str, &str)] = &[
         "virtio-blk",
         "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID]",
     ),
+    ("virtio-net", "virtio NIC in its own process on a tap: TAPNAME[,mac=xx:xx:xx:xx:xx:xx][,mtu=N]"),
 ];
+
+/// The options a virtio-net slot takes (bhyve's network-backend options).
+const NET_OPTIONS: &[&str] = &["backend", "mac", "mtu"];
 
 /// The options a virtio-blk slot takes (bhyve's block-device options).
 const BLK_OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser"];
@@ -150,6 +154,17 @@ pub struct DiskConfig {
     pub no_delete: bool,
     /// GET_ID's answer; default derived from the slot.
     pub serial: String,
+}
+
+/// A NIC, as `-s slot,virtio-net,...` configures it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NicConfig {
+    pub slot: u8,
+    pub func: u8,
+    /// The tap to open, or create if it does not exist.
+    pub tap: String,
+    pub mac: [u8; 6],
+    pub mtu: u16,
 }
 
 /// Where a COM port's bytes go.
@@ -205,6 +220,7 @@ pub struct VmConfig {
     pub strict_io: bool,
     pub slots: Vec<PciSlot>,
     pub disks: Vec<DiskConfig>,
+    pub nics: Vec<NicConfig>,
     pub coms: Vec<ComPort>,
     pub boot: BootConfig,
     pub sandbox: SandboxSettings,
@@ -259,6 +275,11 @@ impl VmConfig {
             .filter(|s| s.emulation == "virtio-blk")
             .map(|s| disk(tree, s))
             .collect::<Result<Vec<_>, _>>()?;
+        let nics = slots
+            .iter()
+            .filter(|s| s.emulation == "virtio-net")
+            .map(|s| nic(tree, s, name))
+            .collect::<Result<Vec<_>, _>>()?;
         let has_lpc = slots.iter().any(|s| s.emulation == "lpc");
         let mut coms = Vec::new();
         for (com, base, irq) in COM_PORTS {
@@ -305,12 +326,12 @@ impl VmConfig {
         let test_violation = tree.get("sandbox.test_violation").map(str::to_string);
         if let Some(t) = &test_violation {
             let ok = t.split_once(':').is_some_and(|(role, op)| {
-                matches!(role, "uart" | "vcpu-runner" | "virtio-blk")
+                matches!(role, "uart" | "vcpu-runner" | "virtio-blk" | "virtio-net")
                     && (capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP)
             });
             if !ok {
                 return err(format!(
-                    "sandbox.test_violation={t}: use ROLE:OP with ROLE uart, vcpu-runner or virtio-blk and OP one of {}, ioctl",
+                    "sandbox.test_violation={t}: use ROLE:OP with ROLE uart, vcpu-runner, virtio-blk or virtio-net and OP one of {}, ioctl",
                     capvm_policy::hostile::OPS.join(", ")
                 ));
             }
@@ -333,6 +354,7 @@ impl VmConfig {
             strict_io: tree.bool("x86.strictio", false)?,
             slots,
             disks,
+            nics,
             coms,
             boot,
         })
@@ -349,6 +371,7 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
             let emulation = parts.get(..3).and_then(|p| tree.get(&format!("pci.{}.device", p.join("."))));
             match (emulation, parts.get(3)) {
                 (Some("virtio-blk"), Some(opt)) if parts.len() == 4 && BLK_OPTIONS.contains(opt) => continue,
+                (Some("virtio-net"), Some(opt)) if parts.len() == 4 && NET_OPTIONS.contains(opt) => continue,
                 (Some(e), Some(opt)) => return err(format!("{key}: {e} has no option '{opt}' (see -s help)")),
                 _ => return err(format!("unknown PCI variable '{key}'")),
             }
@@ -407,6 +430,60 @@ fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
         no_delete: flag("nodelete")?,
         serial: tree.get(&format!("{prefix}.ser")).map_or_else(|| format!("CAPVM-{}-{}", slot.slot, slot.func), str::to_string),
     })
+}
+
+impl NicConfig {
+    /// The NIC's server as messages, the audit and the manifests name it.
+    pub fn name(&self) -> String {
+        format!("virtio-net (0:{}.{})", self.slot, self.func)
+    }
+}
+
+/// A virtio-net slot's options, checked.
+fn nic(tree: &ConfigTree, slot: &PciSlot, vm_name: &str) -> Result<NicConfig, ConfigError> {
+    let prefix = format!("pci.0.{}.{}", slot.slot, slot.func);
+    let at = format!("-s {}:{},virtio-net", slot.slot, slot.func);
+    let tap = tree
+        .get(&format!("{prefix}.backend"))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ConfigError(format!("{at}: give a tap: -s {},virtio-net,tap0", slot.slot)))?;
+    // IFNAMSIZ is 16 with the NUL; the kernel also refuses '/', ':' and blanks.
+    if tap.len() > 15 || tap.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) || tap == "." || tap == ".." {
+        return err(format!("{at}: '{tap}' is not an interface name (at most 15 characters, no '/', ':' or blanks)"));
+    }
+    let mac = match tree.get(&format!("{prefix}.mac")) {
+        None => default_mac(vm_name, slot.slot, slot.func),
+        Some(m) => parse_mac(m).ok_or_else(|| {
+            ConfigError(format!("{at}: mac={m}: give six hex bytes like 02:00:00:00:00:01, unicast (first byte even)"))
+        })?,
+    };
+    let mtu = match tree.get(&format!("{prefix}.mtu")) {
+        None => 1500,
+        Some(v) => v
+            .parse::<u16>()
+            .ok()
+            .filter(|&m| m >= 68)
+            .ok_or_else(|| ConfigError(format!("{at}: mtu={v}: give 68 to 65535")))?,
+    };
+    Ok(NicConfig { slot: slot.slot, func: slot.func, tap: tap.to_string(), mac, mtu })
+}
+
+/// A unicast MAC written as six hex bytes separated by ':'.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = s.split(':').map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok()).flatten()).collect::<Option<_>>()?;
+    let mac: [u8; 6] = bytes.try_into().ok()?;
+    (mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
+}
+
+/// A MAC that stays the same for the same VM name and slot: locally
+/// administered (02:...), the rest an FNV-1a hash of "name/slot/func".
+fn default_mac(vm_name: &str, slot: u8, func: u8) -> [u8; 6] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("{vm_name}/{slot}/{func}").bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    let [a, b, c, d] = h.to_be_bytes();
+    [0x02, 0xc7, a, b, c, d]
 }
 
 #[cfg(test)]
@@ -491,6 +568,30 @@ mod tests {
         assert_eq!(VmConfig::from_tree(&tree(&v)).unwrap().cpus, 4);
         v.push(("threads", "2"));
         assert!(VmConfig::from_tree(&tree(&v)).is_err());
+    }
+
+    #[test]
+    fn virtio_net_options_parse_and_the_default_mac_is_stable() {
+        let mut v = base();
+        v.extend([("pci.0.3.0.device", "virtio-net"), ("pci.0.3.0.backend", "tap7")]);
+        let c = VmConfig::from_tree(&tree(&v)).unwrap();
+        let n = &c.nics[0];
+        assert_eq!((n.tap.as_str(), n.mtu), ("tap7", 1500));
+        assert_eq!(&n.mac[..2], &[0x02, 0xc7]);
+        assert_eq!(n.mac, default_mac("vm0", 3, 0));
+        assert_ne!(n.mac, default_mac("vm1", 3, 0));
+        assert_ne!(n.mac, default_mac("vm0", 4, 0));
+        v.extend([("pci.0.3.0.mac", "52:54:00:ab:cd:ef"), ("pci.0.3.0.mtu", "9000")]);
+        let n = &VmConfig::from_tree(&tree(&v)).unwrap().nics[0];
+        assert_eq!((n.mac, n.mtu), ([0x52, 0x54, 0, 0xab, 0xcd, 0xef], 9000));
+        for (k, bad) in [("mac", "01:00:5e:00:00:01"), ("mac", "52:54:00:ab:cd"), ("mac", "zz:54:00:ab:cd:ef"), ("mtu", "20"), ("mtu", "70000"), ("backend", "a/b"), ("backend", "a-very-long-tap-name")] {
+            let mut t = tree(&base());
+            t.set("pci.0.3.0.device", "virtio-net");
+            t.set("pci.0.3.0.backend", "tap7");
+            t.set(&format!("pci.0.3.0.{k}"), bad);
+            let e = VmConfig::from_tree(&t).unwrap_err().to_string();
+            assert!(e.contains("virtio-net") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

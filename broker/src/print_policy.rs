@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 
 use capvm_policy::roles::{self, RunnerFds, UartBackendFds};
-use capvm_policy::Manifest;
-use capvm_virtio::layout::{self, BLK_QUEUES};
+use capvm_policy::{FdGrant, Manifest, SyscallRule};
+use capvm_virtio::layout::{self, BLK_QUEUES, NET_QUEUES};
 
 use crate::config::{ComBackend, VmConfig};
 
@@ -50,18 +50,18 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
     }
 
     // StartVirtio carries: ring, doorbell, RAM, stats, one notify per
-    // queue, one interrupt per vector, the disk. Ring and stats are mapped,
-    // then closed.
-    for d in &cfg.disks {
+    // queue, one interrupt per vector, the backend (disk or tap). Ring and
+    // stats are mapped, then closed.
+    let virtio = virtio_devices(cfg);
+    for (name, queues, backend) in &virtio {
         let mut fds = Fds::child();
         let (ring, doorbell, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc(), fds.alloc());
-        let notify = (0..BLK_QUEUES).map(|_| fds.alloc()).collect();
-        let interrupts = (0..layout::vectors(BLK_QUEUES)).map(|_| fds.alloc()).collect();
-        let disk = fds.alloc();
+        let notify = (0..*queues).map(|_| fds.alloc()).collect();
+        let interrupts = (0..layout::vectors(*queues)).map(|_| fds.alloc()).collect();
+        let (grants, syscalls) = backend(fds.alloc());
         fds.free(ring);
         fds.free(stats);
-        let (grants, syscalls) = roles::virtio_blk_backend(disk, d.read_only);
-        out.push(roles::virtio_device(&d.name(), &roles::VirtioFds { doorbell, ram, notify, interrupts }, grants, syscalls));
+        out.push(roles::virtio_device(name, &roles::VirtioFds { doorbell, ram, notify, interrupts }, grants, syscalls));
     }
 
     // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per
@@ -72,11 +72,11 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
     let mut virtio_rings = Vec::new();
     let mut virtio_doorbells = Vec::new();
     let (mut notify, mut msix) = (Vec::new(), Vec::new());
-    for d in &cfg.disks {
+    for (name, queues, _) in &virtio {
         virtio_rings.push(fds.alloc());
-        virtio_doorbells.push((fds.alloc(), d.name()));
-        notify.extend((0..BLK_QUEUES).map(|_| fds.alloc()));
-        msix.extend((0..layout::vectors(BLK_QUEUES)).map(|_| fds.alloc()));
+        virtio_doorbells.push((fds.alloc(), name.clone()));
+        notify.extend((0..*queues).map(|_| fds.alloc()));
+        msix.extend((0..layout::vectors(*queues)).map(|_| fds.alloc()));
     }
     let vm = fds.alloc();
     fds.free(stats); // mapped, then closed
@@ -99,6 +99,23 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));
     out
+}
+
+/// A virtio backend's grants and syscalls, given the fd it lands on.
+type BackendPolicy = Box<dyn Fn(i32) -> (Vec<FdGrant>, Vec<SyscallRule>)>;
+
+/// The virtio devices in the broker's start order (disks, then NICs):
+/// name, queue count, backend policy.
+fn virtio_devices(cfg: &VmConfig) -> Vec<(String, usize, BackendPolicy)> {
+    let mut v: Vec<(String, usize, BackendPolicy)> = Vec::new();
+    for d in &cfg.disks {
+        let ro = d.read_only;
+        v.push((d.name(), BLK_QUEUES, Box::new(move |fd| roles::virtio_blk_backend(fd, ro))));
+    }
+    for n in &cfg.nics {
+        v.push((n.name(), NET_QUEUES, Box::new(roles::virtio_net_backend)));
+    }
+    v
 }
 
 pub fn print(cfg: &VmConfig) -> String {

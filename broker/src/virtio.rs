@@ -2,16 +2,16 @@
 //! backend, lay the PCI function out (BAR address, MSI GSIs), and make the
 //! eventfds the runner and the server share.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
 use capvm_ipc::ring::ExitRing;
-use capvm_ipc::{memmap, BlkOptions, DeviceRoute, PciFunction, VirtioBackend};
+use capvm_ipc::{memmap, BlkOptions, DeviceRoute, NetOptions, PciFunction, VirtioBackend};
 use capvm_virtio::layout;
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, NicConfig};
 use crate::vm::{eventfd, VmError};
 
 /// GSIs 0-23 are the IOAPIC's pins; MSI routes take the ones above.
@@ -142,4 +142,47 @@ pub fn disk(d: &DiskConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioH
     };
     let function = alloc.function(d.slot, d.func, layout::BLK_QUEUES)?;
     VirtioHost::new(d.name(), "capvm-virtio-blk", function, VirtioBackend::Blk(opts), vec![file.into()], vcpus)
+}
+
+/// Opens (or creates) a NIC's tap and describes the NIC.
+pub fn nic(n: &NicConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioHost, VmError> {
+    let tap = open_tap(&n.tap).map_err(|e| VmError(format!("-s {}:{},virtio-net: tap {}: {e}", n.slot, n.func, n.tap)))?;
+    let function = alloc.function(n.slot, n.func, layout::NET_QUEUES)?;
+    let opts = NetOptions { mac: n.mac, mtu: n.mtu };
+    VirtioHost::new(n.name(), "capvm-virtio-net", function, VirtioBackend::Net(opts), vec![tap], vcpus)
+}
+
+/// Attaches to the tap `name` in the broker's network namespace, creating
+/// it if it does not exist (a tap capvm creates goes away with the VM).
+/// Frames carry virtio 1.x's 12-byte header, so the server moves them
+/// unchanged; the fd is non-blocking for the server's poll loop.
+fn open_tap(name: &str) -> Result<OwnedFd, String> {
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
+    // struct ifreq: the name, then the flags (a short) in the union.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tun);
+    // SAFETY: TUNSETIFF reads and writes an ifreq, which `ifr` is sized for.
+    if unsafe { libc::ioctl(fd, libc::TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EBUSY) => "in use by another process".into(),
+            Some(libc::EINVAL) => format!("exists and is not a tap ({e})"),
+            Some(libc::EPERM) => format!("not allowed to attach ({e}): run capvm as root or give the tap to this user"),
+            _ => e.to_string(),
+        });
+    }
+    let header: libc::c_int = capvm_virtio::layout::NET_HEADER_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int.
+    if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &header) } != 0 {
+        return Err(format!("cannot set its virtio header size: {}", std::io::Error::last_os_error()));
+    }
+    Ok(File::into(tun))
 }

@@ -126,7 +126,10 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect::<Result<_, VmError>>()?;
 
     let mut alloc = crate::virtio::Allocator::default();
-    let virtio: Vec<VirtioHost> = cfg.disks.iter().map(|d| crate::virtio::disk(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    let mut virtio: Vec<VirtioHost> = cfg.disks.iter().map(|d| crate::virtio::disk(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    for n in &cfg.nics {
+        virtio.push(crate::virtio::nic(n, &mut alloc, cfg.cpus)?);
+    }
 
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();
