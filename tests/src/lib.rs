@@ -130,8 +130,12 @@ pub fn runtime_dir() -> PathBuf {
 
 /// Starts capvm with piped stdio.
 pub fn spawn(args: &[String]) -> Child {
-    Command::new(capvm_bin())
-        .env("CAPVM_RUNTIME_DIR", runtime_dir())
+    spawn_with(Command::new(capvm_bin()), args)
+}
+
+/// Starts `cmd` (capvm, or a wrapper that execs it) with `args` and piped stdio.
+pub fn spawn_with(mut cmd: Command, args: &[String]) -> Child {
+    cmd.env("CAPVM_RUNTIME_DIR", runtime_dir())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -211,4 +215,65 @@ pub fn pid_exists(pid: u32) -> bool {
 /// Whether the host's KVM emulates guest CPL0 code (kvm_pvm).
 pub fn host_is_emulated() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// A network namespace of the test's own, deleted (with its taps) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A fresh namespace with loopback up and IPv6 off, so the kernel sends
+    /// nothing of its own on the taps made in it.
+    pub fn new() -> Netns {
+        let ns = Netns { name: format!("capvm-{}", unique_vm_name()) };
+        let st = Command::new("ip").args(["netns", "add", &ns.name]).status().expect("run ip (iproute2)");
+        assert!(st.success(), "ip netns add {} failed (tests run as root)", ns.name);
+        ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs capvm inside the namespace to the end (30 s at most), stdin closed.
+    pub fn run_capvm(&self, args: &[String]) -> Run {
+        let mut child = self.spawn_capvm(args);
+        drop(child.stdin.take());
+        finish(child, Duration::from_secs(30))
+    }
+
+    /// Starts capvm inside the namespace with piped stdio.
+    pub fn spawn_capvm(&self, args: &[String]) -> Child {
+        spawn_with(self.command(capvm_bin()), args)
+    }
+
+    /// Runs a command inside the namespace; panics if it fails.
+    pub fn run(&self, argv: &[&str]) -> String {
+        let out = self.command(argv[0]).args(&argv[1..]).output().expect("run ip netns exec");
+        assert!(out.status.success(), "{argv:?} in {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A persistent tap, up (carrier comes when capvm attaches).
+    pub fn add_tap(&self, tap: &str) {
+        self.run(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+        self.run(&["ip", "link", "set", tap, "up"]);
+    }
+
+    /// Whether an interface of that name exists in the namespace.
+    pub fn has_link(&self, name: &str) -> bool {
+        self.command("ip").args(["link", "show", name]).output().is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
 }

@@ -71,11 +71,12 @@ fn ro_disk(tag: &str) -> PathBuf {
     p
 }
 
-/// Two COM ports (stdio and a socket), a read-only disk and two vCPUs, spinning.
+/// Two COM ports (stdio and a socket), a read-only disk, a NIC on a tap
+/// capvm creates, and two vCPUs, spinning.
 fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> Vec<String> {
     let com2 = format!("com2,{}", sock.display());
     let blk = format!("4,virtio-blk,{},ro", disk.display());
-    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk]);
+    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk, "-s", "5,virtio-net,sbtap0"]);
     *args.last_mut().unwrap() = name.to_string();
     args
 }
@@ -94,17 +95,23 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let policy = run(&pp);
     assert_eq!(policy.code(), 0, "{policy:?}");
     let manifests = policy_fds(&policy.stdout);
-    assert_eq!(manifests.len(), 4, "{}", policy.stdout);
+    assert_eq!(manifests.len(), 5, "{}", policy.stdout);
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
     let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
     assert!(blk.contains("disk (opened read-only)") && !blk.contains("pwrite64"), "{blk}");
+    // The NIC's server holds its tap without ioctl: it cannot re-attach it.
+    let net = policy.stdout.split("role virtio-net").nth(1).expect("a virtio-net manifest");
+    let net = net.split("role ").next().unwrap();
+    assert!(net.contains("tap") && !net.contains("ioctl"), "{net}");
 
-    let child = spawn(&args);
+    let netns = Netns::new();
+    let child = netns.spawn_capvm(&args);
+    // `ip netns exec` execs capvm: same pid.
     let broker = child.id();
-    let kids = wait_for_children(broker, 4, Duration::from_secs(10));
-    assert_eq!(kids.len(), 4, "{kids:?}");
-    let audit = wait_sandboxed(&name, 4);
+    let kids = wait_for_children(broker, 5, Duration::from_secs(10));
+    assert_eq!(kids.len(), 5, "{kids:?}");
+    let audit = wait_sandboxed(&name, 5);
     for (pid, comm) in &kids {
         let pid = *pid;
         assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
@@ -141,6 +148,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     assert!(!runtime_dir().join(format!("{name}.sock")).exists(), "control socket left behind");
     assert!(!sock.exists(), "COM2 socket left behind");
     assert!(kids.iter().all(|(p, _)| !pid_exists(*p)));
+    assert!(!netns.has_link("sbtap0"), "the tap capvm created was left behind");
     std::fs::remove_file(disk).unwrap();
 }
 
@@ -168,13 +176,17 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
     }
     let disk = ro_disk("matrix");
     let blk = format!("4,virtio-blk,{},ro", disk.display());
-    for role in ["uart", "vcpu-runner", "virtio-blk"] {
+    let netns = Netns::new();
+    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net"] {
         for (op, syscall) in MATRIX {
             let log = audit_log(&format!("{role}-{op}"));
             let _ = std::fs::remove_file(&log);
             let hook = format!("sandbox.test_violation={role}:{op}");
             let audit = format!("sandbox.audit_log={}", log.display());
-            let r = run(&guest_args("hello", &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit, "-s", &blk]));
+            let r = netns.run_capvm(&guest_args(
+                "hello",
+                &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit, "-s", &blk, "-s", "5,virtio-net,mxtap0"],
+            ));
             // Denied, recorded, and the VM went on to run the guest to its halt.
             assert_eq!(r.code(), 2, "{role}:{op}: {r:?}");
             assert!(r.stdout.contains("Hello from a capvm guest"), "{role}:{op}: {r:?}");

@@ -35,7 +35,7 @@ fn open() -> Device {
     };
     virtio::enable_interrupts();
     let mut dev = Device::probe(slot);
-    if !dev.init(F_RO | F_FLUSH) {
+    if !dev.init(F_RO | F_FLUSH, 1) {
         print(b"blk: device refused our features\n");
         halt()
     }
@@ -60,16 +60,16 @@ fn status() -> u8 {
 fn request(dev: &mut Device, kind: u32, sector: u64, buf: u64, len: u32) -> (u8, u32) {
     header(kind, sector);
     let to_guest = matches!(kind, T_IN | T_GET_ID);
-    dev.set_desc(0, Desc { addr: addr(addr_of_mut!(HEADER)), len: 16, flags: DESC_NEXT, next: 1 });
+    dev.set_desc(0, 0, Desc { addr: addr(addr_of_mut!(HEADER)), len: 16, flags: DESC_NEXT, next: 1 });
     let status_desc = Desc { addr: addr(addr_of_mut!(STATUS)), len: 1, flags: DESC_WRITE, next: 0 };
     if len > 0 {
         let flags = DESC_NEXT | if to_guest { DESC_WRITE } else { 0 };
-        dev.set_desc(1, Desc { addr: buf, len, flags, next: 2 });
-        dev.set_desc(2, status_desc);
+        dev.set_desc(0, 1, Desc { addr: buf, len, flags, next: 2 });
+        dev.set_desc(0, 2, status_desc);
     } else {
-        dev.set_desc(1, status_desc);
+        dev.set_desc(0, 1, status_desc);
     }
-    let used = dev.submit(0, true);
+    let used = dev.submit(0, 0, true);
     (status(), used)
 }
 
@@ -187,9 +187,9 @@ pub fn fuzz() -> ! {
     for (descs, kind, what) in cases {
         header(kind, 0);
         for (i, desc) in descs.iter().enumerate() {
-            dev.set_desc(i as u16, *desc);
+            dev.set_desc(0, i as u16, *desc);
         }
-        let used = dev.submit(0, true);
+        let used = dev.submit(0, 0, true);
         let s = status();
         // An error status where there is a status byte; else nothing written.
         if (s != 0xff && s != S_OK) || (s == 0xff && used == 0) {
@@ -201,8 +201,8 @@ pub fn fuzz() -> ! {
         }
     }
     // A head past the table: the device cannot return it.
-    dev.submit(QSIZE + 100, false);
-    dev.forget_one();
+    dev.submit(0, QSIZE + 100, false);
+    dev.forget_one(0);
 
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let rounds = 64;
@@ -212,9 +212,9 @@ pub fn fuzz() -> ! {
             let r = rng.next();
             let a = if r & 1 == 0 { SCRATCH + (r >> 8) % 0x100_0000 } else { wild | r >> 24 };
             let flags = (rng.next() % 8) as u16;
-            dev.set_desc(i as u16, d(a, (rng.next() % 8192) as u32, flags, (rng.next() % 20) as u16));
+            dev.set_desc(0, i as u16, d(a, (rng.next() % 8192) as u32, flags, (rng.next() % 20) as u16));
         }
-        dev.submit(0, true);
+        dev.submit(0, 0, true);
     }
     // Config space: read-only registers stay as they are.
     let id = cfg_read32(dev.slot, 0);

@@ -9,7 +9,7 @@
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
 //! (N port writes from user mode, then reset: the exit benchmark),
 //! `blk-rw N [idle]`, `blk-ro`, `blk-fuzz` (our own virtio-blk driver,
-//! see blk.rs).
+//! see blk.rs), `net` (our own virtio-net driver, see net.rs).
 
 #![no_std]
 #![no_main]
@@ -17,6 +17,7 @@
 mod blk;
 mod entry;
 mod io;
+mod net;
 mod user;
 mod virtio;
 
@@ -155,6 +156,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         b"blk-ro" => blk::ro(),
         b"blk-fuzz" => blk::fuzz(),
+        b"net" => net::run(),
         b"spin" => loop {
             core::hint::spin_loop();
         },
@@ -201,3 +203,9 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     print(b"guest panic\n");
     io::halt()
 }
+
+/// Some of the precompiled core (built with unwinding) names the unwinder's
+/// personality routine even though this binary aborts on panic; it is never
+/// called.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}

@@ -1,6 +1,6 @@
 //! A small virtio 1.x PCI driver of our own: find a function on bus 0
-//! through 0xcf8/0xcfc, walk its capabilities, bring it up with one split
-//! virtqueue and MSI-X, and submit descriptor chains.
+//! through 0xcf8/0xcfc, walk its capabilities, bring it up with up to two
+//! split virtqueues and MSI-X, and submit descriptor chains.
 //!
 //! Guest CPL0 code is emulated on some hosts and the emulator cannot run
 //! SSE, so every memory access that could become a vector store is
@@ -11,6 +11,8 @@ use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use crate::io::{inl, outl};
 
 pub const QSIZE: u16 = 16;
+/// Queues a device can have here (virtio-net: RX and TX).
+pub const MAX_QUEUES: usize = 2;
 pub const VECTOR_CONFIG: u8 = 0x41;
 pub const VECTOR_QUEUE: u8 = 0x40;
 
@@ -73,24 +75,29 @@ struct Ring {
     used: [u32; 1 + 2 * QSIZE as usize + 1],
 }
 
-static mut RING: Ring = Ring {
+const EMPTY_RING: Ring = Ring {
     desc: [Desc { addr: 0, len: 0, flags: 0, next: 0 }; QSIZE as usize],
     avail: [0; 2 + QSIZE as usize + 1],
     _pad: [0; 4096 - 16 * QSIZE as usize - 2 * (3 + QSIZE as usize)],
     used: [0; 1 + 2 * QSIZE as usize + 1],
 };
+static mut RINGS: [Ring; MAX_QUEUES] = [EMPTY_RING; MAX_QUEUES];
 
-/// A virtio-pci function brought up with queue 0.
+/// A virtio-pci function brought up with its queues.
 pub struct Device {
     pub slot: u8,
     pub bar: u64,
     common: u64,
     notify: u64,
+    notify_multiplier: u64,
+    device_cfg: u64,
     msix_table: u64,
     pub features: u64,
-    avail_idx: u16,
+    /// Each queue's notify register in the BAR, from its queue_notify_off.
+    notify_at: [u64; MAX_QUEUES],
+    avail_idx: [u16; MAX_QUEUES],
     /// Chains offered that the device cannot return.
-    lost: u16,
+    lost: [u16; MAX_QUEUES],
 }
 
 impl Device {
@@ -98,7 +105,7 @@ impl Device {
     /// mastering and MSI-X.
     pub fn probe(slot: u8) -> Device {
         let bar = (cfg_read32(slot, 0x10) & !0xf) as u64 | (cfg_read32(slot, 0x14) as u64) << 32;
-        let (mut common, mut notify, mut msix_table) = (0, 0, 0);
+        let (mut common, mut notify, mut notify_multiplier, mut device_cfg, mut msix_table) = (0, 0, 0, 0, 0);
         let mut ptr = cfg_read8(slot, 0x34);
         while ptr != 0 {
             match cfg_read8(slot, ptr) {
@@ -106,7 +113,11 @@ impl Device {
                     let at = cfg_read32(slot, ptr + 8) as u64;
                     match cfg_read8(slot, ptr + 3) {
                         1 => common = at,
-                        2 => notify = at,
+                        2 => {
+                            notify = at;
+                            notify_multiplier = cfg_read32(slot, ptr + 16) as u64;
+                        }
+                        4 => device_cfg = at,
                         _ => {}
                     }
                 }
@@ -121,7 +132,19 @@ impl Device {
         }
         let cmd = cfg_read32(slot, 4);
         cfg_write32(slot, 4, (cmd & 0xffff) | 0x6); // memory + bus master
-        Device { slot, bar, common, notify, msix_table, features: 0, avail_idx: 0, lost: 0 }
+        Device {
+            slot,
+            bar,
+            common,
+            notify,
+            notify_multiplier,
+            device_cfg,
+            msix_table,
+            features: 0,
+            notify_at: [0; MAX_QUEUES],
+            avail_idx: [0; MAX_QUEUES],
+            lost: [0; MAX_QUEUES],
+        }
     }
 
     /// Points the device at a new BAR address (the runner checks it).
@@ -140,9 +163,15 @@ impl Device {
         unsafe { mmio_r::<u8>(self.reg(0x14)) }
     }
 
-    /// The virtio initialisation sequence (3.1.1) with `wanted` features.
-    /// Returns false if the device refused them.
-    pub fn init(&mut self, wanted: u64) -> bool {
+    /// Reads the device configuration at `offset`.
+    pub fn config8(&self, offset: u64) -> u8 {
+        // SAFETY: the device configuration structure in our BAR.
+        unsafe { mmio_r::<u8>(self.bar + self.device_cfg + offset) }
+    }
+
+    /// The virtio initialisation sequence (3.1.1) with `wanted` features
+    /// and `queues` queues. Returns false if the device refused them.
+    pub fn init(&mut self, wanted: u64, queues: usize) -> bool {
         // SAFETY: registers of our own device, and our static ring.
         unsafe {
             mmio_w::<u8>(self.reg(0x14), 0);
@@ -160,9 +189,10 @@ impl Device {
             if self.status() & STATUS_FEATURES_OK == 0 {
                 return false;
             }
-            // MSI-X: entry 0 for configuration, entry 1 for queue 0, both to
-            // the BSP's LAPIC, fixed delivery.
-            for (entry, vector) in [(0u64, VECTOR_CONFIG), (1, VECTOR_QUEUE)] {
+            // MSI-X: entry 0 for configuration, entry 1 + q for queue q, all
+            // to the BSP's LAPIC, fixed delivery.
+            for entry in 0..=queues as u64 {
+                let vector = if entry == 0 { VECTOR_CONFIG } else { VECTOR_QUEUE };
                 let e = self.bar + self.msix_table + 16 * entry;
                 mmio_w::<u32>(e, 0xfee0_0000);
                 mmio_w::<u32>(e + 4, 0);
@@ -170,70 +200,95 @@ impl Device {
                 mmio_w::<u32>(e + 12, 0);
             }
             mmio_w::<u16>(self.reg(0x10), 0);
-            mmio_w::<u16>(self.reg(0x16), 0);
-            let max = mmio_r::<u16>(self.reg(0x18));
-            mmio_w::<u16>(self.reg(0x18), QSIZE.min(max));
-            let ring = addr_of_mut!(RING);
+            let common = self.bar + self.common;
             let set64 = |off: u64, v: u64| {
-                mmio_w::<u32>(self.reg(off), v as u32);
-                mmio_w::<u32>(self.reg(off + 4), (v >> 32) as u32);
+                mmio_w::<u32>(common + off, v as u32);
+                mmio_w::<u32>(common + off + 4, (v >> 32) as u32);
             };
-            set64(0x20, addr_of_mut!((*ring).desc) as u64);
-            set64(0x28, addr_of_mut!((*ring).avail) as u64);
-            set64(0x30, addr_of_mut!((*ring).used) as u64);
-            mmio_w::<u16>(self.reg(0x1a), 1);
-            mmio_w::<u16>(self.reg(0x1c), 1);
+            for q in 0..queues.min(MAX_QUEUES) {
+                mmio_w::<u16>(self.reg(0x16), q as u16);
+                let max = mmio_r::<u16>(self.reg(0x18));
+                mmio_w::<u16>(self.reg(0x18), QSIZE.min(max));
+                let ring = addr_of_mut!(RINGS[q]);
+                set64(0x20, addr_of_mut!((*ring).desc) as u64);
+                set64(0x28, addr_of_mut!((*ring).avail) as u64);
+                set64(0x30, addr_of_mut!((*ring).used) as u64);
+                mmio_w::<u16>(self.reg(0x1a), q as u16 + 1);
+                let off = mmio_r::<u16>(self.reg(0x1e)) as u64;
+                self.notify_at[q] = self.notify + off * self.notify_multiplier;
+                mmio_w::<u16>(self.reg(0x1c), 1);
+            }
             mmio_w::<u8>(self.reg(0x14), STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         }
         true
     }
 
-    /// Writes descriptor `i`.
-    pub fn set_desc(&mut self, i: u16, d: Desc) {
-        // SAFETY: our static ring; i is masked into the table.
-        unsafe { write_volatile(addr_of_mut!(RING.desc[(i % QSIZE) as usize]), d) }
+    /// Writes descriptor `i` of queue `q`.
+    pub fn set_desc(&mut self, q: usize, i: u16, d: Desc) {
+        // SAFETY: our static rings; i is masked into the table.
+        unsafe { write_volatile(addr_of_mut!(RINGS[q % MAX_QUEUES].desc[(i % QSIZE) as usize]), d) }
     }
 
-    fn used_idx(&self) -> u16 {
+    pub fn used_idx(&self, q: usize) -> u16 {
         // SAFETY: the device writes the used ring; we only read it.
-        (unsafe { read_volatile(addr_of_mut!(RING.used[0])) } >> 16) as u16
+        (unsafe { read_volatile(addr_of_mut!(RINGS[q % MAX_QUEUES].used[0])) } >> 16) as u16
     }
 
     /// The (head, len) the device returned at used ring position `pos`.
-    pub fn used_at(&self, pos: u16) -> (u32, u32) {
+    pub fn used_at(&self, q: usize, pos: u16) -> (u32, u32) {
         let i = 1 + 2 * (pos % QSIZE) as usize;
         // SAFETY: as used_idx.
-        unsafe { (read_volatile(addr_of_mut!(RING.used[i])), read_volatile(addr_of_mut!(RING.used[i + 1]))) }
+        let ring = unsafe { addr_of_mut!(RINGS[q % MAX_QUEUES]) };
+        unsafe { (read_volatile(addr_of_mut!((*ring).used[i])), read_volatile(addr_of_mut!((*ring).used[i + 1]))) }
     }
 
-    /// Offers the chain starting at `head`, notifies, and, if `wait`,
-    /// sleeps until the device returns it. Returns the used length.
-    pub fn submit(&mut self, head: u16, wait: bool) -> u32 {
-        let pos = self.avail_idx;
-        let used_pos = pos.wrapping_sub(self.lost);
-        // SAFETY: our static ring, then the notify register of queue 0.
+    /// Offers the chain starting at `head` on queue `q` without notifying.
+    pub fn offer(&mut self, q: usize, head: u16) {
+        let q = q % MAX_QUEUES;
+        let pos = self.avail_idx[q];
+        // SAFETY: our static ring.
+        let ring = unsafe { addr_of_mut!(RINGS[q]) };
         unsafe {
-            write_volatile(addr_of_mut!(RING.avail[2 + (pos % QSIZE) as usize]), head);
-            self.avail_idx = pos.wrapping_add(1);
-            write_volatile(addr_of_mut!(RING.avail[1]), self.avail_idx);
-            mmio_w::<u16>(self.bar + self.notify, 0);
+            write_volatile(addr_of_mut!((*ring).avail[2 + (pos % QSIZE) as usize]), head);
+            self.avail_idx[q] = pos.wrapping_add(1);
+            write_volatile(addr_of_mut!((*ring).avail[1]), self.avail_idx[q]);
         }
-        if !wait {
-            return 0;
-        }
+    }
+
+    /// Tells the device queue `q` has new chains.
+    pub fn kick(&self, q: usize) {
+        // SAFETY: the queue's notify register in our BAR.
+        unsafe { mmio_w::<u16>(self.bar + self.notify_at[q % MAX_QUEUES], q as u16) }
+    }
+
+    /// Sleeps until queue `q`'s used index reaches (or passes) `idx`.
+    pub fn wait_used(&self, q: usize, idx: u16) {
         // Interrupts off while checking, then sti;hlt as one step: the
         // MSI cannot slip in between the check and the sleep.
-        while self.used_idx() != used_pos.wrapping_add(1) {
+        while (self.used_idx(q).wrapping_sub(idx) as i16) < 0 {
             // SAFETY: waits for the queue interrupt.
             unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) }
         }
-        self.used_at(used_pos).1
+    }
+
+    /// Offers the chain starting at `head` on queue `q`, notifies, and, if
+    /// `wait`, sleeps until the device returns it. Returns the used length.
+    pub fn submit(&mut self, q: usize, head: u16, wait: bool) -> u32 {
+        let q = q % MAX_QUEUES;
+        let used_pos = self.avail_idx[q].wrapping_sub(self.lost[q]);
+        self.offer(q, head);
+        self.kick(q);
+        if !wait {
+            return 0;
+        }
+        self.wait_used(q, used_pos.wrapping_add(1));
+        self.used_at(q, used_pos).1
     }
 
     /// Counts an offered chain the device will never return (its head
     /// is outside the table): later waits must not expect it.
-    pub fn forget_one(&mut self) {
-        self.lost = self.lost.wrapping_add(1);
+    pub fn forget_one(&mut self, q: usize) {
+        self.lost[q % MAX_QUEUES] = self.lost[q % MAX_QUEUES].wrapping_add(1);
     }
 }
 

@@ -1,0 +1,136 @@
+//! virtio-net end to end: the test guest's own virtio-net driver against
+//! the capvm-virtio-net server, on a real tap in a network namespace the
+//! test creates, with a raw socket on the tap's host side
+//! (tests/net/tap_peer.py) as the peer.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use capvm_tests::*;
+
+const GUEST_MAC: &str = "02:aa:bb:cc:dd:ee";
+const PEER_MAC: &str = "02:00:00:00:00:01";
+
+fn mac_bytes(mac: &str) -> Vec<u8> {
+    mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the guest sends (net.rs): broadcast from its MAC, EtherType
+/// 0x88b5, 100 payload bytes 3i+1.
+fn guest_frame() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(mac_bytes(GUEST_MAC));
+    f.extend([0x88, 0xb5]);
+    f.extend((0..100u32).map(|i| (i * 3 + 1) as u8));
+    f
+}
+
+/// What the peer sends (tap_peer.py): 1000 bytes to the guest's MAC,
+/// payload bytes 5i+7.
+fn peer_frame() -> Vec<u8> {
+    let mut f = mac_bytes(GUEST_MAC);
+    f.extend(mac_bytes(PEER_MAC));
+    f.extend([0x88, 0xb5]);
+    f.extend((0..1000 - 14u32).map(|i| ((5 * i + 7) % 256) as u8));
+    f
+}
+
+/// The word after `key` on the line that has it.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.split_once(key)).and_then(|(_, rest)| rest.split_whitespace().next())
+}
+
+fn net_args(cmd: &str, slot: &str) -> Vec<String> {
+    guest_args(cmd, &["-s", slot])
+}
+
+#[test]
+fn frames_cross_the_tap_exactly_in_both_directions() {
+    if !kvm_available() {
+        return;
+    }
+    let ns = Netns::new();
+    ns.add_tap("ctap0");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("net/tap_peer.py");
+    let mut peer = ns
+        .command("python3")
+        .arg(script)
+        .args(["ctap0", GUEST_MAC, PEER_MAC, "1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut peer_out = BufReader::new(peer.stdout.take().unwrap());
+    let mut line = String::new();
+    peer_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the tap peer did not start");
+
+    let args = net_args("net", &format!("3,virtio-net,ctap0,mac={GUEST_MAC}"));
+    let r = finish(ns.spawn_capvm(&args), Duration::from_secs(60));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut peer_out, &mut rest).unwrap();
+    let _ = peer.wait();
+
+    assert_eq!(r.code(), 1, "the guest should power off after its frame arrived: {r:?}");
+    assert!(r.stdout.contains("net: mac 02aabbccddee"), "the device configuration has the wrong MAC: {r:?}");
+    // Guest to tap: the exact bytes, nothing added or lost.
+    assert_eq!(field(&rest, "guest-frame "), Some(hex(&guest_frame()).as_str()), "peer saw: {rest}");
+    // Tap to guest: exact, split over two 512-byte buffers (mergeable RX).
+    assert_eq!(field(&rest, "sent-frame "), Some(hex(&peer_frame()).as_str()), "peer: {rest}");
+    assert!(r.stdout.contains("net: received 1000 bytes in 2 buffers: "), "{r:?}");
+    assert_eq!(field(&r.stdout, "buffers: "), Some(hex(&peer_frame()).as_str()), "the guest got other bytes");
+    assert!(r.stderr.is_empty(), "{r:?}");
+}
+
+#[test]
+fn a_tap_capvm_creates_is_gone_when_the_vm_is() {
+    if !kvm_available() {
+        return;
+    }
+    let ns = Netns::new();
+    // The guest sends its frame, then waits for one that never comes.
+    let args = net_args("net", "3,virtio-net,cvtap9");
+    let name = args.last().unwrap().clone();
+    let mut child = ns.spawn_capvm(&args);
+    drop(child.stdin.take());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("net: sent") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "capvm ended early");
+    }
+    assert!(ns.has_link("cvtap9"), "capvm did not create the tap");
+    let st = std::process::Command::new(bin_dir().join("capvmctl"))
+        .env("CAPVM_RUNTIME_DIR", runtime_dir())
+        .args([&format!("--vm={name}"), "--destroy"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = child.wait();
+    assert!(!ns.has_link("cvtap9"), "the tap capvm created outlived the VM");
+}
+
+#[test]
+fn bad_nic_options_are_one_clear_line_and_status_4() {
+    if !kvm_available() {
+        return;
+    }
+    let ns = Netns::new();
+    for (slot, want) in [
+        ("3,virtio-net", "give a tap"),
+        ("3,virtio-net,lo", "tap lo: exists and is not a tap"),
+        ("3,virtio-net,tap0,mac=ff:ff:ff:ff:ff:ff", "mac=ff:ff:ff:ff:ff:ff"),
+        ("3,virtio-net,tap0,mtu=9", "mtu=9"),
+        ("3,virtio-net,tap0,speed=10", "virtio-net has no option 'speed'"),
+    ] {
+        let r = ns.run_capvm(&net_args("hello", slot));
+        assert_eq!(r.code(), 4, "{slot}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{slot}: {r:?}");
+        assert!(r.stderr.contains(want), "{slot}: {r:?}");
+    }
+}
