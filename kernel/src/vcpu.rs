@@ -198,4 +198,33 @@ impl Vcpu {
         };
         Ok((regs.rip, sregs.ss.dpl, phys))
     }
+
+    /// Completes an `int3` (cc) or `int n` (cd nn) that KVM's instruction
+    /// emulator refused: moves RIP past it and injects the vector, as the
+    /// CPU would have. `insn` holds the bytes at RIP. Returns false (and
+    /// changes nothing) for any other instruction.
+    pub fn complete_software_interrupt(&self, insn: &[u8]) -> Result<bool> {
+        let (len, vector) = match insn {
+            [0xcc, ..] => (1, 3u8),
+            [0xcd, n, ..] => (2, *n),
+            _ => return Ok(false),
+        };
+        let mut regs = self.fd.get_regs().context("KVM_GET_REGS")?;
+        regs.rip = regs.rip.wrapping_add(len);
+        self.fd.set_regs(&regs).context("KVM_SET_REGS")?;
+        let mut events = self.fd.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
+        if vector < 32 {
+            // An exception vector (#BP for int3): a trap, so the handler
+            // sees RIP after the instruction.
+            events.exception.injected = 1;
+            events.exception.nr = vector;
+            events.exception.has_error_code = 0;
+        } else {
+            events.interrupt.injected = 1;
+            events.interrupt.nr = vector;
+            events.interrupt.soft = 1;
+        }
+        self.fd.set_vcpu_events(&events).context("KVM_SET_VCPU_EVENTS")?;
+        Ok(true)
+    }
 }

@@ -293,7 +293,15 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
             Exit::SystemEvent(KVM_SYSTEM_EVENT_RESET) => Routed::Stop(VmEvent::Reboot),
             Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Routed::Stop(VmEvent::PowerOff),
             Exit::SystemEvent(kind) => break ToBroker::Fatal(format!("vCPU {id}: system event {kind}")),
-            Exit::InternalError(suberror) => Routed::Stop(VmEvent::InternalError(internal_error(&vcpu, &shared.ram, suberror))),
+            Exit::InternalError(suberror) => {
+                let report = internal_error(&vcpu, &shared.ram, suberror);
+                // The emulator of a paging-based host cannot run int3 or
+                // int n at CPL0; the runner completes them.
+                match report.suberror == EMULATION_FAILURE && vcpu.complete_software_interrupt(&report.bytes).unwrap_or(false) {
+                    true => Routed::Continue(0),
+                    false => Routed::Stop(VmEvent::InternalError(report)),
+                }
+            }
             Exit::Unhandled(what) => break ToBroker::Fatal(format!("vCPU {id}: unhandled exit {what}")),
         };
         if let Routed::Stop(event) = routed {
@@ -325,6 +333,9 @@ fn fill_read(data: &mut [u8], v: u64) {
     let n = access_size(data) as usize;
     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
 }
+
+/// KVM_INTERNAL_ERROR_EMULATION.
+const EMULATION_FAILURE: u32 = 1;
 
 fn internal_error(vcpu: &Vcpu, ram: &GuestRam, suberror: u32) -> InternalErrorReport {
     let (rip, cpl, phys) = vcpu.where_am_i().unwrap_or((0, 0, None));
