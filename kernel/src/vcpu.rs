@@ -199,19 +199,25 @@ impl Vcpu {
         Ok((regs.rip, sregs.ss.dpl, phys))
     }
 
-    /// Completes an `int3` (cc) or `int n` (cd nn) that KVM's instruction
-    /// emulator refused: moves RIP past it and injects the vector, as the
-    /// CPU would have. `insn` holds the bytes at RIP. Returns false (and
-    /// changes nothing) for any other instruction.
-    pub fn complete_software_interrupt(&self, insn: &[u8]) -> Result<bool> {
+    /// Completes an instruction KVM's instruction emulator refused, where
+    /// its effect is simple enough to be certain of: `int3` (cc) and
+    /// `int n` (cd nn) move RIP past themselves and inject their vector, as
+    /// the CPU would have; `fwait` (9b) has nothing to wait for (no x87
+    /// exception is ever pending here: the guest's x87 state lives in the
+    /// host's FPU, which raises none unmasked while the guest runs at CPL0
+    /// in the emulator) and only moves RIP. `insn` holds the bytes at RIP.
+    /// Returns false (and changes nothing) for any other instruction.
+    pub fn complete_refused_instruction(&self, insn: &[u8]) -> Result<bool> {
         let (len, vector) = match insn {
-            [0xcc, ..] => (1, 3u8),
-            [0xcd, n, ..] => (2, *n),
+            [0xcc, ..] => (1, Some(3u8)),
+            [0xcd, n, ..] => (2, Some(*n)),
+            [0x9b, ..] => (1, None),
             _ => return Ok(false),
         };
         let mut regs = self.fd.get_regs().context("KVM_GET_REGS")?;
         regs.rip = regs.rip.wrapping_add(len);
         self.fd.set_regs(&regs).context("KVM_SET_REGS")?;
+        let Some(vector) = vector else { return Ok(true) };
         let mut events = self.fd.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
         if vector < 32 {
             // An exception vector (#BP for int3): a trap, so the handler

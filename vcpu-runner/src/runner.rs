@@ -295,9 +295,9 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
             Exit::SystemEvent(kind) => break ToBroker::Fatal(format!("vCPU {id}: system event {kind}")),
             Exit::InternalError(suberror) => {
                 let report = internal_error(&vcpu, &shared.ram, suberror);
-                // The emulator of a paging-based host cannot run int3 or
-                // int n at CPL0; the runner completes them.
-                match report.suberror == EMULATION_FAILURE && vcpu.complete_software_interrupt(&report.bytes).unwrap_or(false) {
+                // The emulator of a paging-based host cannot run int3,
+                // int n or fwait at CPL0; the runner completes them.
+                match report.suberror == EMULATION_FAILURE && vcpu.complete_refused_instruction(&report.bytes).unwrap_or(false) {
                     true => Routed::Continue(0),
                     false => Routed::Stop(VmEvent::InternalError(report)),
                 }
