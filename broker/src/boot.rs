@@ -93,7 +93,9 @@ fn mem_err(e: impl std::fmt::Debug) -> BootError {
 }
 
 /// Loads the guest described by `cfg` into `mem`.
-pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig) -> Result<BootState, BootError> {
+/// Loads the kernel, its command line and initrd, and the ACPI tables for
+/// `cpus` vCPUs, and says where to start.
+pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig, cpus: u32) -> Result<BootState, BootError> {
     let kpath = cfg.kernel.display().to_string();
     let mut kernel = File::open(&cfg.kernel).map_err(|err| BootError::Open { what: "boot.kernel", path: kpath.clone(), err })?;
     use loader::bzimage::Error as BzError;
@@ -115,6 +117,10 @@ pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig) -
 
     for (i, entry) in GDT.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64)).map_err(mem_err)?;
+    }
+    let ram_top = regions.iter().map(|r| r.guest_addr + r.size).max().unwrap_or(0);
+    for (addr, table) in crate::acpi::tables(&crate::acpi::Platform { cpus, ram_top }) {
+        mem.write_slice(&table, GuestAddress(addr)).map_err(mem_err)?;
     }
 
     if cfg.cmdline.len() >= CMDLINE_MAX {
@@ -187,6 +193,7 @@ fn write_pvh_info(mem: &GuestMemoryMmap, regions: &[MemoryRegion], initrd: Optio
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: PVH_MEMMAP_ADDR,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: crate::acpi::RSDP_ADDR,
         ..Default::default()
     };
     let modules: Vec<hvm_modlist_entry> =
@@ -228,6 +235,7 @@ fn write_zero_page(
         params.e820_table[i] = boot_e820_entry { addr: *addr, size: *size, r#type: *type_ };
     }
     params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = crate::acpi::RSDP_ADDR;
     let bp = BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR));
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&bp, mem).map_err(mem_err)
 }

@@ -1,6 +1,7 @@
 //! The capvm broker as a library: the `capvm` and `capvmctl` binaries share
 //! its configuration, control-socket and audit code.
 
+pub mod acpi;
 pub mod audit;
 pub mod boot;
 pub mod cli;

@@ -116,7 +116,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         let file = File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?);
         let mem = capvm_ipc::shm::map_guest_ram(file, &regions)
             .map_err(VmError)?;
-        boot::load(&mem, &regions, &cfg.boot)?
+        boot::load(&mem, &regions, &cfg.boot, cfg.cpus)?
     };
 
     let coms: Vec<(ComPort, ComHost, DeviceWires)> = cfg

@@ -13,6 +13,9 @@ pub const I8042_COMMAND: u16 = 0x64;
 const I8042_CMD_PULSE_RESET: u8 = 0xfe;
 pub const PM1A_EVT_BLK: u16 = 0x400;
 pub const PM1A_CNT_BLK: u16 = 0x404;
+/// PM1a_EN, the upper half of the event block: the guest enables fixed
+/// events there (no event ever fires, but the value must stick).
+const PM1A_EN: u16 = PM1A_EVT_BLK + 2;
 const PM1_SCI_EN: u16 = 1 << 0;
 const PM1_SLP_EN: u16 = 1 << 13;
 const PM1_SLP_TYP_SHIFT: u16 = 10;
@@ -24,6 +27,7 @@ pub const POST: u16 = 0x80;
 #[derive(Default)]
 pub struct Platform {
     reset_control: AtomicU8,
+    pm1_en: AtomicU16,
     pm1_cnt: AtomicU16,
 }
 
@@ -43,6 +47,7 @@ impl Platform {
             (RESET_CONTROL, 1) => Outcome::Done(self.reset_control.load(Ordering::Relaxed) as u64),
             // No keyboard: status says output buffer empty, input buffer empty.
             (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
+            (PM1A_EN, 2) => Outcome::Done(self.pm1_en.load(Ordering::Relaxed) as u64),
             (PM1A_EVT_BLK..=0x403, _) => Outcome::Done(0),
             (PM1A_CNT_BLK, 2) => Outcome::Done((self.pm1_cnt.load(Ordering::Relaxed) | PM1_SCI_EN) as u64),
             (POST, _) => Outcome::Done(0xff),
@@ -62,6 +67,10 @@ impl Platform {
             }
             (I8042_COMMAND, 1) if value as u8 == I8042_CMD_PULSE_RESET => Outcome::Stop(VmEvent::Reboot),
             (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
+            (PM1A_EN, 2) => {
+                self.pm1_en.store(value as u16, Ordering::Relaxed);
+                Outcome::Done(0)
+            }
             (PM1A_EVT_BLK..=0x403, _) => Outcome::Done(0),
             (PM1A_CNT_BLK, 2) => {
                 let v = value as u16;
@@ -103,6 +112,9 @@ mod tests {
         assert!(matches!(p.write(PM1A_CNT_BLK, 2, (3 << 10) | (1 << 13)), Outcome::Done(_)));
         assert!(matches!(p.write(PM1A_CNT_BLK, 2, 5 << 10), Outcome::Done(_)));
         assert!(matches!(p.read(PM1A_CNT_BLK, 2), Outcome::Done(v) if v & 1 == 1));
+        // The enable register keeps what the guest wrote (Linux checks GBL_EN).
+        assert!(matches!(p.write(PM1A_EN, 2, 1 << 5), Outcome::Done(_)));
+        assert!(matches!(p.read(PM1A_EN, 2), Outcome::Done(0x20)));
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! The guest's ACPI tables, built with the acpi_tables crate and written to
+//! guest RAM in the BIOS area (0xe0000), where a guest that scans for the
+//! RSDP finds it; PVH and Linux boot protocols also get its address.
+//!
+//! - FADT: PM1a event/control blocks at bhyve's ports 0x400/0x404 (the
+//!   runner owns them: SLP_TYP 5 + SLP_EN powers off), the reset register
+//!   0xcf9 with value 6 (the runner resets the VM), no PM timer, no 8042.
+//! - MADT: one enabled local APIC per vCPU (APIC ID = vCPU index, which
+//!   the runner's CPUID reports too) and the in-kernel IOAPIC, GSIs 0-23.
+//! - MCFG: ECAM for bus 0.
+//! - DSDT: the PCI root bridge with its bus, I/O and memory windows, and
+//!   \_S5 for poweroff; the ECAM window as a motherboard resource. No _PRT: functions have no INTx pin yet (MSI-X only).
+
+use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
+use acpi_tables::Aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{self, AccessSize, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::{facs::FACS, mcfg::MCFG, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT};
+use capvm_ipc::memmap;
+
+/// Where the tables go: the BIOS read-only area, reserved in the E820 map.
+pub const RSDP_ADDR: u64 = 0xe_0000;
+/// The tables must end below the BIOS area's end.
+const AREA_END: u64 = 0x10_0000;
+
+const OEM_ID: [u8; 6] = *b"CAPVM ";
+const OEM_TABLE: [u8; 8] = *b"CAPVMTBL";
+const OEM_REVISION: u32 = 1;
+
+const IOAPIC_ADDR: u32 = 0xfec0_0000;
+const LAPIC_ADDR: u32 = 0xfee0_0000;
+const PM1A_EVT_BLK: u16 = 0x400;
+const PM1A_CNT_BLK: u16 = 0x404;
+const RESET_PORT: u64 = 0xcf9;
+/// Bit 2 (reset CPU) and bit 1 (hard reset) of 0xcf9.
+const RESET_VALUE: u8 = 6;
+/// SLP_TYP for S5 in PM1a_CNT; the runner powers off on it (as bhyve).
+const SLP_TYP_S5: u8 = 5;
+const SCI_IRQ: u16 = 9;
+
+/// What the tables describe.
+pub struct Platform {
+    pub cpus: u32,
+    /// First address above guest RAM: where the 64-bit BAR window starts.
+    pub ram_top: u64,
+}
+
+/// The tables laid out from RSDP_ADDR: (guest address, bytes) pairs.
+pub fn tables(p: &Platform) -> Vec<(u64, Vec<u8>)> {
+    let mut placed: Vec<(u64, Vec<u8>)> = Vec::new();
+    // The RSDP comes first at a fixed address; the rest follow, 64-byte
+    // aligned (FACS needs it).
+    let mut next = RSDP_ADDR + 64;
+    let mut place = |bytes: Vec<u8>| -> u64 {
+        let addr = next;
+        next = (addr + bytes.len() as u64).next_multiple_of(64);
+        placed.push((addr, bytes));
+        addr
+    };
+
+    let dsdt = place(dsdt(p));
+    let facs = place(bytes(&FACS::new()));
+    let fadt = place(fadt(dsdt, facs));
+    let madt = place(madt(p));
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE, OEM_REVISION);
+    mcfg.add_ecam(memmap::ECAM_BASE, 0, 0, 0);
+    let mcfg = place(bytes(&mcfg));
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, OEM_REVISION);
+    for t in [fadt, madt, mcfg] {
+        xsdt.add_entry(t);
+    }
+    let xsdt = place(bytes(&xsdt));
+    assert!(next <= AREA_END, "ACPI tables overflow the BIOS area");
+    placed.push((RSDP_ADDR, bytes(&Rsdp::new(OEM_ID, xsdt))));
+    placed
+}
+
+fn bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
+    let io = |port: u16, bits: u8| GAS::new(gas::AddressSpace::SystemIo, bits, 0, AccessSize::Undefined, port as u64);
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .firmware_ctrl_64(facs)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::ProcC1)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup);
+    f.sci_int = SCI_IRQ.into();
+    // SMI_CMD 0: ACPI mode is always on; nothing to switch.
+    f.pm1a_evt_blk = (PM1A_EVT_BLK as u32).into();
+    f.pm1a_cnt_blk = (PM1A_CNT_BLK as u32).into();
+    f.pm1_evt_len = 4;
+    f.pm1_cnt_len = 2;
+    f.x_pm1a_evt_blk = io(PM1A_EVT_BLK, 32);
+    f.x_pm1a_cnt_blk = io(PM1A_CNT_BLK, 16);
+    f.reset_reg = GAS::new(gas::AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, RESET_PORT);
+    f.reset_value = RESET_VALUE;
+    // IA-PC boot architecture: no legacy devices (bit 0), no 8042 (bit
+    // 1), so the guest does not probe what is not there; MSI works (bit 3
+    // clear).
+    f.iapc_boot_arch = 0u16.into();
+    bytes(&f.finalize())
+}
+
+fn madt(p: &Platform) -> Vec<u8> {
+    let mut m = MADT::new(OEM_ID, OEM_TABLE, OEM_REVISION, LocalInterruptController::Address(LAPIC_ADDR));
+    for cpu in 0..p.cpus {
+        m.add_structure(ProcessorLocalApic::new(cpu as u8, cpu as u8, EnabledStatus::Enabled));
+    }
+    // The IOAPIC's ID follows the local APICs' (IDs share one space).
+    m.add_structure(IoApic::new(p.cpus as u8, IOAPIC_ADDR, 0));
+    bytes(&m)
+}
+
+fn dsdt(p: &Platform) -> Vec<u8> {
+    let (mmio32_start, mmio32_end) = memmap::PCI_MMIO32;
+    let mmio64_start = memmap::pci_mmio64_start(p.ram_top);
+    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let cfg_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = AddressSpace::<u16>::new_io(0, 0xcf7, None);
+    let io_high = AddressSpace::<u16>::new_io(0xd00, 0xffff, None);
+    let mmio32 = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio32_start as u32,
+        (mmio32_end - 1) as u32,
+        None,
+    );
+    let mmio64 =
+        AddressSpace::<u64>::new_memory(AddressSpaceCacheable::NotCacheable, true, mmio64_start, memmap::PCI_MMIO64_END - 1, None);
+    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32, &mmio64]);
+    let hid = aml::EISAName::new("PNP0A08");
+    let cid = aml::EISAName::new("PNP0A03");
+    let names = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CID".into(), &cid),
+        aml::Name::new("_ADR".into(), &aml::ZERO),
+        aml::Name::new("_SEG".into(), &aml::ZERO),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_BBN".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+    ];
+    let pci0 = aml::Device::new("_SB_.PCI0".into(), names.iter().map(|n| n as &dyn Aml).collect());
+    // The ECAM window as a motherboard resource, so the guest trusts MCFG.
+    let ecam = aml::Memory32Fixed::new(false, memmap::ECAM_BASE as u32, memmap::ECAM_SIZE as u32);
+    let ecam_crs = aml::ResourceTemplate::new(vec![&ecam]);
+    let mb_hid = aml::EISAName::new("PNP0C02");
+    let mb_names = [
+        aml::Name::new("_HID".into(), &mb_hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &ecam_crs),
+    ];
+    let motherboard = aml::Device::new("_SB_.MRES".into(), mb_names.iter().map(|n| n as &dyn Aml).collect());
+    let s5 = aml::Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]);
+    let s5 = aml::Name::new("_S5_".into(), &s5);
+    let mut body = Vec::new();
+    pci0.to_aml_bytes(&mut body);
+    motherboard.to_aml_bytes(&mut body);
+    s5.to_aml_bytes(&mut body);
+    let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE, OEM_REVISION);
+    sdt.append_slice(&body);
+    sdt.as_slice().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    fn find<'a>(tables: &'a [(u64, Vec<u8>)], sig: &[u8]) -> &'a (u64, Vec<u8>) {
+        tables.iter().find(|(_, t)| t.starts_with(sig)).unwrap()
+    }
+
+    #[test]
+    fn tables_checksum_link_up_and_fit_the_bios_area() {
+        let t = tables(&Platform { cpus: 2, ram_top: 256 << 20 });
+        let (rsdp_at, rsdp) = find(&t, b"RSD PTR ");
+        assert_eq!(*rsdp_at, RSDP_ADDR);
+        assert!(checksum_ok(&rsdp[..20]) && checksum_ok(rsdp));
+        for sig in [&b"XSDT"[..], b"FACP", b"APIC", b"MCFG", b"DSDT"] {
+            let (at, bytes) = find(&t, sig);
+            assert!(checksum_ok(bytes), "{}", String::from_utf8_lossy(sig));
+            assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize, bytes.len());
+            assert!(*at >= RSDP_ADDR && at + bytes.len() as u64 <= AREA_END);
+        }
+        // The RSDP names the XSDT, the XSDT the FADT, MADT and MCFG.
+        let xsdt_at = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let (at, xsdt) = find(&t, b"XSDT");
+        assert_eq!(xsdt_at, *at);
+        let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        for sig in [&b"FACP"[..], b"APIC", b"MCFG"] {
+            assert!(entries.contains(&find(&t, sig).0));
+        }
+        // Two local APICs (type 0) and one IOAPIC (type 1) after the 44-byte header.
+        let madt = &find(&t, b"APIC").1;
+        let types: Vec<u8> = {
+            let (mut at, mut v) = (44, Vec::new());
+            while at < madt.len() {
+                v.push(madt[at]);
+                at += madt[at + 1] as usize;
+            }
+            v
+        };
+        assert_eq!(types, vec![0, 0, 1]);
+        // The DSDT holds the root bridge and \_S5.
+        let dsdt = &find(&t, b"DSDT").1;
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0") && dsdt.windows(4).any(|w| w == b"_S5_"));
+    }
+}
