@@ -9,6 +9,7 @@ use crate::HostKvm;
 const CPUID1_ECX_FMA: u32 = 1 << 12;
 const CPUID1_ECX_CX16: u32 = 1 << 13;
 const CPUID1_ECX_POPCNT: u32 = 1 << 23;
+const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const CPUID1_ECX_XSAVE: u32 = 1 << 26;
 const CPUID1_ECX_OSXSAVE: u32 = 1 << 27;
 const CPUID1_ECX_AVX: u32 = 1 << 28;
@@ -56,7 +57,13 @@ fn fit_entry(e: &mut kvm_cpuid_entry2, host: HostKvm, vcpu_id: u32, is_amd: bool
                     | CPUID1_ECX_OSXSAVE
                     | CPUID1_ECX_AVX
                     | CPUID1_ECX_F16C
-                    | CPUID1_ECX_FMA);
+                    | CPUID1_ECX_FMA
+                    // A TSC-deadline timer needs the TSC's frequency, which
+                    // a guest cannot calibrate when its CPL0 code is
+                    // emulated (Linux: "Unable to calibrate against PIT"):
+                    // its ticks then stop. Without it Linux calibrates the
+                    // LAPIC timer against the PIT, which works.
+                    | CPUID1_ECX_TSC_DEADLINE);
             }
         }
         (7, 0) if emulated => {
