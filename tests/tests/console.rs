@@ -12,12 +12,7 @@ fn stdio_input_reaches_the_guest_and_its_echo_comes_back() {
         return;
     }
     let mut child = spawn(&guest_args("echo", &[]));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ping from the host q")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping from the host q").unwrap();
     let r = finish(child, Duration::from_secs(30));
     assert!(r.stdout.contains("ping from the host "), "{r:?}");
     assert!(r.stdout.contains("bye"), "{r:?}");
@@ -45,9 +40,7 @@ fn socket_backend_serves_a_client_and_is_removed_afterwards() {
         }
     };
     stream.write_all(b"over the socket q").unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(&got).contains("bye") {
@@ -58,10 +51,7 @@ fn socket_backend_serves_a_client_and_is_removed_afterwards() {
     }
     let r = finish(child, Duration::from_secs(30));
     let got = String::from_utf8_lossy(&got);
-    assert!(
-        got.contains("over the socket "),
-        "client saw {got:?}; {r:?}"
-    );
+    assert!(got.contains("over the socket "), "client saw {got:?}; {r:?}");
     assert_eq!(r.code(), 1, "{r:?}");
     assert!(!sock.exists(), "socket {} left behind", sock.display());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -74,10 +64,7 @@ fn initrd_is_loaded_and_named_in_the_pvh_module_list() {
     }
     let rd = std::env::temp_dir().join(format!("capvm-initrd-{}", std::process::id()));
     std::fs::write(&rd, b"CAPVMRD!and more bytes").unwrap();
-    let r = run(&guest_args(
-        "initrd",
-        &["-o", &format!("boot.initrd={}", rd.display())],
-    ));
+    let r = run(&guest_args("initrd", &["-o", &format!("boot.initrd={}", rd.display())]));
     std::fs::remove_file(&rd).unwrap();
     assert!(r.stdout.contains("modules=0x0000000000000001"), "{r:?}");
     assert!(r.stdout.contains("initrd starts with CAPVMRD!"), "{r:?}");
@@ -89,10 +76,7 @@ fn elf_without_pvh_note_enters_in_64_bit_mode() {
         return;
     }
     let mut args = guest_args("hello", &[]);
-    let i = args
-        .iter()
-        .position(|a| a.starts_with("boot.kernel="))
-        .unwrap();
+    let i = args.iter().position(|a| a.starts_with("boot.kernel=")).unwrap();
     args[i] = format!("boot.kernel={}", guest_without_pvh_note().display());
     let r = run(&args);
     assert!(r.stdout.contains("Hello from a capvm guest"), "{r:?}");
@@ -143,28 +127,16 @@ fn bad_command_lines_get_one_line_and_status_4() {
         (&["-m", "lots", "vm"], "memory size"),
         (&["-s", "3,virtio-sound", "vm"], "-s help"),
         (&["-l", "com1,stdio", "-o", missing, "vm"], "-s 31,lpc"),
-        (
-            &["-o", missing, "vm"],
-            "cannot open boot.kernel /nonexistent/kernel",
-        ),
-        (
-            &["-o", "boot.kernel=/etc/hostname", "vm"],
-            "not an ELF64 kernel or a bzImage",
-        ),
-        (
-            &["-k", "/nonexistent.conf", "vm"],
-            "cannot read config file",
-        ),
+        (&["-o", missing, "vm"], "cannot open boot.kernel /nonexistent/kernel"),
+        (&["-o", "boot.kernel=/etc/hostname", "vm"], "not an ELF64 kernel or a bzImage"),
+        (&["-k", "/nonexistent.conf", "vm"], "cannot read config file"),
     ];
     for (args, expect) in cases {
         let r = capvm_args(args);
         assert_eq!(r.code(), 4, "{args:?}: {r:?}");
         let lines: Vec<&str> = r.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: {r:?}");
-        assert!(
-            lines[0].starts_with("capvm: ") && lines[0].contains(expect),
-            "{args:?}: {r:?}"
-        );
+        assert!(lines[0].starts_with("capvm: ") && lines[0].contains(expect), "{args:?}: {r:?}");
     }
 }
 
@@ -172,16 +144,10 @@ fn bad_command_lines_get_one_line_and_status_4() {
 fn help_lists_slots_and_lpc_devices() {
     let r = capvm_args(&["-s", "help"]);
     assert_eq!(r.code(), 0);
-    assert!(
-        r.stdout.contains("hostbridge") && r.stdout.contains("lpc"),
-        "{r:?}"
-    );
+    assert!(r.stdout.contains("hostbridge") && r.stdout.contains("lpc"), "{r:?}");
     let r = capvm_args(&["-l", "help"]);
     assert_eq!(r.code(), 0);
-    assert!(
-        r.stdout.contains("com1") && r.stdout.contains("com4"),
-        "{r:?}"
-    );
+    assert!(r.stdout.contains("com1") && r.stdout.contains("com4"), "{r:?}");
     let r = capvm_args(&["-h"]);
     assert!(r.stdout.contains("usage: capvm"), "{r:?}");
 }
@@ -206,13 +172,7 @@ fn tty_backend_is_raw_and_carries_both_directions() {
     let (mut master_fd, mut slave_fd) = (0, 0);
     // SAFETY: openpty fills two fds; no name, termios or winsize.
     let rc = unsafe {
-        libc::openpty(
-            &mut master_fd,
-            &mut slave_fd,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
+        libc::openpty(&mut master_fd, &mut slave_fd, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
     };
     assert_eq!(rc, 0);
     let slave_path = std::fs::read_link(format!("/proc/self/fd/{slave_fd}")).unwrap();
@@ -232,10 +192,6 @@ fn tty_backend_is_raw_and_carries_both_directions() {
     unsafe { libc::close(slave_fd) };
     let got = String::from_utf8_lossy(&got);
     assert!(got.contains("tty bytes "), "{got:?}; {r:?}");
-    assert_eq!(
-        got.matches("tty bytes").count(),
-        1,
-        "line discipline echoed: {got:?}"
-    );
+    assert_eq!(got.matches("tty bytes").count(), 1, "line discipline echoed: {got:?}");
     assert_eq!(r.code(), 1, "{r:?}");
 }

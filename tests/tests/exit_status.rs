@@ -8,10 +8,7 @@ fn boot(cmd: &str, extra: &[&str]) -> Option<Run> {
     }
     let r = run(&guest_args(cmd, extra));
     let first = cmd.split_whitespace().next().unwrap_or(cmd);
-    assert!(
-        r.stdout.contains(&format!("capvm test guest: {first}")),
-        "guest did not start: {r:?}"
-    );
+    assert!(r.stdout.contains(&format!("capvm test guest: {first}")), "guest did not start: {r:?}");
     Some(r)
 }
 
@@ -30,17 +27,13 @@ fn reset_through_cf9_exits_0() {
 
 #[test]
 fn reset_through_i8042_exits_0() {
-    let Some(r) = boot("reboot-kbd", &[]) else {
-        return;
-    };
+    let Some(r) = boot("reboot-kbd", &[]) else { return };
     assert_eq!(r.code(), 0, "{r:?}");
 }
 
 #[test]
 fn acpi_s5_poweroff_exits_1() {
-    let Some(r) = boot("poweroff", &[]) else {
-        return;
-    };
+    let Some(r) = boot("poweroff", &[]) else { return };
     assert_eq!(r.code(), 1, "{r:?}");
 }
 
@@ -52,39 +45,28 @@ fn halt_with_interrupts_off_exits_2() {
 
 #[test]
 fn halt_counts_never_started_aps_as_stopped() {
-    let Some(r) = boot("halt", &["-c", "2"]) else {
-        return;
-    };
+    let Some(r) = boot("halt", &["-c", "2"]) else { return };
     assert_eq!(r.code(), 2, "{r:?}");
 }
 
 #[test]
 fn triple_fault_exits_3_and_says_so() {
-    let Some(r) = boot("triple-fault", &[]) else {
-        return;
-    };
+    let Some(r) = boot("triple-fault", &[]) else { return };
     assert_eq!(r.code(), 3, "{r:?}");
     assert!(r.stderr.contains("triple-faulted"), "{r:?}");
 }
 
 #[test]
 fn unemulated_port_with_strict_io_exits_4_naming_the_port() {
-    let Some(r) = boot("unknown-port", &["-e"]) else {
-        return;
-    };
+    let Some(r) = boot("unknown-port", &["-e"]) else { return };
     assert_eq!(r.code(), 4, "{r:?}");
     assert!(r.stderr.contains("I/O port 0x1234"), "{r:?}");
 }
 
 #[test]
 fn unemulated_port_without_strict_io_reads_all_ones() {
-    let Some(r) = boot("unknown-port", &[]) else {
-        return;
-    };
-    assert!(
-        r.stdout.contains("port 0x1234 read 0x00000000000000ff"),
-        "{r:?}"
-    );
+    let Some(r) = boot("unknown-port", &[]) else { return };
+    assert!(r.stdout.contains("port 0x1234 read 0x00000000000000ff"), "{r:?}");
     assert_eq!(r.code(), 2, "{r:?}");
 }
 
@@ -92,15 +74,10 @@ fn unemulated_port_without_strict_io_reads_all_ones() {
 /// capvm must report where and what, and exit 4. Elsewhere it just runs.
 #[test]
 fn emulation_failure_is_reported_with_rip_cpl_and_bytes() {
-    let Some(r) = boot("cmpxchg16b", &[]) else {
-        return;
-    };
+    let Some(r) = boot("cmpxchg16b", &[]) else { return };
     if host_is_emulated() {
         assert_eq!(r.code(), 4, "{r:?}");
-        assert!(
-            r.stderr.contains("(CPL 0), instruction bytes f0 48 0f c7"),
-            "{r:?}"
-        );
+        assert!(r.stderr.contains("(CPL 0), instruction bytes f0 48 0f c7"), "{r:?}");
         assert!(r.stderr.contains("RIP 0x10"), "{r:?}");
     } else {
         assert!(r.stdout.contains("cmpxchg16b ran"), "{r:?}");
@@ -123,9 +100,7 @@ fn cpuid_hides_cx16_on_an_emulated_host() {
 /// device server: 1000 writes to COM1's scratch register, then a reset.
 #[test]
 fn user_mode_port_io_reaches_the_uart_server() {
-    let Some(r) = boot("pio-loop 1000 0x3ff", &[]) else {
-        return;
-    };
+    let Some(r) = boot("pio-loop 1000 0x3ff", &[]) else { return };
     assert!(r.stdout.contains("pio-loop done"), "{r:?}");
     assert_eq!(r.code(), 0, "{r:?}");
 }

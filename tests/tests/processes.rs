@@ -21,9 +21,7 @@ fn spinning_vm() -> Option<(std::process::Child, Vec<(u32, String)>)> {
 
 #[test]
 fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
-    let Some((child, kids)) = spinning_vm() else {
-        return;
-    };
+    let Some((child, kids)) = spinning_vm() else { return };
     let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
     // comm is cut to 15 characters.
     assert_eq!(names.len(), 2, "{kids:?}");
@@ -31,14 +29,8 @@ fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
     assert!(names.contains(&"capvm-vcpu-runn"), "{kids:?}");
     for (pid, _) in &kids {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-        assert_ne!(
-            exe,
-            capvm_bin(),
-            "child {pid} is a fork of the broker, not a fresh exec"
-        );
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count();
+        assert_ne!(exe, capvm_bin(), "child {pid} is a fork of the broker, not a fresh exec");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
         assert!(fds < 20, "child {pid} holds {fds} fds");
     }
     signal(child.id(), libc::SIGTERM);
@@ -50,9 +42,7 @@ fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
 /// must still stop everything (by escalating to SIGKILL).
 #[test]
 fn sigterm_stops_every_child_even_with_a_spinning_vcpu() {
-    let Some((child, kids)) = spinning_vm() else {
-        return;
-    };
+    let Some((child, kids)) = spinning_vm() else { return };
     assert_eq!(kids.len(), 2, "{kids:?}");
     signal(child.id(), libc::SIGTERM);
     let r = finish(child, Duration::from_secs(10));
@@ -65,9 +55,7 @@ fn sigterm_stops_every_child_even_with_a_spinning_vcpu() {
 
 #[test]
 fn sigint_stops_the_vm_too() {
-    let Some((child, kids)) = spinning_vm() else {
-        return;
-    };
+    let Some((child, kids)) = spinning_vm() else { return };
     signal(child.id(), libc::SIGINT);
     let r = finish(child, Duration::from_secs(10));
     assert_eq!(r.code(), 1, "{r:?}");
@@ -78,23 +66,12 @@ fn sigint_stops_the_vm_too() {
 
 #[test]
 fn killing_the_uart_server_stops_the_vm_with_4_naming_it() {
-    let Some((child, kids)) = spinning_vm() else {
-        return;
-    };
-    let (uart, _) = kids
-        .iter()
-        .find(|(_, n)| n == "capvm-uart")
-        .expect("uart child")
-        .clone();
+    let Some((child, kids)) = spinning_vm() else { return };
+    let (uart, _) = kids.iter().find(|(_, n)| n == "capvm-uart").expect("uart child").clone();
     signal(uart, libc::SIGKILL);
     let r = finish(child, Duration::from_secs(10));
     assert_eq!(r.code(), 4, "{r:?}");
-    assert!(
-        r.stderr.contains(&format!(
-            "uart server (com1) (pid {uart}) was killed by signal 9 (SIGKILL)"
-        )),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains(&format!("uart server (com1) (pid {uart}) was killed by signal 9 (SIGKILL)")), "{r:?}");
     for (pid, name) in kids {
         assert!(!pid_exists(pid), "{name} ({pid}) outlived the broker");
     }
@@ -102,31 +79,18 @@ fn killing_the_uart_server_stops_the_vm_with_4_naming_it() {
 
 #[test]
 fn killing_the_vcpu_runner_stops_the_vm_with_4_naming_it() {
-    let Some((child, kids)) = spinning_vm() else {
-        return;
-    };
-    let (runner, _) = kids
-        .iter()
-        .find(|(_, n)| n.starts_with("capvm-vcpu"))
-        .expect("runner")
-        .clone();
+    let Some((child, kids)) = spinning_vm() else { return };
+    let (runner, _) = kids.iter().find(|(_, n)| n.starts_with("capvm-vcpu")).expect("runner").clone();
     signal(runner, libc::SIGKILL);
     let r = finish(child, Duration::from_secs(10));
     assert_eq!(r.code(), 4, "{r:?}");
-    assert!(
-        r.stderr.contains(&format!(
-            "vcpu-runner (pid {runner}) was killed by signal 9"
-        )),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains(&format!("vcpu-runner (pid {runner}) was killed by signal 9")), "{r:?}");
     assert!(kids.iter().all(|(p, _)| !pid_exists(*p)));
 }
 
 #[test]
 fn killing_the_broker_takes_its_children_along() {
-    let Some((mut child, kids)) = spinning_vm() else {
-        return;
-    };
+    let Some((mut child, kids)) = spinning_vm() else { return };
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -134,9 +98,6 @@ fn killing_the_broker_takes_its_children_along() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (pid, name) in kids {
-        assert!(
-            !pid_exists(pid),
-            "{name} ({pid}) outlived a SIGKILLed broker"
-        );
+        assert!(!pid_exists(pid), "{name} ({pid}) outlived a SIGKILLed broker");
     }
 }
