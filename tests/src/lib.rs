@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     // This test executable lives in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
 }
 
 pub fn capvm_bin() -> PathBuf {
@@ -59,11 +56,7 @@ pub fn guest() -> &'static Path {
             .env_remove("CARGO_TARGET_DIR")
             .output()
             .expect("run cargo for the test guest");
-        assert!(
-            out.status.success(),
-            "building the test guest failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "building the test guest failed:\n{}", String::from_utf8_lossy(&out.stderr));
         dir.join("target/release/testguest")
     })
 }
@@ -74,10 +67,7 @@ pub fn guest_without_pvh_note() -> &'static Path {
     static GUEST64: OnceLock<PathBuf> = OnceLock::new();
     GUEST64.get_or_init(|| {
         let src = guest();
-        let nm = Command::new("nm")
-            .arg(src)
-            .output()
-            .expect("run nm (binutils)");
+        let nm = Command::new("nm").arg(src).output().expect("run nm (binutils)");
         let syms = String::from_utf8_lossy(&nm.stdout);
         let addr = syms
             .lines()
@@ -86,10 +76,7 @@ pub fn guest_without_pvh_note() -> &'static Path {
             .expect("entry64 symbol");
         let dst = src.with_file_name("testguest-no-pvh");
         let st = Command::new("objcopy")
-            .args([
-                "--remove-section=.note.Xen",
-                &format!("--set-start=0x{addr}"),
-            ])
+            .args(["--remove-section=.note.Xen", &format!("--set-start=0x{addr}")])
             .arg(src)
             .arg(&dst)
             .status()
@@ -116,21 +103,10 @@ impl Run {
 /// The Handbook-style command line for the test guest with `cmd` on its
 /// kernel command line, plus `extra` flags before the VM name.
 pub fn guest_args(cmd: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-c",
-        "1",
-        "-m",
-        "64M",
-        "-s",
-        "0,hostbridge",
-        "-s",
-        "31,lpc",
-        "-l",
-        "com1,stdio",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = ["-c", "1", "-m", "64M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.push("-o".into());
     args.push(format!("boot.kernel={}", guest().display()));
     args.push("-o".into());
@@ -144,11 +120,7 @@ pub fn guest_args(cmd: &str, extra: &[&str]) -> Vec<String> {
 pub fn unique_vm_name() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "t{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Where test VMs keep their control sockets.
@@ -188,23 +160,9 @@ pub fn finish(mut child: Child, limit: Duration) -> Run {
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    Run {
-        status,
-        stdout,
-        stderr,
-    }
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    Run { status, stdout, stderr }
 }
 
 /// Runs capvm to the end (30 s at most) with stdin closed.
@@ -229,11 +187,7 @@ pub fn children_of(pid: u32) -> Vec<(u32, String)> {
             continue;
         };
         let comm = stat[stat.find('(').unwrap() + 1..close].to_string();
-        let ppid: u32 = stat[close + 2..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let ppid: u32 = stat[close + 2..].split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if ppid == pid {
             out.push((p, comm));
         }
@@ -259,9 +213,7 @@ pub fn wait_for_children(pid: u32, n: usize, limit: Duration) -> Vec<(u32, Strin
 /// Whether `pid` is a live process (a zombie waiting for its reaper is not).
 pub fn pid_exists(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .map_or(false, |i| !stat[i + 2..].starts_with('Z')),
+        Ok(stat) => stat.rfind(')').map_or(false, |i| !stat[i + 2..].starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -280,18 +232,9 @@ impl Netns {
     /// A fresh namespace with loopback up and IPv6 off, so the kernel sends
     /// nothing of its own on the taps made in it.
     pub fn new() -> Netns {
-        let ns = Netns {
-            name: format!("capvm-{}", unique_vm_name()),
-        };
-        let st = Command::new("ip")
-            .args(["netns", "add", &ns.name])
-            .status()
-            .expect("run ip (iproute2)");
-        assert!(
-            st.success(),
-            "ip netns add {} failed (tests run as root)",
-            ns.name
-        );
+        let ns = Netns { name: format!("capvm-{}", unique_vm_name()) };
+        let st = Command::new("ip").args(["netns", "add", &ns.name]).status().expect("run ip (iproute2)");
+        assert!(st.success(), "ip netns add {} failed (tests run as root)", ns.name);
         ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         ns.run(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -318,17 +261,8 @@ impl Netns {
 
     /// Runs a command inside the namespace; panics if it fails.
     pub fn run(&self, argv: &[&str]) -> String {
-        let out = self
-            .command(argv[0])
-            .args(&argv[1..])
-            .output()
-            .expect("run ip netns exec");
-        assert!(
-            out.status.success(),
-            "{argv:?} in {} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = self.command(argv[0]).args(&argv[1..]).output().expect("run ip netns exec");
+        assert!(out.status.success(), "{argv:?} in {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -340,18 +274,13 @@ impl Netns {
 
     /// Whether an interface of that name exists in the namespace.
     pub fn has_link(&self, name: &str) -> bool {
-        self.command("ip")
-            .args(["link", "show", name])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        self.command("ip").args(["link", "show", name]).output().is_ok_and(|o| o.status.success())
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 

@@ -26,14 +26,8 @@ fn vmlinux() -> PathBuf {
         return PathBuf::from(p);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux/build");
-    let out = Command::new(script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tests/linux/build");
-    assert!(
-        out.status.success(),
-        "building the Linux test kernel failed"
-    );
+    let out = Command::new(script).stderr(Stdio::inherit()).output().expect("run tests/linux/build");
+    assert!(out.status.success(), "building the Linux test kernel failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -57,23 +51,15 @@ fn root_image() -> PathBuf {
 }
 
 fn mount_count(img: &Path) -> u32 {
-    let out = Command::new("dumpe2fs")
-        .arg("-h")
-        .arg(img)
-        .output()
-        .expect("run dumpe2fs");
+    let out = Command::new("dumpe2fs").arg("-h").arg(img).output().expect("run dumpe2fs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("Mount count:"))
-        .expect("a mount count");
+    let line = text.lines().find(|l| l.starts_with("Mount count:")).expect("a mount count");
     line.split(':').nth(1).unwrap().trim().parse().unwrap()
 }
 
 /// Where `needle` first appears in the log, or a panic naming it.
 fn at(log: &str, needle: &str) -> usize {
-    log.find(needle)
-        .unwrap_or_else(|| panic!("the kernel log lacks {needle:?}:\n{log}"))
+    log.find(needle).unwrap_or_else(|| panic!("the kernel log lacks {needle:?}:\n{log}"))
 }
 
 /// Ignored for now, as the next one: see there.
@@ -105,27 +91,12 @@ fn boot_linux(with_net: bool) {
 
     let ns = Netns::new();
     ns.add_tap("ltap0");
-    ns.run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{SERVER_IP}/24"),
-        "dev",
-        "ltap0",
-    ]);
+    ns.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "ltap0"]);
     let leases = std::env::temp_dir().join(format!("capvm-linux-{}.leases", std::process::id()));
     let mut dhcp = KillOnDrop(
         ns.command("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--interface=ltap0",
-                "--bind-interfaces",
-                "--port=0",
-            ])
-            .arg(format!(
-                "--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"
-            ))
+            .args(["--no-daemon", "--conf-file=/dev/null", "--interface=ltap0", "--bind-interfaces", "--port=0"])
+            .arg(format!("--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"))
             .args(["--log-dhcp", "--log-facility=-"])
             .arg(format!("--dhcp-leasefile={}", leases.display()))
             .stdout(Stdio::piped())
@@ -134,39 +105,22 @@ fn boot_linux(with_net: bool) {
             .expect("start dnsmasq (dnsmasq-base)"),
     );
 
-    let cmdline =
-        format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw ip=dhcp");
+    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw ip=dhcp");
     let name = unique_vm_name();
-    let args: Vec<String> = [
-        "-c",
-        "2",
-        "-m",
-        "256M",
-        "-s",
-        "0,hostbridge",
-        "-s",
-        "31,lpc",
-        "-l",
-        "com1,stdio",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "-s".into(),
-        format!("3,virtio-blk,{}", img.display()),
-        "-o".into(),
-        format!("boot.kernel={}", kernel.display()),
-        "-o".into(),
-        format!("boot.cmdline={cmdline}"),
-    ])
-    .chain(
-        with_net
-            .then(|| ["-s".to_string(), "4,virtio-net,ltap0".to_string()])
-            .into_iter()
-            .flatten(),
-    )
-    .chain([name.clone()])
-    .collect();
+    let args: Vec<String> = ["-c", "2", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-s".into(),
+            format!("3,virtio-blk,{}", img.display()),
+            "-o".into(),
+            format!("boot.kernel={}", kernel.display()),
+            "-o".into(),
+            format!("boot.cmdline={cmdline}"),
+        ])
+        .chain(with_net.then(|| ["-s".to_string(), "4,virtio-net,ltap0".to_string()]).into_iter().flatten())
+        .chain([name.clone()])
+        .collect();
 
     let start = Instant::now();
     let mut vm = ns.spawn_capvm(&args);
@@ -185,77 +139,36 @@ fn boot_linux(with_net: bool) {
         }
         log.push_str(&line);
         line.clear();
-        assert!(
-            start.elapsed() < Duration::from_secs(900),
-            "Linux did not finish in 15 minutes:\n{log}"
-        );
+        assert!(start.elapsed() < Duration::from_secs(900), "Linux did not finish in 15 minutes:\n{log}");
     }
     let total = start.elapsed();
     // The console closed: capvm is exiting.
     let status = vm.wait().unwrap();
     let mut stderr = String::new();
-    vm.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    vm.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let _ = dhcp.0.kill();
     let _ = dhcp.0.wait();
     let mut dhcp_log = String::new();
-    dhcp.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut dhcp_log)
-        .unwrap();
-    dhcp.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut dhcp_log)
-        .unwrap();
+    dhcp.0.stdout.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
+    dhcp.0.stderr.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
 
     // In order: both CPUs, the devices probed, the lease, the root mount,
     // the panic (then the reboot through the FADT's reset register: exit 0).
-    at(
-        &log,
-        "ACPI: Using ACPI (MADT) for SMP configuration information",
-    );
+    at(&log, "ACPI: Using ACPI (MADT) for SMP configuration information");
     let smp = at(&log, "smp: Brought up 1 node, 2 CPUs");
-    let blk = at(
-        &log,
-        "virtio_blk virtio0: [vda] 16384 512-byte logical blocks",
-    );
-    let lease = at(
-        &log,
-        &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"),
-    );
+    let blk = at(&log, "virtio_blk virtio0: [vda] 16384 512-byte logical blocks");
+    let lease = at(&log, &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"));
     let mounted = at(&log, "VFS: Mounted root (ext2 filesystem) on device");
     let panicked = at(&log, "Kernel panic - not syncing: No working init found");
-    assert!(
-        smp < blk && blk < mounted && lease < mounted && mounted < panicked,
-        "{log}"
-    );
+    assert!(smp < blk && blk < mounted && lease < mounted && mounted < panicked, "{log}");
     assert!(!log.contains("ACPI Error"), "{log}");
-    assert!(
-        !log.contains("VFS: Mounted root (ext2 filesystem) readonly"),
-        "{log}"
-    );
+    assert!(!log.contains("VFS: Mounted root (ext2 filesystem) readonly"), "{log}");
     // Interrupts reached the guest through MSI-X: the transport has no INTx.
-    let devices: &[&str] = if with_net {
-        &["virtio-blk (0:3.0)", "virtio-net (0:4.0)"]
-    } else {
-        &["virtio-blk (0:3.0)"]
-    };
+    let devices: &[&str] =
+        if with_net { &["virtio-blk (0:3.0)", "virtio-net (0:4.0)"] } else { &["virtio-blk (0:3.0)"] };
     for dev in devices {
-        let irqs = stats
-            .iter()
-            .find(|(k, _)| *k == format!("{dev}: interrupts"))
-            .map(|(_, v)| *v);
-        assert!(
-            irqs.is_some_and(|n| n > 0),
-            "{dev} raised no MSI-X interrupt: {stats:?}"
-        );
+        let irqs = stats.iter().find(|(k, _)| *k == format!("{dev}: interrupts")).map(|(_, v)| *v);
+        assert!(irqs.is_some_and(|n| n > 0), "{dev} raised no MSI-X interrupt: {stats:?}");
     }
     // The DHCP server handed that address to the NIC's MAC.
     if with_net {
@@ -264,10 +177,7 @@ fn boot_linux(with_net: bool) {
             .find_map(|l| l.split_once("hwaddr="))
             .and_then(|(_, m)| m.split(',').next())
             .unwrap_or_else(|| panic!("IP-Config printed no hwaddr:\n{log}"));
-        assert!(
-            dhcp_log.contains(&format!("DHCPACK(ltap0) {GUEST_IP} {mac}")),
-            "no DHCPACK for {mac}: {dhcp_log}"
-        );
+        assert!(dhcp_log.contains(&format!("DHCPACK(ltap0) {GUEST_IP} {mac}")), "no DHCPACK for {mac}: {dhcp_log}");
     }
     // panic=-1 reboots at once, reboot=acpi through the reset register: capvm exits 0.
     assert_eq!(status.code(), Some(0), "{stderr}\n{log}");
@@ -298,11 +208,8 @@ fn get_stats(name: &str) -> Vec<(String, u64)> {
 fn record_times(root: Duration, total: Duration) {
     let dir = bin_dir().join("../bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let text = format!(
-        "capvm_linux_root_mount_s {:.1}\ncapvm_linux_total_s {:.1}\n",
-        root.as_secs_f64(),
-        total.as_secs_f64()
-    );
+    let text =
+        format!("capvm_linux_root_mount_s {:.1}\ncapvm_linux_total_s {:.1}\n", root.as_secs_f64(), total.as_secs_f64());
     std::fs::write(dir.join("linux-boot.txt"), &text).unwrap();
     eprintln!("{text}");
 }
@@ -313,41 +220,22 @@ fn linux_starts_its_second_cpu_from_the_madt_and_reboots_through_acpi() {
         return;
     }
     let kernel = vmlinux();
-    let mut args: Vec<String> = [
-        "-c",
-        "2",
-        "-m",
-        "256M",
-        "-s",
-        "0,hostbridge",
-        "-s",
-        "31,lpc",
-        "-l",
-        "com1,stdio",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = ["-c", "2", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.push("-o".into());
     args.push(format!("boot.kernel={}", kernel.display()));
     args.push("-o".into());
-    args.push(format!(
-        "boot.cmdline=console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS}"
-    ));
+    args.push(format!("boot.cmdline=console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS}"));
     args.push(unique_vm_name());
     let mut vm = spawn(&args);
     drop(vm.stdin.take());
     let r = finish(vm, Duration::from_secs(600));
     let log = &r.stdout;
-    let madt = at(
-        log,
-        "ACPI: Using ACPI (MADT) for SMP configuration information",
-    );
+    let madt = at(log, "ACPI: Using ACPI (MADT) for SMP configuration information");
     let smp = at(log, "smp: Brought up 1 node, 2 CPUs");
-    let panicked = at(
-        log,
-        "Kernel panic - not syncing: VFS: Unable to mount root fs",
-    );
+    let panicked = at(log, "Kernel panic - not syncing: VFS: Unable to mount root fs");
     assert!(madt < smp && smp < panicked, "{log}");
     assert!(!log.contains("ACPI Error"), "{log}");
     assert_eq!(r.code(), 0, "{}\n{log}", r.stderr);

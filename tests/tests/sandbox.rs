@@ -10,10 +10,7 @@ use capvm_tests::*;
 
 fn status_field(pid: u32, key: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
+    s.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
 }
 
 fn ns(pid: u32, name: &str) -> PathBuf {
@@ -55,11 +52,7 @@ fn capvmctl(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run capvmctl");
-    assert!(
-        out.status.success(),
-        "capvmctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "capvmctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -68,8 +61,7 @@ fn wait_sandboxed(name: &str, n: usize) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
-        if audit.matches("sandbox entered in").count() >= n || std::time::Instant::now() > deadline
-        {
+        if audit.matches("sandbox entered in").count() >= n || std::time::Instant::now() > deadline {
             return audit;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -88,19 +80,7 @@ fn ro_disk(tag: &str) -> PathBuf {
 fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> Vec<String> {
     let com2 = format!("com2,{}", sock.display());
     let blk = format!("4,virtio-blk,{},ro", disk.display());
-    let mut args = guest_args(
-        "spin",
-        &[
-            "-c",
-            "2",
-            "-l",
-            &com2,
-            "-s",
-            &blk,
-            "-s",
-            "5,virtio-net,sbtap0",
-        ],
-    );
+    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk, "-s", "5,virtio-net,sbtap0"]);
     *args.last_mut().unwrap() = name.to_string();
     args
 }
@@ -121,22 +101,11 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let manifests = policy_fds(&policy.stdout);
     assert_eq!(manifests.len(), 5, "{}", policy.stdout);
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
-    let blk = policy
-        .stdout
-        .split("role virtio-blk")
-        .nth(1)
-        .expect("a virtio-blk manifest");
+    let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
-    assert!(
-        blk.contains("disk (opened read-only)") && !blk.contains("pwrite64"),
-        "{blk}"
-    );
+    assert!(blk.contains("disk (opened read-only)") && !blk.contains("pwrite64"), "{blk}");
     // The NIC's server holds its tap without ioctl: it cannot re-attach it.
-    let net = policy
-        .stdout
-        .split("role virtio-net")
-        .nth(1)
-        .expect("a virtio-net manifest");
+    let net = policy.stdout.split("role virtio-net").nth(1).expect("a virtio-net manifest");
     let net = net.split("role ").next().unwrap();
     assert!(net.contains("tap") && !net.contains("ioctl"), "{net}");
 
@@ -153,15 +122,9 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
         assert_eq!(status_field(pid, "NoNewPrivs:"), "1", "{comm}");
         assert_eq!(status_field(pid, "CapEff:"), "0000000000000000", "{comm}");
         for n in ["mnt", "net", "pid", "ipc", "uts", "user"] {
-            assert_ne!(
-                ns(pid, n),
-                ns(broker, n),
-                "{comm} shares the broker's {n} namespace"
-            );
+            assert_ne!(ns(pid, n), ns(broker, n), "{comm} shares the broker's {n} namespace");
         }
-        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
-            .unwrap()
-            .collect();
+        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap().collect();
         assert!(root.is_empty(), "{comm}'s root is not empty: {root:?}");
         // The manifest this child's role prints, matched through the audit's pid line.
         let role = audit
@@ -172,16 +135,8 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
             .next()
             .unwrap()
             .replace("uart server", "uart");
-        let want = &manifests
-            .iter()
-            .find(|(r, _)| *r == role)
-            .unwrap_or_else(|| panic!("no manifest for {role}"))
-            .1;
-        assert_eq!(
-            &open_fds(pid),
-            want,
-            "{role} holds other fds than its manifest lists"
-        );
+        let want = &manifests.iter().find(|(r, _)| *r == role).unwrap_or_else(|| panic!("no manifest for {role}")).1;
+        assert_eq!(&open_fds(pid), want, "{role} holds other fds than its manifest lists");
     }
     assert!(audit.contains("seccomp: filter"), "{audit}");
     assert!(audit.contains("landlock: enforced"), "{audit}");
@@ -202,16 +157,10 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     assert!(capvmctl(&[&format!("--vm={name}"), "--destroy"]).contains("destroying"));
     let r = finish(child, Duration::from_secs(10));
     assert_eq!(r.code(), 1, "{r:?}");
-    assert!(
-        !runtime_dir().join(format!("{name}.sock")).exists(),
-        "control socket left behind"
-    );
+    assert!(!runtime_dir().join(format!("{name}.sock")).exists(), "control socket left behind");
     assert!(!sock.exists(), "COM2 socket left behind");
     assert!(kids.iter().all(|(p, _)| !pid_exists(*p)));
-    assert!(
-        !netns.has_link("sbtap0"),
-        "the tap capvm created was left behind"
-    );
+    assert!(!netns.has_link("sbtap0"), "the tap capvm created was left behind");
     std::fs::remove_file(disk).unwrap();
 }
 
@@ -248,40 +197,19 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
             let audit = format!("sandbox.audit_log={}", log.display());
             let r = netns.run_capvm(&guest_args(
                 "hello",
-                &[
-                    "-o",
-                    "sandbox.violations=log",
-                    "-o",
-                    &hook,
-                    "-o",
-                    &audit,
-                    "-s",
-                    &blk,
-                    "-s",
-                    "5,virtio-net,mxtap0",
-                ],
+                &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit, "-s", &blk, "-s", "5,virtio-net,mxtap0"],
             ));
             // Denied, recorded, and the VM went on to run the guest to its halt.
             assert_eq!(r.code(), 2, "{role}:{op}: {r:?}");
-            assert!(
-                r.stdout.contains("Hello from a capvm guest"),
-                "{role}:{op}: {r:?}"
-            );
-            assert!(
-                r.stderr
-                    .contains(&format!("forbidden system call {syscall}(")),
-                "{role}:{op}: {r:?}"
-            );
+            assert!(r.stdout.contains("Hello from a capvm guest"), "{role}:{op}: {r:?}");
+            assert!(r.stderr.contains(&format!("forbidden system call {syscall}(")), "{role}:{op}: {r:?}");
             let records = std::fs::read_to_string(&log).unwrap_or_default();
             let line = records
                 .lines()
                 .find(|l| l.contains(&format!("\"syscall\":\"{syscall}\"")))
                 .unwrap_or_else(|| panic!("{role}:{op}: no {syscall} record in {records:?}"));
             assert!(
-                line.contains(&format!(
-                    "\"role\":\"{}",
-                    if role == "uart" { "uart server" } else { role }
-                )),
+                line.contains(&format!("\"role\":\"{}", if role == "uart" { "uart server" } else { role })),
                 "{line}"
             );
             assert!(line.contains("\"action\":\"denied\""), "{line}");
@@ -315,21 +243,11 @@ fn a_violation_in_kill_mode_stops_the_vm_and_leaves_nothing() {
             .unwrap_or_else(|| panic!("{role}: no pid in {r:?}"));
         assert!(!pid_exists(named), "{role}: pid {named} outlived the VM");
         assert_eq!(r.code(), 4, "{role}: {r:?}");
-        assert!(
-            r.stderr.contains("made a forbidden system call, openat("),
-            "{role}: {r:?}"
-        );
-        assert!(
-            r.stderr
-                .contains("stopping the VM (sandbox.violations=kill)"),
-            "{role}: {r:?}"
-        );
+        assert!(r.stderr.contains("made a forbidden system call, openat("), "{role}: {r:?}");
+        assert!(r.stderr.contains("stopping the VM (sandbox.violations=kill)"), "{role}: {r:?}");
         let records = std::fs::read_to_string(&log).unwrap();
         assert!(records.contains("\"action\":\"killed\""), "{records}");
-        assert!(
-            kids.iter().all(|(p, _)| !pid_exists(*p)),
-            "{role}: children outlived the VM"
-        );
+        assert!(kids.iter().all(|(p, _)| !pid_exists(*p)), "{role}: children outlived the VM");
         std::fs::remove_file(&log).unwrap();
     }
 }
@@ -341,10 +259,7 @@ fn a_clean_run_writes_no_audit_log() {
     }
     let log = audit_log("clean");
     let _ = std::fs::remove_file(&log);
-    let r = run(&guest_args(
-        "hello",
-        &["-o", &format!("sandbox.audit_log={}", log.display())],
-    ));
+    let r = run(&guest_args("hello", &["-o", &format!("sandbox.audit_log={}", log.display())]));
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(!log.exists());
 }
@@ -358,39 +273,21 @@ fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
     if !kvm_available() {
         return;
     }
-    for (comm, binary, role) in [
-        ("capvm-uart", "capvm-uart", "uart server (com1)"),
-        ("capvm-vcpu-runn", "capvm-vcpu-runner", "vcpu-runner"),
-    ] {
+    for (comm, binary, role) in
+        [("capvm-uart", "capvm-uart", "uart server (com1)"), ("capvm-vcpu-runn", "capvm-vcpu-runner", "vcpu-runner")]
+    {
         let name = unique_vm_name();
-        let mut args = guest_args(
-            "echo",
-            &[
-                "-o",
-                "sandbox.violations=log",
-                "-o",
-                "sandbox.audit_log=/dev/null",
-            ],
-        );
+        let mut args = guest_args("echo", &["-o", "sandbox.violations=log", "-o", "sandbox.audit_log=/dev/null"]);
         *args.last_mut().unwrap() = name.clone();
         let mut child = spawn(&args);
         let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
-        let (pid, _) = kids
-            .iter()
-            .find(|(_, n)| n == comm)
-            .unwrap_or_else(|| panic!("{comm} in {kids:?}"))
-            .clone();
+        let (pid, _) = kids.iter().find(|(_, n)| n == comm).unwrap_or_else(|| panic!("{comm} in {kids:?}")).clone();
         wait_sandboxed(&name, 2);
         let gdb = Command::new("gdb")
             .args(["-batch", "-nx", "-ex", "set sysroot /", "-ex"])
             .arg(format!("file {}", bin_dir().join(binary).display()))
             .args(["-ex", &format!("attach {pid}"), "-ex", "set language c"])
-            .args([
-                "-ex",
-                "handle SIGSYS nostop noprint pass",
-                "-ex",
-                "print (int)open(\"/etc/passwd\", 0)",
-            ])
+            .args(["-ex", "handle SIGSYS nostop noprint pass", "-ex", "print (int)open(\"/etc/passwd\", 0)"])
             .output()
             .expect("run gdb (scripts/setup installs it)");
         let out = String::from_utf8_lossy(&gdb.stdout);
@@ -400,14 +297,8 @@ fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
             String::from_utf8_lossy(&gdb.stderr)
         );
         let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
-        let section = audit
-            .split(&format!("{role}  pid {pid}"))
-            .nth(1)
-            .unwrap_or_else(|| panic!("{audit}"));
-        assert!(
-            section.contains("violations: 1") && section.contains("\"syscall\":\"openat\""),
-            "{role}:\n{audit}"
-        );
+        let section = audit.split(&format!("{role}  pid {pid}")).nth(1).unwrap_or_else(|| panic!("{audit}"));
+        assert!(section.contains("violations: 1") && section.contains("\"syscall\":\"openat\""), "{role}:\n{audit}");
         drop(child.stdin.take());
         capvmctl(&[&format!("--vm={name}"), "--destroy"]);
         let r = finish(child, Duration::from_secs(10));

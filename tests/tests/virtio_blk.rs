@@ -35,38 +35,14 @@ fn guest_writes_flushes_reads_back_and_the_image_holds_the_pattern() {
     let img = image("rw", 1 << 20);
     let r = run(&with_disk("blk-rw 1", img.to_str().unwrap()));
     assert_eq!(r.code(), 2, "{r:?}");
-    assert!(
-        r.stdout.contains("1 rounds of write, flush, read-back ok"),
-        "{r:?}"
-    );
+    assert!(r.stdout.contains("1 rounds of write, flush, read-back ok"), "{r:?}");
     assert!(r.stdout.contains("blk: id CAPVM-3-0 status 0"), "{r:?}");
-    let interrupts: u64 = r
-        .stdout
-        .split("interrupts ")
-        .nth(1)
-        .and_then(|s| s.lines().next())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        interrupts >= 1,
-        "no MSI-X interrupt reached the guest: {r:?}"
-    );
+    let interrupts: u64 = r.stdout.split("interrupts ").nth(1).and_then(|s| s.lines().next()).unwrap().trim().parse().unwrap();
+    assert!(interrupts >= 1, "no MSI-X interrupt reached the guest: {r:?}");
     let bytes = std::fs::read(&img).unwrap();
-    assert_eq!(
-        &bytes[PATTERN_OFFSET..PATTERN_OFFSET + 4096],
-        &pattern()[..],
-        "the pattern is not at sector 16"
-    );
-    assert!(
-        bytes[..PATTERN_OFFSET].iter().all(|&b| b == 0),
-        "bytes before sector 16 changed"
-    );
-    assert!(
-        bytes[PATTERN_OFFSET + 4096..].iter().all(|&b| b == 0),
-        "bytes after the pattern changed"
-    );
+    assert_eq!(&bytes[PATTERN_OFFSET..PATTERN_OFFSET + 4096], &pattern()[..], "the pattern is not at sector 16");
+    assert!(bytes[..PATTERN_OFFSET].iter().all(|&b| b == 0), "bytes before sector 16 changed");
+    assert!(bytes[PATTERN_OFFSET + 4096..].iter().all(|&b| b == 0), "bytes after the pattern changed");
     std::fs::remove_file(img).unwrap();
 }
 
@@ -80,14 +56,8 @@ fn a_read_only_disk_refuses_writes_and_the_image_is_unchanged() {
     let r = run(&with_disk("blk-ro", &format!("{},ro", img.display())));
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(r.stdout.contains("blk: read-only feature 1"), "{r:?}");
-    assert!(
-        r.stdout.contains("blk: write status 1, read status 0"),
-        "{r:?}"
-    );
-    assert!(
-        std::fs::read(&img).unwrap().iter().all(|&b| b == 0xee),
-        "a read-only image changed"
-    );
+    assert!(r.stdout.contains("blk: write status 1, read status 0"), "{r:?}");
+    assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0xee), "a read-only image changed");
     std::fs::remove_file(img).unwrap();
 }
 
@@ -99,17 +69,9 @@ fn hostile_chains_and_bar_moves_get_errors_and_the_server_survives() {
     let img = image("fuzz", 1 << 20);
     let r = run(&with_disk("blk-fuzz", img.to_str().unwrap()));
     assert_eq!(r.code(), 2, "a server died or the VM failed: {r:?}");
-    assert!(
-        r.stdout
-            .contains("fuzz: 10 of 10 hostile chains refused, 64 random chains returned"),
-        "{r:?}"
-    );
+    assert!(r.stdout.contains("fuzz: 10 of 10 hostile chains refused, 64 random chains returned"), "{r:?}");
     assert!(r.stdout.contains("config space ok; BAR moves ok"), "{r:?}");
-    assert!(
-        r.stdout
-            .contains("fuzz: device at 0x00000000c0100000 still works"),
-        "{r:?}"
-    );
+    assert!(r.stdout.contains("fuzz: device at 0x00000000c0100000 still works"), "{r:?}");
     assert!(r.stderr.is_empty(), "{r:?}");
     std::fs::remove_file(img).unwrap();
 }
@@ -133,11 +95,7 @@ fn get_stats(name: &str) -> Vec<(String, u64)> {
 }
 
 fn stat(stats: &[(String, u64)], key: &str) -> u64 {
-    stats
-        .iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no {key} in {stats:?}"))
-        .1
+    stats.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {stats:?}")).1
 }
 
 /// Runs `blk-rw ROUNDS idle` and reads the stats once the guest is done.
@@ -152,17 +110,9 @@ fn stats_after(rounds: u32) -> Vec<(String, u64)> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(&seen).contains("blk done") {
-        assert!(
-            Instant::now() < deadline,
-            "guest did not finish: {}",
-            String::from_utf8_lossy(&seen)
-        );
+        assert!(Instant::now() < deadline, "guest did not finish: {}", String::from_utf8_lossy(&seen));
         let n = std::io::Read::read(&mut out, &mut buf).unwrap();
-        assert!(
-            n > 0,
-            "capvm ended early: {}",
-            String::from_utf8_lossy(&seen)
-        );
+        assert!(n > 0, "capvm ended early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
     let stats = get_stats(&name);
@@ -183,41 +133,18 @@ fn queue_notifies_take_the_ioeventfd_path_and_exits_do_not_grow_with_requests() 
     let (few, many) = (stats_after(2), stats_after(12));
     let blk = "virtio-blk (0:3.0)";
     // Each round is three requests (write, flush, read), plus one GET_ID.
-    assert_eq!(
-        stat(&few, &format!("{blk}: requests")),
-        2 * 3 + 1,
-        "{few:?}"
-    );
-    assert_eq!(
-        stat(&many, &format!("{blk}: requests")),
-        12 * 3 + 1,
-        "{many:?}"
-    );
+    assert_eq!(stat(&few, &format!("{blk}: requests")), 2 * 3 + 1, "{few:?}");
+    assert_eq!(stat(&many, &format!("{blk}: requests")), 12 * 3 + 1, "{many:?}");
     // Every notify came through the ioeventfd, none as an exit.
     assert_eq!(stat(&many, &format!("{blk}: notify_exits")), 0, "{many:?}");
-    assert!(
-        stat(&many, &format!("{blk}: ioeventfd_notifies")) >= 12 * 3,
-        "{many:?}"
-    );
+    assert!(stat(&many, &format!("{blk}: ioeventfd_notifies")) >= 12 * 3, "{many:?}");
     // The runner's user-space exits are those of setup and printing: 30
     // more requests add no MMIO exit and no port exit beyond the two
     // digits the longer command line and count print.
-    let (m_few, m_many) = (
-        stat(&few, "vcpu-runner: mmio_exits"),
-        stat(&many, "vcpu-runner: mmio_exits"),
-    );
-    assert_eq!(
-        m_few, m_many,
-        "MMIO exits grew with requests: {few:?} {many:?}"
-    );
-    let (p_few, p_many) = (
-        stat(&few, "vcpu-runner: pio_exits"),
-        stat(&many, "vcpu-runner: pio_exits"),
-    );
-    assert!(
-        p_many.abs_diff(p_few) <= 8,
-        "port exits grew with requests: {p_few} -> {p_many}"
-    );
+    let (m_few, m_many) = (stat(&few, "vcpu-runner: mmio_exits"), stat(&many, "vcpu-runner: mmio_exits"));
+    assert_eq!(m_few, m_many, "MMIO exits grew with requests: {few:?} {many:?}");
+    let (p_few, p_many) = (stat(&few, "vcpu-runner: pio_exits"), stat(&many, "vcpu-runner: pio_exits"));
+    assert!(p_many.abs_diff(p_few) <= 8, "port exits grew with requests: {p_few} -> {p_many}");
 }
 
 #[test]
@@ -226,20 +153,11 @@ fn bad_disk_options_are_one_clear_line_and_status_4() {
         return; // the disk is opened after /dev/kvm
     }
     let cases = [
-        (
-            "3,virtio-blk,/nonexistent/capvm.img",
-            "cannot open /nonexistent/capvm.img",
-        ),
-        (
-            "3,virtio-blk,/dev/null,frob",
-            "virtio-blk has no option 'frob'",
-        ),
+        ("3,virtio-blk,/nonexistent/capvm.img", "cannot open /nonexistent/capvm.img"),
+        ("3,virtio-blk,/dev/null,frob", "virtio-blk has no option 'frob'"),
         ("3,virtio-blk", "give the image file or block device"),
         ("3,virtio-blk,/dev/null,sectorsize=1000", "sectorsize=1000"),
-        (
-            "3,virtio-blk,/dev/null",
-            "/dev/null is neither a file nor a block device",
-        ),
+        ("3,virtio-blk,/dev/null", "/dev/null is neither a file nor a block device"),
     ];
     for (slot, want) in cases {
         let r = run(&guest_args("hello", &["-s", slot]));

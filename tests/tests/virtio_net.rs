@@ -14,9 +14,7 @@ const GUEST_MAC: &str = "02:aa:bb:cc:dd:ee";
 const PEER_MAC: &str = "02:00:00:00:00:01";
 
 fn mac_bytes(mac: &str) -> Vec<u8> {
-    mac.split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect()
+    mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -45,9 +43,7 @@ fn peer_frame() -> Vec<u8> {
 
 /// The word after `key` on the line that has it.
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.split_once(key))
-        .and_then(|(_, rest)| rest.split_whitespace().next())
+    text.lines().find_map(|l| l.split_once(key)).and_then(|(_, rest)| rest.split_whitespace().next())
 }
 
 fn net_args(cmd: &str, slot: &str) -> Vec<String> {
@@ -80,36 +76,14 @@ fn frames_cross_the_tap_exactly_in_both_directions() {
     std::io::Read::read_to_string(&mut peer_out, &mut rest).unwrap();
     let _ = peer.wait();
 
-    assert_eq!(
-        r.code(),
-        1,
-        "the guest should power off after its frame arrived: {r:?}"
-    );
-    assert!(
-        r.stdout.contains("net: mac 02aabbccddee"),
-        "the device configuration has the wrong MAC: {r:?}"
-    );
+    assert_eq!(r.code(), 1, "the guest should power off after its frame arrived: {r:?}");
+    assert!(r.stdout.contains("net: mac 02aabbccddee"), "the device configuration has the wrong MAC: {r:?}");
     // Guest to tap: the exact bytes, nothing added or lost.
-    assert_eq!(
-        field(&rest, "guest-frame "),
-        Some(hex(&guest_frame()).as_str()),
-        "peer saw: {rest}"
-    );
+    assert_eq!(field(&rest, "guest-frame "), Some(hex(&guest_frame()).as_str()), "peer saw: {rest}");
     // Tap to guest: exact, split over two 512-byte buffers (mergeable RX).
-    assert_eq!(
-        field(&rest, "sent-frame "),
-        Some(hex(&peer_frame()).as_str()),
-        "peer: {rest}"
-    );
-    assert!(
-        r.stdout.contains("net: received 1000 bytes in 2 buffers: "),
-        "{r:?}"
-    );
-    assert_eq!(
-        field(&r.stdout, "buffers: "),
-        Some(hex(&peer_frame()).as_str()),
-        "the guest got other bytes"
-    );
+    assert_eq!(field(&rest, "sent-frame "), Some(hex(&peer_frame()).as_str()), "peer: {rest}");
+    assert!(r.stdout.contains("net: received 1000 bytes in 2 buffers: "), "{r:?}");
+    assert_eq!(field(&r.stdout, "buffers: "), Some(hex(&peer_frame()).as_str()), "the guest got other bytes");
     assert!(r.stderr.is_empty(), "{r:?}");
 }
 
@@ -138,10 +112,7 @@ fn a_tap_capvm_creates_is_gone_when_the_vm_is() {
         .unwrap();
     assert!(st.success());
     let _ = child.wait();
-    assert!(
-        !ns.has_link("cvtap9"),
-        "the tap capvm created outlived the VM"
-    );
+    assert!(!ns.has_link("cvtap9"), "the tap capvm created outlived the VM");
 }
 
 #[test]
@@ -153,15 +124,9 @@ fn bad_nic_options_are_one_clear_line_and_status_4() {
     for (slot, want) in [
         ("3,virtio-net", "give a tap"),
         ("3,virtio-net,lo", "tap lo: exists and is not a tap"),
-        (
-            "3,virtio-net,tap0,mac=ff:ff:ff:ff:ff:ff",
-            "mac=ff:ff:ff:ff:ff:ff",
-        ),
+        ("3,virtio-net,tap0,mac=ff:ff:ff:ff:ff:ff", "mac=ff:ff:ff:ff:ff:ff"),
         ("3,virtio-net,tap0,mtu=9", "mtu=9"),
-        (
-            "3,virtio-net,tap0,speed=10",
-            "virtio-net has no option 'speed'",
-        ),
+        ("3,virtio-net,tap0,speed=10", "virtio-net has no option 'speed'"),
     ] {
         let r = ns.run_capvm(&net_args("hello", slot));
         assert_eq!(r.code(), 4, "{slot}: {r:?}");
