@@ -103,14 +103,19 @@ impl Run {
 /// The Handbook-style command line for the test guest with `cmd` on its
 /// kernel command line, plus `extra` flags before the VM name.
 pub fn guest_args(cmd: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["-c", "1", "-m", "64M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    vm_args(1, "64M", guest(), cmd, extra)
+}
+
+/// A VM with `cpus` vCPUs and `memory`, a host bridge, an LPC bridge with
+/// COM1 on stdio, booting `kernel` with `cmdline`, plus `extra` flags; the
+/// last word is a VM name of its own.
+pub fn vm_args(cpus: u32, memory: &str, kernel: &Path, cmdline: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-c".into(), cpus.to_string(), "-m".into(), memory.into()];
+    args.extend(["-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"].iter().map(|s| s.to_string()));
     args.push("-o".into());
-    args.push(format!("boot.kernel={}", guest().display()));
+    args.push(format!("boot.kernel={}", kernel.display()));
     args.push("-o".into());
-    args.push(format!("boot.cmdline={cmd}"));
+    args.push(format!("boot.cmdline={cmdline}"));
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(unique_vm_name());
     args
@@ -121,6 +126,33 @@ pub fn unique_vm_name() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs capvmctl against the test VMs' runtime directory; panics if it fails.
+pub fn capvmctl(args: &[&str]) -> String {
+    let out = Command::new(bin_dir().join("capvmctl"))
+        .env("CAPVM_RUNTIME_DIR", runtime_dir())
+        .args(args)
+        .output()
+        .expect("run capvmctl");
+    assert!(out.status.success(), "capvmctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `capvmctl --get-stats` of VM `name`, as ("role: counter", value) pairs.
+pub fn get_stats(name: &str) -> Vec<(String, u64)> {
+    capvmctl(&[&format!("--vm={name}"), "--get-stats"])
+        .lines()
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One counter of `get_stats`' answer; panics if it is missing.
+pub fn stat(stats: &[(String, u64)], key: &str) -> u64 {
+    stats.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {stats:?}")).1
 }
 
 /// Where test VMs keep their control sockets.

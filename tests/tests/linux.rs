@@ -89,38 +89,36 @@ fn boot_linux(with_net: bool) {
     let img = root_image();
     assert_eq!(mount_count(&img), 0);
 
+    // capvm runs in a namespace of its own either way; with a NIC, its tap
+    // and a DHCP server live there too.
     let ns = Netns::new();
-    ns.add_tap("ltap0");
-    ns.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "ltap0"]);
     let leases = std::env::temp_dir().join(format!("capvm-linux-{}.leases", std::process::id()));
-    let mut dhcp = KillOnDrop(
-        ns.command("dnsmasq")
-            .args(["--no-daemon", "--conf-file=/dev/null", "--interface=ltap0", "--bind-interfaces", "--port=0"])
-            .arg(format!("--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"))
-            .args(["--log-dhcp", "--log-facility=-"])
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dnsmasq (dnsmasq-base)"),
-    );
+    let dhcp = with_net.then(|| {
+        ns.add_tap("ltap0");
+        ns.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "ltap0"]);
+        KillOnDrop(
+            ns.command("dnsmasq")
+                .args(["--no-daemon", "--conf-file=/dev/null", "--interface=ltap0", "--bind-interfaces", "--port=0"])
+                .arg(format!("--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"))
+                .args(["--log-dhcp", "--log-facility=-"])
+                .arg(format!("--dhcp-leasefile={}", leases.display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start dnsmasq (dnsmasq-base)"),
+        )
+    });
 
-    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw ip=dhcp");
-    let name = unique_vm_name();
-    let args: Vec<String> = ["-c", "2", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "-s".into(),
-            format!("3,virtio-blk,{}", img.display()),
-            "-o".into(),
-            format!("boot.kernel={}", kernel.display()),
-            "-o".into(),
-            format!("boot.cmdline={cmdline}"),
-        ])
-        .chain(with_net.then(|| ["-s".to_string(), "4,virtio-net,ltap0".to_string()]).into_iter().flatten())
-        .chain([name.clone()])
-        .collect();
+    // ip=dhcp only with a NIC: the kernel would wait for one otherwise.
+    let ip = if with_net { " ip=dhcp" } else { "" };
+    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw{ip}");
+    let disk = format!("3,virtio-blk,{}", img.display());
+    let mut extra = vec!["-s", disk.as_str()];
+    if with_net {
+        extra.extend(["-s", "4,virtio-net,ltap0"]);
+    }
+    let args = vm_args(2, "256M", &kernel, &cmdline, &extra);
+    let name = args.last().unwrap().clone();
 
     let start = Instant::now();
     let mut vm = ns.spawn_capvm(&args);
@@ -146,21 +144,23 @@ fn boot_linux(with_net: bool) {
     let status = vm.wait().unwrap();
     let mut stderr = String::new();
     vm.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    let _ = dhcp.0.kill();
-    let _ = dhcp.0.wait();
     let mut dhcp_log = String::new();
-    dhcp.0.stdout.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
-    dhcp.0.stderr.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
+    if let Some(mut dhcp) = dhcp {
+        let _ = dhcp.0.kill();
+        let _ = dhcp.0.wait();
+        dhcp.0.stdout.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
+        dhcp.0.stderr.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
+    }
 
-    // In order: both CPUs, the devices probed, the lease, the root mount,
-    // the panic (then the reboot through the FADT's reset register: exit 0).
+    // In order: both CPUs, the disk probed, the root mount (after the
+    // lease, with a NIC), the panic (then the reboot through the FADT's
+    // reset register: exit 0).
     at(&log, "ACPI: Using ACPI (MADT) for SMP configuration information");
     let smp = at(&log, "smp: Brought up 1 node, 2 CPUs");
     let blk = at(&log, "virtio_blk virtio0: [vda] 16384 512-byte logical blocks");
-    let lease = at(&log, &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"));
     let mounted = at(&log, "VFS: Mounted root (ext2 filesystem) on device");
     let panicked = at(&log, "Kernel panic - not syncing: No working init found");
-    assert!(smp < blk && blk < mounted && lease < mounted && mounted < panicked, "{log}");
+    assert!(smp < blk && blk < mounted && mounted < panicked, "{log}");
     assert!(!log.contains("ACPI Error"), "{log}");
     assert!(!log.contains("VFS: Mounted root (ext2 filesystem) readonly"), "{log}");
     // Interrupts reached the guest through MSI-X: the transport has no INTx.
@@ -170,8 +170,11 @@ fn boot_linux(with_net: bool) {
         let irqs = stats.iter().find(|(k, _)| *k == format!("{dev}: interrupts")).map(|(_, v)| *v);
         assert!(irqs.is_some_and(|n| n > 0), "{dev} raised no MSI-X interrupt: {stats:?}");
     }
-    // The DHCP server handed that address to the NIC's MAC.
+    // The lease came before the mount, and the DHCP server handed that
+    // address to the NIC's MAC.
     if with_net {
+        let lease = at(&log, &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"));
+        assert!(lease < mounted, "{log}");
         let mac = log
             .lines()
             .find_map(|l| l.split_once("hwaddr="))
@@ -187,21 +190,6 @@ fn boot_linux(with_net: bool) {
     record_times(root_mounted.unwrap(), total);
     std::fs::remove_file(img).unwrap();
     let _ = std::fs::remove_file(leases);
-}
-
-fn get_stats(name: &str) -> Vec<(String, u64)> {
-    let out = Command::new(bin_dir().join("capvmctl"))
-        .env("CAPVM_RUNTIME_DIR", runtime_dir())
-        .args([&format!("--vm={name}"), "--get-stats"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Boot times for the benchmark report (bench/): target/bench/linux-boot.txt.
@@ -220,15 +208,7 @@ fn linux_starts_its_second_cpu_from_the_madt_and_reboots_through_acpi() {
         return;
     }
     let kernel = vmlinux();
-    let mut args: Vec<String> = ["-c", "2", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push("-o".into());
-    args.push(format!("boot.kernel={}", kernel.display()));
-    args.push("-o".into());
-    args.push(format!("boot.cmdline=console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS}"));
-    args.push(unique_vm_name());
+    let args = vm_args(2, "256M", &kernel, &format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS}"), &[]);
     let mut vm = spawn(&args);
     drop(vm.stdin.take());
     let r = finish(vm, Duration::from_secs(600));

@@ -46,16 +46,6 @@ fn policy_fds(text: &str) -> Vec<(String, BTreeSet<i32>)> {
     out
 }
 
-fn capvmctl(args: &[&str]) -> String {
-    let out = Command::new(bin_dir().join("capvmctl"))
-        .env("CAPVM_RUNTIME_DIR", runtime_dir())
-        .args(args)
-        .output()
-        .expect("run capvmctl");
-    assert!(out.status.success(), "capvmctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Polls `capvmctl --audit` until `n` children have entered their sandbox.
 fn wait_sandboxed(name: &str, n: usize) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -76,28 +76,6 @@ fn hostile_chains_and_bar_moves_get_errors_and_the_server_survives() {
     std::fs::remove_file(img).unwrap();
 }
 
-fn get_stats(name: &str) -> Vec<(String, u64)> {
-    let out = Command::new(bin_dir().join("capvmctl"))
-        .env("CAPVM_RUNTIME_DIR", runtime_dir())
-        .args([&format!("--vm={name}"), "--get-stats"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (role, rest) = l.split_once(": ")?;
-            let (k, v) = rest.split_once(' ')?;
-            Some((format!("{role}: {k}"), v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn stat(stats: &[(String, u64)], key: &str) -> u64 {
-    stats.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {stats:?}")).1
-}
-
 /// Runs `blk-rw ROUNDS idle` and reads the stats once the guest is done.
 fn stats_after(rounds: u32) -> Vec<(String, u64)> {
     let img = image(&format!("notify{rounds}"), 1 << 20);
