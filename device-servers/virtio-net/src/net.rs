@@ -269,11 +269,8 @@ impl Device for Net {
         vec![QUEUE_SIZE; capvm_virtio::layout::NET_QUEUES]
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = c.get(offset as usize + i).copied().unwrap_or(0);
-        }
+    fn config(&self) -> Vec<u8> {
+        self.config_bytes().to_vec()
     }
 
     fn activate(&mut self, features: u64) {

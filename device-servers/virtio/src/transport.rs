@@ -48,8 +48,9 @@ pub trait Device {
     fn features(&self) -> u64;
     /// The largest size of each queue; their number is the queue count.
     fn queue_max_sizes(&self) -> Vec<u16>;
-    /// Reads the device configuration at `offset`; out of range reads 0xff.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The device configuration structure as the driver reads it (the
+    /// transport cuts accesses out of it; bytes past its end read as 0).
+    fn config(&self) -> Vec<u8>;
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver set DRIVER_OK with these features.
     fn activate(&mut self, features: u64);
@@ -230,7 +231,13 @@ impl<D: Device> Transport<D> {
                 // Reading the ISR clears it (and deasserts INTx).
                 out[0] = std::mem::take(&mut self.isr);
             }
-            o if (DEVICE..DEVICE + DEVICE_LEN).contains(&o) => self.device.read_config(o - DEVICE, &mut out[..n]),
+            o if (DEVICE..DEVICE + DEVICE_LEN).contains(&o) => {
+                let config = self.device.config();
+                let at = (o - DEVICE) as usize;
+                for (i, b) in out[..n].iter_mut().enumerate() {
+                    *b = config.get(at + i).copied().unwrap_or(0);
+                }
+            }
             o if self.in_msix_table(o) => {
                 let (entry, word) = msix_word(o);
                 let e = self.msix_table[entry];
