@@ -61,8 +61,9 @@ fn fit_entry(e: &mut kvm_cpuid_entry2, host: HostKvm, vcpu_id: u32, is_amd: bool
                     // A TSC-deadline timer needs the TSC's frequency, which
                     // a guest cannot calibrate when its CPL0 code is
                     // emulated (Linux: "Unable to calibrate against PIT"):
-                    // its ticks then stop. Without it Linux calibrates the
-                    // LAPIC timer against the PIT, which works.
+                    // its ticks then stopped. Without it Linux checks the
+                    // LAPIC timer against the PIT and, here, falls back to
+                    // the PIT (docs/linux-guest.md).
                     | CPUID1_ECX_TSC_DEADLINE);
             }
         }

@@ -202,10 +202,9 @@ impl Vcpu {
     /// Completes an instruction KVM's instruction emulator refused, where
     /// its effect is simple enough to be certain of: `int3` (cc) and
     /// `int n` (cd nn) move RIP past themselves and inject their vector, as
-    /// the CPU would have; `fwait` (9b) has nothing to wait for (no x87
-    /// exception is ever pending here: the guest's x87 state lives in the
-    /// host's FPU, which raises none unmasked while the guest runs at CPL0
-    /// in the emulator) and only moves RIP. `insn` holds the bytes at RIP.
+    /// the CPU would have; `fwait` (9b) only moves RIP: it waits for a
+    /// pending unmasked x87 exception, and capvm assumes there is none
+    /// (kernels run with x87 exceptions masked; a wrong guess loses a #MF). `insn` holds the bytes at RIP.
     /// Returns false (and changes nothing) for any other instruction.
     pub fn complete_refused_instruction(&self, insn: &[u8]) -> Result<bool> {
         let (len, vector) = match insn {

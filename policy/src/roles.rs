@@ -64,7 +64,7 @@ pub fn vcpu_ioctls() -> Vec<Ioctl> {
         Ioctl { name: "KVM_GET_SREGS", cmd: 0x8138_ae83 },
         Ioctl { name: "KVM_TRANSLATE", cmd: 0xc018_ae85 },
         Ioctl { name: "KVM_GET_MP_STATE", cmd: 0x8004_ae98 },
-        // Completing an int3 / int n the host's emulator refused.
+        // Completing an int3, int n or fwait the host's emulator refused.
         Ioctl { name: "KVM_SET_REGS", cmd: 0x4090_ae82 },
         Ioctl { name: "KVM_GET_VCPU_EVENTS", cmd: 0x8040_ae9f },
         Ioctl { name: "KVM_SET_VCPU_EVENTS", cmd: 0x4040_aea0 },

@@ -297,9 +297,10 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
                 let report = internal_error(&vcpu, &shared.ram, suberror);
                 // The emulator of a paging-based host cannot run int3,
                 // int n or fwait at CPL0; the runner completes them.
-                match report.suberror == EMULATION_FAILURE && vcpu.complete_refused_instruction(&report.bytes).unwrap_or(false) {
-                    true => Routed::Continue(0),
-                    false => Routed::Stop(VmEvent::InternalError(report)),
+                if report.suberror == EMULATION_FAILURE && vcpu.complete_refused_instruction(&report.bytes).unwrap_or(false) {
+                    Routed::Continue(0)
+                } else {
+                    Routed::Stop(VmEvent::InternalError(report))
                 }
             }
             Exit::Unhandled(what) => break ToBroker::Fatal(format!("vCPU {id}: unhandled exit {what}")),
