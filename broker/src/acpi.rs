@@ -6,7 +6,8 @@
 //!   runner owns them: SLP_TYP 5 + SLP_EN powers off), the reset register
 //!   0xcf9 with value 6 (the runner resets the VM), no PM timer, no 8042.
 //! - MADT: one enabled local APIC per vCPU (APIC ID = vCPU index, which
-//!   the runner's CPUID reports too) and the in-kernel IOAPIC, GSIs 0-23.
+//!   the runner's CPUID reports too), the in-kernel IOAPIC (GSIs 0-23) and
+//!   a PC's interrupt source overrides (IRQ 0 → GSI 2, SCI level/high).
 //! - MCFG: ECAM for bus 0.
 //! - DSDT: the PCI root bridge with its bus, I/O and memory windows, and
 //!   \_S5 for poweroff; the ECAM window as a motherboard resource. No _PRT: functions have no INTx pin yet (MSI-X only).
@@ -116,7 +117,34 @@ fn madt(p: &Platform) -> Vec<u8> {
     }
     // The IOAPIC's ID follows the local APICs' (IDs share one space).
     m.add_structure(IoApic::new(p.cpus as u8, IOAPIC_ADDR, 0));
-    bytes(&m)
+    let mut table = bytes(&m);
+    // The PIT's IRQ 0 is IOAPIC pin 2, as on every PC (the kernel crate
+    // routes it there); the SCI is level-triggered, active high.
+    append_structure(&mut table, &interrupt_source_override(0, 2, 0));
+    append_structure(&mut table, &interrupt_source_override(SCI_IRQ as u8, SCI_IRQ as u32, ACTIVE_HIGH | LEVEL));
+    table
+}
+
+/// MPS INTI flags of an interrupt source override.
+const ACTIVE_HIGH: u16 = 0b01;
+const LEVEL: u16 = 0b11 << 2;
+
+/// MADT structure type 2 (ACPI 6.5, 5.2.12.5), which acpi_tables 0.2
+/// does not have: ISA `irq` arrives at `gsi`.
+fn interrupt_source_override(irq: u8, gsi: u32, flags: u16) -> [u8; 10] {
+    let mut s = [2, 10, 0, irq, 0, 0, 0, 0, 0, 0];
+    s[4..8].copy_from_slice(&gsi.to_le_bytes());
+    s[8..10].copy_from_slice(&flags.to_le_bytes());
+    s
+}
+
+/// Appends `structure` to a finished table, fixing its length and checksum.
+fn append_structure(table: &mut Vec<u8>, structure: &[u8]) {
+    table.extend_from_slice(structure);
+    let len = table.len() as u32;
+    table[4..8].copy_from_slice(&len.to_le_bytes());
+    table[9] = 0;
+    table[9] = 0u8.wrapping_sub(table.iter().fold(0u8, |a, &b| a.wrapping_add(b)));
 }
 
 fn dsdt(p: &Platform) -> Vec<u8> {
@@ -201,7 +229,7 @@ mod tests {
         for sig in [&b"FACP"[..], b"APIC", b"MCFG"] {
             assert!(entries.contains(&find(&t, sig).0));
         }
-        // Two local APICs (type 0) and one IOAPIC (type 1) after the 44-byte header.
+        // Two local APICs (type 0), one IOAPIC (type 1), two overrides (type 2) after the 44-byte header.
         let madt = &find(&t, b"APIC").1;
         let types: Vec<u8> = {
             let (mut at, mut v) = (44, Vec::new());
@@ -211,7 +239,9 @@ mod tests {
             }
             v
         };
-        assert_eq!(types, vec![0, 0, 1]);
+        assert_eq!(types, vec![0, 0, 1, 2, 2]);
+        // IRQ 0 arrives at GSI 2.
+        assert_eq!(madt[72..82], [2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
         // The DSDT holds the root bridge and \_S5.
         let dsdt = &find(&t, b"DSDT").1;
         assert!(dsdt.windows(4).any(|w| w == b"PCI0") && dsdt.windows(4).any(|w| w == b"_S5_"));

@@ -39,7 +39,12 @@ impl Vm {
         fd.create_pit2(pit).context("KVM_CREATE_PIT2")?;
         let supported_cpuid =
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).context("KVM_GET_SUPPORTED_CPUID")?;
-        Ok(Vm { kvm, fd, supported_cpuid, host, eventfds: Vec::new() })
+        let vm = Vm { kvm, fd, supported_cpuid, host, eventfds: Vec::new() };
+        // KVM's own default wires the PIT to IOAPIC pin 0; ours (pin 2, as
+        // the MADT says) must hold from the first instruction, not only
+        // after the first MSI route update.
+        vm.set_msi_routes(&[])?;
+        Ok(vm)
     }
 
     /// The `/dev/kvm` and VM fd numbers, for the sandbox manifest.
@@ -127,8 +132,13 @@ impl Vm {
     }
 }
 
-/// KVM's default routing: GSI 0-15 to both PICs and the IOAPIC, 16-23 to
-/// the IOAPIC. Setting a routing table replaces it, so it is rebuilt.
+/// The wiring of a PC, which the MADT's interrupt source override tells
+/// the guest: ISA IRQ 0 (the PIT, GSI 0 in KVM) reaches PIC pin 0 and
+/// IOAPIC pin 2; GSI 1-15 reach PIC and IOAPIC pin of the same number,
+/// 16-23 the IOAPIC only. GSI 2 has no route: PIC pin 2 is the cascade and
+/// IOAPIC pin 2 belongs to GSI 0. That also matters to KVM's PIT, which
+/// only injects its next tick after the guest acknowledged the last one,
+/// and learns of an IOAPIC EOI through the GSI that pin routes back to.
 fn default_irq_routes() -> Vec<kvm_irq_routing_entry> {
     let pin = |gsi: u32, irqchip: u32, pin: u32| {
         let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
@@ -136,13 +146,12 @@ fn default_irq_routes() -> Vec<kvm_irq_routing_entry> {
         e
     };
     let mut v = Vec::new();
-    for gsi in 0..24u32 {
+    for gsi in (0..24u32).filter(|&gsi| gsi != 2) {
         if gsi < 8 {
             v.push(pin(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
         } else if gsi < 16 {
             v.push(pin(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
         }
-        // The PIT's IRQ 0 is wired to IOAPIC pin 2, as on a PC.
         v.push(pin(gsi, KVM_IRQCHIP_IOAPIC, if gsi == 0 { 2 } else { gsi }));
     }
     v
@@ -187,9 +196,19 @@ mod tests {
     }
 
     #[test]
-    fn default_routes_cover_the_legacy_gsis() {
+    fn default_routes_wire_the_pit_to_ioapic_pin_2_and_leave_the_cascade_alone() {
         let r = default_irq_routes();
-        assert_eq!(r.len(), 16 + 24);
-        assert!(r.iter().all(|e| e.gsi < 24));
+        // SAFETY: every entry is an IRQCHIP route.
+        let to = |gsi: u32| -> Vec<(u32, u32)> {
+            r.iter().filter(|e| e.gsi == gsi).map(|e| unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) }).collect()
+        };
+        assert_eq!(to(0), [(KVM_IRQCHIP_PIC_MASTER, 0), (KVM_IRQCHIP_IOAPIC, 2)]);
+        assert!(to(2).is_empty());
+        assert_eq!(to(9), [(KVM_IRQCHIP_PIC_SLAVE, 1), (KVM_IRQCHIP_IOAPIC, 9)]);
+        assert_eq!(to(23), [(KVM_IRQCHIP_IOAPIC, 23)]);
+        // Each IOAPIC pin but 0 routes back to exactly one GSI (KVM's EOI lookup).
+        let mut pins: Vec<u32> = (0..24).flat_map(to).filter(|&(chip, _)| chip == KVM_IRQCHIP_IOAPIC).map(|p| p.1).collect();
+        pins.sort();
+        assert_eq!(pins, (1..24).collect::<Vec<_>>());
     }
 }

@@ -62,26 +62,10 @@ fn at(log: &str, needle: &str) -> usize {
     log.find(needle).unwrap_or_else(|| panic!("the kernel log lacks {needle:?}:\n{log}"))
 }
 
-/// Ignored for now, as the next one: see there.
+/// The whole of issue 6: `-c 2 -m 256M`, a virtio-blk ext2 root mounted
+/// rw, virtio-net with a DHCP lease, the reboot through ACPI.
 #[test]
-#[ignore]
-fn linux_on_two_cpus_mounts_its_virtio_blk_root_rw_and_reboots() {
-    boot_linux(false);
-}
-
-/// The whole issue-6 run: also virtio-net with DHCP. Ignored for now: since
-/// the ACPI tables (IOAPIC mode), the guest often stops after its first
-/// virtio-blk request (the server answered and sent the MSI; the guest's
-/// clock stops advancing), more often when the host is busy. It passed
-/// several times by hand; a flaky test must not gate CI. docs/linux-guest.md. Run it with
-/// `cargo test -p capvm-tests --test linux -- --ignored`.
-#[test]
-#[ignore]
-fn linux_with_virtio_net_gets_a_dhcp_lease() {
-    boot_linux(true);
-}
-
-fn boot_linux(with_net: bool) {
+fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() {
     if !kvm_available() {
         return;
     }
@@ -89,35 +73,26 @@ fn boot_linux(with_net: bool) {
     let img = root_image();
     assert_eq!(mount_count(&img), 0);
 
-    // capvm runs in a namespace of its own either way; with a NIC, its tap
-    // and a DHCP server live there too.
+    // capvm, its tap and a DHCP server live in a namespace of their own.
     let ns = Netns::new();
     let leases = std::env::temp_dir().join(format!("capvm-linux-{}.leases", std::process::id()));
-    let dhcp = with_net.then(|| {
-        ns.add_tap("ltap0");
-        ns.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "ltap0"]);
-        KillOnDrop(
-            ns.command("dnsmasq")
-                .args(["--no-daemon", "--conf-file=/dev/null", "--interface=ltap0", "--bind-interfaces", "--port=0"])
-                .arg(format!("--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"))
-                .args(["--log-dhcp", "--log-facility=-"])
-                .arg(format!("--dhcp-leasefile={}", leases.display()))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start dnsmasq (dnsmasq-base)"),
-        )
-    });
+    ns.add_tap("ltap0");
+    ns.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "ltap0"]);
+    let mut dhcp = KillOnDrop(
+        ns.command("dnsmasq")
+            .args(["--no-daemon", "--conf-file=/dev/null", "--interface=ltap0", "--bind-interfaces", "--port=0"])
+            .arg(format!("--dhcp-range={GUEST_IP},{GUEST_IP},255.255.255.0,1h"))
+            .args(["--log-dhcp", "--log-facility=-"])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dnsmasq (dnsmasq-base)"),
+    );
 
-    // ip=dhcp only with a NIC: the kernel would wait for one otherwise.
-    let ip = if with_net { " ip=dhcp" } else { "" };
-    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw{ip}");
+    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw ip=dhcp");
     let disk = format!("3,virtio-blk,{}", img.display());
-    let mut extra = vec!["-s", disk.as_str()];
-    if with_net {
-        extra.extend(["-s", "4,virtio-net,ltap0"]);
-    }
-    let args = vm_args(2, "256M", &kernel, &cmdline, &extra);
+    let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk, "-s", "4,virtio-net,ltap0"]);
     let name = args.last().unwrap().clone();
 
     let start = Instant::now();
@@ -145,12 +120,10 @@ fn boot_linux(with_net: bool) {
     let mut stderr = String::new();
     vm.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let mut dhcp_log = String::new();
-    if let Some(mut dhcp) = dhcp {
-        let _ = dhcp.0.kill();
-        let _ = dhcp.0.wait();
-        dhcp.0.stdout.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
-        dhcp.0.stderr.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
-    }
+    let _ = dhcp.0.kill();
+    let _ = dhcp.0.wait();
+    dhcp.0.stdout.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
+    dhcp.0.stderr.take().unwrap().read_to_string(&mut dhcp_log).unwrap();
 
     // In order: both CPUs, the disk probed, the root mount (after the
     // lease, with a NIC), the panic (then the reboot through the FADT's
@@ -164,24 +137,20 @@ fn boot_linux(with_net: bool) {
     assert!(!log.contains("ACPI Error"), "{log}");
     assert!(!log.contains("VFS: Mounted root (ext2 filesystem) readonly"), "{log}");
     // Interrupts reached the guest through MSI-X: the transport has no INTx.
-    let devices: &[&str] =
-        if with_net { &["virtio-blk (0:3.0)", "virtio-net (0:4.0)"] } else { &["virtio-blk (0:3.0)"] };
-    for dev in devices {
+    for dev in ["virtio-blk (0:3.0)", "virtio-net (0:4.0)"] {
         let irqs = stats.iter().find(|(k, _)| *k == format!("{dev}: interrupts")).map(|(_, v)| *v);
         assert!(irqs.is_some_and(|n| n > 0), "{dev} raised no MSI-X interrupt: {stats:?}");
     }
     // The lease came before the mount, and the DHCP server handed that
     // address to the NIC's MAC.
-    if with_net {
-        let lease = at(&log, &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"));
-        assert!(lease < mounted, "{log}");
-        let mac = log
-            .lines()
-            .find_map(|l| l.split_once("hwaddr="))
-            .and_then(|(_, m)| m.split(',').next())
-            .unwrap_or_else(|| panic!("IP-Config printed no hwaddr:\n{log}"));
-        assert!(dhcp_log.contains(&format!("DHCPACK(ltap0) {GUEST_IP} {mac}")), "no DHCPACK for {mac}: {dhcp_log}");
-    }
+    let lease = at(&log, &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"));
+    assert!(lease < mounted, "{log}");
+    let mac = log
+        .lines()
+        .find_map(|l| l.split_once("hwaddr="))
+        .and_then(|(_, m)| m.split(',').next())
+        .unwrap_or_else(|| panic!("IP-Config printed no hwaddr:\n{log}"));
+    assert!(dhcp_log.contains(&format!("DHCPACK(ltap0) {GUEST_IP} {mac}")), "no DHCPACK for {mac}: {dhcp_log}");
     // panic=-1 reboots at once, reboot=acpi through the reset register: capvm exits 0.
     assert_eq!(status.code(), Some(0), "{stderr}\n{log}");
     // The rw mount bumped the superblock's mount count on the host.
