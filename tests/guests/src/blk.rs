@@ -252,3 +252,114 @@ pub fn fuzz() -> ! {
     print(b" still works\n");
     halt()
 }
+
+/// Guest RAM the benchmark's buffers start at (64 MiB; the guest needs
+/// 64 MiB + depth × (size + 8 KiB)).
+const BENCH_BUFFERS: u64 = 0x400_0000;
+
+struct Bench {
+    dev: core::mem::MaybeUninit<Device>,
+    write: bool,
+    size: u64,
+    depth: u64,
+    count: u64,
+    sectors: u64,
+}
+static mut BENCH: Bench =
+    Bench { dev: core::mem::MaybeUninit::uninit(), write: false, size: 0, depth: 0, count: 0, sectors: 0 };
+
+/// `blk-bench read|write SIZE DEPTH COUNT`: COUNT sequential requests of
+/// SIZE bytes with DEPTH in flight, from user mode (natively, where CPL0 is
+/// emulated), polling the used ring with interrupts off. Prints `bench: go`
+/// and `bench: end` around the requests (the host times the two lines),
+/// then resets.
+pub fn bench(write: bool, size: u64, depth: u64, count: u64) -> ! {
+    let depth = depth.clamp(1, QSIZE as u64 / 2);
+    if size == 0 || size % 512 != 0 || size > 1 << 24 {
+        print(b"blk-bench: SIZE must be a multiple of 512 up to 16 MiB\n");
+        halt()
+    }
+    let dev = open();
+    // Capacity in sectors: the first 8 bytes of the device configuration.
+    let sectors = (0..8).fold(0u64, |c, i| c | (dev.config8(i) as u64) << (8 * i));
+    if sectors < size / 512 {
+        print(b"blk-bench: the disk is smaller than one request\n");
+        halt()
+    }
+    // SAFETY: set once at CPL0, read by the user-mode loop only.
+    unsafe { BENCH = Bench { dev: core::mem::MaybeUninit::new(dev), write, size, depth, count, sectors } };
+    crate::user::enter(bench_loop)
+}
+
+/// Request k's data buffer; its header sits just below, its status byte
+/// just after, so every request is two descriptors: reads are
+/// [header][data+status], writes [header+data][status] (virtio 1.x lets
+/// the driver frame a request as it likes).
+fn bench_data(k: u64, size: u64) -> u64 {
+    BENCH_BUFFERS + 4096 + k * (size + 8192).next_multiple_of(4096)
+}
+
+extern "C" fn bench_loop() -> ! {
+    // SAFETY: initialised by `bench` before entering user mode.
+    let b = unsafe { &mut *addr_of_mut!(BENCH) };
+    // SAFETY: as above.
+    let dev = unsafe { b.dev.assume_init_mut() };
+    let span = b.size / 512;
+    let mut next_sector = 0u64;
+    // Writes the header and clears the status of request k; returns its head.
+    let mut prepare = |dev: &mut Device, k: u64| -> u16 {
+        let data = bench_data(k, b.size);
+        let kind = if b.write { T_OUT } else { T_IN };
+        // SAFETY: our buffers in guest RAM, not in flight.
+        unsafe {
+            write_volatile((data - 16) as *mut [u32; 4], [kind, 0, next_sector as u32, (next_sector >> 32) as u32]);
+            write_volatile((data + b.size) as *mut u8, 0xff);
+        }
+        next_sector = if next_sector + 2 * span > b.sectors { 0 } else { next_sector + span };
+        let head = 2 * k as u16;
+        let (first, second) = if b.write {
+            (Desc { addr: data - 16, len: 16 + b.size as u32, flags: DESC_NEXT, next: head + 1 },
+             Desc { addr: data + b.size, len: 1, flags: DESC_WRITE, next: 0 })
+        } else {
+            (Desc { addr: data - 16, len: 16, flags: DESC_NEXT, next: head + 1 },
+             Desc { addr: data, len: b.size as u32 + 1, flags: DESC_WRITE, next: 0 })
+        };
+        dev.set_desc(0, head, first);
+        dev.set_desc(0, head + 1, second);
+        head
+    };
+    print(b"bench: go\n");
+    let mut submitted = 0;
+    for k in 0..b.depth.min(b.count) {
+        let head = prepare(dev, k);
+        dev.offer(0, head);
+        submitted += 1;
+    }
+    dev.kick(0);
+    let (mut done, mut used_pos) = (0u64, 0u16);
+    while done < b.count {
+        let mut offered = false;
+        while dev.used_idx(0) != used_pos {
+            let (head, _) = dev.used_at(0, used_pos);
+            used_pos = used_pos.wrapping_add(1);
+            done += 1;
+            let k = head as u64 / 2;
+            // SAFETY: the device returned the request.
+            if unsafe { read_volatile((bench_data(k, b.size) + b.size) as *const u8) } != S_OK {
+                print(b"blk-bench: a request failed\n");
+                crate::io::reset_cf9()
+            }
+            if submitted < b.count {
+                let head = prepare(dev, k);
+                dev.offer(0, head);
+                submitted += 1;
+                offered = true;
+            }
+        }
+        if offered {
+            dev.kick(0);
+        }
+    }
+    print(b"bench: end\n");
+    crate::io::reset_cf9()
+}

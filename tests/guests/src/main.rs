@@ -2,14 +2,17 @@
 //! (`-o boot.cmdline=...`), so capvm and QEMU run the very same bytes.
 //!
 //! Commands: `hello` (default: greet, print CPUID leaf 1 ECX, halt),
-//! `reboot`, `reboot-kbd`, `poweroff`, `halt`, `triple-fault`,
+//! `reboot`, `reboot-kbd`, `poweroff`, `halt`, `idle` (stay up, asleep),
+//! `triple-fault`,
 //! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run),
 //! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever),
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
 //! (N port writes from user mode, then reset: the exit benchmark),
-//! `blk-rw N [idle]`, `blk-ro`, `blk-fuzz` (our own virtio-blk driver,
-//! see blk.rs), `net` (our own virtio-net driver, see net.rs).
+//! `blk-rw N [idle]`, `blk-ro`, `blk-fuzz`, `blk-bench read|write SIZE
+//! DEPTH COUNT` (our own virtio-blk driver, see blk.rs), `net`, `net-bench tx|rx
+//! SIZE COUNT` (our own virtio-net driver, see net.rs). The benchmarks print `bench: go` and
+//! `bench: end` around their user-mode loop.
 
 #![no_std]
 #![no_main]
@@ -79,6 +82,10 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"reboot-kbd" => io::reset_i8042(),
         b"poweroff" => io::poweroff(),
         b"halt" => io::halt(),
+        b"idle" => {
+            print(b"idling\n");
+            io::idle()
+        }
         b"triple-fault" => io::triple_fault(),
         b"cmpxchg16b" => {
             // Not a local `[0; 2]`: zeroing that compiles to SSE, which
@@ -154,9 +161,23 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             let rounds = words.next().and_then(parse_num).unwrap_or(1);
             blk::rw(rounds, words.next() == Some(b"idle"))
         }
+        b"blk-bench" => {
+            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let write = matches!(words.next(), Some(b"write"));
+            let mut num = || words.next().and_then(parse_num).unwrap_or(1);
+            let (size, depth, count) = (num(), num(), num());
+            blk::bench(write, size, depth, count)
+        }
         b"blk-ro" => blk::ro(),
         b"blk-fuzz" => blk::fuzz(),
         b"net" => net::run(),
+        b"net-bench" => {
+            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let tx = matches!(words.next(), Some(b"tx"));
+            let mut num = || words.next().and_then(parse_num).unwrap_or(0);
+            let (size, count) = (num(), num());
+            net::bench(tx, size, count)
+        }
         b"spin" => loop {
             core::hint::spin_loop();
         },
@@ -173,10 +194,11 @@ static mut LOOP_PORT: u16 = 0;
 extern "C" fn pio_loop() -> ! {
     // SAFETY: written once at CPL0 before entering user mode.
     let (n, port) = unsafe { (LOOP_COUNT, LOOP_PORT) };
+    print(b"bench: go\n");
     for i in 0..n {
         io::outb(port, i as u8);
     }
-    print(b"pio-loop done\n");
+    print(b"bench: end\npio-loop done\n");
     io::reset_cf9()
 }
 

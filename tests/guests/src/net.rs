@@ -1,6 +1,7 @@
-//! virtio-net command `net`: send one frame, then print the first frame
+//! virtio-net commands. `net`: send one frame, then print the first frame
 //! that arrives with our EtherType, in hex, and power off. The host test
 //! compares both with the bytes it expects (tests/tests/virtio_net.rs).
+//! `net-bench tx|rx SIZE COUNT`: the packet-rate benchmark (bench/vs-qemu).
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
@@ -126,4 +127,98 @@ pub fn run() -> ! {
         print(b"\n");
         poweroff()
     }
+}
+
+/// Where the benchmark's frames live (64 MiB up; one 2 KiB buffer per
+/// descriptor).
+const BENCH_BUFFERS: u64 = 0x400_0000;
+const BENCH_BUF_LEN: u64 = 2048;
+/// Frames in flight on either queue.
+const BENCH_DEPTH: u16 = 32;
+
+struct Bench {
+    dev: core::mem::MaybeUninit<Device>,
+    tx: bool,
+    count: u64,
+}
+static mut BENCH: Bench = Bench { dev: core::mem::MaybeUninit::uninit(), tx: false, count: 0 };
+
+/// `net-bench tx|rx SIZE COUNT`: sends COUNT frames of SIZE bytes (our
+/// EtherType, to a unicast MAC nobody has), or receives COUNT frames, with
+/// 32 buffers in flight, from user mode, polling the used rings. Prints
+/// `bench: go` (rx: at the first frame) and `bench: end`, then resets.
+pub fn bench(tx: bool, size: u64, count: u64) -> ! {
+    if !(60..=1514).contains(&size) {
+        print(b"net-bench: SIZE must be 60-1514\n");
+        halt()
+    }
+    let Some(slot) = virtio::find(0x1af4, 0x1041) else {
+        print(b"net: no virtio-net function on bus 0\n");
+        halt()
+    };
+    let mut dev = Device::probe(slot);
+    if !dev.init(F_MRG_RXBUF, 2) || dev.features & F_MRG_RXBUF == 0 {
+        print(b"net: device refused our features\n");
+        halt()
+    }
+    for k in 0..BENCH_DEPTH as u64 {
+        let buf = BENCH_BUFFERS + k * BENCH_BUF_LEN;
+        if tx {
+            // The virtio-net header (all zero: no offloads), then the frame:
+            // to 02::01 from 02::02, our EtherType, zeros.
+            let head = [0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, ETHERTYPE[0], ETHERTYPE[1]];
+            for i in 0..HDR as u64 + size {
+                let byte = i.checked_sub(HDR as u64).and_then(|j| head.get(j as usize)).copied().unwrap_or(0);
+                // SAFETY: guest RAM set aside for the benchmark.
+                unsafe { write_volatile((buf + i) as *mut u8, byte) };
+            }
+            dev.set_desc(TXQ, k as u16, Desc { addr: buf, len: (HDR as u64 + size) as u32, flags: 0, next: 0 });
+        } else {
+            dev.set_desc(RXQ, k as u16, Desc { addr: buf, len: BENCH_BUF_LEN as u32, flags: DESC_WRITE, next: 0 });
+        }
+    }
+    // SAFETY: set once at CPL0, read by the user-mode loop only.
+    unsafe { BENCH = Bench { dev: core::mem::MaybeUninit::new(dev), tx, count } };
+    crate::user::enter(bench_loop)
+}
+
+extern "C" fn bench_loop() -> ! {
+    // SAFETY: initialised by `bench` before entering user mode.
+    let b = unsafe { &mut *addr_of_mut!(BENCH) };
+    // SAFETY: as above.
+    let dev = unsafe { b.dev.assume_init_mut() };
+    let q = if b.tx { TXQ } else { RXQ };
+    let mut offered = 0u64;
+    for k in 0..BENCH_DEPTH.min(b.count as u16) {
+        dev.offer(q, k);
+        offered += 1;
+    }
+    if b.tx {
+        print(b"bench: go\n");
+    }
+    dev.kick(q);
+    let (mut done, mut used_pos) = (0u64, 0u16);
+    while done < b.count {
+        let mut more = false;
+        while dev.used_idx(q) != used_pos {
+            if done == 0 && !b.tx {
+                print(b"bench: go\n");
+            }
+            let (head, _) = dev.used_at(q, used_pos);
+            used_pos = used_pos.wrapping_add(1);
+            done += 1;
+            // RX buffers go back at once (the count of frames received is
+            // what matters); TX chains only while frames remain to send.
+            if !b.tx || offered < b.count {
+                dev.offer(q, head as u16);
+                offered += 1;
+                more = true;
+            }
+        }
+        if more {
+            dev.kick(q);
+        }
+    }
+    print(b"bench: end\n");
+    crate::io::reset_cf9()
 }

@@ -1,5 +1,6 @@
 //! A small virtio 1.x PCI driver of our own: find a function on bus 0
-//! through 0xcf8/0xcfc, walk its capabilities, bring it up with up to two
+//! through 0xcf8/0xcfc, walk its capabilities (each names its own BAR, so
+//! QEMU's layout works as well as capvm's), bring it up with up to two
 //! split virtqueues and MSI-X, and submit descriptor chains.
 //!
 //! Guest CPL0 code is emulated on some hosts and the emulator cannot run
@@ -10,7 +11,8 @@ use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use crate::io::{inl, outl};
 
-pub const QSIZE: u16 = 16;
+/// Room for 32 requests of two descriptors in flight (the benchmarks).
+pub const QSIZE: u16 = 64;
 /// Queues a device can have here (virtio-net: RX and TX).
 pub const MAX_QUEUES: usize = 2;
 pub const VECTOR_CONFIG: u8 = 0x41;
@@ -83,9 +85,19 @@ const EMPTY_RING: Ring = Ring {
 };
 static mut RINGS: [Ring; MAX_QUEUES] = [EMPTY_RING; MAX_QUEUES];
 
-/// A virtio-pci function brought up with its queues.
+/// Memory BAR `idx` of a function: its address, with the next BAR's
+/// high half if it is a 64-bit BAR.
+fn bar_address(slot: u8, idx: u8) -> u64 {
+    let low = cfg_read32(slot, 0x10 + 4 * idx);
+    let high = if low & 0b110 == 0b100 { cfg_read32(slot, 0x14 + 4 * idx) } else { 0 };
+    (low & !0xf) as u64 | (high as u64) << 32
+}
+
+/// A virtio-pci function brought up with its queues. The structures'
+/// addresses are absolute (BAR address + offset).
 pub struct Device {
     pub slot: u8,
+    /// BAR 0's address (the one the fuzzer moves).
     pub bar: u64,
     common: u64,
     notify: u64,
@@ -104,13 +116,13 @@ impl Device {
     /// Finds the BAR and the capabilities, enables memory decoding, bus
     /// mastering and MSI-X.
     pub fn probe(slot: u8) -> Device {
-        let bar = (cfg_read32(slot, 0x10) & !0xf) as u64 | (cfg_read32(slot, 0x14) as u64) << 32;
+        let bar = bar_address(slot, 0);
         let (mut common, mut notify, mut notify_multiplier, mut device_cfg, mut msix_table) = (0, 0, 0, 0, 0);
         let mut ptr = cfg_read8(slot, 0x34);
         while ptr != 0 {
             match cfg_read8(slot, ptr) {
                 0x09 => {
-                    let at = cfg_read32(slot, ptr + 8) as u64;
+                    let at = bar_address(slot, cfg_read8(slot, ptr + 4)) + cfg_read32(slot, ptr + 8) as u64;
                     match cfg_read8(slot, ptr + 3) {
                         1 => common = at,
                         2 => {
@@ -122,7 +134,8 @@ impl Device {
                     }
                 }
                 0x11 => {
-                    msix_table = (cfg_read32(slot, ptr + 4) & !7) as u64;
+                    let table = cfg_read32(slot, ptr + 4);
+                    msix_table = bar_address(slot, (table & 7) as u8) + (table & !7) as u64;
                     let ctrl = cfg_read32(slot, ptr);
                     cfg_write32(slot, ptr, ctrl | 1 << 31); // MSI-X enable
                 }
@@ -147,15 +160,25 @@ impl Device {
         }
     }
 
-    /// Points the device at a new BAR address (the runner checks it).
+    /// Points BAR 0 at a new address (the runner checks it); the
+    /// structures in it move along.
     pub fn move_bar(&mut self, addr: u64) {
         cfg_write32(self.slot, 0x10, addr as u32);
         cfg_write32(self.slot, 0x14, (addr >> 32) as u32);
+        let [n0, n1] = &mut self.notify_at;
+        for at in [&mut self.common, &mut self.notify, &mut self.device_cfg, &mut self.msix_table, n0, n1] {
+            // Offsets within BAR 0 (of at most 64 KiB), kept modulo 2^64:
+            // the fuzzer moves the BAR to all-ones and back.
+            let offset = at.wrapping_sub(self.bar);
+            if offset < 0x1_0000 {
+                *at = addr.wrapping_add(offset);
+            }
+        }
         self.bar = addr;
     }
 
     fn reg(&self, off: u64) -> u64 {
-        self.bar + self.common + off
+        self.common + off
     }
 
     pub fn status(&self) -> u8 {
@@ -166,7 +189,7 @@ impl Device {
     /// Reads the device configuration at `offset`.
     pub fn config8(&self, offset: u64) -> u8 {
         // SAFETY: the device configuration structure in our BAR.
-        unsafe { mmio_r::<u8>(self.bar + self.device_cfg + offset) }
+        unsafe { mmio_r::<u8>(self.device_cfg + offset) }
     }
 
     /// The virtio initialisation sequence (3.1.1) with `wanted` features
@@ -193,14 +216,14 @@ impl Device {
             // to the BSP's LAPIC, fixed delivery.
             for entry in 0..=queues as u64 {
                 let vector = if entry == 0 { VECTOR_CONFIG } else { VECTOR_QUEUE };
-                let e = self.bar + self.msix_table + 16 * entry;
+                let e = self.msix_table + 16 * entry;
                 mmio_w::<u32>(e, 0xfee0_0000);
                 mmio_w::<u32>(e + 4, 0);
                 mmio_w::<u32>(e + 8, vector as u32);
                 mmio_w::<u32>(e + 12, 0);
             }
             mmio_w::<u16>(self.reg(0x10), 0);
-            let common = self.bar + self.common;
+            let common = self.common;
             let set64 = |off: u64, v: u64| {
                 mmio_w::<u32>(common + off, v as u32);
                 mmio_w::<u32>(common + off + 4, (v >> 32) as u32);
@@ -258,7 +281,7 @@ impl Device {
     /// Tells the device queue `q` has new chains.
     pub fn kick(&self, q: usize) {
         // SAFETY: the queue's notify register in our BAR.
-        unsafe { mmio_w::<u16>(self.bar + self.notify_at[q % MAX_QUEUES], q as u16) }
+        unsafe { mmio_w::<u16>(self.notify_at[q % MAX_QUEUES], q as u16) }
     }
 
     /// Sleeps until queue `q`'s used index reaches (or passes) `idx`.
