@@ -1,4 +1,5 @@
-//! virtio-blk commands: `blk-rw N [idle]`, `blk-ro`, `blk-fuzz`.
+//! virtio-blk commands: `blk-rw N [idle]`, `blk-ro`, `blk-fuzz`, and the
+//! benchmark `blk-bench read|write SIZE DEPTH COUNT`.
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
