@@ -58,9 +58,19 @@ fn cmdline(start_info: *const StartInfo) -> &'static [u8] {
     }
 }
 
+/// The words of the command line.
+fn words(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| b == b' ').filter(|w| !w.is_empty())
+}
+
 /// The first word of the command line.
 fn command(line: &[u8]) -> &[u8] {
-    line.split(|&b| b == b' ').find(|w| !w.is_empty()).unwrap_or(b"hello")
+    words(line).next().unwrap_or(b"hello")
+}
+
+/// The command's arguments: the words after the first.
+fn args(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    words(line).skip(1)
 }
 
 #[no_mangle]
@@ -148,7 +158,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             // pio-loop COUNT PORT: COUNT byte writes to PORT from CPL3 (IOPL 3),
             // then reset. Guest CPL0 is emulated on some hosts, so the hot
             // loop runs in user mode, natively.
-            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let mut words = args(line);
             // SAFETY: single-threaded guest; set before the switch to user mode.
             unsafe {
                 LOOP_COUNT = words.next().and_then(parse_num).unwrap_or(0);
@@ -157,12 +167,12 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             user::enter(pio_loop)
         }
         b"blk-rw" => {
-            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let mut words = args(line);
             let rounds = words.next().and_then(parse_num).unwrap_or(1);
             blk::rw(rounds, words.next() == Some(b"idle"))
         }
         b"blk-bench" => {
-            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let mut words = args(line);
             let write = matches!(words.next(), Some(b"write"));
             let mut num = || words.next().and_then(parse_num).unwrap_or(1);
             let (size, depth, count) = (num(), num(), num());
@@ -172,7 +182,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"blk-fuzz" => blk::fuzz(),
         b"net" => net::run(),
         b"net-bench" => {
-            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).skip(1);
+            let mut words = args(line);
             let tx = matches!(words.next(), Some(b"tx"));
             let mut num = || words.next().and_then(parse_num).unwrap_or(0);
             let (size, count) = (num(), num());

@@ -48,17 +48,24 @@ fn print_hex_bytes(bytes: impl Iterator<Item = u8>) {
     }
 }
 
-pub fn run() -> ! {
+/// The NIC on bus 0, brought up with RX and TX queues, `wanted` features
+/// and mergeable RX buffers (which both commands rely on).
+fn open(wanted: u64) -> Device {
     let Some(slot) = virtio::find(0x1af4, 0x1041) else {
         print(b"net: no virtio-net function on bus 0\n");
         halt()
     };
-    virtio::enable_interrupts();
     let mut dev = Device::probe(slot);
-    if !dev.init(F_MAC | F_MRG_RXBUF, 2) || dev.features & F_MRG_RXBUF == 0 {
+    if !dev.init(wanted | F_MRG_RXBUF, 2) || dev.features & F_MRG_RXBUF == 0 {
         print(b"net: device refused our features\n");
         halt()
     }
+    dev
+}
+
+pub fn run() -> ! {
+    virtio::enable_interrupts();
+    let mut dev = open(F_MAC);
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
         *b = dev.config8(i as u64);
@@ -152,15 +159,7 @@ pub fn bench(tx: bool, size: u64, count: u64) -> ! {
         print(b"net-bench: SIZE must be 60-1514\n");
         halt()
     }
-    let Some(slot) = virtio::find(0x1af4, 0x1041) else {
-        print(b"net: no virtio-net function on bus 0\n");
-        halt()
-    };
-    let mut dev = Device::probe(slot);
-    if !dev.init(F_MRG_RXBUF, 2) || dev.features & F_MRG_RXBUF == 0 {
-        print(b"net: device refused our features\n");
-        halt()
-    }
+    let mut dev = open(0);
     for k in 0..BENCH_DEPTH as u64 {
         let buf = BENCH_BUFFERS + k * BENCH_BUF_LEN;
         if tx {
