@@ -290,11 +290,10 @@ impl Device for Blk {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            // The iterator stops at a loop (at most queue-size descriptors),
-            // at an index past the table, and at a descriptor outside RAM.
-            let descs: Vec<Descriptor> = chain.collect();
             self.requests.inc();
-            let (status, len) = match Request::parse(&descs) {
+            // A broken chain (a loop, a runaway next, a bad indirect table)
+            // has no status byte we could trust: returned with length 0.
+            let (status, len) = match capvm_virtio::chain::whole(chain).as_deref().and_then(Request::parse) {
                 None => (S_IOERR, 0),
                 Some(req) => {
                     let (status, written) = match self.execute(mem, &req.readable, &req.writable) {

@@ -107,8 +107,8 @@ impl Net {
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.collect();
-            match self.write_frame(mem, &descs) {
+            let sent = capvm_virtio::chain::whole(chain).ok_or(()).and_then(|descs| self.write_frame(mem, &descs));
+            match sent {
                 Ok(n) => {
                     self.stats.tx_frames.inc();
                     self.stats.tx_bytes.add(n as u64);
@@ -208,9 +208,14 @@ impl Net {
 
     /// Copies `self.frame[..len]` into the next RX chain(s).
     fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, len: usize) -> Rx {
-        // Take chains until their writable bytes hold the frame.
+        // Take chains until their bytes hold the frame. A chain that is
+        // broken, has a device-readable descriptor or one outside RAM, or
+        // cannot hold the header (5.1.6.3.1) ends the search: the frame
+        // is dropped and every chain taken goes back empty. Checking
+        // first means a frame is never half-written.
         let mut chains: Vec<(u16, Vec<Descriptor>)> = Vec::new();
         let mut room = 0usize;
+        let mut broken = false;
         while room < len && (self.mergeable || chains.is_empty()) {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 for _ in &chains {
@@ -219,14 +224,23 @@ impl Net {
                 return Rx::NoBuffers;
             };
             let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.filter(|d| d.is_write_only()).collect();
-            room += descs.iter().map(|d| d.len() as usize).sum::<usize>();
-            chains.push((head, descs));
+            let descs = capvm_virtio::chain::whole(chain).filter(|d| d.iter().all(|d| d.is_write_only() && mem.check_range(d.addr(), d.len() as usize)));
+            let bytes = descs.as_ref().map_or(0, |d| d.iter().map(|d| d.len() as usize).sum());
+            match descs {
+                Some(descs) if bytes >= HEADER_LEN => {
+                    room += bytes;
+                    chains.push((head, descs));
+                }
+                _ => {
+                    chains.push((head, Vec::new()));
+                    broken = true;
+                    break;
+                }
+            }
         }
-        let fits = room >= len;
         self.frame[NUM_BUFFERS..HEADER_LEN].copy_from_slice(&(chains.len() as u16).to_le_bytes());
         let mut at = 0usize;
-        let mut ok = fits;
+        let mut ok = !broken && room >= len;
         for (head, descs) in &chains {
             let mut written = 0u32;
             for d in descs {

@@ -3,6 +3,7 @@
 //! virtio-queue crate) and the server's event loop. A device server (blk,
 //! net) adds its device model through [`transport::Device`].
 
+pub mod chain;
 pub mod layout;
 pub mod pci;
 pub mod server;

@@ -4,7 +4,7 @@
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use crate::io::{halt, idle, print, print_dec, print_hex};
-use crate::virtio::{self, cfg_read32, cfg_write32, Desc, Device, DESC_NEXT, DESC_WRITE, QSIZE};
+use crate::virtio::{self, cfg_read32, cfg_write32, Desc, Device, Rng, DESC_NEXT, DESC_WRITE, OUTSIDE_RAM, QSIZE, SCRATCH};
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -15,8 +15,6 @@ const F_FLUSH: u64 = 1 << 9;
 const S_OK: u8 = 0;
 /// The sector the pattern goes to; the host test reads it back there.
 pub const PATTERN_SECTOR: u64 = 16;
-/// Scratch RAM the fuzzer lets the device scribble on (32-48 MiB).
-const SCRATCH: u64 = 0x200_0000;
 
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -150,17 +148,6 @@ pub fn ro() -> ! {
     halt()
 }
 
-/// xorshift64: the fuzzer's randomness, the same every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// `blk-fuzz`: hostile chains, random chains, config-space garbage and
 /// BAR moves; the device must answer each and keep working.
 pub fn fuzz() -> ! {
@@ -168,7 +155,7 @@ pub fn fuzz() -> ! {
     let hdr = addr(addr_of_mut!(HEADER));
     let st = addr(addr_of_mut!(STATUS));
     let data = addr_of_mut!(DATA) as u64;
-    let wild = 1u64 << 40;
+    let wild = OUTSIDE_RAM;
     let d = |addr, len, flags, next| Desc { addr, len, flags, next };
     let status_desc = d(st, 1, DESC_WRITE, 0);
     // Each case: its descriptors from index 0, and the request type.

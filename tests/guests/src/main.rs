@@ -10,7 +10,7 @@
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
 //! (N port writes from user mode, then reset: the exit benchmark),
 //! `blk-rw N [idle]`, `blk-ro`, `blk-fuzz`, `blk-bench read|write SIZE
-//! DEPTH COUNT` (our own virtio-blk driver, see blk.rs), `net`, `net-bench tx|rx
+//! DEPTH COUNT` (our own virtio-blk driver, see blk.rs), `net`, `net-fuzz`, `net-bench tx|rx
 //! SIZE COUNT` (our own virtio-net driver, see net.rs). The benchmarks print `bench: go` and
 //! `bench: end` around their user-mode loop.
 
@@ -181,6 +181,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"blk-ro" => blk::ro(),
         b"blk-fuzz" => blk::fuzz(),
         b"net" => net::run(),
+        b"net-fuzz" => net::fuzz(),
         b"net-bench" => {
             let mut words = args(line);
             let tx = matches!(words.next(), Some(b"tx"));

@@ -1,12 +1,13 @@
 //! virtio-net commands. `net`: send one frame, then print the first frame
 //! that arrives with our EtherType, in hex, and power off. The host test
 //! compares both with the bytes it expects (tests/tests/virtio_net.rs).
+//! `net-fuzz`: hostile chains both ways first (see `fuzz`).
 //! `net-bench tx|rx SIZE COUNT`: the packet-rate benchmark (bench/vs-qemu).
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use crate::io::{halt, poweroff, print, print_dec};
-use crate::virtio::{self, Desc, Device, DESC_WRITE};
+use crate::virtio::{self, Desc, Device, Rng, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, OUTSIDE_RAM, QSIZE, SCRATCH};
 
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
@@ -63,48 +64,66 @@ fn open(wanted: u64) -> Device {
     dev
 }
 
-pub fn run() -> ! {
-    virtio::enable_interrupts();
-    let mut dev = open(F_MAC);
+/// The device's MAC, from its configuration.
+fn mac(dev: &Device) -> [u8; 6] {
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
         *b = dev.config8(i as u64);
     }
-    print(b"net: mac ");
-    print_hex_bytes(mac.iter().copied());
-    print(b"\n");
+    mac
+}
 
+/// Writes the test's frame to the TX buffer: the virtio-net header, then
+/// broadcast from `mac`, our EtherType, and payload bytes 3i+first.
+fn fill_tx(mac: [u8; 6], first: u8) -> u64 {
+    let tx = addr_of_mut!(TX) as *mut u8;
+    for i in 0..TX_LEN {
+        let b = match i {
+            _ if i < HDR => 0,
+            _ if i < HDR + 6 => 0xff,
+            _ if i < HDR + 12 => mac[i - HDR - 6],
+            _ if i < HDR + 14 => ETHERTYPE[i - HDR - 12],
+            _ => ((i - HDR - 14) * 3) as u8 + first,
+        };
+        // SAFETY: i < TX_LEN, our static TX buffer, not in flight.
+        unsafe { write_volatile(tx.add(i), b) };
+    }
+    tx as u64
+}
+
+/// Posts the RX buffers and sends the test's frame.
+fn post_all_and_send(dev: &mut Device, mac: [u8; 6]) {
     for b in 0..RX_BUFS as u16 {
-        post(&mut dev, b);
+        post(dev, b);
     }
     dev.kick(RXQ);
-
-    // Broadcast from our MAC, then payload bytes 3i+1.
-    // SAFETY: our static TX buffer, read by the device only while we wait.
-    unsafe {
-        let tx = addr_of_mut!(TX) as *mut u8;
-        for i in 0..TX_LEN {
-            let b = match i {
-                _ if i < HDR => 0,
-                _ if i < HDR + 6 => 0xff,
-                _ if i < HDR + 12 => mac[i - HDR - 6],
-                _ if i < HDR + 14 => ETHERTYPE[i - HDR - 12],
-                _ => ((i - HDR - 14) * 3 + 1) as u8,
-            };
-            write_volatile(tx.add(i), b);
-        }
-        let addr = tx as u64;
-        dev.set_desc(TXQ, 0, Desc { addr, len: TX_LEN as u32, flags: 0, next: 0 });
-    }
+    let tx = fill_tx(mac, 1);
+    dev.set_desc(TXQ, 0, Desc { addr: tx, len: TX_LEN as u32, flags: 0, next: 0 });
     dev.submit(TXQ, 0, true);
     print(b"net: sent ");
     print_dec((TX_LEN - HDR) as u64);
     print(b" bytes\n");
+}
 
+/// Waits for the first frame with our EtherType, re-posting every buffer
+/// the device returns, and prints it in hex. Returns how many chains came
+/// back empty (dropped frames) on the way.
+fn receive_ours(dev: &mut Device) -> u64 {
     let mut seen: u16 = 0;
+    let mut empty = 0;
     loop {
         dev.wait_used(RXQ, seen.wrapping_add(1));
-        let (head, _) = dev.used_at(RXQ, seen);
+        let (head, used) = dev.used_at(RXQ, seen);
+        if used == 0 {
+            // A dropped frame: the chain comes back empty.
+            seen = seen.wrapping_add(1);
+            empty += 1;
+            if (head as usize) < RX_BUFS {
+                post(dev, head as u16);
+                dev.kick(RXQ);
+            }
+            continue;
+        }
         let buffers = u16::from_le_bytes([rx_byte(head as usize, 10), rx_byte(head as usize, 11)]).max(1);
         dev.wait_used(RXQ, seen.wrapping_add(buffers));
         let mut len = 0usize;
@@ -116,7 +135,7 @@ pub fn run() -> ! {
                 unsafe { write_volatile(addr_of_mut!(FRAME[len % FRAME_LEN]), rx_byte(head as usize, i)) };
                 len += 1;
             }
-            post(&mut dev, head as u16);
+            post(dev, head as u16);
         }
         seen = seen.wrapping_add(buffers);
         dev.kick(RXQ);
@@ -132,8 +151,97 @@ pub fn run() -> ! {
         print(b" buffers: ");
         print_hex_bytes((0..len).map(frame));
         print(b"\n");
-        poweroff()
+        return empty;
     }
+}
+
+pub fn run() -> ! {
+    virtio::enable_interrupts();
+    let mut dev = open(F_MAC);
+    let mac = mac(&dev);
+    print(b"net: mac ");
+    print_hex_bytes(mac.iter().copied());
+    print(b"\n");
+    post_all_and_send(&mut dev, mac);
+    receive_ours(&mut dev);
+    poweroff()
+}
+
+/// `net-fuzz`: hostile and random TX chains, then hostile RX chains ahead
+/// of good buffers. The device must return every chain, send nothing of
+/// a hostile one (those carry payload 3i+0xe0, which the host would see
+/// before the good frame), drop a frame rather than fill a hostile RX
+/// chain, and then move one frame each way exactly as `net` does.
+pub fn fuzz() -> ! {
+    virtio::enable_interrupts();
+    let mut dev = open(F_MAC);
+    let mac = mac(&dev);
+    let d = |addr, len, flags, next| Desc { addr, len, flags, next };
+    let tx = fill_tx(mac, 0xe0);
+    let len = TX_LEN as u32;
+    let hdr = HDR as u64;
+    let tx_cases: [&[Desc]; 7] = [
+        &[d(tx, len, DESC_WRITE, 0)],
+        &[d(tx, HDR as u32 + 10, 0, 0)],
+        &[d(tx, HDR as u32 + 70_000, 0, 0)],
+        &[d(OUTSIDE_RAM, len, 0, 0)],
+        &[d(tx, HDR as u32, DESC_NEXT, 1), d(tx + hdr, len - HDR as u32, DESC_NEXT, 0)],
+        &[d(tx, 15, DESC_INDIRECT, 0)],
+        &[d(tx, HDR as u32, DESC_NEXT, 1), d(tx + hdr, len - HDR as u32, DESC_WRITE, 0)],
+    ];
+    let mut returned = 0;
+    for descs in tx_cases {
+        for (i, desc) in descs.iter().enumerate() {
+            dev.set_desc(TXQ, i as u16, *desc);
+        }
+        dev.submit(TXQ, 0, true);
+        returned += 1;
+    }
+    // A head past the table: the device cannot return it.
+    dev.submit(TXQ, QSIZE + 100, false);
+    dev.forget_one(TXQ);
+    let mut rng = Rng(0x0dd_ba11_5eed);
+    let rounds = 64;
+    for _ in 0..rounds {
+        let n = 1 + rng.next() % 4;
+        for i in 0..n {
+            let r = rng.next();
+            let a = if r & 1 == 0 { SCRATCH + (r >> 8) % 0x100_0000 } else { OUTSIDE_RAM | r >> 24 };
+            let flags = (rng.next() % 8) as u16;
+            dev.set_desc(TXQ, i as u16, d(a, (rng.next() % 8192) as u32, flags, (rng.next() % 20) as u16));
+        }
+        dev.submit(TXQ, 0, true);
+    }
+    print(b"net-fuzz: ");
+    print_dec(returned);
+    print(b" of 7 hostile TX chains returned, ");
+    print_dec(rounds);
+    print(b" random TX chains returned\n");
+
+    // RX: hostile chains (descriptors from RX_BUFS up) go first, so each
+    // of the host's first frames meets one.
+    let spare = tx;
+    let first = RX_BUFS as u16;
+    let rx_cases: [Desc; 6] = [
+        d(spare, 512, 0, 0),
+        d(OUTSIDE_RAM, 512, DESC_WRITE, 0),
+        d(spare, 512, DESC_WRITE | DESC_NEXT, 0), // next: itself (fixed below)
+        d(spare, 15, DESC_INDIRECT, 0),
+        d(spare, 4, DESC_WRITE, 0),
+        d(spare, 512, DESC_WRITE | DESC_NEXT, QSIZE + 100),
+    ];
+    for (i, c) in rx_cases.iter().enumerate() {
+        let at = first + i as u16;
+        let c = if c.flags == DESC_WRITE | DESC_NEXT && c.next == 0 { Desc { next: at, ..*c } } else { *c };
+        dev.set_desc(RXQ, at, c);
+        dev.offer(RXQ, at);
+    }
+    post_all_and_send(&mut dev, mac);
+    let empty = receive_ours(&mut dev);
+    print(b"net-fuzz: ");
+    print_dec(empty);
+    print(b" RX chains returned empty (6 were hostile)\n");
+    poweroff()
 }
 
 /// Where the benchmark's frames live (64 MiB up; one 2 KiB buffer per

@@ -26,6 +26,23 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 pub const DESC_NEXT: u16 = 1;
 pub const DESC_WRITE: u16 = 2;
+pub const DESC_INDIRECT: u16 = 4;
+
+/// Scratch RAM the fuzzers let a device scribble on (32-48 MiB).
+pub const SCRATCH: u64 = 0x200_0000;
+/// An address no guest RAM has (1 TiB).
+pub const OUTSIDE_RAM: u64 = 1 << 40;
+
+/// xorshift64: the fuzzers' randomness, the same every run.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
 
 fn config_address(slot: u8, offset: u8) -> u32 {
     0x8000_0000 | (slot as u32) << 11 | (offset as u32 & 0xfc)
