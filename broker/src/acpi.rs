@@ -9,8 +9,10 @@
 //!   the runner's CPUID reports too), the in-kernel IOAPIC (GSIs 0-23) and
 //!   a PC's interrupt source overrides (IRQ 0 → GSI 2, SCI level/high).
 //! - MCFG: ECAM for bus 0.
-//! - DSDT: the PCI root bridge with its bus, I/O and memory windows, and
-//!   \_S5 for poweroff; the ECAM window as a motherboard resource. No _PRT: functions have no INTx pin yet (MSI-X only).
+//! - DSDT: the PCI root bridge with its bus, I/O and memory windows and
+//!   its interrupt routing (_PRT: every slot's INTA#-INTD# to IOAPIC pins
+//!   16-23, `memmap::pci_intx_gsi`), and \_S5 for poweroff; the ECAM
+//!   window as a motherboard resource.
 
 use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
 use acpi_tables::Aml;
@@ -164,6 +166,15 @@ fn dsdt(p: &Platform) -> Vec<u8> {
     let mmio64 =
         AddressSpace::<u64>::new_memory(AddressSpaceCacheable::NotCacheable, true, mmio64_start, memmap::PCI_MMIO64_END - 1, None);
     let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32, &mmio64]);
+    // _PRT entries name a GSI directly (source 0): level-triggered,
+    // active-low, as ACPI says for such entries; KVM's IOAPIC takes an
+    // asserted line whatever the polarity.
+    let routes: Vec<[u32; 4]> = (0..32u8)
+        .flat_map(|slot| (1..=4u8).map(move |pin| [(slot as u32) << 16 | 0xffff, pin as u32 - 1, 0, memmap::pci_intx_gsi(slot, pin)]))
+        .collect();
+    let routes: Vec<aml::Package> =
+        routes.iter().map(|r| aml::Package::new(r.iter().map(|v| v as &dyn Aml).collect())).collect();
+    let prt = aml::Package::new(routes.iter().map(|p| p as &dyn Aml).collect());
     let hid = aml::EISAName::new("PNP0A08");
     let cid = aml::EISAName::new("PNP0A03");
     let names = [
@@ -174,6 +185,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
         aml::Name::new("_UID".into(), &aml::ZERO),
         aml::Name::new("_BBN".into(), &aml::ZERO),
         aml::Name::new("_CRS".into(), &crs),
+        aml::Name::new("_PRT".into(), &prt),
     ];
     let pci0 = aml::Device::new("_SB_.PCI0".into(), names.iter().map(|n| n as &dyn Aml).collect());
     // The ECAM window as a motherboard resource, so the guest trusts MCFG.
@@ -245,5 +257,6 @@ mod tests {
         // The DSDT holds the root bridge and \_S5.
         let dsdt = &find(&t, b"DSDT").1;
         assert!(dsdt.windows(4).any(|w| w == b"PCI0") && dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(4).any(|w| w == b"_PRT"));
     }
 }

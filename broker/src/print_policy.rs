@@ -50,7 +50,8 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
     }
 
     // StartVirtio carries: ring, doorbell, RAM, stats, one notify per
-    // queue, one interrupt per vector, the backend (disk or tap). Ring and
+    // queue, one interrupt per vector, INTx# trigger and resample, the
+    // backend (disk or tap). Ring and
     // stats are mapped, then closed.
     let virtio = virtio_devices(cfg);
     for (name, queues, backend) in &virtio {
@@ -58,10 +59,12 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         let (ring, doorbell, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc(), fds.alloc());
         let notify = (0..*queues).map(|_| fds.alloc()).collect();
         let interrupts = (0..layout::vectors(*queues)).map(|_| fds.alloc()).collect();
+        let intx = Some((fds.alloc(), fds.alloc()));
         let (grants, syscalls) = backend(fds.alloc());
         fds.free(ring);
         fds.free(stats);
-        out.push(roles::virtio_device(name, &roles::VirtioFds { doorbell, ram, notify, interrupts }, grants, syscalls));
+        let f = roles::VirtioFds { doorbell, ram, notify, interrupts, intx };
+        out.push(roles::virtio_device(name, &f, grants, syscalls));
     }
 
     // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per
@@ -77,6 +80,7 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         virtio_doorbells.push((fds.alloc(), name.clone()));
         notify.extend((0..*queues).map(|_| fds.alloc()));
         msix.extend((0..layout::vectors(*queues)).map(|_| fds.alloc()));
+        msix.extend([fds.alloc(), fds.alloc()]); // INTx# trigger and resample
     }
     let vm = fds.alloc();
     fds.free(stats); // mapped, then closed

@@ -30,6 +30,8 @@ pub struct VirtioHost {
     doorbell: OwnedFd,
     notify: Vec<OwnedFd>,
     interrupts: Vec<OwnedFd>,
+    /// INTx#: the trigger and resample eventfds of its irqfd.
+    intx: Option<[OwnedFd; 2]>,
 }
 
 /// Hands out BAR addresses and MSI GSIs in order.
@@ -76,16 +78,20 @@ impl VirtioHost {
             doorbell: eventfd()?,
             notify: function.notify.iter().map(|_| eventfd()).collect::<Result<_, _>>()?,
             interrupts: (0..vectors).map(|_| eventfd()).collect::<Result<_, _>>()?,
+            intx: match function.intx_gsi {
+                Some(_) => Some([eventfd()?, eventfd()?]),
+                None => None,
+            },
             function,
         })
     }
 
     /// The server's fds after its stats page: ring, doorbell, RAM, stats,
-    /// notifies, interrupts, backend (StartVirtio's order).
+    /// notifies, interrupts, INTx trigger and resample, backend
+    /// (StartVirtio's order).
     pub fn server_fds<'a>(&'a self, ram: BorrowedFd<'a>, stats: BorrowedFd<'a>) -> Vec<BorrowedFd<'a>> {
         let mut v = vec![self.ring.as_fd(), self.doorbell.as_fd(), ram, stats];
-        v.extend(self.notify.iter().map(|f| f.as_fd()));
-        v.extend(self.interrupts.iter().map(|f| f.as_fd()));
+        v.extend(self.interrupt_fds());
         v.extend(self.backend_fds.iter().map(|f| f.as_fd()));
         v
     }
@@ -93,9 +99,14 @@ impl VirtioHost {
     /// The runner's fds for this device (DeviceRoute's order).
     pub fn runner_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut v = vec![self.ring.as_fd(), self.doorbell.as_fd()];
-        v.extend(self.notify.iter().map(|f| f.as_fd()));
-        v.extend(self.interrupts.iter().map(|f| f.as_fd()));
+        v.extend(self.interrupt_fds());
         v
+    }
+
+    /// Notifies, MSI-X interrupts, INTx trigger and resample: the eventfds
+    /// both sides hold, in the order both expect.
+    fn interrupt_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.notify.iter().chain(&self.interrupts).chain(self.intx.iter().flatten()).map(|f| f.as_fd())
     }
 
     pub fn route(&self) -> DeviceRoute {

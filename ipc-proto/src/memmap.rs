@@ -23,6 +23,17 @@ pub fn pci_mmio64_start(ram_top: u64) -> u64 {
     ram_top.max(1 << 32).next_multiple_of(1 << 30)
 }
 
+/// The IOAPIC pins PCI INTx# lines are wired to: 16-23, above the ISA IRQs.
+pub const PCI_INTX_GSIS: std::ops::Range<u32> = 16..24;
+
+/// The GSI of `slot`'s interrupt pin `pin` (1 = INTA# .. 4 = INTD#): the
+/// usual swizzle, so neighbouring slots spread over the eight pins. The
+/// DSDT's _PRT says the same to the guest.
+pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    let lines = PCI_INTX_GSIS.end - PCI_INTX_GSIS.start;
+    PCI_INTX_GSIS.start + (slot as u32 + pin.saturating_sub(1) as u32) % lines
+}
+
 /// Whether `[addr, addr + size)` is a place a BAR may be: inside one of the
 /// BAR windows and clear of RAM, ECAM and the platform holes.
 pub fn bar_fits(addr: u64, size: u64, ram: &[(u64, u64)]) -> bool {
@@ -53,5 +64,14 @@ mod tests {
         let big = [(0, LOW_RAM_END), (1 << 32, 2 << 30)];
         assert!(!bar_fits(1 << 32, 0x4000, &big), "RAM above 4 GiB");
         assert!(bar_fits(pci_mmio64_start(6 << 30), 0x4000, &big));
+    }
+
+    #[test]
+    fn intx_lines_swizzle_over_ioapic_pins_16_to_23() {
+        assert_eq!(pci_intx_gsi(0, 1), 16);
+        assert_eq!(pci_intx_gsi(3, 1), 19);
+        assert_eq!(pci_intx_gsi(3, 2), 20);
+        assert_eq!(pci_intx_gsi(7, 2), 16);
+        assert_eq!(pci_intx_gsi(31, 4), 18);
     }
 }

@@ -178,6 +178,10 @@ pub struct PciFunction {
     /// ioeventfd) instead of exiting.
     pub notify: Vec<NotifySpec>,
     pub msix: Option<MsixSpec>,
+    /// The GSI INTA# is wired to (`memmap::pci_intx_gsi`), if the function
+    /// has a legacy interrupt: a level-triggered IOAPIC pin, raised
+    /// through a resample irqfd.
+    pub intx_gsi: Option<u32>,
 }
 
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]

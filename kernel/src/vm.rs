@@ -91,6 +91,19 @@ impl Vm {
         Ok(())
     }
 
+    /// A level-triggered line: writing `trigger` asserts `gsi`; when the
+    /// guest acknowledges the interrupt (IOAPIC EOI), KVM deasserts it and
+    /// signals `resample`, and the device asserts it again if its
+    /// interrupt is still pending. How PCI INTx# works without an exit.
+    pub fn register_irqfd_with_resample(&mut self, trigger: OwnedFd, resample: OwnedFd, gsi: u32) -> Result<()> {
+        // SAFETY: eventfds we own; EventFd takes ownership.
+        let (trigger, resample) =
+            unsafe { (EventFd::from_raw_fd(trigger.into_raw_fd()), EventFd::from_raw_fd(resample.into_raw_fd())) };
+        self.fd.register_irqfd_with_resample(&trigger, &resample, gsi).context("KVM_IRQFD (resample)")?;
+        self.eventfds.extend([trigger, resample]);
+        Ok(())
+    }
+
     /// Signals `fd` on a guest write of any size to `addr` instead of
     /// exiting to user space: the exit-free queue-notify path. The caller
     /// keeps `fd` to move the registration when the guest moves the BAR.
@@ -183,6 +196,7 @@ mod tests {
     fn vm_takes_irqfds_ioeventfds_and_msi_routes() {
         let Some(mut vm) = vm() else { return };
         vm.register_irqfd(eventfd(), 4).unwrap();
+        vm.register_irqfd_with_resample(eventfd(), eventfd(), 19).unwrap();
         let notify = EventFd::new(libc::EFD_CLOEXEC).unwrap();
         vm.attach_ioeventfd(&notify, IoEventAddress::Mmio(0xd000_0000)).unwrap();
         vm.attach_ioeventfd(&notify, IoEventAddress::Pio(0x6000)).unwrap();

@@ -189,6 +189,9 @@ pub struct VirtioFds {
     pub notify: Vec<i32>,
     /// One per MSI-X vector: bound to the vector's GSI by the runner.
     pub interrupts: Vec<i32>,
+    /// INTx#: the trigger (written to assert the line) and the resample
+    /// eventfd (KVM signals it at the guest's EOI), if the function has one.
+    pub intx: Option<(i32, i32)>,
 }
 
 /// A virtio device server: its exit-ring doorbell, guest RAM (where the
@@ -204,6 +207,10 @@ pub fn virtio_device(name: &str, f: &VirtioFds, backend: Vec<FdGrant>, backend_s
     }
     for (v, &fd) in f.interrupts.iter().enumerate() {
         fds.push(FdGrant::new(fd, format!("MSI-X vector {v} (irqfd)"), &[Write]));
+    }
+    if let Some((trigger, resample)) = f.intx {
+        fds.push(FdGrant::new(trigger, "INTx# (irqfd, level)", &[Write]));
+        fds.push(FdGrant::new(resample, "INTx# resample (eventfd, signalled at EOI)", &[Read, Event]));
     }
     fds.extend(backend);
     let mut syscalls = common();

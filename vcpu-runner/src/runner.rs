@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::Stats;
-use capvm_ipc::{BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent};
+use capvm_ipc::{memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent};
 use capvm_kernel::boot::{BootRegs, EntryMode};
 use capvm_kernel::vm::EventFd;
 use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
@@ -109,6 +109,13 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
                 for v in 0..m.vectors as u32 {
                     vm.register_irqfd(next_fd(&mut fds, "MSI-X interrupt")?, m.first_gsi + v)?;
                 }
+            }
+            if let Some(gsi) = layout.intx_gsi {
+                if !memmap::PCI_INTX_GSIS.contains(&gsi) {
+                    return Err(RunnerError::Protocol(format!("{}: INTx# on GSI {gsi}, not a PCI pin", d.name)));
+                }
+                let trigger = next_fd(&mut fds, "INTx trigger")?;
+                vm.register_irqfd_with_resample(trigger, next_fd(&mut fds, "INTx resample")?, gsi)?;
             }
             served.push(ServedFunction { layout: layout.clone(), device: devices.len(), notify });
         }

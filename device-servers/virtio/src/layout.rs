@@ -2,7 +2,7 @@
 //! memory BAR, one page-aligned block per structure, so the broker, the
 //! vCPU runner and the server agree on it from these constants alone.
 
-use capvm_ipc::{BarKind, BarSpec, MsixSpec, NotifySpec, PciFunction};
+use capvm_ipc::{memmap, BarKind, BarSpec, MsixSpec, NotifySpec, PciFunction};
 
 pub const BAR: u8 = 0;
 pub const BAR_SIZE: u64 = 0x4000;
@@ -30,6 +30,9 @@ pub const NET_QUEUES: usize = 2;
 /// tap's header to this size so frames cross unchanged.
 pub const NET_HEADER_LEN: usize = 12;
 
+/// Every virtio function's legacy interrupt is INTA#.
+pub const INTX_PIN: u8 = 1;
+
 /// One MSI-X vector per queue plus one for configuration changes.
 pub fn vectors(queues: usize) -> u16 {
     queues as u16 + 1
@@ -50,5 +53,6 @@ pub fn function(slot: u8, func: u8, queues: usize, bar_addr: u64, first_gsi: u32
             vectors: vectors(queues),
             first_gsi,
         }),
+        intx_gsi: Some(memmap::pci_intx_gsi(slot, INTX_PIN)),
     }
 }

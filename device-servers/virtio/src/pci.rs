@@ -18,7 +18,9 @@ pub const INTERRUPT_PIN: usize = 0x3d;
 
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
-const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Status bit 3: the function's INTx# is asserted.
+pub const STATUS_INTERRUPT: u16 = 1 << 3;
 const STATUS_CAPABILITIES: u16 = 1 << 4;
 const BAR_MEM64: u32 = 0b100;
 

@@ -1,8 +1,9 @@
 //! A virtio device server's life: take the StartVirtio message and its
 //! fds, map guest RAM, build the device, enter the sandbox, then serve
-//! three kinds of events until the broker says stop:
+//! these events until the broker says stop:
 //! - exit-ring requests (config space and BAR registers, from the runner);
 //! - queue notifies, straight from KVM through ioeventfds;
+//! - INTx# resamples (KVM lowered the line at the guest's EOI);
 //! - the backend (a tap's packets), if the device has one.
 
 use std::fs::File;
@@ -72,7 +73,8 @@ pub fn run<D: Backend>(
     if queues > layout::MAX_QUEUES || vectors != layout::vectors(queues) as usize {
         return Err(ServerError::Protocol(format!("{queues} queues with {vectors} MSI-X vectors is not a virtio layout")));
     }
-    let fixed = 4 + queues + vectors;
+    let intx_fds = if cfg.function.intx_gsi.is_some() { 2 } else { 0 };
+    let fixed = 4 + queues + vectors + intx_fds;
     if fds.len() < fixed {
         return Err(ServerError::Protocol(format!("StartVirtio carried {} fds, need at least {fixed}", fds.len())));
     }
@@ -81,6 +83,10 @@ pub fn run<D: Backend>(
     let [ring_fd, doorbell, ram, stats_fd]: [OwnedFd; 4] = take(4).try_into().expect("four fds");
     let notify = take(queues);
     let irqs = take(vectors);
+    let (intx, resample) = match <[OwnedFd; 2]>::try_from(take(intx_fds)) {
+        Ok([trigger, resample]) => (Some(trigger), Some(resample)),
+        Err(_) => (None, None),
+    };
     let backend_fds = take(usize::MAX);
 
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
@@ -109,6 +115,7 @@ pub fn run<D: Backend>(
             ram: ram_fd,
             notify: notify.iter().map(|f| f.as_raw_fd()).collect(),
             interrupts: irqs.iter().map(|f| f.as_raw_fd()).collect(),
+            intx: intx.as_ref().zip(resample.as_ref()).map(|(t, r)| (t.as_raw_fd(), r.as_raw_fd())),
         },
         sandbox.fds.clone(),
         sandbox.syscalls,
@@ -116,25 +123,31 @@ pub fn run<D: Backend>(
     let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| ServerError::Setup(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     capvm_policy::hostile::run_hook(&cfg.sandbox, sandbox.kind, hook_fd, hook_fd);
-    let mut transport = Transport::new(device, &cfg.function, irqs, counters);
+    let mut transport = Transport::new(device, &cfg.function, irqs, intx, counters);
     transport.set_memory(mem);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
-    serve(channel, &ring, &notify, &mut transport, &notifies)
+    serve(channel, &ring, &notify, resample.as_ref(), &mut transport, &notifies)
 }
 
 fn serve<D: Backend>(
     channel: &Channel,
     ring: &ExitRing,
     notify: &[OwnedFd],
+    resample: Option<&OwnedFd>,
     transport: &mut Transport<D>,
     notifies: &Counter,
 ) -> Result<(), ServerError> {
     let mut buf = [0u8; 8];
+    // poll's slots: doorbell, control, notifies, then the INTx resample
+    // eventfd and the backend if there are any.
+    let resample_at = 2 + notify.len();
+    let backend_at = resample_at + resample.is_some() as usize;
     loop {
         let ready: Vec<bool> = {
             let mut pfds =
                 vec![PollFd::new(ring.doorbell(), PollFlags::POLLIN), PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
             pfds.extend(notify.iter().map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)));
+            pfds.extend(resample.map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)));
             if let Some(fd) = transport.device.backend_fd() {
                 pfds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
@@ -144,7 +157,11 @@ fn serve<D: Backend>(
             }
             pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect()
         };
-        let backend_ready = ready.get(2 + notify.len()).copied().unwrap_or(false);
+        let backend_ready = ready.get(backend_at).copied().unwrap_or(false);
+        if let (Some(fd), true) = (resample, ready.get(resample_at).copied().unwrap_or(false)) {
+            let _ = nix::unistd::read(fd, &mut buf);
+            transport.intx_resample();
+        }
 
         if ready[0] {
             // Notifies that came as register writes (BAR not yet mapped

@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::layout::*;
-use crate::pci::{ConfigSpace, Identity};
+use crate::pci::{ConfigSpace, Identity, COMMAND_INTX_DISABLE, INTERRUPT_LINE, STATUS, STATUS_INTERRUPT};
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Vector value meaning "no MSI-X vector".
@@ -90,12 +90,23 @@ pub struct Transport<D: Device> {
     pci_cfg_cap: usize,
     /// One eventfd per MSI-X vector, bound to its GSI by the runner.
     interrupts: Vec<OwnedFd>,
+    /// INTx#'s trigger eventfd (a resample irqfd in the runner): writing it
+    /// asserts the line until the guest's EOI.
+    intx: Option<OwnedFd>,
+    /// We raised INTx# and KVM has not lowered it yet (no resample since).
+    intx_up: bool,
     mem: Option<GuestMemoryMmap>,
     stats: TransportStats,
 }
 
 impl<D: Device> Transport<D> {
-    pub fn new(device: D, function: &PciFunction, interrupts: Vec<OwnedFd>, stats: TransportStats) -> Transport<D> {
+    pub fn new(
+        device: D,
+        function: &PciFunction,
+        interrupts: Vec<OwnedFd>,
+        intx: Option<OwnedFd>,
+        stats: TransportStats,
+    ) -> Transport<D> {
         let max_sizes = device.queue_max_sizes();
         assert!(max_sizes.len() <= MAX_QUEUES);
         let vectors = vectors(max_sizes.len());
@@ -109,6 +120,12 @@ impl<D: Device> Transport<D> {
         });
         for bar in &function.bars {
             config.add_bar(bar);
+        }
+        if let (Some(gsi), Some(_)) = (function.intx_gsi, &intx) {
+            // The line register says where the pin goes, as firmware would
+            // have written it; ACPI guests learn it from _PRT instead.
+            config.set_interrupt_pin(INTX_PIN);
+            config.put(INTERRUPT_LINE, &[gsi as u8]);
         }
         let msix_cap = config.add_capability(
             &msix_capability(vectors),
@@ -145,6 +162,8 @@ impl<D: Device> Transport<D> {
             msix_pending: vec![false; vectors as usize],
             pci_cfg_cap,
             interrupts,
+            intx,
+            intx_up: false,
             mem: None,
             stats,
         }
@@ -165,7 +184,13 @@ impl<D: Device> Transport<D> {
         if let Some(v) = self.pci_cfg_window(offset, size, None) {
             return v;
         }
-        self.config.read(offset, size)
+        let v = self.config.read(offset, size);
+        // Status bit 3 mirrors INTx#.
+        let status = STATUS as u64;
+        if self.intx_pending() && ConfigSpace::valid_access(offset, size) && (offset..offset + size as u64).contains(&status) {
+            return v | (STATUS_INTERRUPT as u64) << (8 * (status - offset));
+        }
+        v
     }
 
     pub fn config_write(&mut self, offset: u64, size: u8, value: u64) {
@@ -173,10 +198,15 @@ impl<D: Device> Transport<D> {
         if self.pci_cfg_window(offset, size, Some(value)).is_some() {
             return;
         }
-        let was = self.msix_control();
+        let (was, intx_was) = (self.msix_control(), self.intx_pending());
         self.config.write(offset, size, value);
         if was & MSIX_FUNCTION_MASK != 0 && self.msix_control() & MSIX_FUNCTION_MASK == 0 {
             self.fire_pending();
+        }
+        // The driver turned INTx# back on (command bit 10) or MSI-X off
+        // with an interrupt pending: the line goes up now.
+        if !intx_was {
+            self.assert_intx();
         }
     }
 
@@ -472,9 +502,11 @@ impl<D: Device> Transport<D> {
     }
 
     fn signal_vector(&mut self, v: u16) {
-        // Without MSI-X there is no INTx wire yet: the ISR bit is all the
-        // driver gets (it can poll it).
-        if !self.msix_enabled() || v == NO_VECTOR || v as usize >= self.interrupts.len() {
+        if !self.msix_enabled() {
+            self.assert_intx();
+            return;
+        }
+        if v == NO_VECTOR || v as usize >= self.interrupts.len() {
             return;
         }
         if self.entry_masked(v as usize) {
@@ -483,6 +515,35 @@ impl<D: Device> Transport<D> {
         }
         self.stats.interrupts.inc();
         capvm_ipc::ring::ring_eventfd(std::os::fd::AsFd::as_fd(&self.interrupts[v as usize]));
+    }
+
+    /// Whether INTx# should be up: an ISR bit the driver has not read, MSI-X
+    /// off, and the command register's interrupt disable clear.
+    fn intx_pending(&self) -> bool {
+        self.intx.is_some() && self.isr != 0 && !self.msix_enabled() && self.config.command() & COMMAND_INTX_DISABLE == 0
+    }
+
+    /// Raises INTx# if it should be up and is not. The line is
+    /// level-triggered: KVM holds it until the guest's EOI, then lowers it
+    /// and signals the resample eventfd
+    /// ([`intx_resample`](Self::intx_resample)). Not raising it again while
+    /// it is up matters: KVM injects a trigger later, from a work queue,
+    /// and a second one could land after the driver's ISR read took the
+    /// bit it was for, a spurious interrupt.
+    fn assert_intx(&mut self) {
+        if let (true, false, Some(fd)) = (self.intx_pending(), self.intx_up, &self.intx) {
+            self.intx_up = true;
+            self.stats.interrupts.inc();
+            capvm_ipc::ring::ring_eventfd(std::os::fd::AsFd::as_fd(fd));
+        }
+    }
+
+    /// The guest acknowledged INTx# and KVM lowered it: raise it again if
+    /// the driver has not read the ISR since (an interrupt that came while
+    /// the line was up).
+    pub fn intx_resample(&mut self) {
+        self.intx_up = false;
+        self.assert_intx();
     }
 
     /// Sends what was held back while a vector was masked.

@@ -1,4 +1,4 @@
-//! virtio-blk commands: `blk-rw N [idle]`, `blk-ro`, `blk-fuzz`, and the
+//! virtio-blk commands: `blk-rw N [idle|intx]`, `blk-ro`, `blk-fuzz`, and the
 //! benchmark `blk-bench read|write SIZE DEPTH COUNT`.
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
@@ -28,12 +28,25 @@ fn addr<T>(p: *mut T) -> u64 {
 }
 
 fn open() -> Device {
+    open_with(true)
+}
+
+/// The disk, interrupting through MSI-X or else INTx#.
+fn open_with(msix: bool) -> Device {
     let Some(slot) = virtio::find(0x1af4, 0x1042) else {
         print(b"blk: no virtio-blk function on bus 0\n");
         halt()
     };
     virtio::enable_interrupts();
-    let mut dev = Device::probe(slot);
+    let mut dev = Device::probe(slot, msix);
+    if !msix {
+        let (pin, line) = virtio::route_intx(&dev);
+        print(b"blk: INTx# pin ");
+        print_dec(pin as u64);
+        print(b" line ");
+        print_dec(line as u64);
+        print(b"\n");
+    }
     if !dev.init(F_RO | F_FLUSH, 1) {
         print(b"blk: device refused our features\n");
         halt()
@@ -76,9 +89,10 @@ fn pattern(i: usize, round: u64) -> u8 {
     (i as u64 * 7 + round + 0x5a) as u8
 }
 
-/// `blk-rw N [idle]`: N rounds of write pattern, flush, read back, compare.
-pub fn rw(rounds: u64, stay: bool) -> ! {
-    let mut dev = open();
+/// `blk-rw N [idle|intx]`: N rounds of write pattern, flush, read back,
+/// compare; `intx` leaves MSI-X off, so every completion is an INTx#.
+pub fn rw(rounds: u64, stay: bool, msix: bool) -> ! {
+    let mut dev = open_with(msix);
     let data = addr_of_mut!(DATA) as *mut u8;
     let back = addr_of_mut!(BACK) as *mut u8;
     for round in 0..rounds {
@@ -125,6 +139,8 @@ pub fn rw(rounds: u64, stay: bool) -> ! {
     print_dec(rounds);
     print(b" rounds of write, flush, read-back ok; interrupts ");
     print_dec(virtio::irqs());
+    print(b", spurious ");
+    print_dec(virtio::spurious_irqs());
     print(b"\nblk done\n");
     if stay {
         idle()

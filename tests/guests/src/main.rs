@@ -9,7 +9,7 @@
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
 //! (N port writes from user mode, then reset: the exit benchmark),
-//! `blk-rw N [idle]`, `blk-ro`, `blk-fuzz`, `blk-bench read|write SIZE
+//! `blk-rw N [idle|intx]`, `blk-ro`, `blk-fuzz`, `blk-bench read|write SIZE
 //! DEPTH COUNT` (our own virtio-blk driver, see blk.rs), `net`, `net-fuzz`, `net-bench tx|rx
 //! SIZE COUNT` (our own virtio-net driver, see net.rs). The benchmarks print `bench: go` and
 //! `bench: end` around their user-mode loop.
@@ -169,7 +169,8 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"blk-rw" => {
             let mut words = args(line);
             let rounds = words.next().and_then(parse_num).unwrap_or(1);
-            blk::rw(rounds, words.next() == Some(b"idle"))
+            let mode = words.next();
+            blk::rw(rounds, mode == Some(b"idle"), mode != Some(b"intx"))
         }
         b"blk-bench" => {
             let mut words = args(line);

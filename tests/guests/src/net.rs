@@ -56,7 +56,7 @@ fn open(wanted: u64) -> Device {
         print(b"net: no virtio-net function on bus 0\n");
         halt()
     };
-    let mut dev = Device::probe(slot);
+    let mut dev = Device::probe(slot, true);
     if !dev.init(wanted | F_MRG_RXBUF, 2) || dev.features & F_MRG_RXBUF == 0 {
         print(b"net: device refused our features\n");
         halt()

@@ -120,6 +120,8 @@ pub struct Device {
     notify: u64,
     notify_multiplier: u64,
     device_cfg: u64,
+    /// The ISR byte (reading it clears it and ends INTx#).
+    pub isr: u64,
     msix_table: u64,
     pub features: u64,
     /// Each queue's notify register in the BAR, from its queue_notify_off.
@@ -131,10 +133,11 @@ pub struct Device {
 
 impl Device {
     /// Finds the BAR and the capabilities, enables memory decoding, bus
-    /// mastering and MSI-X.
-    pub fn probe(slot: u8) -> Device {
+    /// mastering and, if `msix`, MSI-X (else the device interrupts
+    /// through INTx#, see `route_intx`).
+    pub fn probe(slot: u8, msix: bool) -> Device {
         let bar = bar_address(slot, 0);
-        let (mut common, mut notify, mut notify_multiplier, mut device_cfg, mut msix_table) = (0, 0, 0, 0, 0);
+        let (mut common, mut notify, mut notify_multiplier, mut device_cfg, mut isr, mut msix_table) = (0, 0, 0, 0, 0, 0);
         let mut ptr = cfg_read8(slot, 0x34);
         while ptr != 0 {
             match cfg_read8(slot, ptr) {
@@ -146,6 +149,7 @@ impl Device {
                             notify = at;
                             notify_multiplier = cfg_read32(slot, ptr + 16) as u64;
                         }
+                        3 => isr = at,
                         4 => device_cfg = at,
                         _ => {}
                     }
@@ -153,8 +157,10 @@ impl Device {
                 0x11 => {
                     let table = cfg_read32(slot, ptr + 4);
                     msix_table = bar_address(slot, (table & 7) as u8) + (table & !7) as u64;
-                    let ctrl = cfg_read32(slot, ptr);
-                    cfg_write32(slot, ptr, ctrl | 1 << 31); // MSI-X enable
+                    if msix {
+                        let ctrl = cfg_read32(slot, ptr);
+                        cfg_write32(slot, ptr, ctrl | 1 << 31); // MSI-X enable
+                    }
                 }
                 _ => {}
             }
@@ -169,6 +175,7 @@ impl Device {
             notify,
             notify_multiplier,
             device_cfg,
+            isr,
             msix_table,
             features: 0,
             notify_at: [0; MAX_QUEUES],
@@ -183,7 +190,7 @@ impl Device {
         cfg_write32(self.slot, 0x10, addr as u32);
         cfg_write32(self.slot, 0x14, (addr >> 32) as u32);
         let [n0, n1] = &mut self.notify_at;
-        for at in [&mut self.common, &mut self.notify, &mut self.device_cfg, &mut self.msix_table, n0, n1] {
+        for at in [&mut self.common, &mut self.notify, &mut self.device_cfg, &mut self.isr, &mut self.msix_table, n0, n1] {
             // Offsets within BAR 0 (of at most 64 KiB), kept modulo 2^64:
             // the fuzzer moves the BAR to all-ones and back.
             let offset = at.wrapping_sub(self.bar);
@@ -341,13 +348,24 @@ struct IdtPointer {
 }
 static mut IDT_POINTER: IdtPointer = IdtPointer { limit: 0, base: 0 };
 
-/// Counted by irq_entry.
+/// Counted by irq_entry and intx_entry (for a non-zero ISR).
 #[no_mangle]
 static mut irq_count: u64 = 0;
+/// INTx# interrupts whose ISR read 0: nobody's.
+#[no_mangle]
+static mut spurious_count: u64 = 0;
+/// The ISR intx_entry reads.
+#[no_mangle]
+static mut intx_isr: u64 = 0;
 
 pub fn irqs() -> u64 {
     // SAFETY: a u64 the interrupt handler increments.
     unsafe { read_volatile(addr_of_mut!(irq_count)) }
+}
+
+pub fn spurious_irqs() -> u64 {
+    // SAFETY: as irqs.
+    unsafe { read_volatile(addr_of_mut!(spurious_count)) }
 }
 
 core::arch::global_asm!(
@@ -361,23 +379,73 @@ irq_entry:
     movl $0, (%rax)
     pop %rax
     iretq
+
+    /* INTx#: level-triggered, so the handler reads the device's ISR
+       (which clears it) before the EOI; otherwise the line would be
+       raised again at once. */
+    .global intx_entry
+intx_entry:
+    push %rax
+    mov intx_isr(%rip), %rax
+    movzbl (%rax), %eax
+    test %eax, %eax
+    jz 1f
+    incq irq_count(%rip)
+    jmp 2f
+1:  incq spurious_count(%rip)
+2:  mov $0xfee000b0, %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
 "#,
     options(att_syntax)
 );
+
+const IOAPIC: u64 = 0xfec0_0000;
+/// Redirection entry: level-triggered (bit 15), active high, fixed
+/// delivery to APIC ID 0, unmasked.
+const IOAPIC_LEVEL: u32 = 1 << 15;
+
+/// Routes `dev`'s INTx# to the queue vector: reads the pin and line
+/// registers (the line is the IOAPIC pin capvm wired it to), programs
+/// that IOAPIC pin, and points the vector at the ISR-reading handler.
+/// Returns (pin, line).
+pub fn route_intx(dev: &Device) -> (u8, u8) {
+    extern "C" {
+        fn intx_entry();
+    }
+    let (line, pin) = (cfg_read8(dev.slot, 0x3c), cfg_read8(dev.slot, 0x3d));
+    set_gate(VECTOR_QUEUE, intx_entry as *const () as u64);
+    // SAFETY: our own statics, the IOAPIC's registers, interrupts off.
+    unsafe {
+        write_volatile(addr_of_mut!(intx_isr), dev.isr);
+        let reg = 0x10 + 2 * line as u32;
+        mmio_w::<u32>(IOAPIC, reg + 1);
+        mmio_w::<u32>(IOAPIC + 0x10, 0);
+        mmio_w::<u32>(IOAPIC, reg);
+        mmio_w::<u32>(IOAPIC + 0x10, IOAPIC_LEVEL | VECTOR_QUEUE as u32);
+    }
+    (pin, line)
+}
+
+/// Points vector `v` at `handler`: a 64-bit interrupt gate, present,
+/// DPL 0, code selector 0x08.
+fn set_gate(v: u8, handler: u64) {
+    let low = (handler & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
+    // SAFETY: our own IDT; interrupts are off while it changes.
+    unsafe { write_volatile(addr_of_mut!(IDT[v as usize]), [low, handler >> 32]) }
+}
 
 /// Software-enables the LAPIC and installs the handler for both vectors.
 pub fn enable_interrupts() {
     extern "C" {
         fn irq_entry();
     }
-    let handler = irq_entry as *const () as u64;
-    // 64-bit interrupt gate, present, DPL 0, code selector 0x08.
-    let low = (handler & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
+    for v in [VECTOR_QUEUE, VECTOR_CONFIG] {
+        set_gate(v, irq_entry as *const () as u64);
+    }
     // SAFETY: our own IDT and LAPIC, set up once with interrupts off.
     unsafe {
-        for v in [VECTOR_QUEUE, VECTOR_CONFIG] {
-            write_volatile(addr_of_mut!(IDT[v as usize]), [low, handler >> 32]);
-        }
         write_volatile(
             addr_of_mut!(IDT_POINTER),
             IdtPointer { limit: (core::mem::size_of::<[[u64; 2]; 256]>() - 1) as u16, base: addr_of_mut!(IDT) as u64 },
