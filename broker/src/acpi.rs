@@ -3,8 +3,9 @@
 //! RSDP finds it; PVH and Linux boot protocols also get its address.
 //!
 //! - FADT: PM1a event/control blocks at bhyve's ports 0x400/0x404 (the
-//!   runner owns them: SLP_TYP 5 + SLP_EN powers off), the reset register
-//!   0xcf9 with value 6 (the runner resets the VM), no PM timer, no 8042.
+//!   runner owns them: SLP_TYP 5 + SLP_EN powers off), the 32-bit PM
+//!   timer at 0x408, the reset register 0xcf9 with value 6 (the runner
+//!   resets the VM), the RTC's century register, no 8042.
 //! - MADT: one enabled local APIC per vCPU (APIC ID = vCPU index, which
 //!   the runner's CPUID reports too), the in-kernel IOAPIC (GSIs 0-23) and
 //!   a PC's interrupt source overrides (IRQ 0 → GSI 2, SCI level/high).
@@ -12,7 +13,7 @@
 //! - DSDT: the PCI root bridge with its bus, I/O and memory windows and
 //!   its interrupt routing (_PRT: every slot's INTA#-INTD# to IOAPIC pins
 //!   16-23, `memmap::pci_intx_gsi`), and \_S5 for poweroff; the ECAM
-//!   window as a motherboard resource.
+//!   window as a motherboard resource; the RTC at 0x70 (no interrupt).
 
 use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
 use acpi_tables::Aml;
@@ -35,6 +36,9 @@ const IOAPIC_ADDR: u32 = 0xfec0_0000;
 const LAPIC_ADDR: u32 = 0xfee0_0000;
 const PM1A_EVT_BLK: u16 = 0x400;
 const PM1A_CNT_BLK: u16 = 0x404;
+const PM_TMR_BLK: u16 = 0x408;
+/// CMOS register holding the century (the runner's RTC keeps it there).
+const RTC_CENTURY: u8 = 0x32;
 const RESET_PORT: u64 = 0xcf9;
 /// Bit 2 (reset CPU) and bit 1 (hard reset) of 0xcf9.
 const RESET_VALUE: u8 = 6;
@@ -94,7 +98,8 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
         .flag(Flags::ProcC1)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
-        .flag(Flags::ResetRegSup);
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::TmrValExt);
     f.sci_int = SCI_IRQ.into();
     // SMI_CMD 0: ACPI mode is always on; nothing to switch.
     f.pm1a_evt_blk = (PM1A_EVT_BLK as u32).into();
@@ -103,6 +108,10 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     f.pm1_cnt_len = 2;
     f.x_pm1a_evt_blk = io(PM1A_EVT_BLK, 32);
     f.x_pm1a_cnt_blk = io(PM1A_CNT_BLK, 16);
+    f.pm_tmr_blk = (PM_TMR_BLK as u32).into();
+    f.pm_tmr_len = 4;
+    f.x_pm_tmr_blk = io(PM_TMR_BLK, 32);
+    f.century = RTC_CENTURY;
     f.reset_reg = GAS::new(gas::AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, RESET_PORT);
     f.reset_value = RESET_VALUE;
     // IA-PC boot architecture: no legacy devices (bit 0), no 8042 (bit
@@ -198,11 +207,18 @@ fn dsdt(p: &Platform) -> Vec<u8> {
         aml::Name::new("_CRS".into(), &ecam_crs),
     ];
     let motherboard = aml::Device::new("_SB_.MRES".into(), mb_names.iter().map(|n| n as &dyn Aml).collect());
+    // The RTC, so the guest's driver finds it; no IRQ: it never interrupts.
+    let rtc_ports = aml::IO::new(0x70, 0x70, 1, 2);
+    let rtc_crs = aml::ResourceTemplate::new(vec![&rtc_ports]);
+    let rtc_hid = aml::EISAName::new("PNP0B00");
+    let rtc_names = [aml::Name::new("_HID".into(), &rtc_hid), aml::Name::new("_CRS".into(), &rtc_crs)];
+    let rtc = aml::Device::new("_SB_.RTC_".into(), rtc_names.iter().map(|n| n as &dyn Aml).collect());
     let s5 = aml::Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]);
     let s5 = aml::Name::new("_S5_".into(), &s5);
     let mut body = Vec::new();
     pci0.to_aml_bytes(&mut body);
     motherboard.to_aml_bytes(&mut body);
+    rtc.to_aml_bytes(&mut body);
     s5.to_aml_bytes(&mut body);
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE, OEM_REVISION);
     sdt.append_slice(&body);
@@ -257,6 +273,11 @@ mod tests {
         // The DSDT holds the root bridge and \_S5.
         let dsdt = &find(&t, b"DSDT").1;
         assert!(dsdt.windows(4).any(|w| w == b"PCI0") && dsdt.windows(4).any(|w| w == b"_S5_"));
-        assert!(dsdt.windows(4).any(|w| w == b"_PRT"));
+        assert!(dsdt.windows(4).any(|w| w == b"_PRT") && dsdt.windows(4).any(|w| w == b"RTC_"));
+        // The FADT names the PM timer (PM_TMR_BLK at 76, its length at
+        // 91) and the century register (108).
+        let fadt = &find(&t, b"FACP").1;
+        assert_eq!(u32::from_le_bytes(fadt[76..80].try_into().unwrap()), 0x408);
+        assert_eq!((fadt[91], fadt[108]), (4, 0x32));
     }
 }

@@ -7,6 +7,7 @@
 mod memory;
 mod pci;
 mod platform;
+mod rtc;
 mod router;
 mod runner;
 

@@ -1,10 +1,19 @@
-//! The platform registers the vCPU runner owns itself, because they stop or
-//! reset the whole VM: the reset control register (0xcf9), the i8042's reset
-//! line (0x64), and ACPI PM1a (0x400-0x405, bhyve's ports).
+//! The platform registers the vCPU runner owns itself: those that stop or
+//! reset the whole VM — the reset control register (0xcf9), the i8042's
+//! reset line (0x64), ACPI PM1a (0x400-0x405, bhyve's ports) — and two
+//! clocks that hold no host resource and only read the host's time: the
+//! ACPI PM timer (0x408) and the RTC with its CMOS RAM (0x70/0x71,
+//! `rtc.rs`). A device server for them would add a process and a hop to
+//! every read (Linux reads the PM timer in loops while it calibrates) for
+//! no less privilege: each is a few registers of arithmetic on a clock.
 
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use capvm_ipc::VmEvent;
+
+use crate::rtc::Rtc;
 
 pub const RESET_CONTROL: u16 = 0xcf9;
 const RESET_CONTROL_RST_CPU: u8 = 1 << 2;
@@ -21,14 +30,41 @@ const PM1_SLP_EN: u16 = 1 << 13;
 const PM1_SLP_TYP_SHIFT: u16 = 10;
 /// bhyve's DSDT names S5 with SLP_TYP 5.
 const SLP_TYP_S5: u16 = 5;
+/// The ACPI PM timer: a free-running 32-bit counter (the FADT sets
+/// TMR_VAL_EXT) at 3.579545 MHz.
+pub const PM_TMR: u16 = 0x408;
+const PM_TMR_HZ: u128 = 3_579_545;
 /// POST code port: writes are ignored silently.
 pub const POST: u16 = 0x80;
+pub const RTC_INDEX: u16 = 0x70;
+pub const RTC_DATA: u16 = 0x71;
 
-#[derive(Default)]
 pub struct Platform {
     reset_control: AtomicU8,
     pm1_en: AtomicU16,
     pm1_cnt: AtomicU16,
+    /// The PM timer counts from here.
+    start: Instant,
+    /// One index register for all vCPUs, as on a PC: guests serialise
+    /// their CMOS accesses themselves.
+    rtc: Mutex<Rtc>,
+}
+
+impl Default for Platform {
+    fn default() -> Platform {
+        Platform {
+            reset_control: AtomicU8::new(0),
+            pm1_en: AtomicU16::new(0),
+            pm1_cnt: AtomicU16::new(0),
+            start: Instant::now(),
+            rtc: Mutex::new(Rtc::default()),
+        }
+    }
+}
+
+/// The host's wall clock in seconds (0 if it is before 1970).
+fn host_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// What a platform access did.
@@ -42,8 +78,17 @@ pub enum Outcome {
 }
 
 impl Platform {
+    /// The RTC, even if a vCPU thread panicked holding it (its state is
+    /// plain bytes, always valid).
+    fn rtc(&self) -> std::sync::MutexGuard<'_, Rtc> {
+        self.rtc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn read(&self, port: u16, size: u8) -> Outcome {
         match (port, size) {
+            (PM_TMR, 4) => Outcome::Done((self.start.elapsed().as_nanos() * PM_TMR_HZ / 1_000_000_000) as u32 as u64),
+            (RTC_INDEX, 1) => Outcome::Done(self.rtc().index() as u64),
+            (RTC_DATA, 1) => Outcome::Done(self.rtc().read(host_now()) as u64),
             (RESET_CONTROL, 1) => Outcome::Done(self.reset_control.load(Ordering::Relaxed) as u64),
             // No keyboard: status says output buffer empty, input buffer empty.
             (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
@@ -57,6 +102,15 @@ impl Platform {
 
     pub fn write(&self, port: u16, size: u8, value: u64) -> Outcome {
         match (port, size) {
+            (PM_TMR, _) => Outcome::Done(0),
+            (RTC_INDEX, 1) => {
+                self.rtc().select(value as u8);
+                Outcome::Done(0)
+            }
+            (RTC_DATA, 1) => {
+                self.rtc().write(value as u8, host_now());
+                Outcome::Done(0)
+            }
             (RESET_CONTROL, 1) => {
                 let v = value as u8;
                 self.reset_control.store(v & !RESET_CONTROL_RST_CPU, Ordering::Relaxed);
@@ -115,6 +169,24 @@ mod tests {
         // The enable register keeps what the guest wrote (Linux checks GBL_EN).
         assert!(matches!(p.write(PM1A_EN, 2, 1 << 5), Outcome::Done(_)));
         assert!(matches!(p.read(PM1A_EN, 2), Outcome::Done(0x20)));
+    }
+
+    #[test]
+    fn platform_pm_timer_counts_at_3_58_mhz() {
+        let p = Platform::default();
+        let Outcome::Done(a) = p.read(PM_TMR, 4) else { panic!() };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let Outcome::Done(b) = p.read(PM_TMR, 4) else { panic!() };
+        // At least 20 ms worth of ticks (a sleep is never shorter).
+        assert!(b.wrapping_sub(a) as u32 >= 71_591, "{a} -> {b}");
+    }
+
+    #[test]
+    fn platform_rtc_answers_on_0x70_and_0x71() {
+        let p = Platform::default();
+        assert!(matches!(p.write(RTC_INDEX, 1, 0x0d), Outcome::Done(_)));
+        assert!(matches!(p.read(RTC_DATA, 1), Outcome::Done(0x80)));
+        assert!(matches!(p.read(RTC_INDEX, 1), Outcome::Done(0x0d)));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `reboot`, `reboot-kbd`, `poweroff`, `halt`, `idle` (stay up, asleep),
 //! `triple-fault`,
 //! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run),
-//! `unknown-port` (read port 0x1234), `spin` (loop at CPL0 forever),
+//! `unknown-port` (read port 0x1234), `clock` (RTC and PM timer), `spin` (loop at CPL0 forever),
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
 //! (N port writes from user mode, then reset: the exit benchmark),
@@ -190,6 +190,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             let (size, count) = (num(), num());
             net::bench(tx, size, count)
         }
+        b"clock" => clock(),
         b"spin" => loop {
             core::hint::spin_loop();
         },
@@ -198,6 +199,49 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             io::halt()
         }
     }
+}
+
+fn cmos_read(reg: u8) -> u8 {
+    io::outb(0x70, reg);
+    io::inb(0x71)
+}
+
+fn cmos_write(reg: u8, v: u8) {
+    io::outb(0x70, reg);
+    io::outb(0x71, v);
+}
+
+/// Prints the RTC's date and time as YYYY-MM-DD hh:mm:ss (BCD, 24-hour:
+/// the power-on mode), once UIP is clear.
+fn print_rtc() {
+    while cmos_read(0x0a) & 0x80 != 0 {}
+    let fields: [(u8, &[u8]); 7] = [(0x32, b""), (0x09, b"-"), (0x08, b"-"), (0x07, b" "), (0x04, b":"), (0x02, b":"), (0x00, b"")];
+    for (reg, sep) in fields {
+        let v = cmos_read(reg);
+        print(&[b'0' + (v >> 4), b'0' + (v & 0xf)]);
+        print(sep);
+    }
+    print(b"\n");
+}
+
+/// `clock`: the RTC's time, the PM timer advancing, and a time set by the
+/// guest that keeps running.
+fn clock() -> ! {
+    let pm_before = io::inl(0x408);
+    print(b"clock: rtc ");
+    print_rtc();
+    print(b"clock: pm timer advanced ");
+    io::print_dec(io::inl(0x408).wrapping_sub(pm_before) as u64);
+    print(b" ticks\n");
+    // SET, 2031-02-28 23:59:58, then let it run.
+    cmos_write(0x0b, 0x82);
+    for (reg, v) in [(0x32, 0x20), (0x09, 0x31), (0x08, 0x02), (0x07, 0x28), (0x04, 0x23), (0x02, 0x59), (0x00, 0x58)] {
+        cmos_write(reg, v);
+    }
+    cmos_write(0x0b, 0x02);
+    print(b"clock: set ");
+    print_rtc();
+    io::halt()
 }
 
 static mut LOOP_COUNT: u64 = 0;
