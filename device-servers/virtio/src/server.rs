@@ -100,6 +100,7 @@ pub fn run<D: Backend>(
         mmio_accesses: stats.counter("mmio_accesses"),
         notify_exits: stats.counter("notify_exits"),
         interrupts: stats.counter("interrupts"),
+        intx_interrupts: stats.counter("intx_interrupts"),
     };
     let notifies = stats.counter("ioeventfd_notifies");
     let (device, sandbox) =

@@ -68,7 +68,10 @@ pub struct TransportStats {
     pub mmio_accesses: Counter,
     /// Notifies that arrived as register writes (an exit), not ioeventfds.
     pub notify_exits: Counter,
+    /// MSI-X messages sent.
     pub interrupts: Counter,
+    /// Times INTx# was raised.
+    pub intx_interrupts: Counter,
 }
 
 pub struct Transport<D: Device> {
@@ -533,7 +536,7 @@ impl<D: Device> Transport<D> {
     fn assert_intx(&mut self) {
         if let (true, false, Some(fd)) = (self.intx_pending(), self.intx_up, &self.intx) {
             self.intx_up = true;
-            self.stats.interrupts.inc();
+            self.stats.intx_interrupts.inc();
             capvm_ipc::ring::ring_eventfd(std::os::fd::AsFd::as_fd(fd));
         }
     }
