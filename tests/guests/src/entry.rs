@@ -85,10 +85,11 @@ pdpt:
     .quad pd + 0x1000 + 0x7
     .quad pd + 0x2000 + 0x7
     .quad pd + 0x3000 + 0x7
-    .fill 508, 8, 0
+    .quad pd + 0x4000 + 0x7     /* 4-5 GiB: where the 64-bit BAR window starts */
+    .fill 507, 8, 0
 pd:
     .set i, 0
-    .rept 2048
+    .rept 2560
     .quad (i << 21) | 0x87      /* present, writable, user, 2 MiB */
     .set i, i + 1
     .endr
