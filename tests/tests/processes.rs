@@ -10,18 +10,20 @@ fn signal(pid: u32, sig: i32) {
 }
 
 /// Starts the spinning guest and waits for its two children.
-fn spinning_vm() -> Option<(std::process::Child, Vec<(u32, String)>)> {
+/// A VM spinning at CPL0, its children and its name.
+fn spinning_vm() -> Option<(std::process::Child, Vec<(u32, String)>, String)> {
     if !kvm_available() {
         return None;
     }
-    let child = spawn(&guest_args("spin", &[]));
+    let args = guest_args("spin", &[]);
+    let child = spawn(&args);
     let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
-    Some((child, kids))
+    Some((child, kids, args.last().unwrap().clone()))
 }
 
 #[test]
 fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
-    let Some((child, kids)) = spinning_vm() else { return };
+    let Some((child, kids, _)) = spinning_vm() else { return };
     let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
     // comm is cut to 15 characters.
     assert_eq!(names.len(), 2, "{kids:?}");
@@ -42,7 +44,7 @@ fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
 /// must still stop everything (by escalating to SIGKILL).
 #[test]
 fn sigterm_stops_every_child_even_with_a_spinning_vcpu() {
-    let Some((child, kids)) = spinning_vm() else { return };
+    let Some((child, kids, _)) = spinning_vm() else { return };
     assert_eq!(kids.len(), 2, "{kids:?}");
     signal(child.id(), libc::SIGTERM);
     let r = finish(child, Duration::from_secs(10));
@@ -55,7 +57,7 @@ fn sigterm_stops_every_child_even_with_a_spinning_vcpu() {
 
 #[test]
 fn sigint_stops_the_vm_too() {
-    let Some((child, kids)) = spinning_vm() else { return };
+    let Some((child, kids, _)) = spinning_vm() else { return };
     signal(child.id(), libc::SIGINT);
     let r = finish(child, Duration::from_secs(10));
     assert_eq!(r.code(), 1, "{r:?}");
@@ -66,7 +68,7 @@ fn sigint_stops_the_vm_too() {
 
 #[test]
 fn killing_the_uart_server_stops_the_vm_with_4_naming_it() {
-    let Some((child, kids)) = spinning_vm() else { return };
+    let Some((child, kids, _)) = spinning_vm() else { return };
     let (uart, _) = kids.iter().find(|(_, n)| n == "capvm-uart").expect("uart child").clone();
     signal(uart, libc::SIGKILL);
     let r = finish(child, Duration::from_secs(10));
@@ -79,7 +81,7 @@ fn killing_the_uart_server_stops_the_vm_with_4_naming_it() {
 
 #[test]
 fn killing_the_vcpu_runner_stops_the_vm_with_4_naming_it() {
-    let Some((child, kids)) = spinning_vm() else { return };
+    let Some((child, kids, _)) = spinning_vm() else { return };
     let (runner, _) = kids.iter().find(|(_, n)| n.starts_with("capvm-vcpu")).expect("runner").clone();
     signal(runner, libc::SIGKILL);
     let r = finish(child, Duration::from_secs(10));
@@ -90,7 +92,7 @@ fn killing_the_vcpu_runner_stops_the_vm_with_4_naming_it() {
 
 #[test]
 fn killing_the_broker_takes_its_children_along() {
-    let Some((mut child, kids)) = spinning_vm() else { return };
+    let Some((mut child, kids, vm)) = spinning_vm() else { return };
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -100,4 +102,9 @@ fn killing_the_broker_takes_its_children_along() {
     for (pid, name) in kids {
         assert!(!pid_exists(pid), "{name} ({pid}) outlived a SIGKILLed broker");
     }
+    // Nothing can remove the control socket of a SIGKILLed broker (the
+    // next VM of that name replaces it); the test does.
+    let sock = runtime_dir().join(format!("{vm}.sock"));
+    assert!(sock.exists(), "the VM had no control socket at {}", sock.display());
+    std::fs::remove_file(sock).unwrap();
 }
