@@ -224,7 +224,8 @@ impl Net {
                 return Rx::NoBuffers;
             };
             let head = chain.head_index();
-            let descs = capvm_virtio::chain::whole(chain).filter(|d| d.iter().all(|d| d.is_write_only() && mem.check_range(d.addr(), d.len() as usize)));
+            let writable_ram = |d: &Descriptor| d.is_write_only() && mem.check_range(d.addr(), d.len() as usize);
+            let descs = capvm_virtio::chain::whole(chain).filter(|d| d.iter().all(writable_ram));
             let bytes = descs.as_ref().map_or(0, |d| d.iter().map(|d| d.len() as usize).sum());
             match descs {
                 Some(descs) if bytes >= HEADER_LEN => {
