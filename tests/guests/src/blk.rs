@@ -4,7 +4,7 @@
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use crate::io::{halt, idle, print, print_dec, print_hex};
-use crate::virtio::{self, cfg_read32, cfg_write32, Desc, Device, Rng, DESC_NEXT, DESC_WRITE, OUTSIDE_RAM, QSIZE, SCRATCH};
+use crate::virtio::{self, cfg_read32, cfg_write32, Desc, Device, DESC_NEXT, DESC_WRITE, OUTSIDE_RAM, QSIZE};
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -208,18 +208,8 @@ pub fn fuzz() -> ! {
     dev.submit(0, QSIZE + 100, false);
     dev.forget_one(0);
 
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let rounds = 64;
-    for _ in 0..rounds {
-        let n = 1 + rng.next() % 4;
-        for i in 0..n {
-            let r = rng.next();
-            let a = if r & 1 == 0 { SCRATCH + (r >> 8) % 0x100_0000 } else { wild | r >> 24 };
-            let flags = (rng.next() % 8) as u16;
-            dev.set_desc(0, i as u16, d(a, (rng.next() % 8192) as u32, flags, (rng.next() % 20) as u16));
-        }
-        dev.submit(0, 0, true);
-    }
+    dev.submit_random_chains(0, 0x5eed_cafe_f00d_d00d, rounds);
     // Config space: read-only registers stay as they are.
     let id = cfg_read32(dev.slot, 0);
     cfg_write32(dev.slot, 0, 0xffff_ffff);

@@ -7,7 +7,7 @@
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use crate::io::{halt, poweroff, print, print_dec};
-use crate::virtio::{self, Desc, Device, Rng, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, OUTSIDE_RAM, QSIZE, SCRATCH};
+use crate::virtio::{self, Desc, Device, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, OUTSIDE_RAM, QSIZE};
 
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
@@ -200,18 +200,8 @@ pub fn fuzz() -> ! {
     // A head past the table: the device cannot return it.
     dev.submit(TXQ, QSIZE + 100, false);
     dev.forget_one(TXQ);
-    let mut rng = Rng(0x0dd_ba11_5eed);
     let rounds = 64;
-    for _ in 0..rounds {
-        let n = 1 + rng.next() % 4;
-        for i in 0..n {
-            let r = rng.next();
-            let a = if r & 1 == 0 { SCRATCH + (r >> 8) % 0x100_0000 } else { OUTSIDE_RAM | r >> 24 };
-            let flags = (rng.next() % 8) as u16;
-            dev.set_desc(TXQ, i as u16, d(a, (rng.next() % 8192) as u32, flags, (rng.next() % 20) as u16));
-        }
-        dev.submit(TXQ, 0, true);
-    }
+    dev.submit_random_chains(TXQ, 0x0dd_ba11_5eed, rounds);
     print(b"net-fuzz: ");
     print_dec(returned);
     print(b" of 7 hostile TX chains returned, ");

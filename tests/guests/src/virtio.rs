@@ -29,14 +29,14 @@ pub const DESC_WRITE: u16 = 2;
 pub const DESC_INDIRECT: u16 = 4;
 
 /// Scratch RAM the fuzzers let a device scribble on (32-48 MiB).
-pub const SCRATCH: u64 = 0x200_0000;
+const SCRATCH: u64 = 0x200_0000;
 /// An address no guest RAM has (1 TiB).
 pub const OUTSIDE_RAM: u64 = 1 << 40;
 
 /// xorshift64: the fuzzers' randomness, the same every run.
-pub struct Rng(pub u64);
+struct Rng(u64);
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -330,6 +330,23 @@ impl Device {
         }
         self.wait_used(q, used_pos.wrapping_add(1));
         self.used_at(q, used_pos).1
+    }
+
+    /// Offers `rounds` random chains of 1-4 descriptors on queue `q`, one
+    /// at a time, each waited for: addresses in SCRATCH or outside RAM,
+    /// random lengths, flags and nexts. The fuzzers' shared part.
+    pub fn submit_random_chains(&mut self, q: usize, seed: u64, rounds: u64) {
+        let mut rng = Rng(seed);
+        for _ in 0..rounds {
+            for i in 0..1 + rng.next() % 4 {
+                let r = rng.next();
+                let addr = if r & 1 == 0 { SCRATCH + (r >> 8) % 0x100_0000 } else { OUTSIDE_RAM | r >> 24 };
+                let flags = (rng.next() % 8) as u16;
+                let len = (rng.next() % 8192) as u32;
+                self.set_desc(q, i as u16, Desc { addr, len, flags, next: (rng.next() % 20) as u16 });
+            }
+            self.submit(q, 0, true);
+        }
     }
 
     /// Counts an offered chain the device will never return (its head
