@@ -150,6 +150,11 @@ pub fn get_stats(name: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The word after `key` on the first line that has it (guest and peer output).
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.split_once(key)).and_then(|(_, rest)| rest.split_whitespace().next())
+}
+
 /// One counter of `get_stats`' answer; panics if it is missing.
 pub fn stat(stats: &[(String, u64)], key: &str) -> u64 {
     stats.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {stats:?}")).1

@@ -22,7 +22,7 @@ fn with_disk(cmd: &str, disk: &str) -> Vec<String> {
 
 /// The number the guest printed after `key`.
 fn guest_count(out: &str, key: &str) -> u64 {
-    let n = out.split(key).nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next());
+    let n = field(out, key).map(|w| w.trim_end_matches(','));
     n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no '{key}N' in the guest's output: {out}"))
 }
 

@@ -41,11 +41,6 @@ fn peer_frame() -> Vec<u8> {
     f
 }
 
-/// The word after `key` on the line that has it.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.split_once(key)).and_then(|(_, rest)| rest.split_whitespace().next())
-}
-
 fn net_args(cmd: &str, slot: &str) -> Vec<String> {
     guest_args(cmd, &["-s", slot])
 }
