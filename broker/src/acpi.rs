@@ -16,10 +16,10 @@
 //!   window as a motherboard resource; the RTC at 0x70 (no interrupt).
 
 use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
-use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{self, AccessSize, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::Aml;
 use acpi_tables::{facs::FACS, mcfg::MCFG, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT};
 use capvm_ipc::memmap;
 
@@ -172,14 +172,21 @@ fn dsdt(p: &Platform) -> Vec<u8> {
         (mmio32_end - 1) as u32,
         None,
     );
-    let mmio64 =
-        AddressSpace::<u64>::new_memory(AddressSpaceCacheable::NotCacheable, true, mmio64_start, memmap::PCI_MMIO64_END - 1, None);
+    let mmio64 = AddressSpace::<u64>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio64_start,
+        memmap::PCI_MMIO64_END - 1,
+        None,
+    );
     let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32, &mmio64]);
     // _PRT entries name a GSI directly (source 0): level-triggered,
     // active-low, as ACPI says for such entries; KVM's IOAPIC takes an
     // asserted line whatever the polarity.
     let routes: Vec<[u32; 4]> = (0..32u8)
-        .flat_map(|slot| (1..=4u8).map(move |pin| [(slot as u32) << 16 | 0xffff, pin as u32 - 1, 0, memmap::pci_intx_gsi(slot, pin)]))
+        .flat_map(|slot| {
+            (1..=4u8).map(move |pin| [(slot as u32) << 16 | 0xffff, pin as u32 - 1, 0, memmap::pci_intx_gsi(slot, pin)])
+        })
         .collect();
     let routes: Vec<aml::Package> =
         routes.iter().map(|r| aml::Package::new(r.iter().map(|v| v as &dyn Aml).collect())).collect();

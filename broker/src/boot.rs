@@ -95,9 +95,15 @@ fn mem_err(e: impl std::fmt::Debug) -> BootError {
 /// Loads the guest described by `cfg` into `mem`.
 /// Loads the kernel, its command line and initrd, and the ACPI tables for
 /// `cpus` vCPUs, and says where to start.
-pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig, cpus: u32) -> Result<BootState, BootError> {
+pub fn load(
+    mem: &GuestMemoryMmap,
+    regions: &[MemoryRegion],
+    cfg: &BootConfig,
+    cpus: u32,
+) -> Result<BootState, BootError> {
     let kpath = cfg.kernel.display().to_string();
-    let mut kernel = File::open(&cfg.kernel).map_err(|err| BootError::Open { what: "boot.kernel", path: kpath.clone(), err })?;
+    let mut kernel =
+        File::open(&cfg.kernel).map_err(|err| BootError::Open { what: "boot.kernel", path: kpath.clone(), err })?;
     use loader::bzimage::Error as BzError;
     use loader::elf::Error as ElfError;
     let (result, bzimage) = match Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
@@ -106,9 +112,9 @@ pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig, c
         Err(loader::Error::Elf(ElfError::InvalidElfMagicNumber | ElfError::ReadElfHeader)) => {
             match BzImage::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))) {
                 Ok(r) => (r, true),
-                Err(loader::Error::Bzimage(BzError::InvalidBzImage | BzError::ReadBzImageHeader | BzError::SeekBzImageHeader)) => {
-                    return Err(BootError::UnknownFormat(kpath))
-                }
+                Err(loader::Error::Bzimage(
+                    BzError::InvalidBzImage | BzError::ReadBzImageHeader | BzError::SeekBzImageHeader,
+                )) => return Err(BootError::UnknownFormat(kpath)),
                 Err(err) => return Err(BootError::Load { path: kpath, err }),
             }
         }
@@ -144,13 +150,7 @@ pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig, c
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) if !bzimage => {
             write_pvh_info(mem, regions, initrd)?;
-            Ok(BootState {
-                mode: EntryMode::Pvh32,
-                entry: entry.0,
-                rsp: 0,
-                rsi: 0,
-                rbx: PVH_INFO_ADDR,
-            })
+            Ok(BootState { mode: EntryMode::Pvh32, entry: entry.0, rsp: 0, rsi: 0, rbx: PVH_INFO_ADDR })
         }
         _ => {
             for (addr, entry) in identity_page_tables() {
@@ -158,13 +158,7 @@ pub fn load(mem: &GuestMemoryMmap, regions: &[MemoryRegion], cfg: &BootConfig, c
             }
             write_zero_page(mem, regions, &result, cfg.cmdline.len(), initrd)?;
             let entry = if bzimage { result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET } else { result.kernel_load.0 };
-            Ok(BootState {
-                mode: EntryMode::Long64,
-                entry,
-                rsp: BOOT_STACK_TOP,
-                rsi: ZERO_PAGE_ADDR,
-                rbx: 0,
-            })
+            Ok(BootState { mode: EntryMode::Long64, entry, rsp: BOOT_STACK_TOP, rsi: ZERO_PAGE_ADDR, rbx: 0 })
         }
     }
 }
@@ -182,7 +176,11 @@ fn load_initrd(mem: &GuestMemoryMmap, limit: u64, path: &Path, kernel_end: u64) 
     Ok((addr, size))
 }
 
-fn write_pvh_info(mem: &GuestMemoryMmap, regions: &[MemoryRegion], initrd: Option<(u64, u64)>) -> Result<(), BootError> {
+fn write_pvh_info(
+    mem: &GuestMemoryMmap,
+    regions: &[MemoryRegion],
+    initrd: Option<(u64, u64)>,
+) -> Result<(), BootError> {
     let memmap: Vec<hvm_memmap_table_entry> = e820(regions)
         .into_iter()
         .map(|(addr, size, type_)| hvm_memmap_table_entry { addr, size, type_, reserved: 0 })

@@ -195,7 +195,9 @@ pub fn slot_help() -> String {
 }
 
 pub fn lpc_help() -> String {
-    let mut s = String::from("LPC devices (-l device,backend; backend is stdio, a tty path, or a socket path capvm listens on):\n");
+    let mut s = String::from(
+        "LPC devices (-l device,backend; backend is stdio, a tty path, or a socket path capvm listens on):\n",
+    );
     for (name, base, irq) in COM_PORTS {
         s += &format!("  {name:<6} 16550A UART at I/O {base:#x}, IRQ {irq}\n");
     }
@@ -216,7 +218,21 @@ mod tests {
 
     #[test]
     fn cli_handbook_line_sets_bhyve_variables() {
-        let t = run(&["-c", "1", "-m", "64M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio", "-o", "boot.kernel=g.elf", "vm0"]);
+        let t = run(&[
+            "-c",
+            "1",
+            "-m",
+            "64M",
+            "-s",
+            "0,hostbridge",
+            "-s",
+            "31,lpc",
+            "-l",
+            "com1,stdio",
+            "-o",
+            "boot.kernel=g.elf",
+            "vm0",
+        ]);
         assert_eq!(t.get("cpus"), Some("1"));
         assert_eq!(t.get("memory.size"), Some("64M"));
         assert_eq!(t.get("pci.0.0.0.device"), Some("hostbridge"));

@@ -114,11 +114,14 @@ pub fn parse_memsize(s: &str) -> Result<u64, ConfigError> {
         _ => (s, 20),
     };
     let n: u64 = digits.parse().map_err(|_| ConfigError(format!("memory size '{s}' is not a number with K/M/G/T")))?;
-    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(|| ConfigError(format!("memory size '{s}' is out of range")))
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| ConfigError(format!("memory size '{s}' is out of range")))
 }
 
 /// The COM ports an lpc device offers: name, first I/O port, IRQ.
-pub const COM_PORTS: [(&str, u16, u32); 4] = [("com1", 0x3f8, 4), ("com2", 0x2f8, 3), ("com3", 0x3e8, 4), ("com4", 0x2e8, 3)];
+pub const COM_PORTS: [(&str, u16, u32); 4] =
+    [("com1", 0x3f8, 4), ("com2", 0x2f8, 3), ("com3", 0x3e8, 4), ("com4", 0x2e8, 3)];
 
 /// PCI emulations `-s` accepts now, with a line for `-s help`.
 pub const PCI_EMULATIONS: &[(&str, &str)] = &[
@@ -256,7 +259,10 @@ impl VmConfig {
         }
         let topology: u32 = ["sockets", "cores", "threads"]
             .iter()
-            .map(|k| tree.get(k).map_or(Ok(1), |v| v.parse::<u32>().map_err(|_| ConfigError(format!("{k}={v}: not a number")))))
+            .map(|k| {
+                tree.get(k)
+                    .map_or(Ok(1), |v| v.parse::<u32>().map_err(|_| ConfigError(format!("{k}={v}: not a number"))))
+            })
             .product::<Result<u32, _>>()?;
         if ["sockets", "cores", "threads"].iter().any(|k| tree.get(k).is_some()) && topology != cpus {
             return err(format!("sockets x cores x threads = {topology}, but cpus={cpus}: make them agree"));
@@ -294,24 +300,32 @@ impl VmConfig {
                     let p = PathBuf::from(p);
                     match std::fs::metadata(&p) {
                         Ok(m) if std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()) => ComBackend::Tty(p),
-                        Ok(_) => return err(format!("-l {com}: {} exists and is not a tty; remove it to use it as a socket path", p.display())),
+                        Ok(_) => {
+                            return err(format!(
+                                "-l {com}: {} exists and is not a tty; remove it to use it as a socket path",
+                                p.display()
+                            ))
+                        }
                         Err(_) => ComBackend::Socket(p),
                     }
                 }
             };
             coms.push(ComPort { name: com, port_base: base, irq, backend });
         }
-        if let Some(k) = tree.vars.keys().find(|k| k.starts_with("lpc.") && !COM_PORTS.iter().any(|(c, _, _)| k.as_str() == format!("lpc.{c}.path"))) {
+        if let Some(k) = tree
+            .vars
+            .keys()
+            .find(|k| k.starts_with("lpc.") && !COM_PORTS.iter().any(|(c, _, _)| k.as_str() == format!("lpc.{c}.path")))
+        {
             return err(format!("unknown LPC device variable '{k}' (see -l help)"));
         }
         if coms.iter().filter(|c| c.backend == ComBackend::Stdio).count() > 1 {
             return err("only one COM port can use stdio");
         }
 
-        let kernel = tree
-            .get("boot.kernel")
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| ConfigError("nothing to boot: give -o boot.kernel=PATH (a bzImage or an ELF kernel)".into()))?;
+        let kernel = tree.get("boot.kernel").filter(|k| !k.is_empty()).ok_or_else(|| {
+            ConfigError("nothing to boot: give -o boot.kernel=PATH (a bzImage or an ELF kernel)".into())
+        })?;
         let boot = BootConfig {
             kernel: PathBuf::from(kernel),
             initrd: tree.get("boot.initrd").filter(|s| !s.is_empty()).map(PathBuf::from),
@@ -377,7 +391,10 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
             }
         };
         let num = |s: &str, max: u8, what: &str| -> Result<u8, ConfigError> {
-            s.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| ConfigError(format!("{key}: {what} must be 0-{max}")))
+            s.parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| ConfigError(format!("{key}: {what} must be 0-{max}")))
         };
         if num(bus, 255, "bus")? != 0 {
             return err(format!("{key}: only PCI bus 0 exists"));
@@ -402,10 +419,9 @@ impl DiskConfig {
 fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
     let prefix = format!("pci.0.{}.{}", slot.slot, slot.func);
     let at = format!("-s {}:{},virtio-blk", slot.slot, slot.func);
-    let path = tree
-        .get(&format!("{prefix}.path"))
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| ConfigError(format!("{at}: give the image file or block device: -s {},virtio-blk,PATH", slot.slot)))?;
+    let path = tree.get(&format!("{prefix}.path")).filter(|p| !p.is_empty()).ok_or_else(|| {
+        ConfigError(format!("{at}: give the image file or block device: -s {},virtio-blk,PATH", slot.slot))
+    })?;
     let flag = |k: &str| tree.bool(&format!("{prefix}.{k}"), false);
     let (sector_size, physical_sector_size) = match tree.get(&format!("{prefix}.sectorsize")) {
         None => (512, 512),
@@ -414,7 +430,11 @@ fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
             let size = |s: &str| s.parse::<u32>().ok().filter(|n| n.is_power_of_two() && (512..=65536).contains(n));
             match (size(l), size(p)) {
                 (Some(l), Some(p)) if p >= l => (l, p),
-                _ => return err(format!("{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536")),
+                _ => {
+                    return err(format!(
+                        "{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536"
+                    ))
+                }
             }
         }
     };
@@ -428,7 +448,9 @@ fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
         sector_size,
         physical_sector_size,
         no_delete: flag("nodelete")?,
-        serial: tree.get(&format!("{prefix}.ser")).map_or_else(|| format!("CAPVM-{}-{}", slot.slot, slot.func), str::to_string),
+        serial: tree
+            .get(&format!("{prefix}.ser"))
+            .map_or_else(|| format!("CAPVM-{}-{}", slot.slot, slot.func), str::to_string),
     })
 }
 
@@ -470,7 +492,10 @@ fn nic(tree: &ConfigTree, slot: &PciSlot, vm_name: &str) -> Result<NicConfig, Co
 
 /// A unicast MAC written as six hex bytes separated by ':'.
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = s.split(':').map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok()).flatten()).collect::<Option<_>>()?;
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok()).flatten())
+        .collect::<Option<_>>()?;
     let mac: [u8; 6] = bytes.try_into().ok()?;
     (mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
 }
@@ -584,7 +609,15 @@ mod tests {
         v.extend([("pci.0.3.0.mac", "52:54:00:ab:cd:ef"), ("pci.0.3.0.mtu", "9000")]);
         let n = &VmConfig::from_tree(&tree(&v)).unwrap().nics[0];
         assert_eq!((n.mac, n.mtu), ([0x52, 0x54, 0, 0xab, 0xcd, 0xef], 9000));
-        for (k, bad) in [("mac", "01:00:5e:00:00:01"), ("mac", "52:54:00:ab:cd"), ("mac", "zz:54:00:ab:cd:ef"), ("mtu", "20"), ("mtu", "70000"), ("backend", "a/b"), ("backend", "a-very-long-tap-name")] {
+        for (k, bad) in [
+            ("mac", "01:00:5e:00:00:01"),
+            ("mac", "52:54:00:ab:cd"),
+            ("mac", "zz:54:00:ab:cd:ef"),
+            ("mtu", "20"),
+            ("mtu", "70000"),
+            ("backend", "a/b"),
+            ("backend", "a-very-long-tap-name"),
+        ] {
             let mut t = tree(&base());
             t.set("pci.0.3.0.device", "virtio-net");
             t.set("pci.0.3.0.backend", "tap7");

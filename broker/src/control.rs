@@ -38,7 +38,8 @@ impl ControlSocket {
     /// socket left by a crash is replaced.
     pub fn bind(name: &str) -> Result<ControlSocket, String> {
         let dir = runtime_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the runtime directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the runtime directory {}: {e}", dir.display()))?;
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let path = socket_path(name);
         if path.exists() {
@@ -47,7 +48,8 @@ impl ControlSocket {
             }
             let _ = std::fs::remove_file(&path);
         }
-        let listener = UnixListener::bind(&path).map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
         listener.set_nonblocking(true).map_err(|e| format!("control socket: {e}"))?;
         Ok(ControlSocket { listener, _path: SocketPath(path) })
     }
@@ -102,7 +104,8 @@ struct Observed {
 
 fn observe(pid: u32) -> Observed {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
+    let field =
+        |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
     let seccomp = match field("Seccomp:").as_str() {
         "2" => "filter",
         "1" => "strict",
@@ -158,7 +161,12 @@ fn audit_json(children: &[Child]) -> String {
                         )
                     })
                     .collect();
-                (r.allowed_syscalls.to_string(), json_str(&r.landlock), format!("[{}]", fds.join(",")), r.enter_us.to_string())
+                (
+                    r.allowed_syscalls.to_string(),
+                    json_str(&r.landlock),
+                    format!("[{}]", fds.join(",")),
+                    r.enter_us.to_string(),
+                )
             }
             None => ("null".into(), json_str("not yet reported"), "[]".into(), "null".into()),
         };
@@ -185,7 +193,10 @@ fn audit_text(children: &[Child]) -> String {
         out += &format!("\n{}  pid {pid}\n", c.role);
         match &c.sandbox {
             Some(r) => {
-                out += &format!("  seccomp: {} ({} syscalls allowed, anything else traps)\n", o.seccomp, r.allowed_syscalls);
+                out += &format!(
+                    "  seccomp: {} ({} syscalls allowed, anything else traps)\n",
+                    o.seccomp, r.allowed_syscalls
+                );
                 out += &format!("  namespaces (new): {}\n", o.new_namespaces.join(", "));
                 out += &format!("  landlock: {}; effective capabilities: {}\n", r.landlock, o.cap_eff);
                 out += &format!("  sandbox entered in {} µs\n", r.enter_us);

@@ -4,7 +4,6 @@
 //! resource, loads the guest kernel, starts the vCPU runner and the device
 //! servers, and supervises them until the VM ends. See ARCHITECTURE.md.
 
-
 use capvm::cli::{self, Action};
 use capvm::supervisor::EXIT_ERROR;
 use capvm::{config, vm};

@@ -93,7 +93,13 @@ pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
         kvm,
         vm,
         vcpus,
-        doorbells: cfg.coms.iter().zip(&devices).map(|(c, d)| (d.1, c.name.to_string())).chain(virtio_doorbells).collect(),
+        doorbells: cfg
+            .coms
+            .iter()
+            .zip(&devices)
+            .map(|(c, d)| (d.1, c.name.to_string()))
+            .chain(virtio_doorbells)
+            .collect(),
         ram,
         control_dup,
         irqfds: devices.iter().map(|d| d.2).chain(msix).collect(),

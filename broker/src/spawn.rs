@@ -35,10 +35,7 @@ pub fn libexec_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CAPVM_LIBEXEC_DIR") {
         return PathBuf::from(dir);
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cstr(b: &[u8]) -> CString {
@@ -74,7 +71,8 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
 
     // SAFETY: clone without CLONE_VM behaves like fork; the child only makes
     // raw syscalls on memory prepared above, then execs or _exits.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
     if pid == 0 {
         // SAFETY: see above; we are the child.
         unsafe { child_exec(sock, null, errw, exe_fd, as_root, &argv, &envp) };

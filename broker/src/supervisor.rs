@@ -168,7 +168,10 @@ impl Supervisor {
                     );
                     Some(EXIT_ERROR)
                 } else {
-                    eprintln!("capvm: {} (pid {}): forbidden system call {line} denied with EPERM (sandbox.violations=log)", child.role, child.pid);
+                    eprintln!(
+                        "capvm: {} (pid {}): forbidden system call {line} denied with EPERM (sandbox.violations=log)",
+                        child.role, child.pid
+                    );
                     None
                 }
             }
@@ -248,7 +251,11 @@ fn event_status(event: &VmEvent) -> i32 {
         VmEvent::InternalError(r) => {
             let bytes: Vec<String> = r.bytes.iter().map(|b| format!("{b:02x}")).collect();
             let bytes = if bytes.is_empty() { "(RIP does not translate)".to_string() } else { bytes.join(" ") };
-            let what = if r.suberror == 1 { "emulation failure: the host's KVM cannot execute this instruction" } else { "KVM internal error" };
+            let what = if r.suberror == 1 {
+                "emulation failure: the host's KVM cannot execute this instruction"
+            } else {
+                "KVM internal error"
+            };
             eprintln!(
                 "capvm: vCPU {} stopped at RIP {:#x} (CPL {}), instruction bytes {bytes}: {what} (suberror {})",
                 r.vcpu, r.rip, r.cpl, r.suberror
@@ -267,7 +274,12 @@ fn describe(ws: &WaitStatus) -> String {
     match ws {
         WaitStatus::Exited(_, code) => format!("exited with status {code}"),
         WaitStatus::Signaled(_, sig, core) => {
-            format!("was killed by signal {} ({}){}", *sig as i32, sig.as_str(), if *core { ", core dumped" } else { "" })
+            format!(
+                "was killed by signal {} ({}){}",
+                *sig as i32,
+                sig.as_str(),
+                if *core { ", core dumped" } else { "" }
+            )
         }
         other => format!("changed state: {other:?}"),
     }

@@ -132,7 +132,8 @@ pub fn disk(d: &DiskConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioH
         .map_err(|e| VmError(format!("{at}: cannot open {}: {e}", d.path.display())))?;
     let meta = file.metadata().map_err(|e| VmError(format!("{at}: {}: {e}", d.path.display())))?;
     let (size, can_discard) = if meta.file_type().is_block_device() {
-        let size = file.seek(SeekFrom::End(0)).map_err(|e| VmError(format!("{at}: size of {}: {e}", d.path.display())))?;
+        let size =
+            file.seek(SeekFrom::End(0)).map_err(|e| VmError(format!("{at}: size of {}: {e}", d.path.display())))?;
         (size, false)
     } else if meta.is_file() {
         (meta.len(), true)
@@ -157,7 +158,8 @@ pub fn disk(d: &DiskConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioH
 
 /// Opens (or creates) a NIC's tap and describes the NIC.
 pub fn nic(n: &NicConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioHost, VmError> {
-    let tap = open_tap(&n.tap).map_err(|e| VmError(format!("-s {}:{},virtio-net: tap {}: {e}", n.slot, n.func, n.tap)))?;
+    let tap =
+        open_tap(&n.tap).map_err(|e| VmError(format!("-s {}:{},virtio-net: tap {}: {e}", n.slot, n.func, n.tap)))?;
     let function = alloc.function(n.slot, n.func, layout::NET_QUEUES)?;
     let opts = NetOptions { mac: n.mac, mtu: n.mtu };
     VirtioHost::new(n.name(), "capvm-virtio-net", function, VirtioBackend::Net(opts), vec![tap], vcpus)

@@ -7,7 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::{
-    shm, BridgeKind, DeviceRoute, PioRange, RunnerConfig, SandboxConfig, ToChild, UartBackendKind, UartConfig, VirtioConfig,
+    shm, BridgeKind, DeviceRoute, PioRange, RunnerConfig, SandboxConfig, ToChild, UartBackendKind, UartConfig,
+    VirtioConfig,
 };
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -19,8 +20,8 @@ use crate::boot;
 use crate::config::{ComBackend, ComPort, VmConfig};
 use crate::console::{RawTerminal, SocketPath};
 use crate::spawn::{spawn, Child};
-use crate::virtio::VirtioHost;
 use crate::supervisor::{handled_signals, Supervisor};
+use crate::virtio::VirtioHost;
 
 /// A start-up failure: one line, already saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,8 @@ struct ComHost {
 }
 
 fn open_com_backend(com: &ComPort) -> Result<ComHost, VmError> {
-    let dup = |fd: BorrowedFd| fd.try_clone_to_owned().map_err(|e| VmError(format!("{}: cannot dup stdio: {e}", com.name)));
+    let dup =
+        |fd: BorrowedFd| fd.try_clone_to_owned().map_err(|e| VmError(format!("{}: cannot dup stdio: {e}", com.name)));
     match &com.backend {
         ComBackend::Stdio => Ok(ComHost {
             kind: UartBackendKind::Stdio,
@@ -114,8 +116,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let regions = boot::memory_regions(cfg.memory);
     let boot_state = {
         let file = File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?);
-        let mem = capvm_ipc::shm::map_guest_ram(file, &regions)
-            .map_err(VmError)?;
+        let mem = capvm_ipc::shm::map_guest_ram(file, &regions).map_err(VmError)?;
         boot::load(&mem, &regions, &cfg.boot, cfg.cpus)?
     };
 
@@ -126,7 +127,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect::<Result<_, VmError>>()?;
 
     let mut alloc = crate::virtio::Allocator::default();
-    let mut virtio: Vec<VirtioHost> = cfg.disks.iter().map(|d| crate::virtio::disk(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    let mut virtio: Vec<VirtioHost> =
+        cfg.disks.iter().map(|d| crate::virtio::disk(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
     for n in &cfg.nics {
         virtio.push(crate::virtio::nic(n, &mut alloc, cfg.cpus)?);
     }

@@ -4,8 +4,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
 
 /// Largest message either side sends; a larger one is a protocol error.
@@ -46,12 +45,7 @@ pub struct Channel {
 impl Channel {
     /// A connected pair, both ends close-on-exec.
     pub fn pair() -> Result<(Channel, Channel), ChannelError> {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         Ok((Channel { fd: a }, Channel { fd: b }))
     }
 
@@ -95,12 +89,7 @@ impl Channel {
         let mut cmsg_buf = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg_buf),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
+            match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Ok(msg) => {
                     let mut fds = Vec::new();
                     for c in msg.cmsgs()? {

@@ -12,7 +12,8 @@ pub const ECAM_BASE: u64 = 0xe000_0000;
 pub const ECAM_SIZE: u64 = 1 << 20;
 /// Fixed platform MMIO that no BAR may cover: IOAPIC, HPET, LAPIC, and the
 /// top 2 MiB (firmware's traditional home).
-pub const PLATFORM_HOLES: [(u64, u64); 3] = [(0xfec0_0000, 0xfed0_0000 - 0xfec0_0000), (0xfee0_0000, 0x10_0000), (0xffe0_0000, 0x20_0000)];
+pub const PLATFORM_HOLES: [(u64, u64); 3] =
+    [(0xfec0_0000, 0xfed0_0000 - 0xfec0_0000), (0xfee0_0000, 0x10_0000), (0xffe0_0000, 0x20_0000)];
 /// The 64-bit BAR window ends here (1 TiB: inside every host's physical
 /// address width).
 pub const PCI_MMIO64_END: u64 = 1 << 40;

@@ -275,13 +275,7 @@ fn futex_wait(word: &AtomicU32, expected: u32) {
     // SAFETY: FUTEX_WAIT on a valid, aligned u32 in shared memory; a spurious
     // return (EINTR, EAGAIN) is handled by the caller's loop.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, std::ptr::null::<libc::timespec>());
     }
 }
 
@@ -295,7 +289,7 @@ fn futex_wake(word: &AtomicU32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::eventfd::{EventFd, EfdFlags};
+    use nix::sys::eventfd::{EfdFlags, EventFd};
 
     /// Non-blocking, as the broker makes them.
     fn doorbell() -> OwnedFd {
@@ -365,10 +359,7 @@ mod tests {
             // SAFETY: test; the ring page starts with its header.
             unsafe { m.at::<Header>(0) }.version.store(PROTO_VERSION + 1, Ordering::Relaxed);
         }
-        assert!(matches!(
-            ExitRing::attach(fd.as_fd(), doorbell()),
-            Err(RingError::VersionMismatch { .. })
-        ));
+        assert!(matches!(ExitRing::attach(fd.as_fd(), doorbell()), Err(RingError::VersionMismatch { .. })));
         let blank = crate::shm::sealed_memfd("blank", RING_SIZE as u64).unwrap();
         assert!(matches!(ExitRing::attach(blank.as_fd(), doorbell()), Err(RingError::BadMagic(0))));
     }

@@ -11,17 +11,17 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 pub fn sealed_memfd(name: &str, size: u64) -> Result<OwnedFd, nix::Error> {
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     nix::unistd::ftruncate(&fd, size as libc::off_t)?;
-    fcntl(
-        &fd,
-        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL),
-    )?;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL))?;
     Ok(fd)
 }
 
 /// Maps every region of the guest-RAM memfd, shared: how the broker (to
 /// load the kernel), the vCPU runner (to hand it to KVM) and the device
 /// servers (to reach virtqueues) see guest memory.
-pub fn map_guest_ram(ram: std::fs::File, regions: &[crate::MemoryRegion]) -> Result<vm_memory::GuestMemoryMmap, String> {
+pub fn map_guest_ram(
+    ram: std::fs::File,
+    regions: &[crate::MemoryRegion],
+) -> Result<vm_memory::GuestMemoryMmap, String> {
     use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
     let file = std::sync::Arc::new(ram);
     GuestMemoryMmap::from_ranges_with_files(
@@ -48,7 +48,14 @@ impl SharedPage {
     pub(crate) fn new(fd: BorrowedFd) -> Result<SharedPage, nix::Error> {
         // SAFETY: a fresh shared mapping of a page of the memfd; no aliasing Rust refs.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(nix::Error::last());

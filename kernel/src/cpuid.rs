@@ -20,7 +20,8 @@ const CPUID7_EBX_AVX2: u32 = 1 << 5;
 const CPUID7_EBX_SMEP: u32 = 1 << 7;
 const CPUID7_EBX_SMAP: u32 = 1 << 20;
 /// AVX-512 F, DQ, IFMA, PF, ER, CD, BW, VL: all need XSAVE state.
-const CPUID7_EBX_AVX512: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const CPUID7_EBX_AVX512: u32 =
+    (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
 // Leaf 7 subleaf 0 ECX.
 const CPUID7_ECX_PKU: u32 = 1 << 3;
 const CPUID7_ECX_OSPKE: u32 = 1 << 4;
@@ -39,9 +40,10 @@ pub fn for_vcpu(supported: &CpuId, host: HostKvm, vcpu_id: u32, is_amd: bool) ->
 
 /// True when the host CPUID vendor string is AuthenticAMD (or Hygon).
 pub fn is_amd(supported: &CpuId) -> bool {
-    supported.as_slice().iter().any(|e| {
-        e.function == 0 && (e.ebx == u32::from_le_bytes(*b"Auth") || e.ebx == u32::from_le_bytes(*b"Hygo"))
-    })
+    supported
+        .as_slice()
+        .iter()
+        .any(|e| e.function == 0 && (e.ebx == u32::from_le_bytes(*b"Auth") || e.ebx == u32::from_le_bytes(*b"Hygo")))
 }
 
 fn fit_entry(e: &mut kvm_cpuid_entry2, host: HostKvm, vcpu_id: u32, is_amd: bool) {

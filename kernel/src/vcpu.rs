@@ -1,7 +1,10 @@
 //! One vCPU: boot registers, the run loop's decoded exits, and the state the
 //! runner inspects (MP state, IF, where an emulation failure happened).
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_segment, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_segment, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_UNINITIALIZED,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::{BootRegs, EntryMode, GDT, GDT_ADDR, PML4_ADDR, SEL_CODE32, SEL_CODE64, SEL_DATA, SEL_TSS};

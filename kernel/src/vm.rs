@@ -3,8 +3,8 @@
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region, CpuId,
-    KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region,
+    CpuId, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
     KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 pub use kvm_ioctls::IoEventAddress;
@@ -37,8 +37,7 @@ impl Vm {
         fd.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).context("KVM_CREATE_PIT2")?;
-        let supported_cpuid =
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).context("KVM_GET_SUPPORTED_CPUID")?;
+        let supported_cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).context("KVM_GET_SUPPORTED_CPUID")?;
         let vm = Vm { kvm, fd, supported_cpuid, host, eventfds: Vec::new() };
         // KVM's own default wires the PIT to IOAPIC pin 0; ours (pin 2, as
         // the MADT says) must hold from the first instruction, not only
@@ -122,7 +121,12 @@ impl Vm {
         let mut entries = default_irq_routes();
         for &(gsi, address, data) in routes {
             let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
-            e.u.msi = kvm_irq_routing_msi { address_lo: address as u32, address_hi: (address >> 32) as u32, data, ..Default::default() };
+            e.u.msi = kvm_irq_routing_msi {
+                address_lo: address as u32,
+                address_hi: (address >> 32) as u32,
+                data,
+                ..Default::default()
+            };
             entries.push(e);
         }
         let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| KvmError {
@@ -221,7 +225,8 @@ mod tests {
         assert_eq!(to(9), [(KVM_IRQCHIP_PIC_SLAVE, 1), (KVM_IRQCHIP_IOAPIC, 9)]);
         assert_eq!(to(23), [(KVM_IRQCHIP_IOAPIC, 23)]);
         // Each IOAPIC pin but 0 routes back to exactly one GSI (KVM's EOI lookup).
-        let mut pins: Vec<u32> = (0..24).flat_map(to).filter(|&(chip, _)| chip == KVM_IRQCHIP_IOAPIC).map(|p| p.1).collect();
+        let mut pins: Vec<u32> =
+            (0..24).flat_map(to).filter(|&(chip, _)| chip == KVM_IRQCHIP_IOAPIC).map(|p| p.1).collect();
         pins.sort();
         assert_eq!(pins, (1..24).collect::<Vec<_>>());
     }

@@ -82,13 +82,13 @@ pub fn report(m: &Manifest, landlock: String) -> SandboxReport {
             fds
         }
         .iter()
-            .map(|g| FdReport {
-                fd: g.fd,
-                what: g.what.clone(),
-                rights: g.rights.iter().map(|r| r.capsicum_name().to_string()).collect(),
-                ioctls: g.ioctls.iter().map(|i| i.name.to_string()).collect(),
-            })
-            .collect(),
+        .map(|g| FdReport {
+            fd: g.fd,
+            what: g.what.clone(),
+            rights: g.rights.iter().map(|r| r.capsicum_name().to_string()).collect(),
+            ioctls: g.ioctls.iter().map(|i| i.name.to_string()).collect(),
+        })
+        .collect(),
     }
 }
 
@@ -121,7 +121,14 @@ fn enter_namespaces() -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str, what: &'static str) -> Result<(), SandboxError> {
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+    what: &'static str,
+) -> Result<(), SandboxError> {
     let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
     let (src, target, fstype, data) = (c(src), c(target), c(fstype), c(data));
     // SAFETY: valid NUL-terminated strings for the duration of the call.
@@ -132,7 +139,14 @@ fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str
 fn pivot_to_empty_root() -> Result<(), SandboxError> {
     mount("none", "/", "", libc::MS_REC | libc::MS_PRIVATE, "", "making / private")?;
     // Any directory serves as the mount point: the mount is private to us.
-    mount("capvm-empty", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "size=4k,mode=0555", "mounting the empty root")?;
+    mount(
+        "capvm-empty",
+        "/tmp",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "size=4k,mode=0555",
+        "mounting the empty root",
+    )?;
     // SAFETY: plain path syscalls on NUL-terminated strings.
     unsafe {
         check(libc::chdir(c"/tmp".as_ptr()) as _, "chdir")?;

@@ -44,7 +44,11 @@ pub fn attempt(op: &str, ro_fd: i32, ioctl_fd: i32, broker_pid: u32) -> Option<i
                     -1,
                     0,
                 );
-                if p == libc::MAP_FAILED { -1 } else { p as i64 }
+                if p == libc::MAP_FAILED {
+                    -1
+                } else {
+                    p as i64
+                }
             }
             "pwrite" => libc::pwrite(ro_fd, b"x".as_ptr().cast(), 1, 0) as i64,
             // TIOCSTI would push input into a terminal; KVM_CREATE_VM a new VM.

@@ -143,11 +143,19 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
 
 /// Where a UART's bytes go, as fds.
 pub enum UartBackendFds {
-    Stdio { input: i32, output: i32 },
+    Stdio {
+        input: i32,
+        output: i32,
+    },
     /// The tty, opened once, and its duplicate for output.
-    Tty { input: i32, output: i32 },
+    Tty {
+        input: i32,
+        output: i32,
+    },
     /// The listening socket; the accepted client takes the next free fd.
-    Socket { listener: i32 },
+    Socket {
+        listener: i32,
+    },
 }
 
 /// A UART server: its doorbell, its interrupt eventfd, its backend.
@@ -174,7 +182,11 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
     }
     let mut syscalls = common();
     if matches!(backend, UartBackendFds::Socket { .. }) {
-        syscalls.push(SyscallRule { name: "accept4", args: Args::FdWith(&[Accept]), why: "take the next socket client" });
+        syscalls.push(SyscallRule {
+            name: "accept4",
+            args: Args::FdWith(&[Accept]),
+            why: "take the next socket client",
+        });
     }
     let rlimits = rlimits(&fds);
     Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits }

@@ -104,16 +104,14 @@ pub fn manifest_filter(m: &Manifest) -> Result<BpfProgram, SeccompError> {
 pub fn clone3_filter() -> Result<BpfProgram, SeccompError> {
     let mut map = BTreeMap::new();
     map.insert(nr("clone3")?, Vec::new());
-    let filter = SeccompFilter::new(map, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), TargetArch::x86_64)?;
+    let filter =
+        SeccompFilter::new(map, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), TargetArch::x86_64)?;
     Ok(filter.try_into()?)
 }
 
 /// How many syscalls a manifest actually allows (those with a qualifying fd).
 pub fn allowed_count(m: &Manifest) -> usize {
-    m.syscalls
-        .iter()
-        .filter(|s| s.name == "mprotect" || matches!(rules_for(m, &s.args), Ok(Some(_))))
-        .count()
+    m.syscalls.iter().filter(|s| s.name == "mprotect" || matches!(rules_for(m, &s.args), Ok(Some(_)))).count()
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 mod memory;
 mod pci;
 mod platform;
-mod rtc;
 mod router;
+mod rtc;
 mod runner;
 
 use capvm_ipc::{ToBroker, ToChild, PROTO_VERSION};

@@ -101,10 +101,22 @@ pub enum Target<'a> {
 }
 
 impl PciBus {
-    pub fn new(bridges: Vec<(u8, u8, Bridge)>, served: Vec<ServedFunction>, ram: Vec<(u64, u64)>, rejected_bars: Counter) -> PciBus {
+    pub fn new(
+        bridges: Vec<(u8, u8, Bridge)>,
+        served: Vec<ServedFunction>,
+        ram: Vec<(u64, u64)>,
+        rejected_bars: Counter,
+    ) -> PciBus {
         let mut slots: Vec<(u8, u8, Owner)> = bridges.into_iter().map(|(s, f, b)| (s, f, Owner::Bridge(b))).collect();
         slots.extend(served.iter().enumerate().map(|(i, f)| (f.layout.slot, f.layout.func, Owner::Served(i))));
-        PciBus { address: AtomicU32::new(0), slots, served, ram, decoding: Mutex::new(Decoding::default()), rejected_bars }
+        PciBus {
+            address: AtomicU32::new(0),
+            slots,
+            served,
+            ram,
+            decoding: Mutex::new(Decoding::default()),
+            rejected_bars,
+        }
     }
 
     /// Decodes a port access at 0xcf8-0xcff. None: not a PCI port.
@@ -134,7 +146,11 @@ impl PciBus {
     pub fn mmio(&self, addr: u64) -> Option<Target<'_>> {
         if (memmap::ECAM_BASE..memmap::ECAM_BASE + memmap::ECAM_SIZE).contains(&addr) {
             let off = addr - memmap::ECAM_BASE;
-            return Some(Target::Config { slot: (off >> 15) as u8 & 0x1f, func: (off >> 12) as u8 & 7, offset: off & 0xfff });
+            return Some(Target::Config {
+                slot: (off >> 15) as u8 & 0x1f,
+                func: (off >> 12) as u8 & 7,
+                offset: off & 0xfff,
+            });
         }
         let decoding = self.decoding.lock().unwrap();
         for (&(i, bar), &(base, size)) in &decoding.bars {
@@ -160,7 +176,17 @@ impl PciBus {
     /// A config write to (slot, func): forwarded, then the decoding is
     /// checked again if it touched the command register or a BAR.
     #[allow(clippy::too_many_arguments)]
-    pub fn config_write(&self, vm: &Vm, devices: &[Device], vcpu: u32, slot: u8, func: u8, offset: u64, size: u8, value: u64) {
+    pub fn config_write(
+        &self,
+        vm: &Vm,
+        devices: &[Device],
+        vcpu: u32,
+        slot: u8,
+        func: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) {
         let Some(Owner::Served(i)) = self.owner(slot, func) else { return };
         let i = *i;
         let ring = &devices[self.served[i].device].ring;
@@ -173,7 +199,16 @@ impl PciBus {
 
     /// After a guest write into a BAR: if it hit the MSI-X table, read the
     /// entry back and update its route.
-    pub fn bar_written(&self, vm: &Vm, ring: &ExitRing, vcpu: u32, function: &ServedFunction, bar: u8, offset: u64, size: u8) {
+    pub fn bar_written(
+        &self,
+        vm: &Vm,
+        ring: &ExitRing,
+        vcpu: u32,
+        function: &ServedFunction,
+        bar: u8,
+        offset: u64,
+        size: u8,
+    ) {
         let Some(m) = function.layout.msix.filter(|m| m.bar == bar) else { return };
         let table_end = m.table_offset + 16 * m.vectors as u64;
         if offset + size as u64 <= m.table_offset || offset >= table_end {
@@ -181,7 +216,8 @@ impl PciBus {
         }
         let entry = (offset.max(m.table_offset) - m.table_offset) / 16;
         let at = m.table_offset + 16 * entry;
-        let read = |o: u64| ring.call(vcpu, Request { op: Op::MmioRead, region: bar, addr: at + o, size: 4, data: 0 }) as u32;
+        let read =
+            |o: u64| ring.call(vcpu, Request { op: Op::MmioRead, region: bar, addr: at + o, size: 4, data: 0 }) as u32;
         let address = read(0) as u64 | (read(4) as u64) << 32;
         let data = read(8);
         let gsi = m.first_gsi + entry as u32;
@@ -206,7 +242,8 @@ impl PciBus {
     /// and maps each BAR where it is, if it may be there.
     fn remap(&self, vm: &Vm, ring: &ExitRing, vcpu: u32, i: usize) {
         let f = &self.served[i];
-        let read = |offset: u64| ring.call(vcpu, Request { op: Op::ConfigRead, region: 0, addr: offset, size: 4, data: 0 });
+        let read =
+            |offset: u64| ring.call(vcpu, Request { op: Op::ConfigRead, region: 0, addr: offset, size: 4, data: 0 });
         let memory_on = read(0x04) & COMMAND_MEMORY != 0;
         let mut decoding = self.decoding.lock().unwrap();
         for bar in &f.layout.bars {

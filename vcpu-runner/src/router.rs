@@ -53,7 +53,9 @@ impl Router {
         }
         match self.pci.pio(port, size, write) {
             Some(PioResult::Done(v)) => return Routed::Continue(v),
-            Some(PioResult::Config { slot, func, offset }) => return Routed::Continue(self.config(vcpu, slot, func, offset, size, write)),
+            Some(PioResult::Config { slot, func, offset }) => {
+                return Routed::Continue(self.config(vcpu, slot, func, offset, size, write))
+            }
             None => {}
         }
         if let Some(dev) = self.devices.iter().find(|d| d.pio.iter().any(|r| r.contains(port))) {

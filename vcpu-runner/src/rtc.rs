@@ -141,7 +141,8 @@ impl Rtc {
     /// A field the guest wrote, in its mode; None if it is not a number
     /// in that mode.
     fn decode(&self, reg: u8, value: u8) -> Option<u8> {
-        let (pm, raw) = if reg == HOURS && self.b() & B_24H == 0 { (value & PM != 0, value & !PM) } else { (false, value) };
+        let (pm, raw) =
+            if reg == HOURS && self.b() & B_24H == 0 { (value & PM != 0, value & !PM) } else { (false, value) };
         let v = if self.b() & B_BINARY != 0 { raw } else { from_bcd(raw)? };
         if reg == HOURS && self.b() & B_24H == 0 {
             return match v {
@@ -269,7 +270,8 @@ mod tests {
     #[test]
     fn rtc_reads_the_host_clock_in_bcd_24_hour_by_default() {
         let mut rtc = Rtc::default();
-        let got: Vec<u8> = [SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR, CENTURY].iter().map(|&r| read(&mut rtc, r)).collect();
+        let got: Vec<u8> =
+            [SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR, CENTURY].iter().map(|&r| read(&mut rtc, r)).collect();
         assert_eq!(got, [0x07, 0x45, 0x13, 0x07, 0x21, 0x11, 0x26, 0x20]);
         assert_eq!(read(&mut rtc, STATUS_A) & A_UIP, 0);
         assert_eq!(read(&mut rtc, STATUS_D), D_VRT);
@@ -305,7 +307,10 @@ mod tests {
             rtc.select(reg);
             rtc.read(NOW + 15)
         };
-        assert_eq!([at(&mut rtc, MONTH), at(&mut rtc, DAY), at(&mut rtc, HOURS), at(&mut rtc, SECONDS)], [0x03, 0x01, 0x00, 0x05]);
+        assert_eq!(
+            [at(&mut rtc, MONTH), at(&mut rtc, DAY), at(&mut rtc, HOURS), at(&mut rtc, SECONDS)],
+            [0x03, 0x01, 0x00, 0x05]
+        );
         // Nonsense (not BCD) changes nothing.
         rtc.select(MINUTES);
         rtc.write(0xaa, NOW + 15);

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::Stats;
-use capvm_ipc::{memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent};
+use capvm_ipc::{
+    memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent,
+};
 use capvm_kernel::boot::{BootRegs, EntryMode};
 use capvm_kernel::vm::EventFd;
 use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
 
 use crate::memory::GuestRam;
-use crate::platform::Platform;
 use crate::pci::{self, PciBus, ServedFunction};
+use crate::platform::Platform;
 use crate::router::{Device, ExitCounters, Routed, Router};
 
 /// How often the runner looks for vCPUs halted with interrupts off.
@@ -77,7 +79,11 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let host = if cfg.hide_unemulated_cpuid { HostKvm::Emulated } else { HostKvm::HardwareAssisted };
     let mut vm = Vm::create(next_fd(&mut fds, "kvm")?, host)?;
     if cfg.vcpus == 0 || cfg.vcpus as usize > vm.max_vcpus() {
-        return Err(RunnerError::Config(format!("-c {}: this host's KVM runs at most {} vCPUs", cfg.vcpus, vm.max_vcpus())));
+        return Err(RunnerError::Config(format!(
+            "-c {}: this host's KVM runs at most {} vCPUs",
+            cfg.vcpus,
+            vm.max_vcpus()
+        )));
     }
     let ram = GuestRam::map(&vm, next_fd(&mut fds, "RAM")?, &cfg.memory, cfg.wire_memory)?;
     let stats_fd = next_fd(&mut fds, "stats page")?;
@@ -194,7 +200,8 @@ fn enter_sandbox(
         notify,
     };
     let manifest = capvm_policy::roles::vcpu_runner(&fds, std::process::id());
-    let report = capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
+    let report =
+        capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
     capvm_policy::hostile::run_hook(sandbox, "vcpu-runner", kvm_fd, kvm_fd);
@@ -206,9 +213,13 @@ fn channel_dup(channel: &Channel) -> Result<OwnedFd, RunnerError> {
 }
 
 /// The main thread: answers the broker and watches for an all-halted VM.
-fn supervise(channel: &Channel, shared: &Shared, threads: &[std::thread::JoinHandle<Never>]) -> Result<Never, RunnerError> {
-    use std::os::unix::thread::JoinHandleExt;
+fn supervise(
+    channel: &Channel,
+    shared: &Shared,
+    threads: &[std::thread::JoinHandle<Never>],
+) -> Result<Never, RunnerError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::unix::thread::JoinHandleExt;
 
     let mut last_exits: Vec<u64> = vec![u64::MAX; threads.len()];
     loop {
@@ -304,7 +315,9 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
                 let report = internal_error(&vcpu, &shared.ram, suberror);
                 // The emulator of a paging-based host cannot run int3,
                 // int n or fwait at CPL0; the runner completes them.
-                if report.suberror == EMULATION_FAILURE && vcpu.complete_refused_instruction(&report.bytes).unwrap_or(false) {
+                if report.suberror == EMULATION_FAILURE
+                    && vcpu.complete_refused_instruction(&report.bytes).unwrap_or(false)
+                {
                     Routed::Continue(0)
                 } else {
                     Routed::Stop(VmEvent::InternalError(report))

@@ -71,10 +71,8 @@ fn list_vms() -> i32 {
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0; // no runtime directory: no VM has run
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".sock").map(str::to_string))
-        .collect();
+    let mut names: Vec<String> =
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".sock").map(str::to_string)).collect();
     names.sort();
     for name in names {
         // A socket nobody answers on is a crashed broker's leftover: skip it.

@@ -1,8 +1,8 @@
 //! The host side of a COM port: where guest output goes, where input comes from.
 
 use std::io;
-use std::rc::Rc;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
 
 use capvm_ipc::UartBackendKind;
 use nix::sys::socket::{accept4, SockFlag};

@@ -45,15 +45,15 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
     // The mapping stays; the memfd itself is not needed any more.
     drop(ring_fd);
-    let (mut input, output) =
-        backend::from_fds(cfg.backend, fds.collect()).map_err(|e| UartError::Io("backend", e))?;
+    let (mut input, output) = backend::from_fds(cfg.backend, fds.collect()).map_err(|e| UartError::Io("backend", e))?;
     let manifest = capvm_policy::roles::uart(
         &cfg.name,
         ring.doorbell().as_raw_fd(),
         irq.as_raw_fd(),
         &backend::manifest_fds(cfg.backend, &input, &output),
     );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| UartError::Protocol(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())
+        .map_err(|e| UartError::Protocol(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
     let doorbell = ring.doorbell().as_raw_fd();
@@ -68,10 +68,8 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         // Only listen to the backend while the receive FIFO has room, so
         // input waits in the host buffer instead of being dropped.
         let want_input = input_open && serial.fifo_capacity() > 0;
-        let mut pfds = vec![
-            PollFd::new(ring.doorbell(), PollFlags::POLLIN),
-            PollFd::new(channel.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut pfds =
+            vec![PollFd::new(ring.doorbell(), PollFlags::POLLIN), PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
         if want_input {
             pfds.push(PollFd::new(input.poll_fd(), PollFlags::POLLIN));
         }
@@ -129,4 +127,3 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         }
     }
 }
-

@@ -153,7 +153,8 @@ impl Blk {
                 for seg in ranges.chunks_exact(SEGMENT_LEN as usize) {
                     let start = u64::from_le_bytes(seg[0..8].try_into().unwrap());
                     let count = u32::from_le_bytes(seg[8..12].try_into().unwrap()) as u64;
-                    let end = start.checked_add(count).filter(|&e| e <= self.capacity_sectors()).ok_or(Failed(S_IOERR))?;
+                    let end =
+                        start.checked_add(count).filter(|&e| e <= self.capacity_sectors()).ok_or(Failed(S_IOERR))?;
                     self.clear(start * SECTOR, (end - start) * SECTOR, kind == T_DISCARD)?;
                 }
                 Ok(0)

@@ -14,8 +14,10 @@ fn main() {
         let VirtioBackend::Blk(opts) = &setup.config.backend else {
             return Err("capvm-virtio-blk was started for another device".into());
         };
-        let [disk]: [_; 1] = setup.backend_fds.try_into().map_err(|_| "StartVirtio for a disk carries exactly one backend fd")?;
-        let (fds, syscalls) = capvm_policy::roles::virtio_blk_backend(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
+        let [disk]: [_; 1] =
+            setup.backend_fds.try_into().map_err(|_| "StartVirtio for a disk carries exactly one backend fd")?;
+        let (fds, syscalls) =
+            capvm_policy::roles::virtio_blk_backend(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
         let sandbox = DeviceSandbox { fds, syscalls, kind: "virtio-blk" };
         Ok((blk::Blk::new(disk, opts.clone(), setup.stats), sandbox))
     });

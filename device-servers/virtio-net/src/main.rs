@@ -15,7 +15,8 @@ fn main() {
         let VirtioBackend::Net(opts) = &setup.config.backend else {
             return Err("capvm-virtio-net was started for another device".into());
         };
-        let [tap]: [_; 1] = setup.backend_fds.try_into().map_err(|_| "StartVirtio for a NIC carries exactly one backend fd")?;
+        let [tap]: [_; 1] =
+            setup.backend_fds.try_into().map_err(|_| "StartVirtio for a NIC carries exactly one backend fd")?;
         let (fds, syscalls) = capvm_policy::roles::virtio_net_backend(std::os::fd::AsRawFd::as_raw_fd(&tap));
         let sandbox = DeviceSandbox { fds, syscalls, kind: "virtio-net" };
         Ok((net::Net::new(tap, opts.clone(), setup.stats), sandbox))

@@ -149,7 +149,9 @@ impl Net {
         let header = [0u8; HEADER_LEN];
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
         let mut iov = vec![libc::iovec { iov_base: header.as_ptr() as *mut _, iov_len: HEADER_LEN }];
-        iov.extend(slices.iter().zip(&guards).map(|(s, g)| libc::iovec { iov_base: g.as_ptr() as *mut _, iov_len: s.len() }));
+        iov.extend(
+            slices.iter().zip(&guards).map(|(s, g)| libc::iovec { iov_base: g.as_ptr() as *mut _, iov_len: s.len() }),
+        );
         // SAFETY: every iovec points into guest RAM mapped for `mem`'s
         // lifetime (bounds checked by get_slice) or at `header`.
         let n = unsafe { libc::writev(self.tap.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
@@ -202,7 +204,6 @@ impl Net {
                 continue; // a runt (nothing to deliver), or interrupted
             }
             return None; // EAGAIN: the tap is empty
-
         }
     }
 

@@ -71,7 +71,9 @@ pub fn run<D: Backend>(
     let queues = cfg.function.notify.len();
     let vectors = cfg.function.msix.map_or(0, |m| m.vectors as usize);
     if queues > layout::MAX_QUEUES || vectors != layout::vectors(queues) as usize {
-        return Err(ServerError::Protocol(format!("{queues} queues with {vectors} MSI-X vectors is not a virtio layout")));
+        return Err(ServerError::Protocol(format!(
+            "{queues} queues with {vectors} MSI-X vectors is not a virtio layout"
+        )));
     }
     let intx_fds = if cfg.function.intx_gsi.is_some() { 2 } else { 0 };
     let fixed = 4 + queues + vectors + intx_fds;
@@ -103,8 +105,7 @@ pub fn run<D: Backend>(
         intx_interrupts: stats.counter("intx_interrupts"),
     };
     let notifies = stats.counter("ioeventfd_notifies");
-    let (device, sandbox) =
-        make(Setup { config: &cfg, backend_fds, stats: &mut stats }).map_err(ServerError::Setup)?;
+    let (device, sandbox) = make(Setup { config: &cfg, backend_fds, stats: &mut stats }).map_err(ServerError::Setup)?;
 
     // Hostile-test hook target: the backend fd (a read-only disk has
     // neither CAP_WRITE nor CAP_IOCTL).
@@ -121,7 +122,8 @@ pub fn run<D: Backend>(
         sandbox.fds.clone(),
         sandbox.syscalls,
     );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into()).map_err(|e| ServerError::Setup(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())
+        .map_err(|e| ServerError::Setup(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     capvm_policy::hostile::run_hook(&cfg.sandbox, sandbox.kind, hook_fd, hook_fd);
     let mut transport = Transport::new(device, &cfg.function, irqs, intx, counters);

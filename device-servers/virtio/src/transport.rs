@@ -130,10 +130,8 @@ impl<D: Device> Transport<D> {
             config.set_interrupt_pin(INTX_PIN);
             config.put(INTERRUPT_LINE, &[gsi as u8]);
         }
-        let msix_cap = config.add_capability(
-            &msix_capability(vectors),
-            &[0, 0, 0, (MSIX_ENABLE | MSIX_FUNCTION_MASK).to_le_bytes()[1]],
-        );
+        let msix_cap = config
+            .add_capability(&msix_capability(vectors), &[0, 0, 0, (MSIX_ENABLE | MSIX_FUNCTION_MASK).to_le_bytes()[1]]);
         config.add_capability(&virtio_cap(CFG_COMMON, COMMON, COMMON_LEN, None), &[]);
         config.add_capability(&virtio_cap(CFG_NOTIFY, NOTIFY, 0x1000, Some(NOTIFY_MULTIPLIER as u32)), &[]);
         config.add_capability(&virtio_cap(CFG_ISR, ISR, ISR_LEN, None), &[]);
@@ -190,7 +188,10 @@ impl<D: Device> Transport<D> {
         let v = self.config.read(offset, size);
         // Status bit 3 mirrors INTx#.
         let status = STATUS as u64;
-        if self.intx_pending() && ConfigSpace::valid_access(offset, size) && (offset..offset + size as u64).contains(&status) {
+        if self.intx_pending()
+            && ConfigSpace::valid_access(offset, size)
+            && (offset..offset + size as u64).contains(&status)
+        {
             return v | (STATUS_INTERRUPT as u64) << (8 * (status - offset));
         }
         v
@@ -221,7 +222,8 @@ impl<D: Device> Transport<D> {
             return None;
         }
         let c = self.pci_cfg_cap;
-        let (bar, at, len) = (self.config.read(c as u64 + 4, 1) as u8, self.config.u32_at(c + 8), self.config.u32_at(c + 12));
+        let (bar, at, len) =
+            (self.config.read(c as u64 + 4, 1) as u8, self.config.u32_at(c + 8), self.config.u32_at(c + 12));
         if bar != BAR || !matches!(len, 1 | 2 | 4) || len as u8 > size {
             return Some(u64::MAX);
         }
@@ -274,7 +276,11 @@ impl<D: Device> Transport<D> {
             o if self.in_msix_table(o) => {
                 let (entry, word) = msix_word(o);
                 let e = self.msix_table[entry];
-                let v = if size == 8 && word % 2 == 0 { e[word] as u64 | (e[word + 1] as u64) << 32 } else { e[word] as u64 };
+                let v = if size == 8 && word % 2 == 0 {
+                    e[word] as u64 | (e[word + 1] as u64) << 32
+                } else {
+                    e[word] as u64
+                };
                 out = v.to_le_bytes();
             }
             o if (MSIX_PBA..MSIX_PBA + 8).contains(&o) => {
@@ -436,7 +442,8 @@ impl<D: Device> Transport<D> {
         }
         let new = value & !self.status;
         if new & STATUS_FEATURES_OK != 0 {
-            let ok = self.driver_features & !self.offered_features() == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
+            let ok =
+                self.driver_features & !self.offered_features() == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
             if !ok {
                 // The driver reads FEATURES_OK back and sees it refused.
                 self.status = value & !STATUS_FEATURES_OK;
@@ -523,7 +530,10 @@ impl<D: Device> Transport<D> {
     /// Whether INTx# should be up: an ISR bit the driver has not read, MSI-X
     /// off, and the command register's interrupt disable clear.
     fn intx_pending(&self) -> bool {
-        self.intx.is_some() && self.isr != 0 && !self.msix_enabled() && self.config.command() & COMMAND_INTX_DISABLE == 0
+        self.intx.is_some()
+            && self.isr != 0
+            && !self.msix_enabled()
+            && self.config.command() & COMMAND_INTX_DISABLE == 0
     }
 
     /// Raises INTx# if it should be up and is not. The line is

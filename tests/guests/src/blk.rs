@@ -317,11 +317,15 @@ extern "C" fn bench_loop() -> ! {
         next_sector = if next_sector + 2 * span > b.sectors { 0 } else { next_sector + span };
         let head = 2 * k as u16;
         let (first, second) = if b.write {
-            (Desc { addr: data - 16, len: 16 + b.size as u32, flags: DESC_NEXT, next: head + 1 },
-             Desc { addr: data + b.size, len: 1, flags: DESC_WRITE, next: 0 })
+            (
+                Desc { addr: data - 16, len: 16 + b.size as u32, flags: DESC_NEXT, next: head + 1 },
+                Desc { addr: data + b.size, len: 1, flags: DESC_WRITE, next: 0 },
+            )
         } else {
-            (Desc { addr: data - 16, len: 16, flags: DESC_NEXT, next: head + 1 },
-             Desc { addr: data, len: b.size as u32 + 1, flags: DESC_WRITE, next: 0 })
+            (
+                Desc { addr: data - 16, len: 16, flags: DESC_NEXT, next: head + 1 },
+                Desc { addr: data, len: b.size as u32 + 1, flags: DESC_WRITE, next: 0 },
+            )
         };
         dev.set_desc(0, head, first);
         dev.set_desc(0, head + 1, second);

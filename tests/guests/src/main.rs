@@ -215,7 +215,8 @@ fn cmos_write(reg: u8, v: u8) {
 /// the power-on mode), once UIP is clear.
 fn print_rtc() {
     while cmos_read(0x0a) & 0x80 != 0 {}
-    let fields: [(u8, &[u8]); 7] = [(0x32, b""), (0x09, b"-"), (0x08, b"-"), (0x07, b" "), (0x04, b":"), (0x02, b":"), (0x00, b"")];
+    let fields: [(u8, &[u8]); 7] =
+        [(0x32, b""), (0x09, b"-"), (0x08, b"-"), (0x07, b" "), (0x04, b":"), (0x02, b":"), (0x00, b"")];
     for (reg, sep) in fields {
         let v = cmos_read(reg);
         print(&[b'0' + (v >> 4), b'0' + (v & 0xf)]);

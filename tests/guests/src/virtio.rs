@@ -137,7 +137,8 @@ impl Device {
     /// through INTx#, see `route_intx`).
     pub fn probe(slot: u8, msix: bool) -> Device {
         let bar = bar_address(slot, 0);
-        let (mut common, mut notify, mut notify_multiplier, mut device_cfg, mut isr, mut msix_table) = (0, 0, 0, 0, 0, 0);
+        let (mut common, mut notify, mut notify_multiplier, mut device_cfg, mut isr, mut msix_table) =
+            (0, 0, 0, 0, 0, 0);
         let mut ptr = cfg_read8(slot, 0x34);
         while ptr != 0 {
             match cfg_read8(slot, ptr) {
@@ -190,7 +191,9 @@ impl Device {
         cfg_write32(self.slot, 0x10, addr as u32);
         cfg_write32(self.slot, 0x14, (addr >> 32) as u32);
         let [n0, n1] = &mut self.notify_at;
-        for at in [&mut self.common, &mut self.notify, &mut self.device_cfg, &mut self.isr, &mut self.msix_table, n0, n1] {
+        for at in
+            [&mut self.common, &mut self.notify, &mut self.device_cfg, &mut self.isr, &mut self.msix_table, n0, n1]
+        {
             // Offsets within BAR 0 (of at most 64 KiB), kept modulo 2^64:
             // the fuzzer moves the BAR to all-ones and back.
             let offset = at.wrapping_sub(self.bar);
