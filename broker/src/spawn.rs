@@ -27,7 +27,7 @@ pub struct Child {
     /// Forbidden syscalls it attempted, as audit JSON objects.
     pub violations: Vec<String>,
     /// Its stats page (capvmctl --get-stats), if it keeps one.
-    pub stats: Option<std::os::fd::OwnedFd>,
+    pub stats: Option<OwnedFd>,
 }
 
 /// Where the child binaries live: `$CAPVM_LIBEXEC_DIR`, else beside `capvm`.
@@ -118,44 +118,48 @@ unsafe fn child_exec(
     argv: &[*const libc::c_char; 2],
     envp: &[*const libc::c_char; 1],
 ) -> ! {
-    let fail = |errw: i32| -> ! {
-        let errno = *libc::__errno_location();
-        libc::write(errw, (&errno as *const i32).cast(), 4);
-        libc::_exit(127);
-    };
-    if libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0 {
-        fail(errw);
-    }
-    if sock == CHILD_CONTROL_FD {
-        // dup2 onto itself would keep close-on-exec set.
-        if libc::fcntl(sock, libc::F_SETFD, 0) < 0 {
+    // SAFETY: the caller guarantees a fresh child of a single-threaded
+    // parent: only raw syscalls on memory the parent prepared, then exec.
+    unsafe {
+        let fail = |errw: i32| -> ! {
+            let errno = *libc::__errno_location();
+            libc::write(errw, (&errno as *const i32).cast(), 4);
+            libc::_exit(127);
+        };
+        if libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0 {
             fail(errw);
         }
-    } else if libc::dup2(sock, CHILD_CONTROL_FD) < 0 {
-        fail(errw);
-    }
-    // Nothing else the broker holds leaks into the child (errw and exe_fd
-    // are close-on-exec; they must stay open until the exec).
-    let (lo, hi) = (errw.min(exe_fd), errw.max(exe_fd));
-    for (from, to) in [(CHILD_CONTROL_FD + 1, lo - 1), (lo + 1, hi - 1), (hi + 1, i32::MAX)] {
-        if from <= to {
-            libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0);
-        }
-    }
-    if as_root {
-        // Children run as nobody: no file, process or key of root's is theirs.
-        if libc::setgroups(0, std::ptr::null()) < 0
-            || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
-            || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
-        {
+        if sock == CHILD_CONTROL_FD {
+            // dup2 onto itself would keep close-on-exec set.
+            if libc::fcntl(sock, libc::F_SETFD, 0) < 0 {
+                fail(errw);
+            }
+        } else if libc::dup2(sock, CHILD_CONTROL_FD) < 0 {
             fail(errw);
         }
+        // Nothing else the broker holds leaks into the child (errw and exe_fd
+        // are close-on-exec; they must stay open until the exec).
+        let (lo, hi) = (errw.min(exe_fd), errw.max(exe_fd));
+        for (from, to) in [(CHILD_CONTROL_FD + 1, lo - 1), (lo + 1, hi - 1), (hi + 1, i32::MAX)] {
+            if from <= to {
+                libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0);
+            }
+        }
+        if as_root {
+            // Children run as nobody: no file, process or key of root's is theirs.
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setresgid(NOBODY, NOBODY, NOBODY) < 0
+                || libc::setresuid(NOBODY, NOBODY, NOBODY) < 0
+            {
+                fail(errw);
+            }
+        }
+        // After the uid change, which clears it: die with the broker.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+        fail(errw)
     }
-    // After the uid change, which clears it: die with the broker.
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-    let mut none: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut none);
-    libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-    libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
-    fail(errw)
 }

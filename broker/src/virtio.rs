@@ -192,7 +192,7 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
             _ => e.to_string(),
         });
     }
-    let header: libc::c_int = capvm_virtio::layout::NET_HEADER_LEN as libc::c_int;
+    let header: libc::c_int = layout::NET_HEADER_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int.
     if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &header) } != 0 {
         return Err(format!("cannot set its virtio header size: {}", std::io::Error::last_os_error()));

@@ -116,7 +116,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let regions = boot::memory_regions(cfg.memory);
     let boot_state = {
         let file = File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?);
-        let mem = capvm_ipc::shm::map_guest_ram(file, &regions).map_err(VmError)?;
+        let mem = shm::map_guest_ram(file, &regions).map_err(VmError)?;
         boot::load(&mem, &regions, &cfg.boot, cfg.cpus)?
     };
 
@@ -150,7 +150,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
-        let _ = supervisor.run_stopped();
+        supervisor.run_stopped();
         return Err(e);
     }
     Ok(supervisor.run())

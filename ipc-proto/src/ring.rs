@@ -63,7 +63,7 @@ struct Slot {
     data: AtomicU64,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
+const _: () = assert!(size_of::<Slot>() == SLOT_SIZE);
 
 /// The kind of access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,7 +69,7 @@ impl SharedPage {
     /// `T` must fit in the page at `offset`, be aligned there, and be made
     /// of atomics (the peer writes behind our back).
     pub(crate) unsafe fn at<T>(&self, offset: usize) -> &T {
-        debug_assert!(offset + std::mem::size_of::<T>() <= PAGE);
+        debug_assert!(offset + size_of::<T>() <= PAGE);
         // SAFETY: the caller's contract.
         unsafe { &*(self.base.as_ptr().add(offset) as *const T) }
     }

@@ -22,7 +22,7 @@ struct Entry {
     value: AtomicU64,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_SIZE);
+const _: () = assert!(size_of::<Entry>() == ENTRY_SIZE);
 
 /// Creates an empty stats page (a sealed memfd).
 pub fn create() -> Result<OwnedFd, nix::Error> {

@@ -119,7 +119,7 @@ impl Vcpu {
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.tr = kvm_segment { limit: 0x67, s: 0, g: 0, db: 0, ..seg(SEL_TSS, 0xb, 0, 0) };
         sregs.gdt.base = GDT_ADDR;
-        sregs.gdt.limit = (std::mem::size_of_val(&GDT) - 1) as u16;
+        sregs.gdt.limit = (size_of_val(&GDT) - 1) as u16;
         sregs.idt.base = 0;
         sregs.idt.limit = 0;
         sregs.cr0 = X86_CR0_PE | X86_CR0_ET;

@@ -216,8 +216,8 @@ mod tests {
     #[test]
     fn default_routes_wire_the_pit_to_ioapic_pin_2_and_leave_the_cascade_alone() {
         let r = default_irq_routes();
-        // SAFETY: every entry is an IRQCHIP route.
         let to = |gsi: u32| -> Vec<(u32, u32)> {
+            // SAFETY: every entry is an IRQCHIP route.
             r.iter().filter(|e| e.gsi == gsi).map(|e| unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) }).collect()
         };
         assert_eq!(to(0), [(KVM_IRQCHIP_PIC_MASTER, 0), (KVM_IRQCHIP_IOAPIC, 2)]);

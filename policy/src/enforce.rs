@@ -110,7 +110,8 @@ fn write_file(path: &str, data: &str) -> Result<(), SandboxError> {
 }
 
 fn enter_namespaces() -> Result<(), SandboxError> {
-    let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+    // SAFETY: geteuid and getegid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
     // SAFETY: unshare with constant flags; the process is single-threaded.
     check(unsafe { libc::unshare(flags) } as _, "unshare (user, mount, ipc, uts, net namespaces)")?;

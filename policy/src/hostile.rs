@@ -26,7 +26,7 @@ pub fn attempt(op: &str, ro_fd: i32, ioctl_fd: i32, broker_pid: u32) -> Option<i
                     sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
                     sin_zero: [0; 8],
                 };
-                libc::connect(3, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&addr) as u32) as i64
+                libc::connect(3, (&addr as *const libc::sockaddr_in).cast(), size_of_val(&addr) as u32) as i64
             }
             "execve" => {
                 let argv = [c"/bin/true".as_ptr(), std::ptr::null()];

@@ -298,7 +298,7 @@ mod tests {
         let m = vcpu_runner(&test_runner_fds(), 1);
         let vcpu = m.fds.iter().find(|f| f.fd == 7).unwrap();
         assert!(vcpu.ioctls.iter().any(|i| i.name == "KVM_RUN"));
-        assert!(!m.fds.iter().find(|f| f.fd == 4).unwrap().has(Right::Write));
+        assert!(!m.fds.iter().find(|f| f.fd == 4).unwrap().has(Write));
         assert_eq!(m.rlimits[0], ("RLIMIT_NOFILE", 12));
     }
 

@@ -250,7 +250,7 @@ pub fn wait_for_children(pid: u32, n: usize, limit: Duration) -> Vec<(u32, Strin
 /// Whether `pid` is a live process (a zombie waiting for its reaper is not).
 pub fn pid_exists(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').map_or(false, |i| !stat[i + 2..].starts_with('Z')),
+        Ok(stat) => stat.rfind(')').is_some_and(|i| !stat[i + 2..].starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -268,7 +268,7 @@ pub struct Netns {
 impl Netns {
     /// A fresh namespace with loopback up and IPv6 off, so the kernel sends
     /// nothing of its own on the taps made in it.
-    pub fn new() -> Netns {
+    pub fn create() -> Netns {
         let ns = Netns { name: format!("capvm-{}", unique_vm_name()) };
         let st = Command::new("ip").args(["netns", "add", &ns.name]).status().expect("run ip (iproute2)");
         assert!(st.success(), "ip netns add {} failed (tests run as root)", ns.name);

@@ -80,7 +80,7 @@ fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() 
     assert_eq!(mount_count(&img), 0);
 
     // capvm, its tap and a DHCP server live in a namespace of their own.
-    let ns = Netns::new();
+    let ns = Netns::create();
     let leases = std::env::temp_dir().join(format!("capvm-linux-{}.leases", std::process::id()));
     ns.add_tap("ltap0");
     ns.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "ltap0"]);

@@ -9,9 +9,11 @@ fn signal(pid: u32, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }
 
+/// A VM spinning at CPL0: the broker, its children (pid, comm) and its name.
+type SpinningVm = (std::process::Child, Vec<(u32, String)>, String);
+
 /// Starts the spinning guest and waits for its two children.
-/// A VM spinning at CPL0, its children and its name.
-fn spinning_vm() -> Option<(std::process::Child, Vec<(u32, String)>, String)> {
+fn spinning_vm() -> Option<SpinningVm> {
     if !kvm_available() {
         return None;
     }

@@ -99,7 +99,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let net = net.split("role ").next().unwrap();
     assert!(net.contains("tap") && !net.contains("ioctl"), "{net}");
 
-    let netns = Netns::new();
+    let netns = Netns::create();
     let child = netns.spawn_capvm(&args);
     // `ip netns exec` execs capvm: same pid.
     let broker = child.id();
@@ -178,7 +178,7 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
     }
     let disk = ro_disk("matrix");
     let blk = format!("4,virtio-blk,{},ro", disk.display());
-    let netns = Netns::new();
+    let netns = Netns::create();
     for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net"] {
         for (op, syscall) in MATRIX {
             let log = audit_log(&format!("{role}-{op}"));

@@ -49,7 +49,7 @@ fn net_args(cmd: &str, slot: &str) -> Vec<String> {
 /// with the tap peer sending `copies` copies of its frame once the guest's
 /// has arrived. Returns capvm's run and what the peer printed.
 fn exchange(cmd: &str, copies: u32) -> (Run, String) {
-    let ns = Netns::new();
+    let ns = Netns::create();
     ns.add_tap("ctap0");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("net/tap_peer.py");
     let mut peer = ns
@@ -113,7 +113,7 @@ fn a_tap_capvm_creates_is_gone_when_the_vm_is() {
     if !kvm_available() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::create();
     // The guest sends its frame, then waits for one that never comes.
     let args = net_args("net", "3,virtio-net,cvtap9");
     let name = args.last().unwrap().clone();
@@ -136,7 +136,7 @@ fn bad_nic_options_are_one_clear_line_and_status_4() {
     if !kvm_available() {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::create();
     for (slot, want) in [
         ("3,virtio-net", "give a tap"),
         ("3,virtio-net,lo", "tap lo: exists and is not a tap"),

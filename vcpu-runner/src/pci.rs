@@ -152,7 +152,7 @@ impl PciBus {
                 offset: off & 0xfff,
             });
         }
-        let decoding = self.decoding.lock().unwrap();
+        let decoding = self.decoding();
         for (&(i, bar), &(base, size)) in &decoding.bars {
             if addr >= base && addr - base < size {
                 return Some(Target::Bar { function: &self.served[i], bar, offset: addr - base });
@@ -199,6 +199,7 @@ impl PciBus {
 
     /// After a guest write into a BAR: if it hit the MSI-X table, read the
     /// entry back and update its route.
+    #[allow(clippy::too_many_arguments)]
     pub fn bar_written(
         &self,
         vm: &Vm,
@@ -221,7 +222,7 @@ impl PciBus {
         let address = read(0) as u64 | (read(4) as u64) << 32;
         let data = read(8);
         let gsi = m.first_gsi + entry as u32;
-        let mut decoding = self.decoding.lock().unwrap();
+        let mut decoding = self.decoding();
         let valid = address >= MSI_ADDRESS.0 && address < MSI_ADDRESS.0 + MSI_ADDRESS.1;
         let changed = if valid {
             decoding.routes.insert(gsi, (address, data)) != Some((address, data))
@@ -232,6 +233,12 @@ impl PciBus {
             let routes: Vec<(u32, u64, u32)> = decoding.routes.iter().map(|(&g, &(a, d))| (g, a, d)).collect();
             let _ = vm.set_msi_routes(&routes);
         }
+    }
+
+    /// The decoding map. A vCPU thread that panicked holding it has taken
+    /// the process down (panic = abort), so poisoning cannot be seen.
+    fn decoding(&self) -> std::sync::MutexGuard<'_, Decoding> {
+        self.decoding.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn owner(&self, slot: u8, func: u8) -> Option<&Owner> {
@@ -245,7 +252,7 @@ impl PciBus {
         let read =
             |offset: u64| ring.call(vcpu, Request { op: Op::ConfigRead, region: 0, addr: offset, size: 4, data: 0 });
         let memory_on = read(0x04) & COMMAND_MEMORY != 0;
-        let mut decoding = self.decoding.lock().unwrap();
+        let mut decoding = self.decoding();
         for bar in &f.layout.bars {
             let reg = 0x10 + 4 * bar.index as u64;
             let mut addr = read(reg) & 0xffff_fff0;

@@ -155,7 +155,7 @@ impl Rtc {
 }
 
 fn to_bcd(v: u8) -> u8 {
-    (v / 10) << 4 | v % 10
+    ((v / 10) << 4) | (v % 10)
 }
 
 fn from_bcd(v: u8) -> Option<u8> {

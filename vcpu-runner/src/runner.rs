@@ -3,7 +3,6 @@
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::Stats;
@@ -20,7 +19,7 @@ use crate::platform::Platform;
 use crate::router::{Device, ExitCounters, Routed, Router};
 
 /// How often the runner looks for vCPUs halted with interrupts off.
-const HALT_CHECK_PERIOD: Duration = Duration::from_millis(50);
+const HALT_CHECK_PERIOD_MS: u16 = 50;
 /// KVM_SYSTEM_EVENT types (linux/kvm.h).
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -155,7 +154,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
 
     install_kick_handler();
     let control = channel_dup(channel)?;
-    enter_sandbox(channel, &cfg.sandbox, &vm, &vcpus, &ram, &devices, &control, notify_fds)?;
+    enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds))?;
     let shared = Arc::new(Shared {
         router: Router { vm, platform: Platform::default(), pci, devices, strict_io: cfg.strict_io, exits },
         ram,
@@ -175,20 +174,17 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     supervise(channel, &shared, &threads)
 }
 
-/// Confines this process before any vCPU runs (single-threaded still).
-fn enter_sandbox(
-    channel: &Channel,
-    sandbox: &capvm_ipc::SandboxConfig,
+/// What the runner holds once set up, as its manifest names it.
+fn runner_fds(
     vm: &Vm,
     vcpus: &[Vcpu],
     ram: &GuestRam,
     devices: &[Device],
     control_dup: &OwnedFd,
     notify: Vec<i32>,
-) -> Result<(), RunnerError> {
-    use std::os::fd::AsRawFd;
+) -> capvm_policy::roles::RunnerFds {
     let (kvm_fd, vm_fd) = vm.raw_fds();
-    let fds = capvm_policy::roles::RunnerFds {
+    capvm_policy::roles::RunnerFds {
         kvm: kvm_fd,
         vm: vm_fd,
         vcpus: vcpus.iter().map(|v| v.raw_fd()).collect(),
@@ -198,8 +194,17 @@ fn enter_sandbox(
         irqfds: vm.eventfd_numbers(),
         pci: !notify.is_empty(),
         notify,
-    };
-    let manifest = capvm_policy::roles::vcpu_runner(&fds, std::process::id());
+    }
+}
+
+/// Confines this process before any vCPU runs (single-threaded still).
+fn enter_sandbox(
+    channel: &Channel,
+    sandbox: &capvm_ipc::SandboxConfig,
+    fds: &capvm_policy::roles::RunnerFds,
+) -> Result<(), RunnerError> {
+    let kvm_fd = fds.kvm;
+    let manifest = capvm_policy::roles::vcpu_runner(fds, std::process::id());
     let report =
         capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
@@ -224,7 +229,7 @@ fn supervise(
     let mut last_exits: Vec<u64> = vec![u64::MAX; threads.len()];
     loop {
         let mut pfd = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(&mut pfd, PollTimeout::try_from(HALT_CHECK_PERIOD).unwrap()).unwrap_or(0);
+        let ready = poll(&mut pfd, PollTimeout::from(HALT_CHECK_PERIOD_MS)).unwrap_or(0);
         if ready > 0 {
             match channel.recv::<ToChild>() {
                 Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => std::process::exit(0),

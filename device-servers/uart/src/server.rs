@@ -37,11 +37,10 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         (ToChild::StartUart(cfg), fds) => (cfg, fds),
         (other, _) => return Err(UartError::Protocol(format!("expected StartUart, got {other:?}"))),
     };
-    if fds.len() < 3 {
-        return Err(UartError::Protocol(format!("StartUart carried {} fds, need at least 3", fds.len())));
-    }
     let mut fds = fds.into_iter();
-    let (ring_fd, doorbell, irq) = (fds.next().unwrap(), fds.next().unwrap(), fds.next().unwrap());
+    let (Some(ring_fd), Some(doorbell), Some(irq)) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(UartError::Protocol("StartUart carried fewer than 3 fds".into()));
+    };
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
     // The mapping stays; the memfd itself is not needed any more.
     drop(ring_fd);

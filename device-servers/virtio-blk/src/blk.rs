@@ -85,8 +85,8 @@ impl Blk {
         let (header_segs, data_in) = split_front(readable, 16).ok_or(Failed(S_IOERR))?;
         let mut header = [0u8; 16];
         gather(mem, &header_segs, &mut header)?;
-        let kind = u32::from_le_bytes(header[0..4].try_into().unwrap());
-        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
+        let kind = le32(&header, 0);
+        let sector = le64(&header, 8);
         let to_guest = matches!(kind, T_IN | T_GET_ID);
         // Data goes one way only: an IN with readable data, or an OUT with
         // writable bytes besides the status, is malformed.
@@ -100,7 +100,7 @@ impl Blk {
                 if kind == T_OUT && self.opts.read_only {
                     return Err(Failed(S_IOERR));
                 }
-                if total % SECTOR != 0 || total > MAX_REQUEST {
+                if !total.is_multiple_of(SECTOR) || total > MAX_REQUEST {
                     return Err(Failed(S_IOERR));
                 }
                 let end = sector.checked_add(total / SECTOR).ok_or(Failed(S_IOERR))?;
@@ -145,14 +145,17 @@ impl Blk {
             T_DISCARD if !self.discard_enabled() => Err(Failed(S_UNSUPP)),
             T_WRITE_ZEROES if self.opts.read_only => Err(Failed(S_IOERR)),
             T_DISCARD | T_WRITE_ZEROES => {
-                if total % SEGMENT_LEN as u64 != 0 || total == 0 || total > (SEGMENT_LEN * MAX_SEGMENTS) as u64 {
+                if !total.is_multiple_of(SEGMENT_LEN as u64)
+                    || total == 0
+                    || total > (SEGMENT_LEN * MAX_SEGMENTS) as u64
+                {
                     return Err(Failed(S_IOERR));
                 }
                 let mut ranges = vec![0u8; total as usize];
                 gather(mem, data, &mut ranges)?;
                 for seg in ranges.chunks_exact(SEGMENT_LEN as usize) {
-                    let start = u64::from_le_bytes(seg[0..8].try_into().unwrap());
-                    let count = u32::from_le_bytes(seg[8..12].try_into().unwrap()) as u64;
+                    let start = le64(seg, 0);
+                    let count = le32(seg, 8) as u64;
                     let end =
                         start.checked_add(count).filter(|&e| e <= self.capacity_sectors()).ok_or(Failed(S_IOERR))?;
                     self.clear(start * SECTOR, (end - start) * SECTOR, kind == T_DISCARD)?;
@@ -360,6 +363,16 @@ impl Request {
 }
 
 /// The first `n` bytes of `segs`, and the rest; None if there are fewer.
+/// The little-endian u32 at `at` (0 past the end: callers check lengths).
+fn le32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
+
+/// The little-endian u64 at `at` (0 past the end: callers check lengths).
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
 fn split_front(segs: &[Segment], n: u64) -> Option<(Vec<Segment>, Vec<Segment>)> {
     let (mut front, mut rest, mut left) = (Vec::new(), Vec::new(), n);
     for s in segs {

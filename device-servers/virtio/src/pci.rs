@@ -80,7 +80,8 @@ impl ConfigSpace {
     }
 
     pub fn u32_at(&self, offset: usize) -> u32 {
-        u32::from_le_bytes(self.regs[offset..offset + 4].try_into().unwrap())
+        let r = &self.regs;
+        u32::from_le_bytes([r[offset], r[offset + 1], r[offset + 2], r[offset + 3]])
     }
 
     pub fn command(&self) -> u16 {
@@ -129,7 +130,7 @@ impl ConfigSpace {
     /// Whether an access is one a function answers: 1, 2 or 4 bytes,
     /// naturally aligned, inside the space.
     pub fn valid_access(offset: u64, size: u8) -> bool {
-        matches!(size, 1 | 2 | 4) && offset % size as u64 == 0 && offset + size as u64 <= CONFIG_SIZE as u64
+        matches!(size, 1 | 2 | 4) && offset.is_multiple_of(size as u64) && offset + size as u64 <= CONFIG_SIZE as u64
     }
 
     /// A guest read: all-ones for an access no function answers.

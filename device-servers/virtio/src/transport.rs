@@ -577,7 +577,7 @@ impl<D: Device> Transport<D> {
 /// Whether the BAR's registers answer an access: 1, 2, 4 or 8 bytes,
 /// naturally aligned, inside the BAR.
 fn valid_bar_access(offset: u64, size: u8) -> bool {
-    matches!(size, 1 | 2 | 4 | 8) && offset % size as u64 == 0 && offset < BAR_SIZE
+    matches!(size, 1 | 2 | 4 | 8) && offset.is_multiple_of(size as u64) && offset < BAR_SIZE
 }
 
 /// The MSI-X table entry and its 32-bit word at a BAR offset in the table.

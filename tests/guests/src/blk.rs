@@ -274,7 +274,7 @@ static mut BENCH: Bench =
 /// then resets.
 pub fn bench(write: bool, size: u64, depth: u64, count: u64) -> ! {
     let depth = depth.clamp(1, QSIZE as u64 / 2);
-    if size == 0 || size % 512 != 0 || size > 1 << 24 {
+    if size == 0 || !size.is_multiple_of(512) || size > 1 << 24 {
         print(b"blk-bench: SIZE must be a multiple of 512 up to 16 MiB\n");
         halt()
     }

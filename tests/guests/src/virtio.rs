@@ -255,6 +255,9 @@ impl Device {
                 mmio_w::<u32>(common + off, v as u32);
                 mmio_w::<u32>(common + off + 4, (v >> 32) as u32);
             };
+            // An index, not an iterator: RINGS is a static mut reached only
+            // through raw pointers.
+            #[allow(clippy::needless_range_loop)]
             for q in 0..queues.min(MAX_QUEUES) {
                 mmio_w::<u16>(self.reg(0x16), q as u16);
                 let max = mmio_r::<u16>(self.reg(0x18));
