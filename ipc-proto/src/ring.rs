@@ -91,10 +91,6 @@ impl Op {
             _ => return None,
         })
     }
-
-    pub fn is_write(self) -> bool {
-        matches!(self, Op::PioWrite | Op::MmioWrite | Op::ConfigWrite)
-    }
 }
 
 /// One access, as the server sees it.

@@ -36,7 +36,6 @@ const MSIX_ENABLE: u16 = 1 << 15;
 const MSIX_FUNCTION_MASK: u16 = 1 << 14;
 const MSIX_ENTRY_MASKED: u32 = 1;
 const ISR_QUEUE: u8 = 1;
-const ISR_CONFIG: u8 = 2;
 
 /// What a virtio device adds to the transport.
 pub trait Device {
@@ -85,7 +84,6 @@ pub struct Transport<D: Device> {
     driver_features: u64,
     status: u8,
     queue_select: u16,
-    config_generation: u8,
     isr: u8,
     msix_cap: usize,
     msix_table: Vec<[u32; 4]>,
@@ -156,7 +154,6 @@ impl<D: Device> Transport<D> {
             driver_features: 0,
             status: 0,
             queue_select: 0,
-            config_generation: 0,
             isr: 0,
             msix_cap,
             msix_table: vec![[0, 0, 0, MSIX_ENTRY_MASKED]; vectors as usize],
@@ -352,7 +349,8 @@ impl<D: Device> Transport<D> {
         r[0x10..0x12].copy_from_slice(&self.config_vector.to_le_bytes());
         r[0x12..0x14].copy_from_slice(&(self.queues.len() as u16).to_le_bytes());
         r[0x14] = self.status;
-        r[0x15] = self.config_generation;
+        // config_generation stays 0: no device changes its configuration
+        // while the driver runs (no config-change interrupt either).
         r[0x16..0x18].copy_from_slice(&self.queue_select.to_le_bytes());
         if let Some(q) = self.queues.get(self.queue_select as usize) {
             let qs = q.state();
@@ -498,13 +496,6 @@ impl<D: Device> Transport<D> {
         self.isr |= ISR_QUEUE;
         let v = self.queue_vectors.get(index).copied().unwrap_or(NO_VECTOR);
         self.signal_vector(v);
-    }
-
-    /// Tells the driver the device configuration changed.
-    pub fn signal_config(&mut self) {
-        self.config_generation = self.config_generation.wrapping_add(1);
-        self.isr |= ISR_CONFIG;
-        self.signal_vector(self.config_vector);
     }
 
     fn entry_masked(&self, v: usize) -> bool {
