@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::{parse_memsize, ConfigError, ConfigTree, COM_PORTS, PCI_EMULATIONS};
+use crate::config::{parse_memsize, ConfigError, ConfigTree, COM_PORTS};
+use crate::devices::{self, EMULATIONS};
 
 pub const USAGE: &str = "\
 usage: capvm [--print-policy] [-ADeHhPSuw] [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]
@@ -173,7 +174,7 @@ fn parse_slot(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
     if let Some(conf) = parts.next() {
         // As bhyve: the first bare word is the backend (a disk's path, a
         // NIC's tap), a later one a flag (`ro` means ro=true).
-        let first = if emulation == "virtio-net" { "backend" } else { "path" };
+        let first = devices::lookup(emulation).map_or("path", |e| e.first_option);
         for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
             let (k, v) = match opt.split_once('=') {
                 Some(kv) => kv,
@@ -188,8 +189,8 @@ fn parse_slot(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
 
 pub fn slot_help() -> String {
     let mut s = String::from("PCI emulations (-s slot,emulation[,conf]):\n");
-    for (name, what) in PCI_EMULATIONS {
-        s += &format!("  {name:<16} {what}\n");
+    for e in EMULATIONS {
+        s += &format!("  {:<16} {}\n", e.name, e.help);
     }
     s
 }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::devices::{self, Emulation, Kind, Served, ServedDevice, SlotOptions};
+
 /// A configuration error: one line saying what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -86,7 +88,7 @@ impl ConfigTree {
         Ok(())
     }
 
-    fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+    pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some("true" | "yes" | "on" | "1") => Ok(true),
@@ -123,53 +125,6 @@ pub fn parse_memsize(s: &str) -> Result<u64, ConfigError> {
 pub const COM_PORTS: [(&str, u16, u32); 4] =
     [("com1", 0x3f8, 4), ("com2", 0x2f8, 3), ("com3", 0x3e8, 4), ("com4", 0x2e8, 3)];
 
-/// PCI emulations `-s` accepts now, with a line for `-s help`.
-pub const PCI_EMULATIONS: &[(&str, &str)] = &[
-    ("hostbridge", "PCI host bridge (bus 0 is not yet emulated: accepted for bhyve compatibility)"),
-    ("amd_hostbridge", "as hostbridge, with AMD's vendor id"),
-    ("lpc", "LPC bridge: the platform devices, COM1-COM4 (see -l help)"),
-    (
-        "virtio-blk",
-        "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID]",
-    ),
-    ("virtio-net", "virtio NIC in its own process on a tap: TAPNAME[,mac=xx:xx:xx:xx:xx:xx][,mtu=N]"),
-];
-
-/// The options a virtio-net slot takes (bhyve's network-backend options).
-const NET_OPTIONS: &[&str] = &["backend", "mac", "mtu"];
-
-/// The options a virtio-blk slot takes (bhyve's block-device options).
-const BLK_OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser"];
-
-/// A disk, as `-s slot,virtio-blk,...` configures it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiskConfig {
-    pub slot: u8,
-    pub func: u8,
-    pub path: PathBuf,
-    pub read_only: bool,
-    /// O_DIRECT: bypass the host page cache.
-    pub nocache: bool,
-    /// O_SYNC: every write reaches the disk before it completes.
-    pub sync: bool,
-    pub sector_size: u32,
-    pub physical_sector_size: u32,
-    pub no_delete: bool,
-    /// GET_ID's answer; default derived from the slot.
-    pub serial: String,
-}
-
-/// A NIC, as `-s slot,virtio-net,...` configures it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NicConfig {
-    pub slot: u8,
-    pub func: u8,
-    /// The tap to open, or create if it does not exist.
-    pub tap: String,
-    pub mac: [u8; 6],
-    pub mtu: u16,
-}
-
 /// Where a COM port's bytes go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ComBackend {
@@ -187,11 +142,41 @@ pub struct ComPort {
     pub backend: ComBackend,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A `-s` slot and its registry row.
+#[derive(Debug)]
 pub struct PciSlot {
     pub slot: u8,
     pub func: u8,
-    pub emulation: String,
+    pub emulation: &'static Emulation,
+}
+
+/// A function served by its own process: its slot, its row, its options.
+#[derive(Debug)]
+pub struct ServedConfig {
+    pub slot: u8,
+    pub func: u8,
+    pub emulation: &'static Emulation,
+    pub device: Box<dyn ServedDevice>,
+}
+
+impl ServedConfig {
+    /// `virtio-blk (0:3.0)`: how messages, the audit and manifests name its server.
+    pub fn name(&self) -> String {
+        devices::server_name(self.emulation.name, self.slot, self.func)
+    }
+
+    /// `-s 3:0,virtio-blk`: how errors name the slot.
+    pub fn at(&self) -> String {
+        format!("-s {}:{},{}", self.slot, self.func, self.emulation.name)
+    }
+
+    /// The registry's server row.
+    pub fn served(&self) -> &'static Served {
+        match &self.emulation.kind {
+            Kind::Served(s) => s,
+            Kind::Bridge(_) => unreachable!("only served rows become ServedConfig"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,11 +195,18 @@ pub struct SandboxSettings {
     /// JSON-lines audit log; created on the first record.
     pub audit_log: PathBuf,
     /// Test hook: `ROLE:OP` (see capvm_policy::hostile).
-    pub test_violation: Option<String>,
+    pub test_violation: Option<TestViolation>,
+}
+
+/// `-o sandbox.test_violation=ROLE:OP`: the children of ROLE attempt OP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestViolation {
+    pub role: &'static str,
+    pub op: String,
 }
 
 /// The checked configuration of one VM.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct VmConfig {
     pub name: String,
     pub cpus: u32,
@@ -222,8 +214,8 @@ pub struct VmConfig {
     pub wired: bool,
     pub strict_io: bool,
     pub slots: Vec<PciSlot>,
-    pub disks: Vec<DiskConfig>,
-    pub nics: Vec<NicConfig>,
+    /// The functions with servers of their own, in slot order (their start order).
+    pub served: Vec<ServedConfig>,
     pub coms: Vec<ComPort>,
     pub boot: BootConfig,
     pub sandbox: SandboxSettings,
@@ -276,17 +268,16 @@ impl VmConfig {
         }
 
         let slots = pci_slots(tree)?;
-        let disks = slots
-            .iter()
-            .filter(|s| s.emulation == "virtio-blk")
-            .map(|s| disk(tree, s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let nics = slots
-            .iter()
-            .filter(|s| s.emulation == "virtio-net")
-            .map(|s| nic(tree, s, name))
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_lpc = slots.iter().any(|s| s.emulation == "lpc");
+        let mut served = Vec::new();
+        for s in &slots {
+            if let Kind::Served(row) = &s.emulation.kind {
+                let options =
+                    SlotOptions { tree, slot: s.slot, func: s.func, emulation: s.emulation.name, vm_name: name };
+                let device = (row.parse)(&options)?;
+                served.push(ServedConfig { slot: s.slot, func: s.func, emulation: s.emulation, device });
+            }
+        }
+        let has_lpc = slots.iter().any(|s| devices::is_lpc(s.emulation));
         let mut coms = Vec::new();
         for (com, base, irq) in COM_PORTS {
             let Some(path) = tree.get(&format!("lpc.{com}.path")) else { continue };
@@ -337,19 +328,25 @@ impl VmConfig {
             "log" => true,
             other => return err(format!("sandbox.violations={other}: use kill or log")),
         };
-        let test_violation = tree.get("sandbox.test_violation").map(str::to_string);
-        if let Some(t) = &test_violation {
-            let ok = t.split_once(':').is_some_and(|(role, op)| {
-                matches!(role, "uart" | "vcpu-runner" | "virtio-blk" | "virtio-net")
-                    && (capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP)
-            });
-            if !ok {
-                return err(format!(
-                    "sandbox.test_violation={t}: use ROLE:OP with ROLE uart, vcpu-runner, virtio-blk or virtio-net and OP one of {}, ioctl",
-                    capvm_policy::hostile::OPS.join(", ")
-                ));
+        let test_violation = match tree.get("sandbox.test_violation") {
+            None => None,
+            Some(t) => {
+                let roles = devices::hostile_roles();
+                let parsed = t.split_once(':').and_then(|(role, op)| {
+                    let role = *roles.iter().find(|r| **r == role)?;
+                    let known = capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP;
+                    known.then(|| TestViolation { role, op: op.to_string() })
+                });
+                let Some(parsed) = parsed else {
+                    return err(format!(
+                        "sandbox.test_violation={t}: use ROLE:OP with ROLE one of {} and OP one of {}, ioctl",
+                        roles.join(", "),
+                        capvm_policy::hostile::OPS.join(", ")
+                    ));
+                };
+                Some(parsed)
             }
-        }
+        };
         let sandbox = SandboxSettings {
             log_only,
             audit_log: tree
@@ -367,8 +364,7 @@ impl VmConfig {
             wired: tree.bool("memory.wired", false)?,
             strict_io: tree.bool("x86.strictio", false)?,
             slots,
-            disks,
-            nics,
+            served,
             coms,
             boot,
         })
@@ -383,10 +379,9 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
         let parts: Vec<&str> = rest.split('.').collect();
         let [bus, slot, func, "device"] = parts[..] else {
             let emulation = parts.get(..3).and_then(|p| tree.get(&format!("pci.{}.device", p.join("."))));
-            match (emulation, parts.get(3)) {
-                (Some("virtio-blk"), Some(opt)) if parts.len() == 4 && BLK_OPTIONS.contains(opt) => continue,
-                (Some("virtio-net"), Some(opt)) if parts.len() == 4 && NET_OPTIONS.contains(opt) => continue,
-                (Some(e), Some(opt)) => return err(format!("{key}: {e} has no option '{opt}' (see -s help)")),
+            match (emulation.and_then(devices::lookup), parts.get(3)) {
+                (Some(e), Some(opt)) if parts.len() == 4 && e.options.contains(opt) => continue,
+                (Some(e), Some(opt)) => return err(format!("{key}: {} has no option '{opt}' (see -s help)", e.name)),
                 _ => return err(format!("unknown PCI variable '{key}'")),
             }
         };
@@ -400,120 +395,25 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
             return err(format!("{key}: only PCI bus 0 exists"));
         }
         let (slot, func) = (num(slot, 31, "slot")?, num(func, 7, "function")?);
-        if !PCI_EMULATIONS.iter().any(|(e, _)| e == value) {
+        let Some(emulation) = devices::lookup(value) else {
             return err(format!("-s {slot}:{func},{value}: unknown or not yet supported emulation (see -s help)"));
-        }
-        slots.push(PciSlot { slot, func, emulation: value.clone() });
+        };
+        slots.push(PciSlot { slot, func, emulation });
     }
     Ok(slots)
-}
-
-impl DiskConfig {
-    /// The disk's server as messages, the audit and the manifests name it.
-    pub fn name(&self) -> String {
-        format!("virtio-blk (0:{}.{})", self.slot, self.func)
-    }
-}
-
-/// A virtio-blk slot's options, checked.
-fn disk(tree: &ConfigTree, slot: &PciSlot) -> Result<DiskConfig, ConfigError> {
-    let prefix = format!("pci.0.{}.{}", slot.slot, slot.func);
-    let at = format!("-s {}:{},virtio-blk", slot.slot, slot.func);
-    let path = tree.get(&format!("{prefix}.path")).filter(|p| !p.is_empty()).ok_or_else(|| {
-        ConfigError(format!("{at}: give the image file or block device: -s {},virtio-blk,PATH", slot.slot))
-    })?;
-    let flag = |k: &str| tree.bool(&format!("{prefix}.{k}"), false);
-    let (sector_size, physical_sector_size) = match tree.get(&format!("{prefix}.sectorsize")) {
-        None => (512, 512),
-        Some(v) => {
-            let (l, p) = v.split_once('/').unwrap_or((v, v));
-            let size = |s: &str| s.parse::<u32>().ok().filter(|n| n.is_power_of_two() && (512..=65536).contains(n));
-            match (size(l), size(p)) {
-                (Some(l), Some(p)) if p >= l => (l, p),
-                _ => {
-                    return err(format!(
-                        "{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536"
-                    ))
-                }
-            }
-        }
-    };
-    Ok(DiskConfig {
-        slot: slot.slot,
-        func: slot.func,
-        path: PathBuf::from(path),
-        read_only: flag("ro")?,
-        nocache: flag("nocache")?,
-        sync: flag("sync")? || flag("direct")?,
-        sector_size,
-        physical_sector_size,
-        no_delete: flag("nodelete")?,
-        serial: tree
-            .get(&format!("{prefix}.ser"))
-            .map_or_else(|| format!("CAPVM-{}-{}", slot.slot, slot.func), str::to_string),
-    })
-}
-
-impl NicConfig {
-    /// The NIC's server as messages, the audit and the manifests name it.
-    pub fn name(&self) -> String {
-        format!("virtio-net (0:{}.{})", self.slot, self.func)
-    }
-}
-
-/// A virtio-net slot's options, checked.
-fn nic(tree: &ConfigTree, slot: &PciSlot, vm_name: &str) -> Result<NicConfig, ConfigError> {
-    let prefix = format!("pci.0.{}.{}", slot.slot, slot.func);
-    let at = format!("-s {}:{},virtio-net", slot.slot, slot.func);
-    let tap = tree
-        .get(&format!("{prefix}.backend"))
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ConfigError(format!("{at}: give a tap: -s {},virtio-net,tap0", slot.slot)))?;
-    // IFNAMSIZ is 16 with the NUL; the kernel also refuses '/', ':' and blanks.
-    if tap.len() > 15 || tap.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) || tap == "." || tap == ".." {
-        return err(format!("{at}: '{tap}' is not an interface name (at most 15 characters, no '/', ':' or blanks)"));
-    }
-    let mac = match tree.get(&format!("{prefix}.mac")) {
-        None => default_mac(vm_name, slot.slot, slot.func),
-        Some(m) => parse_mac(m).ok_or_else(|| {
-            ConfigError(format!("{at}: mac={m}: give six hex bytes like 02:00:00:00:00:01, unicast (first byte even)"))
-        })?,
-    };
-    let mtu = match tree.get(&format!("{prefix}.mtu")) {
-        None => 1500,
-        Some(v) => v
-            .parse::<u16>()
-            .ok()
-            .filter(|&m| m >= 68)
-            .ok_or_else(|| ConfigError(format!("{at}: mtu={v}: give 68 to 65535")))?,
-    };
-    Ok(NicConfig { slot: slot.slot, func: slot.func, tap: tap.to_string(), mac, mtu })
-}
-
-/// A unicast MAC written as six hex bytes separated by ':'.
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = s
-        .split(':')
-        .map(|b| (b.len() == 2).then(|| u8::from_str_radix(b, 16).ok()).flatten())
-        .collect::<Option<_>>()?;
-    let mac: [u8; 6] = bytes.try_into().ok()?;
-    (mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
-}
-
-/// A MAC that stays the same for the same VM name and slot: locally
-/// administered (02:...), the rest an FNV-1a hash of "name/slot/func".
-fn default_mac(vm_name: &str, slot: u8, func: u8) -> [u8; 6] {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in format!("{vm_name}/{slot}/{func}").bytes() {
-        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
-    }
-    let [a, b, c, d] = h.to_be_bytes();
-    [0x02, 0xc7, a, b, c, d]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::devices::virtio_blk::DiskConfig;
+    use crate::devices::virtio_net::{default_mac, NicConfig};
+
+    /// The options of the `i`th served device, as type `T`.
+    fn served<T: 'static>(c: &VmConfig, i: usize) -> &T {
+        c.served[i].device.as_any().downcast_ref::<T>().expect("the device type the test configured")
+    }
 
     fn tree(vars: &[(&str, &str)]) -> ConfigTree {
         let mut t = ConfigTree::default();
@@ -600,14 +500,15 @@ mod tests {
         let mut v = base();
         v.extend([("pci.0.3.0.device", "virtio-net"), ("pci.0.3.0.backend", "tap7")]);
         let c = VmConfig::from_tree(&tree(&v)).unwrap();
-        let n = &c.nics[0];
+        let n = served::<NicConfig>(&c, 0);
         assert_eq!((n.tap.as_str(), n.mtu), ("tap7", 1500));
         assert_eq!(&n.mac[..2], &[0x02, 0xc7]);
         assert_eq!(n.mac, default_mac("vm0", 3, 0));
         assert_ne!(n.mac, default_mac("vm1", 3, 0));
         assert_ne!(n.mac, default_mac("vm0", 4, 0));
         v.extend([("pci.0.3.0.mac", "52:54:00:ab:cd:ef"), ("pci.0.3.0.mtu", "9000")]);
-        let n = &VmConfig::from_tree(&tree(&v)).unwrap().nics[0];
+        let c = VmConfig::from_tree(&tree(&v)).unwrap();
+        let n = served::<NicConfig>(&c, 0);
         assert_eq!((n.mac, n.mtu), ([0x52, 0x54, 0, 0xab, 0xcd, 0xef], 9000));
         for (k, bad) in [
             ("mac", "01:00:5e:00:00:01"),
@@ -633,8 +534,8 @@ mod tests {
         v.extend([("pci.0.2.0.device", "virtio-blk"), ("pci.0.2.0.path", "/d.img"), ("pci.0.2.0.ro", "true")]);
         v.push(("pci.0.2.0.sectorsize", "512/4096"));
         let c = VmConfig::from_tree(&tree(&v)).unwrap();
-        let d = &c.disks[0];
-        assert_eq!((d.slot, d.read_only, d.sector_size, d.physical_sector_size), (2, true, 512, 4096));
+        let d = served::<DiskConfig>(&c, 0);
+        assert_eq!((c.served[0].slot, d.read_only, d.sector_size, d.physical_sector_size), (2, true, 512, 4096));
         assert_eq!(d.serial, "CAPVM-2-0");
         let mut bad = v.clone();
         bad.push(("pci.0.2.0.frob", "1"));

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod devices;
 pub mod print_policy;
 pub mod spawn;
 pub mod supervisor;

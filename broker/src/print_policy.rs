@@ -7,11 +7,13 @@
 
 use std::collections::BTreeSet;
 
+use capvm_ipc::{DeviceRoute, StartRunnerFds, StartUartFds, StartVirtioFds, UartBackendKind};
 use capvm_policy::roles::{self, RunnerFds, UartBackendFds};
-use capvm_policy::{FdGrant, Manifest, SyscallRule};
-use capvm_virtio::layout::{self, BLK_QUEUES, NET_QUEUES};
+use capvm_policy::Manifest;
 
 use crate::config::{ComBackend, VmConfig};
+use crate::virtio::Allocator;
+use crate::vm::VmError;
 
 /// The kernel's fd allocator: the lowest free number.
 struct Fds(BTreeSet<i32>);
@@ -29,103 +31,95 @@ impl Fds {
     fn free(&mut self, fd: i32) {
         self.0.remove(&fd);
     }
+    /// The numbers the fds of a start message land on, in wire order.
+    fn received(&mut self) -> impl Iterator<Item = i32> + '_ {
+        std::iter::from_fn(|| Some(self.alloc()))
+    }
 }
 
-pub fn manifests(cfg: &VmConfig) -> Vec<Manifest> {
+pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
     let mut out = Vec::new();
     for com in &cfg.coms {
-        // StartUart carries: ring, doorbell, irq, backend fds.
         let mut fds = Fds::child();
-        let (ring, doorbell, irq) = (fds.alloc(), fds.alloc(), fds.alloc());
-        let backend = match &com.backend {
-            ComBackend::Stdio => UartBackendFds::Stdio { input: fds.alloc(), output: fds.alloc() },
-            ComBackend::Tty(_) => {
-                let input = fds.alloc();
-                fds.free(ring); // the ring's memfd is closed once mapped
+        let kind = match com.backend {
+            ComBackend::Stdio => UartBackendKind::Stdio,
+            ComBackend::Tty(_) => UartBackendKind::Tty,
+            ComBackend::Socket(_) => UartBackendKind::Socket,
+        };
+        let start = StartUartFds::take_from(kind, fds.received())?;
+        let backend = match (kind, start.backend.as_slice()) {
+            (UartBackendKind::Stdio, &[input, output]) => UartBackendFds::Stdio { input, output },
+            (UartBackendKind::Tty, &[input]) => {
+                fds.free(start.ring); // the ring's memfd is closed once mapped
                 UartBackendFds::Tty { input, output: fds.alloc() }
             }
-            ComBackend::Socket(_) => UartBackendFds::Socket { listener: fds.alloc() },
+            (_, &[listener, ..]) => UartBackendFds::Socket { listener },
+            (_, []) => unreachable!("take_from gives every backend its fds"),
         };
-        out.push(roles::uart(com.name, doorbell, irq, &backend));
+        out.push(roles::uart(com.name, start.doorbell, start.irq, &backend));
     }
 
-    // StartVirtio carries: ring, doorbell, RAM, stats, one notify per
-    // queue, one interrupt per vector, INTx# trigger and resample, the
-    // backend (disk or tap). Ring and
-    // stats are mapped, then closed.
-    let virtio = virtio_devices(cfg);
-    for (name, queues, backend) in &virtio {
+    // Each server maps its ring and stats page, then closes them.
+    let mut alloc = Allocator::default();
+    let mut routes = Vec::new();
+    for d in &cfg.served {
+        let function = alloc.function(d.slot, d.func, d.served().queues)?;
         let mut fds = Fds::child();
-        let (ring, doorbell, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc(), fds.alloc());
-        let notify = (0..*queues).map(|_| fds.alloc()).collect();
-        let interrupts = (0..layout::vectors(*queues)).map(|_| fds.alloc()).collect();
-        let intx = Some((fds.alloc(), fds.alloc()));
-        let (grants, syscalls) = backend(fds.alloc());
-        fds.free(ring);
-        fds.free(stats);
-        let f = roles::VirtioFds { doorbell, ram, notify, interrupts, intx };
-        out.push(roles::virtio_device(name, &f, grants, syscalls));
+        let start = StartVirtioFds::take_from(&function, 1, fds.received())?;
+        fds.free(start.ring);
+        fds.free(start.stats);
+        let (grants, syscalls) = d.device.backend_policy(&start.backend);
+        let f = roles::VirtioFds {
+            doorbell: start.doorbell,
+            ram: start.ram,
+            notify: start.pci.notify,
+            interrupts: start.pci.interrupts,
+            intx: start.pci.intx.map(|[t, r]| (t, r)),
+        };
+        out.push(roles::virtio_device(&d.name(), &f, grants, syscalls));
+        routes.push(DeviceRoute { name: d.name(), pio: Vec::new(), irq_gsi: None, pci: Some(function) });
     }
 
-    // StartRunner carries: kvm, RAM, stats, then ring, doorbell, irq per
-    // COM port and ring, doorbell, notifies, interrupts per virtio device.
+    // The runner: what StartRunner brings, then the VM fd; stats page and
+    // rings are mapped and closed; then one fd per vCPU and a dup of its
+    // control socket.
+    let mut all_routes: Vec<DeviceRoute> = cfg
+        .coms
+        .iter()
+        .map(|c| DeviceRoute { name: c.name.into(), pio: Vec::new(), irq_gsi: Some(c.irq), pci: None })
+        .collect();
+    all_routes.extend(routes);
     let mut fds = Fds::child();
-    let (kvm, ram, stats) = (fds.alloc(), fds.alloc(), fds.alloc());
-    let devices: Vec<(i32, i32, i32)> = cfg.coms.iter().map(|_| (fds.alloc(), fds.alloc(), fds.alloc())).collect();
-    let mut virtio_rings = Vec::new();
-    let mut virtio_doorbells = Vec::new();
-    let (mut notify, mut msix) = (Vec::new(), Vec::new());
-    for (name, queues, _) in &virtio {
-        virtio_rings.push(fds.alloc());
-        virtio_doorbells.push((fds.alloc(), name.clone()));
-        notify.extend((0..*queues).map(|_| fds.alloc()));
-        msix.extend((0..layout::vectors(*queues)).map(|_| fds.alloc()));
-        msix.extend([fds.alloc(), fds.alloc()]); // INTx# trigger and resample
-    }
+    let start = StartRunnerFds::take_from(&all_routes, fds.received())?;
     let vm = fds.alloc();
-    fds.free(stats); // mapped, then closed
-    for ring in devices.iter().map(|d| d.0).chain(virtio_rings) {
-        fds.free(ring); // mapped, then closed
+    fds.free(start.stats);
+    let mut irqfds = Vec::new();
+    let mut notify = Vec::new();
+    for d in &start.devices {
+        fds.free(d.ring);
+        irqfds.extend(d.irq);
+        if let Some(pci) = &d.pci {
+            notify.extend(&pci.notify);
+            irqfds.extend(&pci.interrupts);
+            irqfds.extend(pci.intx.iter().flatten());
+        }
     }
     let vcpus = (0..cfg.cpus).map(|_| fds.alloc()).collect();
     let control_dup = fds.alloc();
     let runner = RunnerFds {
-        kvm,
+        kvm: start.kvm,
         vm,
         vcpus,
-        doorbells: cfg
-            .coms
-            .iter()
-            .zip(&devices)
-            .map(|(c, d)| (d.1, c.name.to_string()))
-            .chain(virtio_doorbells)
-            .collect(),
-        ram,
+        doorbells: start.devices.iter().zip(&all_routes).map(|(d, r)| (d.doorbell, r.name.clone())).collect(),
+        ram: start.ram,
         control_dup,
-        irqfds: devices.iter().map(|d| d.2).chain(msix).collect(),
+        irqfds,
         pci: !notify.is_empty(),
         notify,
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));
-    out
-}
-
-/// A virtio backend's grants and syscalls, given the fd it lands on.
-type BackendPolicy = Box<dyn Fn(i32) -> (Vec<FdGrant>, Vec<SyscallRule>)>;
-
-/// The virtio devices in the broker's start order (disks, then NICs):
-/// name, queue count, backend policy.
-fn virtio_devices(cfg: &VmConfig) -> Vec<(String, usize, BackendPolicy)> {
-    let mut v: Vec<(String, usize, BackendPolicy)> = Vec::new();
-    for d in &cfg.disks {
-        let ro = d.read_only;
-        v.push((d.name(), BLK_QUEUES, Box::new(move |fd| roles::virtio_blk_backend(fd, ro))));
-    }
-    for n in &cfg.nics {
-        v.push((n.name(), NET_QUEUES, Box::new(roles::virtio_net_backend)));
-    }
-    v
+    Ok(out)
 }
 
 pub fn print(cfg: &VmConfig) -> String {
@@ -134,9 +128,14 @@ pub fn print(cfg: &VmConfig) -> String {
         cfg.name,
         if cfg.sandbox.log_only { "log, EPERM" } else { "kill" }
     );
-    for m in manifests(cfg) {
-        s += "\n";
-        s += &m.to_string();
+    match manifests(cfg) {
+        Ok(manifests) => {
+            for m in manifests {
+                s += "\n";
+                s += &m.to_string();
+            }
+        }
+        Err(e) => s += &format!("\n# cannot lay the children's fds out: {e}\n"),
     }
     s
 }

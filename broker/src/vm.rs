@@ -7,8 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::{
-    shm, BridgeKind, DeviceRoute, PioRange, RunnerConfig, SandboxConfig, ToChild, UartBackendKind, UartConfig,
-    VirtioConfig,
+    shm, DeviceRoute, PioRange, RouteFds, RunnerConfig, SandboxConfig, StartRunnerFds, StartUartFds, ToChild,
+    UartBackendKind, UartConfig, VirtioConfig,
 };
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -19,6 +19,7 @@ use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, S
 use crate::boot;
 use crate::config::{ComBackend, ComPort, VmConfig};
 use crate::console::{RawTerminal, SocketPath};
+use crate::devices::Kind;
 use crate::spawn::{spawn, Child};
 use crate::supervisor::{handled_signals, Supervisor};
 use crate::virtio::VirtioHost;
@@ -27,6 +28,12 @@ use crate::virtio::VirtioHost;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct VmError(pub String);
+
+impl From<capvm_ipc::FdLayoutError> for VmError {
+    fn from(e: capvm_ipc::FdLayoutError) -> Self {
+        VmError(e.to_string())
+    }
+}
 
 impl From<boot::BootError> for VmError {
     fn from(e: boot::BootError) -> Self {
@@ -53,8 +60,9 @@ impl DeviceWires {
         Ok(DeviceWires { ring, doorbell: eventfd()?, irq: eventfd()? })
     }
 
-    fn fds(&self) -> [BorrowedFd<'_>; 3] {
-        [self.ring.as_fd(), self.doorbell.as_fd(), self.irq.as_fd()]
+    /// The runner's side: ring, doorbell, the irqfd on the port's GSI.
+    fn route_fds(&self) -> RouteFds<BorrowedFd<'_>> {
+        RouteFds { ring: self.ring.as_fd(), doorbell: self.doorbell.as_fd(), irq: Some(self.irq.as_fd()), pci: None }
     }
 }
 
@@ -127,11 +135,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect::<Result<_, VmError>>()?;
 
     let mut alloc = crate::virtio::Allocator::default();
-    let mut virtio: Vec<VirtioHost> =
-        cfg.disks.iter().map(|d| crate::virtio::disk(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
-    for n in &cfg.nics {
-        virtio.push(crate::virtio::nic(n, &mut alloc, cfg.cpus)?);
-    }
+    let virtio: Vec<VirtioHost> =
+        cfg.served.iter().map(|d| crate::virtio::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
 
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();
@@ -156,10 +161,12 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     Ok(supervisor.run())
 }
 
-fn sandbox_config(cfg: &VmConfig) -> SandboxConfig {
+/// How a child of `role` ("uart", "vcpu-runner", an emulation's name)
+/// confines itself: the test hook's operation only reaches the role it names.
+fn sandbox_config(cfg: &VmConfig, role: &str) -> SandboxConfig {
     SandboxConfig {
         log_only: cfg.sandbox.log_only,
-        test_violation: cfg.sandbox.test_violation.clone(),
+        test_violation: cfg.sandbox.test_violation.as_ref().filter(|t| t.role == role).map(|t| t.op.clone()),
         broker_pid: std::process::id(),
     }
 }
@@ -180,15 +187,19 @@ fn start_children(
     let send_err = |role: &str, e: capvm_ipc::ChannelError| VmError(format!("cannot start the {role}: {e}"));
     for (com, backend, wires) in coms {
         let child = spawn("capvm-uart", format!("uart server ({})", com.name)).map_err(VmError)?;
-        let mut fds: Vec<BorrowedFd> = wires.fds().to_vec();
-        fds.extend(backend.fds.iter().map(|f| f.as_fd()));
+        let fds = StartUartFds {
+            ring: wires.ring.as_fd(),
+            doorbell: wires.doorbell.as_fd(),
+            irq: wires.irq.as_fd(),
+            backend: backend.fds.iter().map(|f| f.as_fd()).collect(),
+        };
         let start = ToChild::StartUart(UartConfig {
             name: com.name.to_string(),
             port_base: com.port_base,
             backend: backend.kind,
-            sandbox: sandbox_config(cfg),
+            sandbox: sandbox_config(cfg, "uart"),
         });
-        let sent = child.channel.send(&start, &fds);
+        let sent = child.channel.send(&start, &fds.flatten());
         let role = child.role.clone();
         children.push(child);
         sent.map_err(|e| send_err(&role, e))?;
@@ -202,9 +213,9 @@ fn start_children(
             memory: regions.clone(),
             function: dev.function.clone(),
             backend: dev.backend.clone(),
-            sandbox: sandbox_config(cfg),
+            sandbox: sandbox_config(cfg, dev.emulation),
         });
-        let sent = child.channel.send(&start, &dev.server_fds(ram.as_fd(), stats.as_fd()));
+        let sent = child.channel.send(&start, &dev.server_fds(ram.as_fd(), stats.as_fd()).flatten());
         child.stats = Some(stats);
         let role = child.role.clone();
         children.push(child);
@@ -226,12 +237,7 @@ fn start_children(
         .slots
         .iter()
         .filter_map(|s| {
-            let kind = match s.emulation.as_str() {
-                "hostbridge" => BridgeKind::HostBridge,
-                "amd_hostbridge" => BridgeKind::AmdHostBridge,
-                "lpc" => BridgeKind::Lpc,
-                _ => return None,
-            };
+            let Kind::Bridge(kind) = s.emulation.kind else { return None };
             Some((s.slot, s.func, kind))
         })
         .collect();
@@ -244,17 +250,13 @@ fn start_children(
         bridges,
         strict_io: cfg.strict_io,
         wire_memory: cfg.wired,
-        sandbox: sandbox_config(cfg),
+        sandbox: sandbox_config(cfg, "vcpu-runner"),
     };
     let stats = stats_page()?;
-    let mut fds = vec![kvm.as_fd(), ram.as_fd(), stats.as_fd()];
-    for (_, _, w) in coms {
-        fds.extend(w.fds());
-    }
-    for dev in virtio {
-        fds.extend(dev.runner_fds());
-    }
-    let sent = child.channel.send(&ToChild::StartRunner(config), &fds);
+    let mut devices: Vec<RouteFds<BorrowedFd>> = coms.iter().map(|(_, _, w)| w.route_fds()).collect();
+    devices.extend(virtio.iter().map(VirtioHost::route_fds));
+    let fds = StartRunnerFds { kvm: kvm.as_fd(), ram: ram.as_fd(), stats: stats.as_fd(), devices };
+    let sent = child.channel.send(&ToChild::StartRunner(config), &fds.flatten());
     child.stats = Some(stats);
     children.push(child);
     sent.map_err(|e| send_err("vcpu-runner", e))

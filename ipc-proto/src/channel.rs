@@ -32,7 +32,7 @@ pub enum ChannelError {
     Truncated,
 }
 
-fn config() -> impl bincode::config::Config {
+pub(crate) fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE>()
 }
 

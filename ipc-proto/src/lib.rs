@@ -14,6 +14,7 @@
 //! Everything a peer sends is untrusted: every decode error is an error value.
 
 pub mod channel;
+pub mod fds;
 pub mod memmap;
 pub mod messages;
 pub mod ring;
@@ -21,6 +22,7 @@ pub mod shm;
 pub mod stats;
 
 pub use channel::{Channel, ChannelError};
+pub use fds::{FdLayoutError, PciFds, RouteFds, StartRunnerFds, StartUartFds, StartVirtioFds};
 pub use messages::*;
 pub use ring::{ExitRing, RingError};
 

@@ -1,24 +1,21 @@
-//! The control messages. Fds travel beside a message; each message's doc
-//! comment says which fds, in which order.
+//! The control messages. Fds travel beside a message; which fds, in which
+//! order, is written once, in [`crate::fds`].
 
 use bincode::{Decode, Encode};
 
-/// Bumped whenever a message or the ring layout changes incompatibly.
-pub const PROTO_VERSION: u32 = 2;
+/// Bumped whenever a message, a message's fds or the ring layout changes
+/// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
+/// fails until it is.
+pub const PROTO_VERSION: u32 = 3;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
 pub enum ToChild {
-    /// Start the vCPU runner. Fds: `/dev/kvm`, guest RAM, its stats page,
-    /// then for each entry of `devices` the fds [`DeviceRoute`] lists.
+    /// Start the vCPU runner; fds: [`crate::StartRunnerFds`].
     StartRunner(RunnerConfig),
-    /// Start a UART server. Fds: exit ring, doorbell eventfd, interrupt
-    /// eventfd, then the backend's fds (see [`UartBackendKind`]).
+    /// Start a UART server; fds: [`crate::StartUartFds`].
     StartUart(UartConfig),
-    /// Start a virtio device server. Fds: exit ring, doorbell eventfd,
-    /// guest RAM, then one notify eventfd per entry of `function.notify`,
-    /// one interrupt eventfd per MSI-X vector, then the backend's fds (see
-    /// [`VirtioBackend`]).
+    /// Start a virtio device server; fds: [`crate::StartVirtioFds`].
     StartVirtio(VirtioConfig),
     /// Flush what is pending and exit.
     Shutdown,
@@ -137,8 +134,9 @@ pub enum BridgeKind {
 pub struct SandboxConfig {
     /// Log mode: forbidden syscalls fail with EPERM instead of ending the child.
     pub log_only: bool,
-    /// Test hook (`-o sandbox.test_violation=ROLE:OP`): right after entering
-    /// its sandbox the child attempts this forbidden operation.
+    /// Test hook (`-o sandbox.test_violation=ROLE:OP`, sent only to the
+    /// children of ROLE): right after entering its sandbox the child
+    /// attempts this forbidden operation (capvm_policy::hostile::OPS).
     pub test_violation: Option<String>,
     /// The broker's pid as the host sees it (the target of the hook's kill/ptrace).
     pub broker_pid: u32,
@@ -152,9 +150,7 @@ pub struct MemoryRegion {
     pub offset: u64,
 }
 
-/// How exits reach one device server. Fds, in the StartRunner message:
-/// exit ring, doorbell, the interrupt eventfd if `irq_gsi`, then for a PCI
-/// function one eventfd per `notify` entry and one per MSI-X vector.
+/// How exits reach one device server (its fds: [`crate::RouteFds`]).
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
 pub struct DeviceRoute {
     /// For messages, e.g. "com1".
@@ -309,4 +305,176 @@ pub enum UartBackendKind {
     Tty,
     /// One fd: a listening unix stream socket; one client at a time.
     Socket,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PciFds, RouteFds, StartRunnerFds, StartUartFds, StartVirtioFds};
+
+    /// The fingerprint of every message's encoding and fd order at
+    /// PROTO_VERSION. Change a message, its fds or their order and this
+    /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
+    const WIRE_FINGERPRINT: (u32, u64) = (3, 0x6244_f5f6_0484_dee2);
+
+    fn function() -> PciFunction {
+        PciFunction {
+            slot: 3,
+            func: 1,
+            bars: vec![BarSpec { index: 0, kind: BarKind::Mem64, size: 0x4000, addr: 0xc000_4000 }],
+            notify: vec![NotifySpec { bar: 0, offset: 0x2000 }, NotifySpec { bar: 0, offset: 0x2004 }],
+            msix: Some(MsixSpec { bar: 0, table_offset: 0x3000, pba_offset: 0x3800, vectors: 3, first_gsi: 24 }),
+            intx_gsi: Some(19),
+        }
+    }
+
+    fn sandbox() -> SandboxConfig {
+        SandboxConfig { log_only: true, test_violation: Some("open".into()), broker_pid: 4242 }
+    }
+
+    /// One of every message, every field set to something of its own.
+    fn samples() -> (Vec<ToChild>, Vec<ToBroker>) {
+        let memory = vec![MemoryRegion { guest_addr: 0x10_0000, size: 0x200_0000, offset: 7 }];
+        let routes = vec![
+            DeviceRoute {
+                name: "com1".into(),
+                pio: vec![PioRange { base: 0x3f8, len: 8 }],
+                irq_gsi: Some(4),
+                pci: None,
+            },
+            DeviceRoute { name: "virtio-blk (0:3.1)".into(), pio: vec![], irq_gsi: None, pci: Some(function()) },
+        ];
+        let to_child = vec![
+            ToChild::StartRunner(RunnerConfig {
+                vcpus: 2,
+                memory: memory.clone(),
+                boot: BootState { mode: EntryMode::Long64, entry: 0x100_0000, rsp: 0x8ff0, rsi: 0x7000, rbx: 9 },
+                hide_unemulated_cpuid: true,
+                devices: routes,
+                bridges: vec![
+                    (0, 0, BridgeKind::HostBridge),
+                    (31, 0, BridgeKind::Lpc),
+                    (1, 0, BridgeKind::AmdHostBridge),
+                ],
+                strict_io: true,
+                wire_memory: false,
+                sandbox: sandbox(),
+            }),
+            ToChild::StartUart(UartConfig {
+                name: "com2".into(),
+                port_base: 0x2f8,
+                backend: UartBackendKind::Socket,
+                sandbox: sandbox(),
+            }),
+            ToChild::StartVirtio(VirtioConfig {
+                name: "virtio-blk (0:3.1)".into(),
+                memory: memory.clone(),
+                function: function(),
+                backend: VirtioBackend::Blk(BlkOptions {
+                    read_only: true,
+                    sector_size: 512,
+                    physical_sector_size: 4096,
+                    size: 1 << 30,
+                    no_delete: false,
+                    can_discard: true,
+                    serial: "SER".into(),
+                }),
+                sandbox: sandbox(),
+            }),
+            ToChild::StartVirtio(VirtioConfig {
+                name: "virtio-net (0:4.0)".into(),
+                memory,
+                function: function(),
+                backend: VirtioBackend::Net(NetOptions { mac: [2, 0, 0, 0, 0, 1], mtu: 9000 }),
+                sandbox: SandboxConfig::default(),
+            }),
+            ToChild::Shutdown,
+        ];
+        let to_broker = vec![
+            ToBroker::Ready { version: PROTO_VERSION },
+            ToBroker::Event(VmEvent::Reboot),
+            ToBroker::Event(VmEvent::PowerOff),
+            ToBroker::Event(VmEvent::Halt),
+            ToBroker::Event(VmEvent::TripleFault { vcpu: 1, rip: 0xfff0, cpl: 3 }),
+            ToBroker::Event(VmEvent::InternalError(InternalErrorReport {
+                vcpu: 1,
+                suberror: 1,
+                rip: 0x1234,
+                cpl: 0,
+                bytes: vec![0x0f, 0xae, 0x2f],
+            })),
+            ToBroker::Event(VmEvent::UnhandledIo { vcpu: 0, port: 0x80, write: true }),
+            ToBroker::Fatal("why".into()),
+            ToBroker::Sandboxed(SandboxReport {
+                role: "uart".into(),
+                allowed_syscalls: 30,
+                namespaces: vec!["user".into()],
+                landlock: "enforced (ABI 4)".into(),
+                fds: vec![FdReport { fd: 5, what: "doorbell".into(), rights: vec!["CAP_READ".into()], ioctls: vec![] }],
+                enter_us: 77,
+            }),
+            ToBroker::Violation(ViolationRecord { nr: 257, args: [1, 2, 3, 4, 5, 6], ip: 0xdead, killed: true }),
+        ];
+        (to_child, to_broker)
+    }
+
+    /// Every layout's fds, named, in wire order.
+    fn fd_orders() -> Vec<&'static str> {
+        let pci = || PciFds { notify: vec!["notify"], interrupts: vec!["msix"], intx: Some(["intx", "resample"]) };
+        let mut v = StartUartFds { ring: "ring", doorbell: "doorbell", irq: "irq", backend: vec!["backend"] }.flatten();
+        v.extend(
+            StartVirtioFds {
+                ring: "ring",
+                doorbell: "doorbell",
+                ram: "ram",
+                stats: "stats",
+                pci: pci(),
+                backend: vec!["b"],
+            }
+            .flatten(),
+        );
+        let route = RouteFds { ring: "ring", doorbell: "doorbell", irq: Some("irq"), pci: Some(pci()) };
+        v.extend(StartRunnerFds { kvm: "kvm", ram: "ram", stats: "stats", devices: vec![route] }.flatten());
+        v
+    }
+
+    fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    }
+
+    #[test]
+    fn wire_format_is_pinned_to_the_protocol_version() {
+        let (to_child, to_broker) = samples();
+        let mut h = 0xcbf2_9ce4_8422_2325;
+        for m in &to_child {
+            h = fnv1a(h, &bincode::encode_to_vec(m, crate::channel::config()).unwrap());
+        }
+        for m in &to_broker {
+            h = fnv1a(h, &bincode::encode_to_vec(m, crate::channel::config()).unwrap());
+        }
+        for name in fd_orders() {
+            h = fnv1a(h, name.as_bytes());
+        }
+        assert_eq!(
+            (PROTO_VERSION, h),
+            WIRE_FINGERPRINT,
+            "the wire format changed: bump PROTO_VERSION and set WIRE_FINGERPRINT to ({}, {h:#x})",
+            PROTO_VERSION + (WIRE_FINGERPRINT.0 == PROTO_VERSION) as u32
+        );
+    }
+
+    #[test]
+    fn every_sample_decodes_to_itself() {
+        let (to_child, to_broker) = samples();
+        for m in to_child {
+            let bytes = bincode::encode_to_vec(&m, crate::channel::config()).unwrap();
+            let (back, _): (ToChild, _) = bincode::decode_from_slice(&bytes, crate::channel::config()).unwrap();
+            assert_eq!(back, m);
+        }
+        for m in to_broker {
+            let bytes = bincode::encode_to_vec(&m, crate::channel::config()).unwrap();
+            let (back, _): (ToBroker, _) = bincode::decode_from_slice(&bytes, crate::channel::config()).unwrap();
+            assert_eq!(back, m);
+        }
+    }
 }

@@ -59,10 +59,9 @@ pub fn attempt(op: &str, ro_fd: i32, ioctl_fd: i32, broker_pid: u32) -> Option<i
     Some(rc)
 }
 
-/// Runs the hook if the broker asked `role` for one (`ROLE:OP`).
-pub fn run_hook(cfg: &capvm_ipc::SandboxConfig, role: &str, ro_fd: i32, ioctl_fd: i32) {
-    let op = cfg.test_violation.as_deref().and_then(|t| t.strip_prefix(role)).and_then(|t| t.strip_prefix(':'));
-    if let Some(op) = op {
+/// Runs the hook if the broker sent this child one.
+pub fn run_hook(cfg: &capvm_ipc::SandboxConfig, ro_fd: i32, ioctl_fd: i32) {
+    if let Some(op) = cfg.test_violation.as_deref() {
         attempt(op, ro_fd, ioctl_fd, cfg.broker_pid);
     }
 }

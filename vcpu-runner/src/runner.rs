@@ -7,7 +7,8 @@ use std::sync::Arc;
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::Stats;
 use capvm_ipc::{
-    memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, ToBroker, ToChild, VmEvent,
+    memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, StartRunnerFds, ToBroker, ToChild,
+    VmEvent,
 };
 use capvm_kernel::boot::{BootRegs, EntryMode};
 use capvm_kernel::vm::EventFd;
@@ -32,6 +33,8 @@ pub enum RunnerError {
     Kvm(#[from] KvmError),
     #[error(transparent)]
     Ring(#[from] RingError),
+    #[error(transparent)]
+    Fds(#[from] capvm_ipc::FdLayoutError),
     #[error("{0}")]
     Memory(String),
     #[error("{0}")]
@@ -68,15 +71,12 @@ impl Shared {
     }
 }
 
-fn next_fd(fds: &mut std::vec::IntoIter<OwnedFd>, what: &str) -> Result<OwnedFd, RunnerError> {
-    fds.next().ok_or_else(|| RunnerError::Protocol(format!("StartRunner is missing the {what} fd")))
-}
-
 pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let (cfg, fds) = crate::receive_start(channel)?;
-    let mut fds = fds.into_iter();
+    let StartRunnerFds { kvm, ram: ram_fd, stats: stats_fd, devices: device_fds } =
+        StartRunnerFds::unflatten(&cfg.devices, fds)?;
     let host = if cfg.hide_unemulated_cpuid { HostKvm::Emulated } else { HostKvm::HardwareAssisted };
-    let mut vm = Vm::create(next_fd(&mut fds, "kvm")?, host)?;
+    let mut vm = Vm::create(kvm, host)?;
     if cfg.vcpus == 0 || cfg.vcpus as usize > vm.max_vcpus() {
         return Err(RunnerError::Config(format!(
             "-c {}: this host's KVM runs at most {} vCPUs",
@@ -84,8 +84,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
             vm.max_vcpus()
         )));
     }
-    let ram = GuestRam::map(&vm, next_fd(&mut fds, "RAM")?, &cfg.memory, cfg.wire_memory)?;
-    let stats_fd = next_fd(&mut fds, "stats page")?;
+    let ram = GuestRam::map(&vm, ram_fd, &cfg.memory, cfg.wire_memory)?;
     let mut stats = Stats::attach(stats_fd.as_fd()).map_err(|e| RunnerError::Memory(format!("stats page: {e}")))?;
     drop(stats_fd);
     let exits = ExitCounters { pio: stats.counter("pio_exits"), mmio: stats.counter("mmio_exits") };
@@ -93,34 +92,31 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let mut devices = Vec::new();
     let mut served = Vec::new();
     let mut notify_fds = Vec::new();
-    for d in &cfg.devices {
-        let ring_fd = next_fd(&mut fds, "exit ring")?;
-        let ring = ExitRing::attach(ring_fd.as_fd(), next_fd(&mut fds, "doorbell")?)?;
+    for (d, wires) in cfg.devices.iter().zip(device_fds) {
+        let ring = ExitRing::attach(wires.ring.as_fd(), wires.doorbell)?;
         if ring.slots() < cfg.vcpus {
             return Err(RunnerError::Protocol(format!("{}'s exit ring has fewer slots than vCPUs", d.name)));
         }
-        if let Some(gsi) = d.irq_gsi {
-            vm.register_irqfd(next_fd(&mut fds, "interrupt")?, gsi)?;
+        if let (Some(gsi), Some(irq)) = (d.irq_gsi, wires.irq) {
+            vm.register_irqfd(irq, gsi)?;
         }
-        if let Some(layout) = &d.pci {
+        if let (Some(layout), Some(pci_fds)) = (&d.pci, wires.pci) {
             let mut notify = Vec::new();
-            for _ in &layout.notify {
-                let fd = next_fd(&mut fds, "queue notify")?;
+            for fd in pci_fds.notify {
                 notify_fds.push(fd.as_raw_fd());
                 // SAFETY: an eventfd the broker sent us, now owned by EventFd.
                 notify.push(unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) });
             }
             if let Some(m) = layout.msix {
-                for v in 0..m.vectors as u32 {
-                    vm.register_irqfd(next_fd(&mut fds, "MSI-X interrupt")?, m.first_gsi + v)?;
+                for (gsi, fd) in (m.first_gsi..).zip(pci_fds.interrupts) {
+                    vm.register_irqfd(fd, gsi)?;
                 }
             }
-            if let Some(gsi) = layout.intx_gsi {
+            if let (Some(gsi), Some([trigger, resample])) = (layout.intx_gsi, pci_fds.intx) {
                 if !memmap::PCI_INTX_GSIS.contains(&gsi) {
                     return Err(RunnerError::Protocol(format!("{}: INTx# on GSI {gsi}, not a PCI pin", d.name)));
                 }
-                let trigger = next_fd(&mut fds, "INTx trigger")?;
-                vm.register_irqfd_with_resample(trigger, next_fd(&mut fds, "INTx resample")?, gsi)?;
+                vm.register_irqfd_with_resample(trigger, resample, gsi)?;
             }
             served.push(ServedFunction { layout: layout.clone(), device: devices.len(), notify });
         }
@@ -209,7 +205,7 @@ fn enter_sandbox(
         capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
-    capvm_policy::hostile::run_hook(sandbox, "vcpu-runner", kvm_fd, kvm_fd);
+    capvm_policy::hostile::run_hook(sandbox, kvm_fd, kvm_fd);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use capvm_ipc::ring::{ExitRing, Op};
-use capvm_ipc::{Channel, ChannelError, RingError, ToBroker, ToChild, PROTO_VERSION};
+use capvm_ipc::{Channel, ChannelError, FdLayoutError, RingError, StartUartFds, ToBroker, ToChild, PROTO_VERSION};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vm_superio::{Serial, Trigger};
 
@@ -15,6 +15,8 @@ pub enum UartError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Ring(#[from] RingError),
+    #[error(transparent)]
+    Fds(#[from] FdLayoutError),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("{0}: {1}")]
@@ -37,14 +39,11 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         (ToChild::StartUart(cfg), fds) => (cfg, fds),
         (other, _) => return Err(UartError::Protocol(format!("expected StartUart, got {other:?}"))),
     };
-    let mut fds = fds.into_iter();
-    let (Some(ring_fd), Some(doorbell), Some(irq)) = (fds.next(), fds.next(), fds.next()) else {
-        return Err(UartError::Protocol("StartUart carried fewer than 3 fds".into()));
-    };
+    let StartUartFds { ring: ring_fd, doorbell, irq, backend } = StartUartFds::unflatten(cfg.backend, fds)?;
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
     // The mapping stays; the memfd itself is not needed any more.
     drop(ring_fd);
-    let (mut input, output) = backend::from_fds(cfg.backend, fds.collect()).map_err(|e| UartError::Io("backend", e))?;
+    let (mut input, output) = backend::from_fds(cfg.backend, backend).map_err(|e| UartError::Io("backend", e))?;
     let manifest = capvm_policy::roles::uart(
         &cfg.name,
         ring.doorbell().as_raw_fd(),
@@ -56,7 +55,7 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
     let doorbell = ring.doorbell().as_raw_fd();
-    capvm_policy::hostile::run_hook(&cfg.sandbox, "uart", doorbell, doorbell);
+    capvm_policy::hostile::run_hook(&cfg.sandbox, doorbell, doorbell);
     let mut serial = Serial::new(IrqLine(irq), output);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
 

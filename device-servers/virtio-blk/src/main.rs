@@ -18,7 +18,7 @@ fn main() {
             setup.backend_fds.try_into().map_err(|_| "StartVirtio for a disk carries exactly one backend fd")?;
         let (fds, syscalls) =
             capvm_policy::roles::virtio_blk_backend(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
-        let sandbox = DeviceSandbox { fds, syscalls, kind: "virtio-blk" };
+        let sandbox = DeviceSandbox { fds, syscalls };
         Ok((blk::Blk::new(disk, opts.clone(), setup.stats), sandbox))
     });
     if let Err(e) = result {

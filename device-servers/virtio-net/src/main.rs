@@ -18,7 +18,7 @@ fn main() {
         let [tap]: [_; 1] =
             setup.backend_fds.try_into().map_err(|_| "StartVirtio for a NIC carries exactly one backend fd")?;
         let (fds, syscalls) = capvm_policy::roles::virtio_net_backend(std::os::fd::AsRawFd::as_raw_fd(&tap));
-        let sandbox = DeviceSandbox { fds, syscalls, kind: "virtio-net" };
+        let sandbox = DeviceSandbox { fds, syscalls };
         Ok((net::Net::new(tap, opts.clone(), setup.stats), sandbox))
     });
     if let Err(e) = result {

@@ -11,7 +11,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use capvm_ipc::ring::{ExitRing, Op};
 use capvm_ipc::stats::{Counter, Stats};
-use capvm_ipc::{Channel, ChannelError, RingError, ToBroker, ToChild, VirtioConfig, PROTO_VERSION};
+use capvm_ipc::{
+    Channel, ChannelError, FdLayoutError, PciFds, RingError, StartVirtioFds, ToBroker, ToChild, VirtioConfig,
+    PROTO_VERSION,
+};
 use capvm_policy::roles::VirtioFds;
 use capvm_policy::{FdGrant, SyscallRule};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -25,6 +28,8 @@ pub enum ServerError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Ring(#[from] RingError),
+    #[error(transparent)]
+    Fds(#[from] FdLayoutError),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -36,8 +41,6 @@ pub enum ServerError {
 pub struct DeviceSandbox {
     pub fds: Vec<FdGrant>,
     pub syscalls: Vec<SyscallRule>,
-    /// The role name `-o sandbox.test_violation=ROLE:OP` uses ("virtio-blk").
-    pub kind: &'static str,
 }
 
 /// A device that also waits on a host fd (a tap).
@@ -75,21 +78,18 @@ pub fn run<D: Backend>(
             "{queues} queues with {vectors} MSI-X vectors is not a virtio layout"
         )));
     }
-    let intx_fds = if cfg.function.intx_gsi.is_some() { 2 } else { 0 };
-    let fixed = 4 + queues + vectors + intx_fds;
-    if fds.len() < fixed {
-        return Err(ServerError::Protocol(format!("StartVirtio carried {} fds, need at least {fixed}", fds.len())));
-    }
-    let mut fds = fds.into_iter();
-    let mut take = |n: usize| -> Vec<OwnedFd> { fds.by_ref().take(n).collect() };
-    let [ring_fd, doorbell, ram, stats_fd]: [OwnedFd; 4] = take(4).try_into().expect("four fds");
-    let notify = take(queues);
-    let irqs = take(vectors);
-    let (intx, resample) = match <[OwnedFd; 2]>::try_from(take(intx_fds)) {
-        Ok([trigger, resample]) => (Some(trigger), Some(resample)),
-        Err(_) => (None, None),
+    let StartVirtioFds {
+        ring: ring_fd,
+        doorbell,
+        ram,
+        stats: stats_fd,
+        pci: PciFds { notify, interrupts: irqs, intx },
+        backend: backend_fds,
+    } = StartVirtioFds::unflatten(&cfg.function, cfg.backend.fd_count(), fds)?;
+    let (intx, resample) = match intx {
+        Some([trigger, resample]) => (Some(trigger), Some(resample)),
+        None => (None, None),
     };
-    let backend_fds = take(usize::MAX);
 
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
     drop(ring_fd);
@@ -125,7 +125,7 @@ pub fn run<D: Backend>(
     let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())
         .map_err(|e| ServerError::Setup(e.to_string()))?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
-    capvm_policy::hostile::run_hook(&cfg.sandbox, sandbox.kind, hook_fd, hook_fd);
+    capvm_policy::hostile::run_hook(&cfg.sandbox, hook_fd, hook_fd);
     let mut transport = Transport::new(device, &cfg.function, irqs, intx, counters);
     transport.set_memory(mem);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;

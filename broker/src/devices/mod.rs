@@ -1,0 +1,187 @@
+//! The device registry: one row per `-s` emulation, the only place that
+//! names one. `-s help`, the command line's option words, the
+//! configuration check, `--print-policy`, the hostile-test roles and
+//! start-up all read [`EMULATIONS`].
+//!
+//! Adding a device server is a row here, a module beside this one (its
+//! options, how its host resources are opened, its backend's rights) and
+//! the server's crate.
+
+use std::any::Any;
+use std::os::fd::OwnedFd;
+
+use capvm_ipc::{BridgeKind, VirtioBackend};
+use capvm_policy::{FdGrant, SyscallRule};
+
+use crate::config::{ConfigError, ConfigTree};
+use crate::vm::VmError;
+
+pub mod virtio_blk;
+pub mod virtio_net;
+
+/// One `-s` emulation.
+pub struct Emulation {
+    pub name: &'static str,
+    /// Its line in `-s help`.
+    pub help: &'static str,
+    /// The variables its slot takes (`pci.B.S.F.<option>`).
+    pub options: &'static [&'static str],
+    /// The option a bare first word sets, as bhyve: `-s 3,virtio-blk,disk.img`.
+    pub first_option: &'static str,
+    pub kind: Kind,
+}
+
+pub enum Kind {
+    /// A platform function the runner answers from a fixed header.
+    Bridge(BridgeKind),
+    /// A function served by a process of its own.
+    Served(Served),
+}
+
+/// What the broker needs to know of a device server.
+pub struct Served {
+    /// The executable, beside `capvm` (or in `$CAPVM_LIBEXEC_DIR`).
+    pub server: &'static str,
+    /// Its virtqueues: the broker lays the function out for this many.
+    pub queues: usize,
+    /// Checks the slot's options.
+    pub parse: fn(&SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError>,
+}
+
+/// One configured device server's own part: options checked, ready to open.
+pub trait ServedDevice: std::fmt::Debug {
+    /// Opens its host resources (an image, a tap): what the server is told
+    /// about them and the fds it gets. `at` names the slot in errors.
+    fn open(&self, at: &str) -> Result<(VirtioBackend, Vec<OwnedFd>), VmError>;
+    /// Its backend fds' rights and the syscalls its data path adds, given
+    /// the numbers those fds will have in the server.
+    fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>);
+    /// For tests and diagnostics that need the concrete options.
+    fn as_any(&self) -> &dyn Any;
+}
+
+pub const EMULATIONS: &[Emulation] = &[
+    Emulation {
+        name: "hostbridge",
+        help: "PCI host bridge (answered by the vCPU runner)",
+        options: &[],
+        first_option: "",
+        kind: Kind::Bridge(BridgeKind::HostBridge),
+    },
+    Emulation {
+        name: "amd_hostbridge",
+        help: "as hostbridge, with AMD's vendor id",
+        options: &[],
+        first_option: "",
+        kind: Kind::Bridge(BridgeKind::AmdHostBridge),
+    },
+    Emulation {
+        name: "lpc",
+        help: "LPC bridge: the platform devices, COM1-COM4 (see -l help)",
+        options: &[],
+        first_option: "",
+        kind: Kind::Bridge(BridgeKind::Lpc),
+    },
+    Emulation {
+        name: "virtio-blk",
+        help:
+            "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID]",
+        options: virtio_blk::OPTIONS,
+        first_option: "path",
+        kind: Kind::Served(Served {
+            server: "capvm-virtio-blk",
+            queues: capvm_virtio::layout::BLK_QUEUES,
+            parse: virtio_blk::parse,
+        }),
+    },
+    Emulation {
+        name: "virtio-net",
+        help: "virtio NIC in its own process on a tap: TAPNAME[,mac=xx:xx:xx:xx:xx:xx][,mtu=N]",
+        options: virtio_net::OPTIONS,
+        first_option: "backend",
+        kind: Kind::Served(Served {
+            server: "capvm-virtio-net",
+            queues: capvm_virtio::layout::NET_QUEUES,
+            parse: virtio_net::parse,
+        }),
+    },
+];
+
+impl std::fmt::Debug for Emulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The row for an emulation name.
+pub fn lookup(name: &str) -> Option<&'static Emulation> {
+    EMULATIONS.iter().find(|e| e.name == name)
+}
+
+/// The LPC bridge, which the COM ports need.
+pub fn is_lpc(e: &Emulation) -> bool {
+    matches!(e.kind, Kind::Bridge(BridgeKind::Lpc))
+}
+
+/// The roles `-o sandbox.test_violation=ROLE:OP` can name: the runner, the
+/// uart servers and every served emulation.
+pub fn hostile_roles() -> Vec<&'static str> {
+    let mut roles = vec!["uart", "vcpu-runner"];
+    roles.extend(EMULATIONS.iter().filter(|e| matches!(e.kind, Kind::Served(_))).map(|e| e.name));
+    roles
+}
+
+/// A slot's options as its parser reads them.
+pub struct SlotOptions<'a> {
+    pub tree: &'a ConfigTree,
+    pub slot: u8,
+    pub func: u8,
+    pub emulation: &'static str,
+    pub vm_name: &'a str,
+}
+
+impl SlotOptions<'_> {
+    /// `pci.0.S.F.<key>`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.tree.get(&format!("pci.0.{}.{}.{key}", self.slot, self.func))
+    }
+
+    /// A boolean option (`ro` on the command line means `ro=true`).
+    pub fn flag(&self, key: &str) -> Result<bool, ConfigError> {
+        self.tree.bool(&format!("pci.0.{}.{}.{key}", self.slot, self.func), false)
+    }
+
+    /// How errors name the slot: `-s 3:0,virtio-blk`.
+    pub fn at(&self) -> String {
+        format!("-s {}:{},{}", self.slot, self.func, self.emulation)
+    }
+
+    /// How messages, the audit and the manifests name its server:
+    /// `virtio-blk (0:3.0)`.
+    pub fn server_name(&self) -> String {
+        server_name(self.emulation, self.slot, self.func)
+    }
+}
+
+/// `virtio-blk (0:3.0)`.
+pub fn server_name(emulation: &str, slot: u8, func: u8) -> String {
+    format!("{emulation} (0:{slot}.{func})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_emulation_is_named_once_and_served_ones_have_a_first_option() {
+        for (i, e) in EMULATIONS.iter().enumerate() {
+            assert!(EMULATIONS[..i].iter().all(|o| o.name != e.name), "{} twice", e.name);
+            if let Kind::Served(s) = &e.kind {
+                assert!(e.options.contains(&e.first_option), "{}: first option not an option", e.name);
+                assert!(s.server.starts_with("capvm-"), "{}", s.server);
+            }
+        }
+        assert!(lookup("lpc").is_some_and(is_lpc));
+        assert!(hostile_roles().contains(&"virtio-net"));
+    }
+}

@@ -1,0 +1,116 @@
+//! `-s N,virtio-blk,PATH[,opts]`: a disk, served by `capvm-virtio-blk`.
+
+use std::any::Any;
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use capvm_ipc::{BlkOptions, VirtioBackend};
+use capvm_policy::{roles, FdGrant, SyscallRule};
+
+use super::{ServedDevice, SlotOptions};
+use crate::config::ConfigError;
+use crate::vm::VmError;
+
+/// bhyve's block-device options.
+pub const OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser"];
+
+/// A disk, as its slot's options configure it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// O_DIRECT: bypass the host page cache.
+    pub nocache: bool,
+    /// O_SYNC: every write reaches the disk before it completes.
+    pub sync: bool,
+    pub sector_size: u32,
+    pub physical_sector_size: u32,
+    pub no_delete: bool,
+    /// GET_ID's answer; default derived from the slot.
+    pub serial: String,
+}
+
+pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
+    let at = o.at();
+    let path = o.get("path").filter(|p| !p.is_empty()).ok_or_else(|| {
+        ConfigError(format!("{at}: give the image file or block device: -s {},virtio-blk,PATH", o.slot))
+    })?;
+    let (sector_size, physical_sector_size) = match o.get("sectorsize") {
+        None => (512, 512),
+        Some(v) => {
+            let (l, p) = v.split_once('/').unwrap_or((v, v));
+            let size = |s: &str| s.parse::<u32>().ok().filter(|n| n.is_power_of_two() && (512..=65536).contains(n));
+            match (size(l), size(p)) {
+                (Some(l), Some(p)) if p >= l => (l, p),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536"
+                    )))
+                }
+            }
+        }
+    };
+    Ok(Box::new(DiskConfig {
+        path: PathBuf::from(path),
+        read_only: o.flag("ro")?,
+        nocache: o.flag("nocache")?,
+        sync: o.flag("sync")? || o.flag("direct")?,
+        sector_size,
+        physical_sector_size,
+        no_delete: o.flag("nodelete")?,
+        serial: o.get("ser").map_or_else(|| format!("CAPVM-{}-{}", o.slot, o.func), str::to_string),
+    }))
+}
+
+impl ServedDevice for DiskConfig {
+    /// Opens the image as the options say and measures it.
+    fn open(&self, at: &str) -> Result<(VirtioBackend, Vec<OwnedFd>), VmError> {
+        let path = self.path.display();
+        let mut flags = libc::O_CLOEXEC;
+        if self.nocache {
+            flags |= libc::O_DIRECT;
+        }
+        if self.sync {
+            flags |= libc::O_SYNC;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!self.read_only)
+            .custom_flags(flags)
+            .open(&self.path)
+            .map_err(|e| VmError(format!("{at}: cannot open {path}: {e}")))?;
+        let meta = file.metadata().map_err(|e| VmError(format!("{at}: {path}: {e}")))?;
+        let (size, can_discard) = if meta.file_type().is_block_device() {
+            let size = file.seek(SeekFrom::End(0)).map_err(|e| VmError(format!("{at}: size of {path}: {e}")))?;
+            (size, false)
+        } else if meta.is_file() {
+            (meta.len(), true)
+        } else {
+            return Err(VmError(format!("{at}: {path} is neither a file nor a block device")));
+        };
+        if size < 512 {
+            return Err(VmError(format!("{at}: {path} holds less than one sector")));
+        }
+        let opts = BlkOptions {
+            read_only: self.read_only,
+            sector_size: self.sector_size,
+            physical_sector_size: self.physical_sector_size,
+            size,
+            no_delete: self.no_delete,
+            can_discard,
+            serial: self.serial.chars().take(20).collect(),
+        };
+        Ok((VirtioBackend::Blk(opts), vec![file.into()]))
+    }
+
+    fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {
+        roles::virtio_blk_backend(fds[0], self.read_only)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
