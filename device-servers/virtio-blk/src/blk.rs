@@ -12,9 +12,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use capvm_ipc::stats::{Counter, Stats};
 use capvm_ipc::BlkOptions;
 use capvm_virtio::Device;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::request::{gather, le32, le64, split_front, BlkRequestError, Request, Segment, S_OK};
+use BlkRequestError::*;
 
 const VIRTIO_ID_BLOCK: u16 = 2;
 const QUEUE_SIZE: u16 = 256;
@@ -35,10 +37,6 @@ const T_GET_ID: u32 = 8;
 const T_DISCARD: u32 = 11;
 const T_WRITE_ZEROES: u32 = 13;
 
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
-
 /// Bytes of one DISCARD / WRITE_ZEROES segment.
 const SEGMENT_LEN: u32 = 16;
 const MAX_SEGMENTS: u32 = 64;
@@ -51,12 +49,11 @@ pub struct Blk {
     opts: BlkOptions,
     requests: Counter,
     errors: Counter,
+    /// One per [`BlkRequestError`] kind, by its counter name.
+    errors_by_kind: Vec<(&'static str, Counter)>,
     bytes_read: Counter,
     bytes_written: Counter,
 }
-
-/// Why a request failed: the status the driver gets.
-struct Failed(u8);
 
 impl Blk {
     pub fn new(disk: OwnedFd, opts: BlkOptions, stats: &mut Stats) -> Blk {
@@ -65,8 +62,19 @@ impl Blk {
             opts,
             requests: stats.counter("requests"),
             errors: stats.counter("request_errors"),
+            errors_by_kind: [BadFraming, OutOfRange, ReadOnly, Unsupported(0), Io(0)]
+                .iter()
+                .map(|e| (e.counter(), stats.counter(e.counter())))
+                .collect(),
             bytes_read: stats.counter("bytes_read"),
             bytes_written: stats.counter("bytes_written"),
+        }
+    }
+
+    fn count_error(&self, e: BlkRequestError) {
+        self.errors.inc();
+        if let Some((_, c)) = self.errors_by_kind.iter().find(|(name, _)| *name == e.counter()) {
+            c.inc();
         }
     }
 
@@ -81,8 +89,9 @@ impl Blk {
     /// Runs one request given its readable part (header, then data for
     /// OUT/DISCARD/WRITE_ZEROES) and its writable part less the status
     /// byte (data for IN/GET_ID). Returns how many bytes went to the guest.
-    fn execute(&self, mem: &GuestMemoryMmap, readable: &[Segment], writable: &[Segment]) -> Result<u32, Failed> {
-        let (header_segs, data_in) = split_front(readable, 16).ok_or(Failed(S_IOERR))?;
+    fn execute(&self, mem: &GuestMemoryMmap, req: &Request) -> Result<u32, BlkRequestError> {
+        let (readable, writable) = (&req.readable, &req.writable);
+        let (header_segs, data_in) = split_front(readable, 16).ok_or(BadFraming)?;
         let mut header = [0u8; 16];
         gather(mem, &header_segs, &mut header)?;
         let kind = le32(&header, 0);
@@ -91,21 +100,21 @@ impl Blk {
         // Data goes one way only: an IN with readable data, or an OUT with
         // writable bytes besides the status, is malformed.
         if to_guest && !data_in.is_empty() || !to_guest && !writable.is_empty() {
-            return Err(Failed(S_IOERR));
+            return Err(BadFraming);
         }
         let data = if to_guest { writable } else { &data_in[..] };
         let total: u64 = data.iter().map(|s| s.len).sum();
         match kind {
             T_IN | T_OUT => {
                 if kind == T_OUT && self.opts.read_only {
-                    return Err(Failed(S_IOERR));
+                    return Err(ReadOnly);
                 }
-                if !total.is_multiple_of(SECTOR) || total > MAX_REQUEST {
-                    return Err(Failed(S_IOERR));
+                if !total.is_multiple_of(SECTOR) {
+                    return Err(BadFraming);
                 }
-                let end = sector.checked_add(total / SECTOR).ok_or(Failed(S_IOERR))?;
-                if end > self.capacity_sectors() {
-                    return Err(Failed(S_IOERR));
+                let end = sector.checked_add(total / SECTOR).ok_or(OutOfRange)?;
+                if end > self.capacity_sectors() || total > MAX_REQUEST {
+                    return Err(OutOfRange);
                 }
                 let mut offset = sector * SECTOR;
                 for seg in data {
@@ -124,7 +133,7 @@ impl Blk {
                 if !self.opts.read_only {
                     // SAFETY: fdatasync on our own fd.
                     if unsafe { libc::fdatasync(self.disk.as_raw_fd()) } != 0 {
-                        return Err(Failed(S_IOERR));
+                        return Err(BlkRequestError::last_os_error());
                     }
                 }
                 Ok(0)
@@ -134,46 +143,51 @@ impl Blk {
                 let serial = self.opts.serial.as_bytes();
                 let n = serial.len().min(ID_LEN);
                 id[..n].copy_from_slice(&serial[..n]);
-                let (front, _) = split_front(data, total.min(ID_LEN as u64)).ok_or(Failed(S_IOERR))?;
+                let (front, _) = split_front(data, total.min(ID_LEN as u64)).ok_or(BadFraming)?;
                 let mut at = 0;
                 for seg in &front {
-                    mem.write_slice(&id[at..at + seg.len as usize], seg.addr).map_err(|_| Failed(S_IOERR))?;
+                    mem.write_slice(&id[at..at + seg.len as usize], seg.addr).map_err(|_| BadFraming)?;
                     at += seg.len as usize;
                 }
                 Ok(at as u32)
             }
-            T_DISCARD if !self.discard_enabled() => Err(Failed(S_UNSUPP)),
-            T_WRITE_ZEROES if self.opts.read_only => Err(Failed(S_IOERR)),
+            T_DISCARD if !self.discard_enabled() => Err(Unsupported(kind)),
+            T_WRITE_ZEROES if self.opts.read_only => Err(ReadOnly),
             T_DISCARD | T_WRITE_ZEROES => {
                 if !total.is_multiple_of(SEGMENT_LEN as u64)
                     || total == 0
                     || total > (SEGMENT_LEN * MAX_SEGMENTS) as u64
                 {
-                    return Err(Failed(S_IOERR));
+                    return Err(BadFraming);
                 }
                 let mut ranges = vec![0u8; total as usize];
                 gather(mem, data, &mut ranges)?;
                 for seg in ranges.chunks_exact(SEGMENT_LEN as usize) {
                     let start = le64(seg, 0);
                     let count = le32(seg, 8) as u64;
-                    let end =
-                        start.checked_add(count).filter(|&e| e <= self.capacity_sectors()).ok_or(Failed(S_IOERR))?;
+                    let end = start.checked_add(count).filter(|&e| e <= self.capacity_sectors()).ok_or(OutOfRange)?;
                     self.clear(start * SECTOR, (end - start) * SECTOR, kind == T_DISCARD)?;
                 }
                 Ok(0)
             }
-            _ => Err(Failed(S_UNSUPP)),
+            _ => Err(Unsupported(kind)),
         }
     }
 
     /// Moves one buffer between guest RAM and the disk, without a copy.
-    fn transfer(&self, mem: &GuestMemoryMmap, seg: &Segment, offset: u64, to_guest: bool) -> Result<(), Failed> {
+    fn transfer(
+        &self,
+        mem: &GuestMemoryMmap,
+        seg: &Segment,
+        offset: u64,
+        to_guest: bool,
+    ) -> Result<(), BlkRequestError> {
         let len = seg.len as usize;
         if len == 0 {
             return Ok(());
         }
         // One region only: a buffer that straddles the PCI hole is refused.
-        let slice = mem.get_slice(seg.addr, len).map_err(|_| Failed(S_IOERR))?;
+        let slice = mem.get_slice(seg.addr, len).map_err(|_| BadFraming)?;
         let guard = slice.ptr_guard_mut();
         let ptr = guard.as_ptr();
         let mut done = 0usize;
@@ -198,8 +212,10 @@ impl Blk {
                     unsafe { std::ptr::write_bytes(ptr.add(done), 0, len - done) };
                     done = len;
                 }
-                _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-                _ => return Err(Failed(S_IOERR)),
+                _ => match BlkRequestError::last_os_error() {
+                    Io(libc::EINTR) => {}
+                    e => return Err(e),
+                },
             }
         }
         Ok(())
@@ -207,7 +223,7 @@ impl Blk {
 
     /// DISCARD punches a hole; WRITE_ZEROES zeroes the range, by
     /// fallocate where the backend can and by writing zeros where not.
-    fn clear(&self, offset: u64, len: u64, discard: bool) -> Result<(), Failed> {
+    fn clear(&self, offset: u64, len: u64, discard: bool) -> Result<(), BlkRequestError> {
         let fd = self.disk.as_raw_fd();
         let mode = if discard {
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
@@ -219,7 +235,7 @@ impl Blk {
             return Ok(());
         }
         if discard {
-            return Err(Failed(S_IOERR));
+            return Err(BlkRequestError::last_os_error());
         }
         let zeros = vec![0u8; 64 << 10];
         let mut done = 0;
@@ -228,7 +244,7 @@ impl Blk {
             // SAFETY: writes from our own buffer.
             let w = unsafe { libc::pwrite(fd, zeros.as_ptr().cast(), n, (offset + done) as libc::off_t) };
             if w <= 0 {
-                return Err(Failed(S_IOERR));
+                return Err(BlkRequestError::last_os_error());
             }
             done += w as u64;
         }
@@ -297,19 +313,20 @@ impl Device for Blk {
             self.requests.inc();
             // A broken chain (a loop, a runaway next, a bad indirect table)
             // has no status byte we could trust: returned with length 0.
-            let (status, len) = match capvm_virtio::chain::whole(chain).as_deref().and_then(Request::parse) {
-                None => (S_IOERR, 0),
+            let (result, len) = match capvm_virtio::chain::whole(chain).as_deref().and_then(Request::parse) {
+                None => (Err(BadFraming), 0),
                 Some(req) => {
-                    let (status, written) = match self.execute(mem, &req.readable, &req.writable) {
+                    let result = self.execute(mem, &req);
+                    let (status, written) = match result {
                         Ok(n) => (S_OK, n),
-                        Err(Failed(s)) => (s, 0),
+                        Err(e) => (e.status(), 0),
                     };
                     let len = if mem.write_obj(status, req.status).is_ok() { written + 1 } else { written };
-                    (status, len)
+                    (result, len)
                 }
             };
-            if status != S_OK {
-                self.errors.inc();
+            if let Err(e) = result {
+                self.count_error(e);
             }
             // A head the table does not have cannot be returned; the driver
             // broke its own queue.
@@ -323,115 +340,195 @@ impl Device for Blk {
 
 impl capvm_virtio::server::Backend for Blk {}
 
-/// A run of guest memory a request names.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Segment {
-    addr: GuestAddress,
-    len: u64,
-}
-
-/// A chain seen as the specification frames it (virtio 1.x 2.7.4: no
-/// assumption about how the driver split it into descriptors): readable
-/// bytes first, then writable bytes whose last byte is the status.
-#[derive(Debug, PartialEq)]
-struct Request {
-    readable: Vec<Segment>,
-    /// The writable bytes before the status byte.
-    writable: Vec<Segment>,
-    status: GuestAddress,
-}
-
-impl Request {
-    /// None for a chain with a readable descriptor after a writable one,
-    /// or without a writable byte for the status.
-    fn parse(descs: &[Descriptor]) -> Option<Request> {
-        let first_writable = descs.iter().position(|d| d.is_write_only()).unwrap_or(descs.len());
-        if descs[first_writable..].iter().any(|d| !d.is_write_only()) {
-            return None;
-        }
-        let seg = |d: &Descriptor| Segment { addr: d.addr(), len: d.len() as u64 };
-        let readable: Vec<Segment> = descs[..first_writable].iter().map(seg).filter(|s| s.len > 0).collect();
-        let mut writable: Vec<Segment> = descs[first_writable..].iter().map(seg).filter(|s| s.len > 0).collect();
-        let last = writable.last_mut()?;
-        last.len -= 1;
-        let status = GuestAddress(last.addr.0.checked_add(last.len)?);
-        if last.len == 0 {
-            writable.pop();
-        }
-        Some(Request { readable, writable, status })
-    }
-}
-
-/// The first `n` bytes of `segs`, and the rest; None if there are fewer.
-/// The little-endian u32 at `at` (0 past the end: callers check lengths).
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
-}
-
-/// The little-endian u64 at `at` (0 past the end: callers check lengths).
-fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
-}
-
-fn split_front(segs: &[Segment], n: u64) -> Option<(Vec<Segment>, Vec<Segment>)> {
-    let (mut front, mut rest, mut left) = (Vec::new(), Vec::new(), n);
-    for s in segs {
-        if left == 0 {
-            rest.push(*s);
-        } else if s.len <= left {
-            front.push(*s);
-            left -= s.len;
-        } else {
-            front.push(Segment { addr: s.addr, len: left });
-            rest.push(Segment { addr: GuestAddress(s.addr.0.checked_add(left)?), len: s.len - left });
-            left = 0;
-        }
-    }
-    (left == 0).then_some((front, rest))
-}
-
-/// Copies `segs` (exactly `out.len()` bytes) out of guest memory.
-fn gather(mem: &GuestMemoryMmap, segs: &[Segment], out: &mut [u8]) -> Result<(), Failed> {
-    let mut at = 0;
-    for s in segs {
-        let end = at + s.len as usize;
-        mem.read_slice(out.get_mut(at..end).ok_or(Failed(S_IOERR))?, s.addr).map_err(|_| Failed(S_IOERR))?;
-        at = end;
-    }
-    if at == out.len() {
-        Ok(())
-    } else {
-        Err(Failed(S_IOERR))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::os::fd::AsFd;
+
     use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
 
-    const W: u16 = 2; // VRING_DESC_F_WRITE
+    use super::*;
+    use crate::request::{S_IOERR, S_UNSUPP};
 
-    #[test]
-    fn request_framing_ignores_how_the_driver_split_it() {
-        // Header, data, status in one writable descriptor of 513 bytes.
-        let descs = [Descriptor::new(0x1000, 16, 0, 0), Descriptor::new(0x2000, 513, W, 0)];
-        let r = Request::parse(&descs).unwrap();
-        assert_eq!(r.writable, vec![Segment { addr: GuestAddress(0x2000), len: 512 }]);
-        assert_eq!(r.status, GuestAddress(0x2200));
-        // Header and data in one readable descriptor.
-        let (h, rest) = split_front(&[Segment { addr: GuestAddress(0x1000), len: 528 }], 16).unwrap();
-        assert_eq!(h, vec![Segment { addr: GuestAddress(0x1000), len: 16 }]);
-        assert_eq!(rest, vec![Segment { addr: GuestAddress(0x1010), len: 512 }]);
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const HEADER: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const STATUS: u64 = 0x3_0000;
+    const SECTORS: u64 = 64;
+
+    /// A disk of SECTORS sectors on a temp file, guest RAM, a queue of 16
+    /// the test drives as a driver would, and the stats page.
+    struct Rig {
+        mem: GuestMemoryMmap,
+        blk: Blk,
+        stats: OwnedFd,
+        path: std::path::PathBuf,
+        next_desc: u16,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn rig(read_only: bool, no_delete: bool) -> Rig {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("capvm-blk-test-{}-{n}.img", std::process::id()));
+        std::fs::write(&path, vec![0xee; (SECTORS * SECTOR) as usize]).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(!read_only).open(&path).unwrap();
+        let stats = capvm_ipc::stats::create().unwrap();
+        let mut page = Stats::attach(stats.as_fd()).unwrap();
+        let opts = BlkOptions {
+            read_only,
+            sector_size: 512,
+            physical_sector_size: 512,
+            size: SECTORS * SECTOR,
+            no_delete,
+            can_discard: true,
+            serial: "SERIAL-0123456789-ABCDEF".into(),
+        };
+        let blk = Blk::new(disk.into(), opts, &mut page);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        Rig { mem, blk, stats, path, next_desc: 0 }
+    }
+
+    impl Rig {
+        /// Offers one chain of (addr, len, device-writable) and lets the
+        /// device run; returns the used length and the status byte.
+        fn submit(&mut self, descs: &[(u64, u32, bool)]) -> (u32, u8) {
+            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            let mock = MockSplitQueue::new(&self.mem, 16);
+            let first = self.next_desc;
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, w))| {
+                    let last = i + 1 == descs.len();
+                    let flags = if w { WRITE } else { 0 } | if last { 0 } else { NEXT };
+                    RawDescriptor::from(Descriptor::new(addr, len, flags, first + i as u16 + 1))
+                })
+                .collect();
+            mock.add_desc_chains(&raw, first).unwrap();
+            self.next_desc += descs.len() as u16;
+            let mut q: Queue = mock.create_queue().unwrap();
+            // The device has already taken what came before.
+            let done = mock.used().idx().load();
+            q.set_next_avail(done);
+            q.set_next_used(done);
+            assert!(self.blk.process_queue(0, std::slice::from_mut(&mut q), &self.mem));
+            assert_eq!(mock.used().idx().load(), done + 1, "one chain returned");
+            let elem = mock.used().ring().ref_at(done as usize).unwrap().load();
+            assert_eq!(elem.id(), first as u32, "the head is returned");
+            (elem.len(), self.mem.read_obj(GuestAddress(STATUS)).unwrap())
+        }
+
+        fn header(&self, kind: u32, sector: u64) {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            self.mem.write_slice(&h, GuestAddress(HEADER)).unwrap();
+        }
+
+        /// A request of `kind` at `sector` with `len` bytes of data.
+        fn request(&mut self, kind: u32, sector: u64, len: u32) -> (u32, u8) {
+            self.header(kind, sector);
+            let to_guest = matches!(kind, T_IN | T_GET_ID);
+            self.submit(&[(HEADER, 16, false), (DATA, len, to_guest), (STATUS, 1, true)])
+        }
+
+        fn counter(&self, name: &str) -> u64 {
+            capvm_ipc::stats::read(&self.stats).unwrap().into_iter().find(|(n, _)| n == name).map_or(0, |(_, v)| v)
+        }
+
+        fn image(&self) -> Vec<u8> {
+            std::fs::read(&self.path).unwrap()
+        }
     }
 
     #[test]
-    fn malformed_chains_have_no_request() {
-        // Readable after writable; no writable byte at all; nothing.
-        assert!(Request::parse(&[Descriptor::new(0, 1, W, 0), Descriptor::new(0, 16, 0, 0)]).is_none());
-        assert!(Request::parse(&[Descriptor::new(0, 16, 0, 0)]).is_none());
-        assert!(Request::parse(&[]).is_none());
-        assert!(Request::parse(&[Descriptor::new(u64::MAX, 2, W, 0)]).is_none());
-        assert!(split_front(&[Segment { addr: GuestAddress(0), len: 8 }], 16).is_none());
+    fn blk_write_then_read_moves_the_bytes_through_the_image() {
+        let mut r = rig(false, false);
+        let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+        r.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+        assert_eq!(r.request(T_OUT, 3, 1024), (1, S_OK));
+        assert_eq!(&r.image()[3 * 512..5 * 512], &pattern[..]);
+        r.mem.write_slice(&[0u8; 1024], GuestAddress(DATA)).unwrap();
+        assert_eq!(r.request(T_IN, 3, 1024), (1025, S_OK), "data plus the status byte");
+        let mut back = vec![0u8; 1024];
+        r.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert_eq!(back, pattern);
+        assert_eq!(r.request(T_FLUSH, 0, 0).1, S_OK);
+        assert_eq!((r.counter("requests"), r.counter("request_errors")), (3, 0));
+        assert_eq!((r.counter("bytes_written"), r.counter("bytes_read")), (1024, 1024));
+    }
+
+    #[test]
+    fn blk_requests_past_the_end_fail_out_of_range_and_touch_nothing() {
+        let mut r = rig(false, false);
+        let before = r.image();
+        assert_eq!(r.request(T_OUT, SECTORS - 1, 1024), (1, S_IOERR));
+        assert_eq!(r.request(T_IN, u64::MAX, 512), (1, S_IOERR), "sector + count overflows");
+        assert_eq!(r.image(), before);
+        assert_eq!(r.counter("errors_out_of_range"), 2);
+    }
+
+    #[test]
+    fn blk_read_only_disk_refuses_writes_zeroes_and_discard() {
+        let mut r = rig(true, false);
+        let before = r.image();
+        assert_eq!(r.request(T_OUT, 0, 512), (1, S_IOERR));
+        assert_eq!(r.request(T_WRITE_ZEROES, 0, 16), (1, S_IOERR));
+        assert_eq!(r.request(T_DISCARD, 0, 16), (1, S_UNSUPP));
+        assert_eq!(r.image(), before);
+        assert_eq!((r.counter("errors_read_only"), r.counter("errors_unsupported")), (2, 1));
+        assert_eq!(r.blk.features() & F_RO, F_RO);
+    }
+
+    #[test]
+    fn blk_bad_framing_is_an_error_status_and_the_chain_comes_back() {
+        let mut r = rig(false, false);
+        r.header(T_IN, 0);
+        // Header too short; data the wrong way (an IN with readable data);
+        // a sector count that is not whole.
+        assert_eq!(r.submit(&[(HEADER, 8, false), (STATUS, 1, true)]), (1, S_IOERR));
+        assert_eq!(r.submit(&[(HEADER, 16, false), (DATA, 512, false), (STATUS, 1, true)]), (1, S_IOERR));
+        assert_eq!(r.request(T_OUT, 0, 100), (1, S_IOERR));
+        // No writable byte for the status at all: returned with length 0.
+        assert_eq!(r.submit(&[(HEADER, 16, false)]), (0, 0xff));
+        // A buffer outside guest RAM.
+        assert_eq!(r.submit(&[(HEADER, 16, false), (1 << 40, 512, true), (STATUS, 1, true)]), (1, S_IOERR));
+        assert_eq!(r.counter("errors_bad_framing"), 5);
+        assert_eq!(r.request(99, 0, 0).1, S_UNSUPP);
+        assert_eq!(r.counter("request_errors"), 6);
+    }
+
+    #[test]
+    fn blk_get_id_discard_and_write_zeroes_do_what_the_spec_says() {
+        let mut r = rig(false, false);
+        assert_eq!(r.request(T_GET_ID, 0, 20), (21, S_OK));
+        let mut id = [0u8; 20];
+        r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"SERIAL-0123456789-AB", "cut to 20 bytes");
+        // WRITE_ZEROES of sectors 2-3, one 16-byte segment.
+        let mut seg = [0u8; 16];
+        seg[0..8].copy_from_slice(&2u64.to_le_bytes());
+        seg[8..12].copy_from_slice(&2u32.to_le_bytes());
+        r.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
+        assert_eq!(r.request(T_WRITE_ZEROES, 0, 16), (1, S_OK));
+        let img = r.image();
+        assert!(img[1024..2048].iter().all(|&b| b == 0) && img[..1024].iter().all(|&b| b == 0xee));
+        assert_eq!(r.request(T_DISCARD, 0, 16), (1, S_OK));
+        // A segment that runs past the end.
+        seg[0..8].copy_from_slice(&(SECTORS - 1).to_le_bytes());
+        r.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
+        assert_eq!(r.request(T_DISCARD, 0, 16), (1, S_IOERR));
+        let mut nodelete = rig(false, true);
+        assert_eq!(nodelete.request(T_DISCARD, 0, 16), (1, S_UNSUPP));
+        assert_eq!(nodelete.blk.features() & F_DISCARD, 0);
     }
 }

@@ -4,6 +4,7 @@
 //! control socket at fd 3.
 
 mod blk;
+mod request;
 
 use capvm_ipc::{ToBroker, VirtioBackend};
 use capvm_virtio::server::{self, DeviceSandbox, Setup};
