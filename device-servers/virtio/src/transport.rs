@@ -596,3 +596,267 @@ fn virtio_cap(cfg_type: u8, offset: u64, length: u64, multiplier: Option<u32>) -
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use capvm_ipc::stats::Counter;
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    /// A device with two queues that records what the transport tells it.
+    #[derive(Default)]
+    struct Probe {
+        activated: Option<u64>,
+        resets: u32,
+        notified: Vec<usize>,
+    }
+
+    impl Device for Probe {
+        fn device_type(&self) -> u16 {
+            2
+        }
+        fn class(&self) -> [u8; 3] {
+            [1, 0x80, 0]
+        }
+        fn features(&self) -> u64 {
+            1 << 9
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![16, 16]
+        }
+        fn config(&self) -> Vec<u8> {
+            vec![0xaa, 0xbb]
+        }
+        fn activate(&mut self, features: u64) {
+            self.activated = Some(features);
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+        fn process_queue(&mut self, index: usize, _: &mut [Queue], _: &GuestMemoryMmap) -> bool {
+            self.notified.push(index);
+            true
+        }
+    }
+
+    fn eventfd() -> OwnedFd {
+        EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap().into()
+    }
+
+    /// How many times an eventfd was signalled since the last look.
+    fn signals(fd: &OwnedFd) -> u64 {
+        let mut b = [0u8; 8];
+        nix::unistd::read(fd.as_fd(), &mut b).map_or(0, |_| u64::from_le_bytes(b))
+    }
+
+    struct Rig {
+        t: Transport<Probe>,
+        /// Duplicates of the MSI-X eventfds and the INTx trigger.
+        msix: Vec<OwnedFd>,
+        intx: OwnedFd,
+    }
+
+    fn rig() -> Rig {
+        let function = function(3, 0, 2, 0xc000_0000, 24);
+        let irqs: Vec<OwnedFd> = (0..3).map(|_| eventfd()).collect();
+        let msix = irqs.iter().map(|f| f.try_clone().unwrap()).collect();
+        let intx = eventfd();
+        let stats = TransportStats {
+            config_accesses: Counter::none(),
+            mmio_accesses: Counter::none(),
+            notify_exits: Counter::none(),
+            interrupts: Counter::none(),
+            intx_interrupts: Counter::none(),
+        };
+        let mut t = Transport::new(Probe::default(), &function, irqs, Some(intx.try_clone().unwrap()), stats);
+        t.set_memory(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+        Rig { t, msix, intx }
+    }
+
+    impl Rig {
+        fn common(&mut self, offset: u64, size: u8) -> u64 {
+            self.t.bar_read(COMMON + offset, size)
+        }
+        fn set_common(&mut self, offset: u64, size: u8, v: u64) {
+            self.t.bar_write(COMMON + offset, size, v);
+        }
+        fn status(&mut self) -> u8 {
+            self.common(0x14, 1) as u8
+        }
+        /// Negotiates `features` and sets FEATURES_OK; true if it stuck.
+        fn negotiate(&mut self, features: u64) -> bool {
+            self.set_common(0x14, 1, 1 | 2); // ACKNOWLEDGE | DRIVER
+            for sel in 0..2 {
+                self.set_common(0x08, 4, sel);
+                self.set_common(0x0c, 4, (features >> (32 * sel)) & 0xffff_ffff);
+            }
+            self.set_common(0x14, 1, 1 | 2 | STATUS_FEATURES_OK as u64);
+            self.status() & STATUS_FEATURES_OK != 0
+        }
+        /// Sets queue `q` up at `base` (descriptors, avail, used) and enables it.
+        fn setup_queue(&mut self, q: u16, base: u64, vector: u16) -> bool {
+            self.set_common(0x16, 2, q as u64);
+            self.set_common(0x18, 2, 16);
+            for (reg, addr) in [(0x20, base), (0x28, base + 0x100), (0x30, base + 0x200)] {
+                self.set_common(reg, 4, addr & 0xffff_ffff);
+                self.set_common(reg + 4, 4, addr >> 32);
+            }
+            self.set_common(0x1a, 2, vector as u64);
+            self.set_common(0x1c, 2, 1);
+            self.common(0x1c, 2) == 1
+        }
+        /// MSI-X control in config space: enable, function mask.
+        fn msix_control(&mut self, enable: bool, mask: bool) {
+            let v = (enable as u64) << 15 | (mask as u64) << 14;
+            self.t.config_write(self.t.msix_cap as u64 + 2, 2, v);
+        }
+        /// MSI-X table entry `v`: address, data, vector control (mask).
+        fn msix_entry(&mut self, v: u64, masked: bool) {
+            let at = MSIX_TABLE + 16 * v;
+            self.t.bar_write(at, 8, 0xfee0_0000);
+            self.t.bar_write(at + 8, 4, 0x40 + v);
+            self.t.bar_write(at + 12, 4, masked as u64);
+        }
+    }
+
+    /// The capability ids in config space, following the list.
+    fn capabilities(t: &mut Transport<Probe>) -> Vec<(u8, u8)> {
+        let mut out = Vec::new();
+        let mut at = t.config_read(0x34, 1);
+        while at != 0 && out.len() < 16 {
+            let id = t.config_read(at, 1) as u8;
+            let cfg_type = t.config_read(at + 3, 1) as u8;
+            out.push((id, if id == CAP_VENDOR { cfg_type } else { 0 }));
+            at = t.config_read(at + 1, 1);
+        }
+        out
+    }
+
+    #[test]
+    fn transport_config_space_names_a_modern_virtio_function_and_its_capabilities() {
+        let mut r = rig();
+        assert_eq!(r.t.config_read(0, 4), 0x1042_1af4, "virtio vendor, modern block device id");
+        assert_eq!(r.t.config_read(0x0b, 1), 0x01, "class from the device");
+        let caps = capabilities(&mut r.t);
+        assert_eq!(
+            caps,
+            [
+                (CAP_MSIX, 0),
+                (CAP_VENDOR, CFG_COMMON),
+                (CAP_VENDOR, CFG_NOTIFY),
+                (CAP_VENDOR, CFG_ISR),
+                (CAP_VENDOR, CFG_DEVICE),
+                (CAP_VENDOR, CFG_PCI)
+            ]
+        );
+        assert_eq!(r.t.config_read(0x3d, 1), INTX_PIN as u64);
+        // Bad accesses read all-ones and change nothing.
+        assert_eq!(r.t.config_read(1, 2), u64::MAX, "unaligned");
+        assert_eq!(r.t.config_read(0x1000, 4), u64::MAX, "past config space");
+        r.t.config_write(0, 4, 0);
+        assert_eq!(r.t.config_read(0, 2), 0x1af4, "read-only identity");
+    }
+
+    #[test]
+    fn transport_feature_negotiation_refuses_unoffered_bits_and_legacy_drivers() {
+        let mut r = rig();
+        r.set_common(0x00, 4, 1);
+        assert_eq!(r.common(0x04, 4), 1, "VERSION_1 in the high word");
+        r.set_common(0x00, 4, 0);
+        assert_eq!(r.common(0x04, 4), 1 << 9);
+        assert!(!r.negotiate(1 << 9), "no VERSION_1: refused");
+        r.set_common(0x14, 1, 0);
+        assert!(!r.negotiate(VIRTIO_F_VERSION_1 | 1 << 9 | 1 << 3), "a bit the device did not offer");
+        r.set_common(0x14, 1, 0);
+        assert!(r.negotiate(VIRTIO_F_VERSION_1 | 1 << 9));
+        // Features are frozen once FEATURES_OK is set.
+        r.set_common(0x08, 4, 0);
+        r.set_common(0x0c, 4, 0);
+        assert_eq!(r.common(0x0c, 4), 1 << 9);
+        r.set_common(0x14, 1, 1 | 2 | 8 | 4);
+        assert_eq!(r.t.device.activated, Some(VIRTIO_F_VERSION_1 | 1 << 9));
+        assert!(r.t.driver_ok());
+    }
+
+    #[test]
+    fn transport_queues_enable_only_inside_ram_and_freeze_until_reset() {
+        let mut r = rig();
+        assert!(!r.setup_queue(0, 0x1000, 1), "not before FEATURES_OK");
+        assert!(r.negotiate(VIRTIO_F_VERSION_1));
+        assert!(!r.setup_queue(0, 1 << 40, 1), "rings outside guest RAM");
+        assert!(r.setup_queue(0, 0x1000, 1));
+        // An enabled queue's registers do not move.
+        r.set_common(0x20, 4, 0x9000);
+        assert_eq!(r.common(0x20, 4), 0x1000);
+        assert_eq!(r.common(0x1a, 2), 1, "its vector");
+        r.set_common(0x1a, 2, 7);
+        assert_eq!(r.common(0x1a, 2), NO_VECTOR as u64, "a vector the table does not have");
+        // Reset: every queue disabled, the device told.
+        r.set_common(0x14, 1, 0);
+        assert_eq!((r.status(), r.common(0x1c, 2), r.t.device.resets), (0, 0, 1));
+        // A notify before DRIVER_OK reaches nothing.
+        r.t.notify(0);
+        assert!(r.t.device.notified.is_empty());
+    }
+
+    #[test]
+    fn transport_msix_masking_holds_interrupts_in_the_pba_until_unmasked() {
+        let mut r = rig();
+        assert!(r.negotiate(VIRTIO_F_VERSION_1));
+        assert!(r.setup_queue(0, 0x1000, 1));
+        r.set_common(0x14, 1, 1 | 2 | 8 | 4);
+        r.msix_control(true, true);
+        r.msix_entry(1, false);
+        r.t.notify(0);
+        assert_eq!(r.t.device.notified, [0]);
+        assert_eq!(signals(&r.msix[1]), 0, "function masked");
+        assert_eq!(r.t.bar_read(MSIX_PBA, 8), 1 << 1, "pending bit for vector 1");
+        r.msix_control(true, false);
+        assert_eq!(signals(&r.msix[1]), 1, "sent when unmasked");
+        assert_eq!(r.t.bar_read(MSIX_PBA, 8), 0);
+        // An entry mask holds it too, until the entry is unmasked.
+        r.msix_entry(1, true);
+        r.t.notify(0);
+        assert_eq!(signals(&r.msix[1]), 0);
+        r.msix_entry(1, false);
+        assert_eq!(signals(&r.msix[1]), 1);
+        assert_eq!(signals(&r.intx), 0, "MSI-X on: INTx# stays down");
+    }
+
+    #[test]
+    fn transport_without_msix_raises_intx_once_until_resampled_and_the_isr_read() {
+        let mut r = rig();
+        assert!(r.negotiate(VIRTIO_F_VERSION_1));
+        assert!(r.setup_queue(0, 0x1000, NO_VECTOR));
+        r.set_common(0x14, 1, 1 | 2 | 8 | 4);
+        r.t.notify(0);
+        r.t.notify(0);
+        assert_eq!(signals(&r.intx), 1, "raised once while up");
+        assert_ne!(r.t.config_read(STATUS as u64, 2) & STATUS_INTERRUPT as u64, 0, "status mirrors the line");
+        // The guest's EOI without an ISR read: KVM resamples, the line goes up again.
+        r.t.intx_resample();
+        assert_eq!(signals(&r.intx), 1);
+        assert_eq!(r.t.bar_read(ISR, 1), ISR_QUEUE as u64, "the ISR says queue");
+        assert_eq!(r.t.bar_read(ISR, 1), 0, "and reading cleared it");
+        r.t.intx_resample();
+        assert_eq!(signals(&r.intx), 0, "nothing pending: stays down");
+        assert!(r.msix.iter().all(|f| signals(f) == 0));
+    }
+
+    #[test]
+    fn transport_bar_accesses_outside_registers_float_high_and_notify_names_its_queue() {
+        let mut r = rig();
+        assert_eq!(r.t.bar_read(0x3, 2), u64::MAX, "unaligned");
+        assert_eq!(r.t.bar_read(0x5000, 4), u64::MAX, "past the BAR");
+        assert_eq!(r.t.bar_read(0x0400, 4), u64::MAX, "between structures");
+        assert_eq!(r.t.bar_read(DEVICE, 2), 0xbbaa, "device config");
+        assert_eq!(r.t.bar_read(DEVICE + 0x10, 1), 0, "past the device's config: zeros");
+        assert_eq!(r.t.bar_write(NOTIFY + NOTIFY_MULTIPLIER, 2, 1), Some(1));
+        assert_eq!(r.t.bar_write(NOTIFY + 2 * NOTIFY_MULTIPLIER, 2, 1), None, "no third queue");
+        assert_eq!(r.t.bar_write(0x3, 2, 0), None);
+    }
+}
