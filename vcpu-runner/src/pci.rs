@@ -89,7 +89,16 @@ pub struct PciBus {
     served: Vec<ServedFunction>,
     ram: Vec<(u64, u64)>,
     decoding: Mutex<Decoding>,
+    counters: PciCounters,
+}
+
+/// What the runner counts of its PCI routing (the runner's stats page).
+pub struct PciCounters {
+    /// Guest BAR placements refused (misaligned, outside the windows, over RAM or another BAR).
     pub rejected_bars: Counter,
+    /// KVM refused an ioeventfd move or an MSI route table: the device
+    /// then sees notifies as exits, or its interrupts go nowhere.
+    pub routing_errors: Counter,
 }
 
 /// A config or BAR access, decoded.
@@ -105,18 +114,11 @@ impl PciBus {
         bridges: Vec<(u8, u8, Bridge)>,
         served: Vec<ServedFunction>,
         ram: Vec<(u64, u64)>,
-        rejected_bars: Counter,
+        counters: PciCounters,
     ) -> PciBus {
         let mut slots: Vec<(u8, u8, Owner)> = bridges.into_iter().map(|(s, f, b)| (s, f, Owner::Bridge(b))).collect();
         slots.extend(served.iter().enumerate().map(|(i, f)| (f.layout.slot, f.layout.func, Owner::Served(i))));
-        PciBus {
-            address: AtomicU32::new(0),
-            slots,
-            served,
-            ram,
-            decoding: Mutex::new(Decoding::default()),
-            rejected_bars,
-        }
+        PciBus { address: AtomicU32::new(0), slots, served, ram, decoding: Mutex::new(Decoding::default()), counters }
     }
 
     /// Decodes a port access at 0xcf8-0xcff. None: not a PCI port.
@@ -223,15 +225,16 @@ impl PciBus {
         let data = read(8);
         let gsi = m.first_gsi + entry as u32;
         let mut decoding = self.decoding();
-        let valid = address >= MSI_ADDRESS.0 && address < MSI_ADDRESS.0 + MSI_ADDRESS.1;
-        let changed = if valid {
+        let changed = if is_msi_address(address) {
             decoding.routes.insert(gsi, (address, data)) != Some((address, data))
         } else {
             decoding.routes.remove(&gsi).is_some()
         };
         if changed {
             let routes: Vec<(u32, u64, u32)> = decoding.routes.iter().map(|(&g, &(a, d))| (g, a, d)).collect();
-            let _ = vm.set_msi_routes(&routes);
+            if vm.set_msi_routes(&routes).is_err() {
+                self.counters.routing_errors.inc();
+            }
         }
     }
 
@@ -255,30 +258,23 @@ impl PciBus {
         let mut decoding = self.decoding();
         for bar in &f.layout.bars {
             let reg = 0x10 + 4 * bar.index as u64;
-            let mut addr = read(reg) & 0xffff_fff0;
-            if bar.kind == BarKind::Mem64 {
-                addr |= (read(reg + 4) & 0xffff_ffff) << 32;
-            }
-            // The address is the guest's (all-ones while it sizes the BAR):
-            // no arithmetic on it may overflow.
-            let mut others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(_, &placed)| placed);
-            let fits = addr % bar.size == 0
-                && memmap::bar_fits(addr, bar.size, &self.ram)
-                && !others.any(|(a, s)| addr < a.saturating_add(s) && a < addr.saturating_add(bar.size));
+            let high = (bar.kind == BarKind::Mem64).then(|| read(reg + 4));
+            let addr = bar_address(read(reg), high);
+            let others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(_, &placed)| placed);
+            let fits = bar_may_decode(addr, bar.size, &self.ram, others);
             let new = (memory_on && fits).then_some(addr);
             if memory_on && !fits {
-                self.rejected_bars.inc();
+                self.counters.rejected_bars.inc();
             }
             let old = decoding.bars.get(&(i, bar.index)).map(|&(a, _)| a);
             if old == new {
                 continue;
             }
             for (n, fd) in f.layout.notify.iter().zip(&f.notify).filter(|(n, _)| n.bar == bar.index) {
-                if let Some(o) = old {
-                    let _ = vm.detach_ioeventfd(fd, IoEventAddress::Mmio(o + n.offset));
-                }
-                if let Some(a) = new {
-                    let _ = vm.attach_ioeventfd(fd, IoEventAddress::Mmio(a + n.offset));
+                let detached = old.is_none_or(|o| vm.detach_ioeventfd(fd, IoEventAddress::Mmio(o + n.offset)).is_ok());
+                let attached = new.is_none_or(|a| vm.attach_ioeventfd(fd, IoEventAddress::Mmio(a + n.offset)).is_ok());
+                if !(detached && attached) {
+                    self.counters.routing_errors.inc();
                 }
             }
             match new {
@@ -289,7 +285,101 @@ impl PciBus {
     }
 }
 
+/// A memory BAR's address from its register(s): the low dword without its
+/// type bits, and the high dword of a 64-bit BAR.
+fn bar_address(low: u64, high: Option<u64>) -> u64 {
+    (low & 0xffff_fff0) | high.map_or(0, |h| (h & 0xffff_ffff) << 32)
+}
+
+/// Whether a BAR of `size` at the guest's `addr` may be decoded: aligned
+/// to its size, inside a BAR window clear of RAM and the platform ranges
+/// (memmap::bar_fits), and overlapping no other mapped BAR. The address is
+/// the guest's (all-ones while it sizes the BAR): nothing here overflows.
+fn bar_may_decode(addr: u64, size: u64, ram: &[(u64, u64)], mut others: impl Iterator<Item = (u64, u64)>) -> bool {
+    size > 0
+        && addr.is_multiple_of(size)
+        && memmap::bar_fits(addr, size, ram)
+        && !others.any(|(a, s)| addr < a.saturating_add(s) && a < addr.saturating_add(size))
+}
+
+/// Whether an MSI-X entry's address is an MSI write (the LAPIC window).
+fn is_msi_address(address: u64) -> bool {
+    address >= MSI_ADDRESS.0 && address < MSI_ADDRESS.0 + MSI_ADDRESS.1
+}
+
 pub enum PioResult {
     Done(u64),
     Config { slot: u8, func: u8, offset: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: [(u64, u64); 1] = [(0, 64 << 20)];
+
+    fn bus() -> PciBus {
+        let counters = PciCounters { rejected_bars: Counter::none(), routing_errors: Counter::none() };
+        PciBus::new(vec![(0, 0, HOSTBRIDGE), (31, 0, LPC)], Vec::new(), RAM.to_vec(), counters)
+    }
+
+    #[test]
+    fn bar_placement_needs_alignment_a_window_and_no_overlap() {
+        let none = std::iter::empty;
+        assert!(bar_may_decode(0xc000_4000, 0x4000, &RAM, none()));
+        assert!(!bar_may_decode(0xc000_2000, 0x4000, &RAM, none()), "misaligned");
+        assert!(!bar_may_decode(0x10_0000, 0x4000, &RAM, none()), "over RAM");
+        assert!(!bar_may_decode(0xe000_0000, 0x4000, &RAM, none()), "over ECAM");
+        assert!(!bar_may_decode(0xfee0_0000, 0x4000, &RAM, none()), "over the LAPIC");
+        assert!(!bar_may_decode(0xffff_c000, 0x4000, &RAM, none()), "the sizing value, all-ones");
+        assert!(!bar_may_decode(!0x3fff_u64, 0x4000, &RAM, none()), "64-bit all-ones");
+        assert!(!bar_may_decode(0xc000_0000, 0, &RAM, none()), "a BAR of no size");
+        let other = [(0xc000_4000, 0x4000)];
+        assert!(!bar_may_decode(0xc000_4000, 0x4000, &RAM, other.into_iter()), "on another BAR");
+        assert!(bar_may_decode(0xc000_8000, 0x4000, &RAM, other.into_iter()), "right after it");
+        assert!(bar_may_decode(1 << 32, 0x4000, &RAM, none()), "the 64-bit window");
+    }
+
+    #[test]
+    fn bar_registers_compose_without_type_bits() {
+        assert_eq!(bar_address(0xc000_400c, Some(0)), 0xc000_4000);
+        assert_eq!(bar_address(0x0000_000c, Some(1)), 1 << 32);
+        assert_eq!(bar_address(0xffff_ffff, None), 0xffff_fff0);
+        assert_eq!(bar_address(0xffff_ffff, Some(0xffff_ffff_ffff)), !0xf_u64, "high bits past 32 ignored");
+    }
+
+    #[test]
+    fn msi_routes_only_for_the_lapic_window() {
+        assert!(is_msi_address(0xfee0_0000));
+        assert!(is_msi_address(0xfee0_f00c));
+        assert!(!is_msi_address(0xfed0_0000));
+        assert!(!is_msi_address(0xfef0_0000));
+        assert!(!is_msi_address(0));
+    }
+
+    #[test]
+    fn config_mechanism_one_decodes_enable_bus_slot_function_and_offset() {
+        let b = bus();
+        assert!(matches!(b.pio(CONFIG_ADDRESS, 4, Some(0x8000_f8a7)), Some(PioResult::Done(0))));
+        assert!(matches!(b.pio(CONFIG_ADDRESS, 4, None), Some(PioResult::Done(0x8000_f8a4))), "low bits dropped");
+        match b.pio(CONFIG_DATA + 2, 2, None) {
+            Some(PioResult::Config { slot: 31, func: 0, offset: 0xa6 }) => {}
+            _ => panic!("slot 31 function 0 at 0xa6"),
+        }
+        b.pio(CONFIG_ADDRESS, 4, Some(0x0000_f800));
+        assert!(matches!(b.pio(CONFIG_DATA, 4, None), Some(PioResult::Done(u64::MAX))), "enable bit clear");
+        b.pio(CONFIG_ADDRESS, 4, Some(0x8001_0000));
+        assert!(matches!(b.pio(CONFIG_DATA, 4, None), Some(PioResult::Done(u64::MAX))), "bus 1 does not exist");
+        assert!(b.pio(0x80, 1, None).is_none(), "not a PCI port");
+    }
+
+    #[test]
+    fn bridges_answer_their_header_and_nothing_else_answers() {
+        let b = bus();
+        assert_eq!(b.config_read(&[], 0, 31, 0, 0, 4), 0x7000_8086);
+        assert_eq!(b.config_read(&[], 0, 31, 0, 0x0a, 2), 0x0601, "ISA bridge class");
+        assert_eq!(b.config_read(&[], 0, 0, 0, 0, 2), 0x1275);
+        assert_eq!(b.config_read(&[], 0, 5, 0, 0, 4), u64::MAX, "an empty slot");
+        assert_eq!(b.config_read(&[], 0, 31, 0, 0xffe, 4), 0, "past the header reads zero");
+    }
 }

@@ -135,7 +135,11 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         })
         .collect();
     let ram_ranges = cfg.memory.iter().map(|r| (r.guest_addr, r.size)).collect();
-    let pci = PciBus::new(bridges, served, ram_ranges, stats.counter("bar_moves_rejected"));
+    let counters = pci::PciCounters {
+        rejected_bars: stats.counter("bar_moves_rejected"),
+        routing_errors: stats.counter("pci_routing_errors"),
+    };
+    let pci = PciBus::new(bridges, served, ram_ranges, counters);
 
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {
