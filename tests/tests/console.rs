@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use capvm_tests::*;
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn stdio_input_reaches_the_guest_and_its_echo_comes_back() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let mut child = spawn(&guest_args("echo", &[]));
     child.stdin.take().unwrap().write_all(b"ping from the host q").unwrap();
     let r = finish(child, Duration::from_secs(30));
@@ -20,10 +19,9 @@ fn stdio_input_reaches_the_guest_and_its_echo_comes_back() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn socket_backend_serves_a_client_and_is_removed_afterwards() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let dir = std::env::temp_dir().join(format!("capvm-sock-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("com1.sock");
@@ -58,10 +56,9 @@ fn socket_backend_serves_a_client_and_is_removed_afterwards() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn initrd_is_loaded_and_named_in_the_pvh_module_list() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let rd = std::env::temp_dir().join(format!("capvm-initrd-{}", std::process::id()));
     std::fs::write(&rd, b"CAPVMRD!and more bytes").unwrap();
     let r = run(&guest_args("initrd", &["-o", &format!("boot.initrd={}", rd.display())]));
@@ -71,10 +68,9 @@ fn initrd_is_loaded_and_named_in_the_pvh_module_list() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn elf_without_pvh_note_enters_in_64_bit_mode() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let mut args = guest_args("hello", &[]);
     let i = args.iter().position(|a| a.starts_with("boot.kernel=")).unwrap();
     args[i] = format!("boot.kernel={}", guest_without_pvh_note().display());
@@ -84,20 +80,18 @@ fn elf_without_pvh_note_enters_in_64_bit_mode() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn memory_above_the_pci_hole_and_several_vcpus_boot() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let r = run(&guest_args("hello", &["-c", "4", "-m", "4G"]));
     assert!(r.stdout.contains("Hello from a capvm guest"), "{r:?}");
     assert_eq!(r.code(), 2, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_config_file_says_what_the_flags_say() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let file = std::env::temp_dir().join(format!("capvm-{}.conf", std::process::id()));
     std::fs::write(
         &file,
@@ -165,10 +159,9 @@ fn read_until(master: &mut std::fs::File, got: &mut Vec<u8>, needle: &str) {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn tty_backend_is_raw_and_carries_both_directions() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let (mut master_fd, mut slave_fd) = (0, 0);
     // SAFETY: openpty fills two fds; no name, termios or winsize.
     let rc = unsafe {

@@ -2,70 +2,77 @@
 
 use capvm_tests::*;
 
-fn boot(cmd: &str, extra: &[&str]) -> Option<Run> {
-    if !kvm_available() {
-        return None;
-    }
+fn boot(cmd: &str, extra: &[&str]) -> Run {
+    require_kvm();
     let r = run(&guest_args(cmd, extra));
     let first = cmd.split_whitespace().next().unwrap_or(cmd);
     assert!(r.stdout.contains(&format!("capvm test guest: {first}")), "guest did not start: {r:?}");
-    Some(r)
+    r
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn handbook_command_line_prints_hello_on_com1_and_halts_with_2() {
-    let Some(r) = boot("hello", &[]) else { return };
+    let r = boot("hello", &[]);
     assert!(r.stdout.contains("Hello from a capvm guest"), "{r:?}");
     assert_eq!(r.code(), 2, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn reset_through_cf9_exits_0() {
-    let Some(r) = boot("reboot", &[]) else { return };
+    let r = boot("reboot", &[]);
     assert_eq!(r.code(), 0, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn reset_through_i8042_exits_0() {
-    let Some(r) = boot("reboot-kbd", &[]) else { return };
+    let r = boot("reboot-kbd", &[]);
     assert_eq!(r.code(), 0, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn acpi_s5_poweroff_exits_1() {
-    let Some(r) = boot("poweroff", &[]) else { return };
+    let r = boot("poweroff", &[]);
     assert_eq!(r.code(), 1, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn halt_with_interrupts_off_exits_2() {
-    let Some(r) = boot("halt", &[]) else { return };
+    let r = boot("halt", &[]);
     assert_eq!(r.code(), 2, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn halt_counts_never_started_aps_as_stopped() {
-    let Some(r) = boot("halt", &["-c", "2"]) else { return };
+    let r = boot("halt", &["-c", "2"]);
     assert_eq!(r.code(), 2, "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn triple_fault_exits_3_and_says_so() {
-    let Some(r) = boot("triple-fault", &[]) else { return };
+    let r = boot("triple-fault", &[]);
     assert_eq!(r.code(), 3, "{r:?}");
     assert!(r.stderr.contains("triple-faulted"), "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn unemulated_port_with_strict_io_exits_4_naming_the_port() {
-    let Some(r) = boot("unknown-port", &["-e"]) else { return };
+    let r = boot("unknown-port", &["-e"]);
     assert_eq!(r.code(), 4, "{r:?}");
     assert!(r.stderr.contains("I/O port 0x1234"), "{r:?}");
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn unemulated_port_without_strict_io_reads_all_ones() {
-    let Some(r) = boot("unknown-port", &[]) else { return };
+    let r = boot("unknown-port", &[]);
     assert!(r.stdout.contains("port 0x1234 read 0x00000000000000ff"), "{r:?}");
     assert_eq!(r.code(), 2, "{r:?}");
 }
@@ -73,8 +80,9 @@ fn unemulated_port_without_strict_io_reads_all_ones() {
 /// On kvm_pvm the instruction emulator cannot run `lock cmpxchg16b` at CPL0:
 /// capvm must report where and what, and exit 4. Elsewhere it just runs.
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn emulation_failure_is_reported_with_rip_cpl_and_bytes() {
-    let Some(r) = boot("cmpxchg16b", &[]) else { return };
+    let r = boot("cmpxchg16b", &[]);
     if host_is_emulated() {
         assert_eq!(r.code(), 4, "{r:?}");
         assert!(r.stderr.contains("(CPL 0), instruction bytes f0 48 0f c7"), "{r:?}");
@@ -87,8 +95,9 @@ fn emulation_failure_is_reported_with_rip_cpl_and_bytes() {
 
 /// On kvm_pvm, CX16 must not be offered: the emulator cannot run it.
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn cpuid_hides_cx16_on_an_emulated_host() {
-    let Some(r) = boot("hello", &[]) else { return };
+    let r = boot("hello", &[]);
     let hex = r.stdout.split("cpuid.1.ecx=0x").nth(1).expect("cpuid line");
     let ecx = u64::from_str_radix(&hex[..16], 16).unwrap();
     let cx16 = ecx & (1 << 13) != 0;
@@ -99,8 +108,9 @@ fn cpuid_hides_cx16_on_an_emulated_host() {
 /// Port I/O from guest user mode (through the TSS I/O bitmap) reaches the
 /// device server: 1000 writes to COM1's scratch register, then a reset.
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn user_mode_port_io_reaches_the_uart_server() {
-    let Some(r) = boot("pio-loop 1000 0x3ff", &[]) else { return };
+    let r = boot("pio-loop 1000 0x3ff", &[]);
     assert!(r.stdout.contains("pio-loop done"), "{r:?}");
     assert_eq!(r.code(), 0, "{r:?}");
 }

@@ -70,10 +70,9 @@ fn at(log: &str, needle: &str) -> usize {
 /// The whole of issue 6: `-c 2 -m 256M`, a virtio-blk ext2 root mounted
 /// rw, virtio-net with a DHCP lease, the reboot through ACPI.
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = vmlinux();
     let img = root_image("msi");
@@ -164,10 +163,9 @@ fn record_times(root: Duration, total: Duration) {
 /// level-triggered interrupts arrive and end. Also: the second CPU, and
 /// the reboot through the FADT's reset register.
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn linux_without_msi_mounts_its_root_through_intx_from_the_prt() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = vmlinux();
     let img = root_image("intx");

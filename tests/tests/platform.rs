@@ -17,10 +17,9 @@ fn after<'a>(out: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn the_rtc_tells_the_hosts_time_keeps_a_guest_set_time_and_the_pm_timer_runs() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let before = host_utc();
     let r = run(&guest_args("clock", &[]));
     let after_run = host_utc();

@@ -13,19 +13,18 @@ fn signal(pid: u32, sig: i32) {
 type SpinningVm = (std::process::Child, Vec<(u32, String)>, String);
 
 /// Starts the spinning guest and waits for its two children.
-fn spinning_vm() -> Option<SpinningVm> {
-    if !kvm_available() {
-        return None;
-    }
+fn spinning_vm() -> SpinningVm {
+    require_kvm();
     let args = guest_args("spin", &[]);
     let child = spawn(&args);
     let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
-    Some((child, kids, args.last().unwrap().clone()))
+    (child, kids, args.last().unwrap().clone())
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
-    let Some((child, kids, _)) = spinning_vm() else { return };
+    let (child, kids, _) = spinning_vm();
     let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
     // comm is cut to 15 characters.
     assert_eq!(names.len(), 2, "{kids:?}");
@@ -45,8 +44,9 @@ fn a_running_vm_is_broker_runner_and_uart_each_its_own_executable() {
 /// A vCPU spinning in emulated CPL0 code never leaves KVM_RUN here; SIGTERM
 /// must still stop everything (by escalating to SIGKILL).
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn sigterm_stops_every_child_even_with_a_spinning_vcpu() {
-    let Some((child, kids, _)) = spinning_vm() else { return };
+    let (child, kids, _) = spinning_vm();
     assert_eq!(kids.len(), 2, "{kids:?}");
     signal(child.id(), libc::SIGTERM);
     let r = finish(child, Duration::from_secs(10));
@@ -58,8 +58,9 @@ fn sigterm_stops_every_child_even_with_a_spinning_vcpu() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn sigint_stops_the_vm_too() {
-    let Some((child, kids, _)) = spinning_vm() else { return };
+    let (child, kids, _) = spinning_vm();
     signal(child.id(), libc::SIGINT);
     let r = finish(child, Duration::from_secs(10));
     assert_eq!(r.code(), 1, "{r:?}");
@@ -69,8 +70,9 @@ fn sigint_stops_the_vm_too() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn killing_the_uart_server_stops_the_vm_with_4_naming_it() {
-    let Some((child, kids, _)) = spinning_vm() else { return };
+    let (child, kids, _) = spinning_vm();
     let (uart, _) = kids.iter().find(|(_, n)| n == "capvm-uart").expect("uart child").clone();
     signal(uart, libc::SIGKILL);
     let r = finish(child, Duration::from_secs(10));
@@ -82,8 +84,9 @@ fn killing_the_uart_server_stops_the_vm_with_4_naming_it() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn killing_the_vcpu_runner_stops_the_vm_with_4_naming_it() {
-    let Some((child, kids, _)) = spinning_vm() else { return };
+    let (child, kids, _) = spinning_vm();
     let (runner, _) = kids.iter().find(|(_, n)| n.starts_with("capvm-vcpu")).expect("runner").clone();
     signal(runner, libc::SIGKILL);
     let r = finish(child, Duration::from_secs(10));
@@ -93,8 +96,9 @@ fn killing_the_vcpu_runner_stops_the_vm_with_4_naming_it() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn killing_the_broker_takes_its_children_along() {
-    let Some((mut child, kids, vm)) = spinning_vm() else { return };
+    let (mut child, kids, vm) = spinning_vm();
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -76,10 +76,9 @@ fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> 
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let name = unique_vm_name();
     let sock = std::env::temp_dir().join(format!("{name}.com2.sock"));
     let disk = ro_disk("confined");
@@ -172,10 +171,9 @@ fn audit_log(tag: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn hostile_matrix_every_role_every_operation_denied_and_audited() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let disk = ro_disk("matrix");
     let blk = format!("4,virtio-blk,{},ro", disk.display());
     let netns = Netns::create();
@@ -210,10 +208,9 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_violation_in_kill_mode_stops_the_vm_and_leaves_nothing() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     for role in ["uart", "vcpu-runner"] {
         let log = audit_log(&format!("kill-{role}"));
         let _ = std::fs::remove_file(&log);
@@ -243,10 +240,9 @@ fn a_violation_in_kill_mode_stops_the_vm_and_leaves_nothing() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_clean_run_writes_no_audit_log() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let log = audit_log("clean");
     let _ = std::fs::remove_file(&log);
     let r = run(&guest_args("hello", &["-o", &format!("sandbox.audit_log={}", log.display())]));
@@ -259,10 +255,9 @@ fn a_clean_run_writes_no_audit_log() {
 /// shows in capvmctl --audit. (The echo guest keeps its vCPU exiting, so a
 /// ptrace stop reaches every thread.)
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     for (comm, binary, role) in
         [("capvm-uart", "capvm-uart", "uart server (com1)"), ("capvm-vcpu-runn", "capvm-vcpu-runner", "vcpu-runner")]
     {

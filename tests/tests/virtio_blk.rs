@@ -38,10 +38,9 @@ fn pattern() -> Vec<u8> {
 const PATTERN_OFFSET: usize = 16 * 512;
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn guest_writes_flushes_reads_back_and_the_image_holds_the_pattern() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let img = image("rw", 1 << 20);
     let r = run(&with_disk("blk-rw 1", img.to_str().unwrap()));
     assert_eq!(r.code(), 2, "{r:?}");
@@ -56,10 +55,9 @@ fn guest_writes_flushes_reads_back_and_the_image_holds_the_pattern() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_read_only_disk_refuses_writes_and_the_image_is_unchanged() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let img = image("ro", 1 << 20);
     std::fs::write(&img, vec![0xee; 1 << 20]).unwrap();
     let r = run(&with_disk("blk-ro", &format!("{},ro", img.display())));
@@ -71,10 +69,9 @@ fn a_read_only_disk_refuses_writes_and_the_image_is_unchanged() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn hostile_chains_and_bar_moves_get_errors_and_the_server_survives() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let img = image("fuzz", 1 << 20);
     let r = run(&with_disk("blk-fuzz", img.to_str().unwrap()));
     assert_eq!(r.code(), 2, "a server died or the VM failed: {r:?}");
@@ -86,10 +83,9 @@ fn hostile_chains_and_bar_moves_get_errors_and_the_server_survives() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn without_msix_completions_interrupt_through_intx_and_the_ioapic() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let img = image("intx", 1 << 20);
     let r = run(&with_disk("blk-rw 3 intx", img.to_str().unwrap()));
     assert_eq!(r.code(), 2, "{r:?}");
@@ -136,10 +132,9 @@ fn stats_after(rounds: u32) -> Vec<(String, u64)> {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn queue_notifies_take_the_ioeventfd_path_and_exits_do_not_grow_with_requests() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let (few, many) = (stats_after(2), stats_after(12));
     let blk = "virtio-blk (0:3.0)";
     // Each round is three requests (write, flush, read), plus one GET_ID.
@@ -158,10 +153,9 @@ fn queue_notifies_take_the_ioeventfd_path_and_exits_do_not_grow_with_requests() 
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn bad_disk_options_are_one_clear_line_and_status_4() {
-    if !kvm_available() {
-        return; // the disk is opened after /dev/kvm
-    }
+    require_kvm(); // the disk is opened after /dev/kvm
     let cases = [
         ("3,virtio-blk,/nonexistent/capvm.img", "cannot open /nonexistent/capvm.img"),
         ("3,virtio-blk,/dev/null,frob", "virtio-blk has no option 'frob'"),

@@ -85,20 +85,18 @@ fn assert_exact_both_ways(r: &Run, peer: &str) {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn frames_cross_the_tap_exactly_in_both_directions() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let (r, peer) = exchange("net", 1);
     assert!(r.stdout.contains("net: mac 02aabbccddee"), "the device configuration has the wrong MAC: {r:?}");
     assert_exact_both_ways(&r, &peer);
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn hostile_chains_are_returned_and_the_nic_keeps_working() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     // Six hostile RX chains each cost one frame; the seventh copy lands.
     let (r, peer) = exchange("net-fuzz", 12);
     assert!(r.stdout.contains("net-fuzz: 7 of 7 hostile TX chains returned, 64 random TX chains returned"), "{r:?}");
@@ -109,10 +107,9 @@ fn hostile_chains_are_returned_and_the_nic_keeps_working() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn a_tap_capvm_creates_is_gone_when_the_vm_is() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let ns = Netns::create();
     // The guest sends its frame, then waits for one that never comes.
     let args = net_args("net", "3,virtio-net,cvtap9");
@@ -132,10 +129,9 @@ fn a_tap_capvm_creates_is_gone_when_the_vm_is() {
 }
 
 #[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn bad_nic_options_are_one_clear_line_and_status_4() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm();
     let ns = Netns::create();
     for (slot, want) in [
         ("3,virtio-net", "give a tap"),

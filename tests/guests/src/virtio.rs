@@ -340,8 +340,10 @@ impl Device {
 
     /// Offers `rounds` random chains of 1-4 descriptors on queue `q`, one
     /// at a time, each waited for: addresses in SCRATCH or outside RAM,
-    /// random lengths, flags and nexts. The fuzzers' shared part.
-    pub fn submit_random_chains(&mut self, q: usize, seed: u64, rounds: u64) {
+    /// random lengths, flags and nexts. The fuzzers' shared part. Returns
+    /// how far the used ring moved: the chains the device returned.
+    pub fn submit_random_chains(&mut self, q: usize, seed: u64, rounds: u64) -> u64 {
+        let before = self.used_idx(q);
         let mut rng = Rng(seed);
         for _ in 0..rounds {
             for i in 0..1 + rng.next() % 4 {
@@ -353,6 +355,7 @@ impl Device {
             }
             self.submit(q, 0, true);
         }
+        self.used_idx(q).wrapping_sub(before) as u64
     }
 
     /// Counts an offered chain the device will never return (its head
