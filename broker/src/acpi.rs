@@ -32,19 +32,7 @@ const OEM_ID: [u8; 6] = *b"CAPVM ";
 const OEM_TABLE: [u8; 8] = *b"CAPVMTBL";
 const OEM_REVISION: u32 = 1;
 
-const IOAPIC_ADDR: u32 = 0xfec0_0000;
-const LAPIC_ADDR: u32 = 0xfee0_0000;
-const PM1A_EVT_BLK: u16 = 0x400;
-const PM1A_CNT_BLK: u16 = 0x404;
-const PM_TMR_BLK: u16 = 0x408;
-/// CMOS register holding the century (the runner's RTC keeps it there).
-const RTC_CENTURY: u8 = 0x32;
-const RESET_PORT: u64 = 0xcf9;
-/// Bit 2 (reset CPU) and bit 1 (hard reset) of 0xcf9.
-const RESET_VALUE: u8 = 6;
-/// SLP_TYP for S5 in PM1a_CNT; the runner powers off on it (as bhyve).
-const SLP_TYP_S5: u8 = 5;
-const SCI_IRQ: u16 = 9;
+use memmap::{CMOS_CENTURY, PM1A_CNT_BLK, PM1A_EVT_BLK, PM_TMR_BLK, RESET_VALUE, SLP_TYP_S5};
 
 /// What the tables describe.
 pub struct Platform {
@@ -100,7 +88,7 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
         .flag(Flags::SlpButton)
         .flag(Flags::ResetRegSup)
         .flag(Flags::TmrValExt);
-    f.sci_int = SCI_IRQ.into();
+    f.sci_int = u16::from(memmap::SCI_IRQ).into();
     // SMI_CMD 0: ACPI mode is always on; nothing to switch.
     f.pm1a_evt_blk = (PM1A_EVT_BLK as u32).into();
     f.pm1a_cnt_blk = (PM1A_CNT_BLK as u32).into();
@@ -111,8 +99,8 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     f.pm_tmr_blk = (PM_TMR_BLK as u32).into();
     f.pm_tmr_len = 4;
     f.x_pm_tmr_blk = io(PM_TMR_BLK, 32);
-    f.century = RTC_CENTURY;
-    f.reset_reg = GAS::new(gas::AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, RESET_PORT);
+    f.century = CMOS_CENTURY;
+    f.reset_reg = GAS::new(gas::AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, memmap::RESET_PORT.into());
     f.reset_value = RESET_VALUE;
     // IA-PC boot architecture: no legacy devices (bit 0), no 8042 (bit
     // 1), so the guest does not probe what is not there; MSI works (bit 3
@@ -122,17 +110,21 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
 }
 
 fn madt(p: &Platform) -> Vec<u8> {
-    let mut m = MADT::new(OEM_ID, OEM_TABLE, OEM_REVISION, LocalInterruptController::Address(LAPIC_ADDR));
+    let mut m =
+        MADT::new(OEM_ID, OEM_TABLE, OEM_REVISION, LocalInterruptController::Address(memmap::LAPIC_ADDR as u32));
     for cpu in 0..p.cpus {
         m.add_structure(ProcessorLocalApic::new(cpu as u8, cpu as u8, EnabledStatus::Enabled));
     }
     // The IOAPIC's ID follows the local APICs' (IDs share one space).
-    m.add_structure(IoApic::new(p.cpus as u8, IOAPIC_ADDR, 0));
+    m.add_structure(IoApic::new(p.cpus as u8, memmap::IOAPIC_ADDR as u32, 0));
     let mut table = bytes(&m);
     // The PIT's IRQ 0 is IOAPIC pin 2, as on every PC (the kernel crate
     // routes it there); the SCI is level-triggered, active high.
     append_structure(&mut table, &interrupt_source_override(0, 2, 0));
-    append_structure(&mut table, &interrupt_source_override(SCI_IRQ as u8, SCI_IRQ as u32, ACTIVE_HIGH | LEVEL));
+    append_structure(
+        &mut table,
+        &interrupt_source_override(memmap::SCI_IRQ, memmap::SCI_IRQ.into(), ACTIVE_HIGH | LEVEL),
+    );
     table
 }
 
@@ -215,7 +207,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
     ];
     let motherboard = aml::Device::new("_SB_.MRES".into(), mb_names.iter().map(|n| n as &dyn Aml).collect());
     // The RTC, so the guest's driver finds it; no IRQ: it never interrupts.
-    let rtc_ports = aml::IO::new(0x70, 0x70, 1, 2);
+    let rtc_ports = aml::IO::new(memmap::RTC_INDEX, memmap::RTC_INDEX, 1, 2);
     let rtc_crs = aml::ResourceTemplate::new(vec![&rtc_ports]);
     let rtc_hid = aml::EISAName::new("PNP0B00");
     let rtc_names = [aml::Name::new("_HID".into(), &rtc_hid), aml::Name::new("_CRS".into(), &rtc_crs)];

@@ -11,9 +11,6 @@ use capvm_virtio::layout;
 use crate::config::ServedConfig;
 use crate::vm::{eventfd, VmError};
 
-/// GSIs 0-23 are the IOAPIC's pins; MSI routes take the ones above.
-const FIRST_MSI_GSI: u32 = 24;
-
 /// One virtio function: its layout, backend and the fds both sides get.
 pub struct VirtioHost {
     /// "virtio-blk (0:2.0)".
@@ -41,7 +38,7 @@ pub struct Allocator {
 
 impl Default for Allocator {
     fn default() -> Self {
-        Allocator { next_bar: memmap::PCI_MMIO32.0, next_gsi: FIRST_MSI_GSI }
+        Allocator { next_bar: memmap::PCI_MMIO32.0, next_gsi: memmap::FIRST_MSI_GSI }
     }
 }
 

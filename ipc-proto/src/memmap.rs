@@ -1,7 +1,10 @@
-//! The guest-physical memory map every process agrees on: where RAM ends
+//! The platform map every process agrees on, written once: where RAM ends
 //! below 4 GiB, where PCI BARs may live, where ECAM and the interrupt
-//! controllers sit. The broker lays devices out from it and describes it
-//! in ACPI; the vCPU runner checks every BAR move against it.
+//! controllers sit, the platform's I/O ports and its GSIs. The broker lays
+//! devices out from it and describes it in ACPI; the vCPU runner answers
+//! the platform ports and checks every BAR move and MSI route against it.
+
+// ---- memory ----
 
 /// RAM below 4 GiB ends here; the rest of RAM starts at 4 GiB.
 pub const LOW_RAM_END: u64 = 0xc000_0000;
@@ -10,10 +13,44 @@ pub const PCI_MMIO32: (u64, u64) = (0xc000_0000, 0xe000_0000);
 /// PCI Express enhanced configuration (ECAM) for bus 0 only: 1 MiB.
 pub const ECAM_BASE: u64 = 0xe000_0000;
 pub const ECAM_SIZE: u64 = 1 << 20;
+/// The in-kernel IOAPIC's registers.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// The local APICs' registers, and the window MSI writes go to.
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+pub const MSI_WINDOW: (u64, u64) = (LAPIC_ADDR, 0x10_0000);
 /// Fixed platform MMIO that no BAR may cover: IOAPIC, HPET, LAPIC, and the
 /// top 2 MiB (firmware's traditional home).
 pub const PLATFORM_HOLES: [(u64, u64); 3] =
-    [(0xfec0_0000, 0xfed0_0000 - 0xfec0_0000), (0xfee0_0000, 0x10_0000), (0xffe0_0000, 0x20_0000)];
+    [(IOAPIC_ADDR, 0xfed0_0000 - IOAPIC_ADDR), MSI_WINDOW, (0xffe0_0000, 0x20_0000)];
+
+// ---- I/O ports the runner answers itself ----
+
+/// ACPI PM1a event block (status, enable) and control block, at bhyve's ports.
+pub const PM1A_EVT_BLK: u16 = 0x400;
+pub const PM1A_CNT_BLK: u16 = 0x404;
+/// The 32-bit ACPI PM timer.
+pub const PM_TMR_BLK: u16 = 0x408;
+/// SLP_TYP for S5 in PM1a_CNT (bhyve's \_S5): SLP_EN with it powers off.
+pub const SLP_TYP_S5: u8 = 5;
+/// The reset control register, and what the FADT's reset register writes
+/// there: RST_CPU (bit 2) and SYS_RST (bit 1).
+pub const RESET_PORT: u16 = 0xcf9;
+pub const RESET_VALUE: u8 = 6;
+/// The RTC and its CMOS RAM (index, data), and the CMOS byte that holds
+/// the century (the FADT names it).
+pub const RTC_INDEX: u16 = 0x70;
+pub const RTC_DATA: u16 = 0x71;
+pub const CMOS_CENTURY: u8 = 0x32;
+/// PCI configuration mechanism #1.
+pub const PCI_CONFIG_ADDRESS: u16 = 0xcf8;
+pub const PCI_CONFIG_DATA: u16 = 0xcfc;
+
+// ---- interrupts ----
+
+/// The SCI's ISA IRQ (level, active high; no event ever fires).
+pub const SCI_IRQ: u8 = 9;
+/// GSIs 0-23 are the IOAPIC's pins; MSI routes take the ones above.
+pub const FIRST_MSI_GSI: u32 = 24;
 /// The 64-bit BAR window ends here (1 TiB: inside every host's physical
 /// address width).
 pub const PCI_MMIO64_END: u64 = 1 << 40;

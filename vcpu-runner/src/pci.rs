@@ -25,11 +25,9 @@ use capvm_kernel::Vm;
 
 use crate::router::Device;
 
-pub const CONFIG_ADDRESS: u16 = 0xcf8;
-pub const CONFIG_DATA: u16 = 0xcfc;
+pub use memmap::{PCI_CONFIG_ADDRESS as CONFIG_ADDRESS, PCI_CONFIG_DATA as CONFIG_DATA};
 const ENABLE: u32 = 1 << 31;
 const COMMAND_MEMORY: u64 = 1 << 1;
-const MSI_ADDRESS: (u64, u64) = (0xfee0_0000, 0x10_0000);
 
 /// A platform function answered here: vendor, device, class (base, sub).
 #[derive(Clone, Copy)]
@@ -304,7 +302,8 @@ fn bar_may_decode(addr: u64, size: u64, ram: &[(u64, u64)], mut others: impl Ite
 
 /// Whether an MSI-X entry's address is an MSI write (the LAPIC window).
 fn is_msi_address(address: u64) -> bool {
-    address >= MSI_ADDRESS.0 && address < MSI_ADDRESS.0 + MSI_ADDRESS.1
+    let (base, len) = memmap::MSI_WINDOW;
+    address >= base && address - base < len
 }
 
 pub enum PioResult {

@@ -15,29 +15,25 @@ use capvm_ipc::VmEvent;
 
 use crate::rtc::Rtc;
 
-pub const RESET_CONTROL: u16 = 0xcf9;
+pub use capvm_ipc::memmap::{PM1A_CNT_BLK, PM1A_EVT_BLK, RESET_PORT as RESET_CONTROL, RTC_DATA, RTC_INDEX};
+
 const RESET_CONTROL_RST_CPU: u8 = 1 << 2;
 pub const I8042_DATA: u16 = 0x60;
 pub const I8042_COMMAND: u16 = 0x64;
 const I8042_CMD_PULSE_RESET: u8 = 0xfe;
-pub const PM1A_EVT_BLK: u16 = 0x400;
-pub const PM1A_CNT_BLK: u16 = 0x404;
 /// PM1a_EN, the upper half of the event block: the guest enables fixed
 /// events there (no event ever fires, but the value must stick).
 const PM1A_EN: u16 = PM1A_EVT_BLK + 2;
 const PM1_SCI_EN: u16 = 1 << 0;
 const PM1_SLP_EN: u16 = 1 << 13;
 const PM1_SLP_TYP_SHIFT: u16 = 10;
-/// bhyve's DSDT names S5 with SLP_TYP 5.
-const SLP_TYP_S5: u16 = 5;
+const SLP_TYP_S5: u16 = capvm_ipc::memmap::SLP_TYP_S5 as u16;
 /// The ACPI PM timer: a free-running 32-bit counter (the FADT sets
 /// TMR_VAL_EXT) at 3.579545 MHz.
-pub const PM_TMR: u16 = 0x408;
+pub const PM_TMR: u16 = capvm_ipc::memmap::PM_TMR_BLK;
 const PM_TMR_HZ: u128 = 3_579_545;
 /// POST code port: writes are ignored silently.
 pub const POST: u16 = 0x80;
-pub const RTC_INDEX: u16 = 0x70;
-pub const RTC_DATA: u16 = 0x71;
 
 pub struct Platform {
     reset_control: AtomicU8,

@@ -20,7 +20,7 @@ const STATUS_B: u8 = 0x0b;
 const STATUS_C: u8 = 0x0c;
 const STATUS_D: u8 = 0x0d;
 /// The century register the FADT names (as QEMU and bhyve).
-pub const CENTURY: u8 = 0x32;
+pub const CENTURY: u8 = capvm_ipc::memmap::CMOS_CENTURY;
 
 /// Register A: the 32.768 kHz time base and a 1024 Hz rate, the power-on
 /// value; the guest may change the rate (nothing uses it).
