@@ -6,25 +6,34 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use capvm_ipc::ViolationRecord;
+use serde::Serialize;
 
 pub struct AuditLog {
     vm: String,
     path: PathBuf,
 }
 
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// One audit record, as the log and `capvmctl --audit` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// Seconds since the epoch.
+    pub time: u64,
+    pub vm: String,
+    pub role: String,
+    pub pid: u32,
+    pub syscall: String,
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub ip: u64,
+    /// "killed" (sandbox.violations=kill) or "denied" (log: EPERM).
+    pub action: &'static str,
+}
+
+impl AuditRecord {
+    /// The record as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
     }
-    out.push('"');
-    out
 }
 
 /// `openat(0xffffff9c, 0x5555..., 0x0, ...)`.
@@ -38,24 +47,24 @@ impl AuditLog {
         AuditLog { vm: vm.to_string(), path: path.to_path_buf() }
     }
 
-    /// Appends one record and returns it (the same JSON object).
-    pub fn record(&mut self, role: &str, pid: u32, v: &ViolationRecord) -> String {
+    /// Appends one record and returns it.
+    pub fn record(&mut self, role: &str, pid: u32, v: &ViolationRecord) -> AuditRecord {
         let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let args: Vec<String> = v.args.iter().map(|a| a.to_string()).collect();
-        let json = format!(
-            "{{\"time\":{time},\"vm\":{},\"role\":{},\"pid\":{pid},\"syscall\":{},\"nr\":{},\"args\":[{}],\"ip\":{},\"action\":{}}}",
-            json_str(&self.vm),
-            json_str(role),
-            json_str(&capvm_policy::syscall_name(v.nr)),
-            v.nr,
-            args.join(","),
-            v.ip,
-            json_str(if v.killed { "killed" } else { "denied" }),
-        );
-        if let Err(e) = self.append(&json) {
+        let record = AuditRecord {
+            time,
+            vm: self.vm.clone(),
+            role: role.to_string(),
+            pid,
+            syscall: capvm_policy::syscall_name(v.nr),
+            nr: v.nr,
+            args: v.args,
+            ip: v.ip,
+            action: if v.killed { "killed" } else { "denied" },
+        };
+        if let Err(e) = self.append(&record.to_json()) {
             eprintln!("capvm: cannot write the audit log {}: {e}", self.path.display());
         }
-        json
+        record
     }
 
     fn append(&self, line: &str) -> std::io::Result<()> {
@@ -72,20 +81,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
-    }
-
-    #[test]
-    fn records_name_the_syscall_and_append_lines() {
+    fn records_name_the_syscall_append_lines_and_are_json() {
         let path = std::env::temp_dir().join(format!("capvm-audit-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut log = AuditLog::new("vm0", &path);
+        let mut log = AuditLog::new("vm\"0", &path);
         let v = ViolationRecord { nr: 257, args: [1, 2, 3, 4, 5, 6], ip: 7, killed: false };
-        let r = log.record("uart (com1)", 42, &v);
+        let r = log.record("uart (com1)", 42, &v).to_json();
         assert!(r.contains("\"syscall\":\"openat\"") && r.contains("\"action\":\"denied\""), "{r}");
         log.record("uart (com1)", 42, &v);
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        for line in text.lines() {
+            let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(parsed["vm"], "vm\"0", "quotes survive");
+            assert_eq!(parsed["args"][5], 6);
+        }
         std::fs::remove_file(&path).unwrap();
         assert_eq!(describe(&v), "openat(0x1, 0x2, 0x3, 0x4, 0x5, 0x6)");
     }

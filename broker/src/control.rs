@@ -8,7 +8,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::audit::json_str;
+use serde::Serialize;
+
 use crate::console::SocketPath;
 use crate::spawn::Child;
 
@@ -129,58 +130,77 @@ fn observe(pid: u32) -> Observed {
     Observed { seccomp, cap_eff: field("CapEff:"), new_namespaces, open_fds }
 }
 
-fn list<T: ToString>(v: &[T], quote: bool) -> String {
-    let items: Vec<String> = v.iter().map(|x| if quote { json_str(&x.to_string()) } else { x.to_string() }).collect();
-    format!("[{}]", items.join(","))
+/// One process in `capvmctl --audit --json`.
+#[derive(Serialize)]
+struct AuditEntry<'a> {
+    role: &'a str,
+    pid: u32,
+    /// What /proc says: "filter", "strict", "none".
+    seccomp: String,
+    /// Microseconds the child took to enter its sandbox.
+    sandbox_enter_us: Option<u64>,
+    allowed_syscalls: Option<u32>,
+    namespaces: Vec<String>,
+    landlock: &'a str,
+    capabilities: String,
+    fds: Vec<FdEntry<'a>>,
+    open_fds: Vec<i32>,
+    violations: &'a [crate::audit::AuditRecord],
+}
+
+#[derive(Serialize)]
+struct FdEntry<'a> {
+    fd: i32,
+    what: &'a str,
+    rights: &'a [String],
+    ioctls: &'a [String],
 }
 
 fn audit_json(children: &[Child]) -> String {
     let me = std::process::id();
     let b = observe(me);
-    let mut entries = vec![format!(
-        "{{\"role\":\"broker\",\"pid\":{me},\"seccomp\":{},\"allowed_syscalls\":null,\"namespaces\":[],\"landlock\":\"none (the broker opens host resources)\",\"capabilities\":{},\"fds\":[],\"open_fds\":{},\"violations\":[]}}",
-        json_str(&b.seccomp),
-        json_str(&b.cap_eff),
-        list(&b.open_fds, false)
-    )];
+    let mut entries = vec![AuditEntry {
+        role: "broker",
+        pid: me,
+        seccomp: b.seccomp,
+        sandbox_enter_us: None,
+        allowed_syscalls: None,
+        namespaces: Vec::new(),
+        landlock: "none (the broker opens host resources)",
+        capabilities: b.cap_eff,
+        fds: Vec::new(),
+        open_fds: b.open_fds,
+        violations: &[],
+    }];
     for c in children.iter().filter(|c| c.alive) {
         let pid = c.pid.as_raw() as u32;
         let o = observe(pid);
-        let (allowed, landlock, fds, enter_us) = match &c.sandbox {
-            Some(r) => {
-                let fds: Vec<String> = r
-                    .fds
-                    .iter()
-                    .map(|f| {
-                        format!(
-                            "{{\"fd\":{},\"what\":{},\"rights\":{},\"ioctls\":{}}}",
-                            f.fd,
-                            json_str(&f.what),
-                            list(&f.rights, true),
-                            list(&f.ioctls, true)
-                        )
-                    })
-                    .collect();
-                (
-                    r.allowed_syscalls.to_string(),
-                    json_str(&r.landlock),
-                    format!("[{}]", fds.join(",")),
-                    r.enter_us.to_string(),
-                )
-            }
-            None => ("null".into(), json_str("not yet reported"), "[]".into(), "null".into()),
-        };
-        entries.push(format!(
-            "{{\"role\":{},\"pid\":{pid},\"seccomp\":{},\"sandbox_enter_us\":{enter_us},\"allowed_syscalls\":{allowed},\"namespaces\":{},\"landlock\":{landlock},\"capabilities\":{},\"fds\":{fds},\"open_fds\":{},\"violations\":[{}]}}",
-            json_str(&c.role),
-            json_str(&o.seccomp),
-            list(&o.new_namespaces, true),
-            json_str(&o.cap_eff),
-            list(&o.open_fds, false),
-            c.violations.join(",")
-        ));
+        let report = c.sandbox.as_ref();
+        entries.push(AuditEntry {
+            role: &c.role,
+            pid,
+            seccomp: o.seccomp,
+            sandbox_enter_us: report.map(|r| r.enter_us),
+            allowed_syscalls: report.map(|r| r.allowed_syscalls),
+            namespaces: o.new_namespaces,
+            landlock: report.map_or("not yet reported", |r| &r.landlock),
+            capabilities: o.cap_eff,
+            fds: report
+                .map(|r| {
+                    r.fds
+                        .iter()
+                        .map(|f| FdEntry { fd: f.fd, what: &f.what, rights: &f.rights, ioctls: &f.ioctls })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            open_fds: o.open_fds,
+            violations: &c.violations,
+        });
     }
-    format!("[{}]\n", entries.join(",\n"))
+    match serde_json::to_string(&entries) {
+        Ok(json) => json + "\n",
+        Err(e) => format!("error: cannot encode the audit: {e}\n"),
+    }
 }
 
 fn audit_text(children: &[Child]) -> String {
@@ -215,7 +235,7 @@ fn audit_text(children: &[Child]) -> String {
         }
         out += &format!("  violations: {}\n", c.violations.len());
         for v in &c.violations {
-            out += &format!("    {v}\n");
+            out += &format!("    {}\n", v.to_json());
         }
     }
     out
@@ -234,4 +254,17 @@ pub fn ask(path: &Path, what: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_audit_is_json_and_names_the_broker() {
+        let v: serde_json::Value = serde_json::from_str(&audit_json(&[])).unwrap();
+        assert_eq!(v[0]["role"], "broker");
+        assert_eq!(v[0]["pid"], std::process::id());
+        assert!(v[0]["allowed_syscalls"].is_null() && v[0]["violations"].as_array().is_some_and(Vec::is_empty));
+    }
 }

@@ -24,8 +24,8 @@ pub struct Child {
     pub connected: bool,
     /// What it reported on entering its sandbox.
     pub sandbox: Option<capvm_ipc::SandboxReport>,
-    /// Forbidden syscalls it attempted, as audit JSON objects.
-    pub violations: Vec<String>,
+    /// Forbidden syscalls it attempted, as audited.
+    pub violations: Vec<crate::audit::AuditRecord>,
     /// Its stats page (capvmctl --get-stats), if it keeps one.
     pub stats: Option<OwnedFd>,
 }
