@@ -28,6 +28,19 @@ pub struct ControlSocket {
     _path: SocketPath,
 }
 
+/// The control socket could not be set up or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the runtime directory {dir}: {source}")]
+    RuntimeDir { dir: PathBuf, source: std::io::Error },
+    #[error("a VM named {name} is already running ({path})")]
+    AlreadyRunning { name: String, path: PathBuf },
+    #[error("cannot create the control socket {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("no VM named {name} answers at {path}: {source}")]
+    NoAnswer { name: String, path: PathBuf, source: std::io::Error },
+}
+
 /// What a request asks the supervisor to do.
 pub enum Request {
     Answered,
@@ -37,21 +50,23 @@ pub enum Request {
 impl ControlSocket {
     /// Binds the VM's socket; a live VM of the same name is an error, a stale
     /// socket left by a crash is replaced.
-    pub fn bind(name: &str) -> Result<ControlSocket, String> {
+    pub fn bind(name: &str) -> Result<ControlSocket, ControlError> {
         let dir = runtime_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create the runtime directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| ControlError::RuntimeDir { dir: dir.clone(), source })?;
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let path = socket_path(name);
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
-                return Err(format!("a VM named {name} is already running ({})", path.display()));
+                return Err(ControlError::AlreadyRunning { name: name.to_string(), path });
             }
             let _ = std::fs::remove_file(&path);
         }
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
-        listener.set_nonblocking(true).map_err(|e| format!("control socket: {e}"))?;
+        let bind = |path: &PathBuf| -> std::io::Result<UnixListener> {
+            let listener = UnixListener::bind(path)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        };
+        let listener = bind(&path).map_err(|source| ControlError::Bind { path: path.clone(), source })?;
         Ok(ControlSocket { listener, _path: SocketPath(path) })
     }
 
@@ -242,9 +257,9 @@ fn audit_text(children: &[Child]) -> String {
 }
 
 /// `capvmctl`'s side: one request to one VM.
-pub fn request(name: &str, what: &str) -> Result<String, String> {
+pub fn request(name: &str, what: &str) -> Result<String, ControlError> {
     let path = socket_path(name);
-    ask(&path, what).map_err(|e| format!("no VM named {name} answers at {}: {e}", path.display()))
+    ask(&path, what).map_err(|source| ControlError::NoAnswer { name: name.to_string(), path, source })
 }
 
 pub fn ask(path: &Path, what: &str) -> std::io::Result<String> {

@@ -12,6 +12,25 @@ use capvm_ipc::{Channel, CHILD_CONTROL_FD};
 use capvm_policy::enforce::NOBODY;
 use nix::unistd::Pid;
 
+/// A child that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot find {0} (set CAPVM_LIBEXEC_DIR or install it beside capvm)")]
+    NotFound(PathBuf),
+    #[error("cannot create a control socket: {0}")]
+    ControlSocket(#[source] capvm_ipc::ChannelError),
+    #[error("cannot open {what}: {source}")]
+    Open { what: String, source: std::io::Error },
+    #[error("pipe: {0}")]
+    Pipe(#[source] nix::Error),
+    #[error("cannot start the {role} in a new pid namespace: {source} (capvm must run as root)")]
+    NotRoot { role: String, source: std::io::Error },
+    #[error("cannot start the {role}: clone: {source}")]
+    Clone { role: String, source: std::io::Error },
+    #[error("cannot start {path}: {source}")]
+    Exec { path: PathBuf, source: std::io::Error },
+}
+
 /// A running child of the broker.
 pub struct Child {
     /// "vcpu-runner", "uart server (com1)", ...
@@ -42,24 +61,25 @@ fn cstr(b: &[u8]) -> CString {
     CString::new(b).expect("no NUL in paths")
 }
 
-pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
+pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
     let exe = libexec_dir().join(binary);
     if !exe.exists() {
-        return Err(format!("cannot find {} (set CAPVM_LIBEXEC_DIR or install it beside capvm)", exe.display()));
+        return Err(SpawnError::NotFound(exe));
     }
-    let (ours, theirs) = Channel::pair().map_err(|e| format!("cannot create a control socket: {e}"))?;
+    let (ours, theirs) = Channel::pair().map_err(SpawnError::ControlSocket)?;
     let theirs = OwnedFd::from(theirs);
     let devnull = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+        .map_err(|source| SpawnError::Open { what: "/dev/null".into(), source })?;
     // A close-on-exec pipe: EOF means exec worked, 4 bytes are its errno.
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
 
     // Opened as the broker: the child execs the fd, so it needs no search
     // permission on the directories above (a checkout under /root, say).
-    let exe_file = std::fs::File::open(&exe).map_err(|e| format!("cannot open {}: {e}", exe.display()))?;
+    let exe_file =
+        std::fs::File::open(&exe).map_err(|source| SpawnError::Open { what: exe.display().to_string(), source })?;
     // Everything the child needs is prepared before clone: after it, only
     // async-signal-safe calls.
     let argv0 = cstr(binary.as_bytes());
@@ -78,11 +98,11 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
         unsafe { child_exec(sock, null, errw, exe_fd, as_root, &argv, &envp) };
     }
     if pid < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EPERM) {
-            format!("cannot start the {role} in a new pid namespace: {e} (capvm must run as root)")
+        let source = std::io::Error::last_os_error();
+        return Err(if source.raw_os_error() == Some(libc::EPERM) {
+            SpawnError::NotRoot { role, source }
         } else {
-            format!("cannot start the {role}: clone: {e}")
+            SpawnError::Clone { role, source }
         });
     }
     drop(theirs);
@@ -91,7 +111,7 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, String> {
     if let Ok(4) = nix::unistd::read(&err_r, &mut buf) {
         let errno = i32::from_ne_bytes(buf);
         let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
-        return Err(format!("cannot start {}: {}", exe.display(), std::io::Error::from_raw_os_error(errno)));
+        return Err(SpawnError::Exec { path: exe, source: std::io::Error::from_raw_os_error(errno) });
     }
     Ok(Child {
         role,

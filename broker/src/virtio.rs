@@ -46,7 +46,7 @@ impl Allocator {
     pub fn function(&mut self, slot: u8, func: u8, queues: usize) -> Result<PciFunction, VmError> {
         let addr = self.next_bar.next_multiple_of(layout::BAR_SIZE);
         if addr + layout::BAR_SIZE > memmap::PCI_MMIO32.1 {
-            return Err(VmError("too many PCI devices for the 32-bit BAR window".into()));
+            return Err(VmError::BarWindowFull);
         }
         self.next_bar = addr + layout::BAR_SIZE;
         let f = layout::function(slot, func, queues, addr, self.next_gsi);
@@ -72,7 +72,7 @@ impl VirtioHost {
             server,
             backend,
             backend_fds,
-            ring: ExitRing::create(vcpus).map_err(|e| VmError(e.to_string()))?,
+            ring: ExitRing::create(vcpus)?,
             doorbell: eventfd()?,
             notify: function.notify.iter().map(|_| eventfd()).collect::<Result<_, _>>()?,
             interrupts: (0..vectors).map(|_| eventfd()).collect::<Result<_, _>>()?,
@@ -117,7 +117,7 @@ impl VirtioHost {
 
 /// Opens a served device's host resources and lays its function out.
 pub fn open(d: &ServedConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioHost, VmError> {
-    let (backend, fds) = d.device.open(&d.at())?;
+    let (backend, fds) = d.device.open().map_err(|source| VmError::Device { at: d.at(), source })?;
     let function = alloc.function(d.slot, d.func, d.served().queues)?;
     VirtioHost::new(d.name(), d.emulation.name, d.served().server, function, backend, fds, vcpus)
 }

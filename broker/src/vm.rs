@@ -14,11 +14,10 @@ use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::SigmaskHow;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
 use crate::boot;
-use crate::config::{ComBackend, ComPort, VmConfig};
-use crate::console::{RawTerminal, SocketPath};
+use crate::config::{ComPort, VmConfig};
+use crate::console::{ComHost, RawTerminal};
 use crate::devices::Kind;
 use crate::spawn::{spawn, Child};
 use crate::supervisor::{handled_signals, Supervisor};
@@ -26,25 +25,41 @@ use crate::virtio::VirtioHost;
 
 /// A start-up failure: one line, already saying what to do.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct VmError(pub String);
-
-impl From<capvm_ipc::FdLayoutError> for VmError {
-    fn from(e: capvm_ipc::FdLayoutError) -> Self {
-        VmError(e.to_string())
-    }
-}
-
-impl From<boot::BootError> for VmError {
-    fn from(e: boot::BootError) -> Self {
-        VmError(e.to_string())
-    }
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM loaded, and may this user use it?)")]
+    Kvm(#[source] std::io::Error),
+    #[error("cannot create {size} bytes of guest RAM: {source}")]
+    Ram { size: u64, source: nix::Error },
+    #[error(transparent)]
+    MapRam(#[from] shm::MapGuestRamError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    #[error(transparent)]
+    Spawn(#[from] crate::spawn::SpawnError),
+    #[error(transparent)]
+    Fds(#[from] capvm_ipc::FdLayoutError),
+    #[error(transparent)]
+    Ring(#[from] capvm_ipc::RingError),
+    /// A device's host resource (its image, its tap).
+    #[error("{at}: {source}")]
+    Device { at: String, source: crate::devices::DeviceError },
+    #[error(transparent)]
+    Com(#[from] crate::console::ComError),
+    #[error("too many PCI devices for the 32-bit BAR window")]
+    BarWindowFull,
+    #[error("cannot start the {role}: {source}")]
+    Start { role: String, source: capvm_ipc::ChannelError },
+    /// A host call that should not fail did (out of fds, memory).
+    #[error("{what}: {source}")]
+    Os { what: &'static str, source: std::io::Error },
 }
 
 pub fn eventfd() -> Result<OwnedFd, VmError> {
     EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
         .map(OwnedFd::from)
-        .map_err(|e| VmError(format!("cannot create an eventfd: {e}")))
+        .map_err(|e| VmError::Os { what: "cannot create an eventfd", source: e.into() })
 }
 
 /// The fds shared between the runner and one device server.
@@ -56,52 +71,13 @@ struct DeviceWires {
 
 impl DeviceWires {
     fn new(vcpus: u32) -> Result<DeviceWires, VmError> {
-        let ring = ExitRing::create(vcpus).map_err(|e| VmError(e.to_string()))?;
+        let ring = ExitRing::create(vcpus)?;
         Ok(DeviceWires { ring, doorbell: eventfd()?, irq: eventfd()? })
     }
 
     /// The runner's side: ring, doorbell, the irqfd on the port's GSI.
     fn route_fds(&self) -> RouteFds<BorrowedFd<'_>> {
         RouteFds { ring: self.ring.as_fd(), doorbell: self.doorbell.as_fd(), irq: Some(self.irq.as_fd()), pci: None }
-    }
-}
-
-/// What a COM port's backend holds open in the broker.
-struct ComHost {
-    kind: UartBackendKind,
-    fds: Vec<OwnedFd>,
-    _socket: Option<SocketPath>,
-}
-
-fn open_com_backend(com: &ComPort) -> Result<ComHost, VmError> {
-    let dup =
-        |fd: BorrowedFd| fd.try_clone_to_owned().map_err(|e| VmError(format!("{}: cannot dup stdio: {e}", com.name)));
-    match &com.backend {
-        ComBackend::Stdio => Ok(ComHost {
-            kind: UartBackendKind::Stdio,
-            fds: vec![dup(std::io::stdin().as_fd())?, dup(std::io::stdout().as_fd())?],
-            _socket: None,
-        }),
-        ComBackend::Tty(path) => {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|e| VmError(format!("-l {}: cannot open {}: {e}", com.name, path.display())))?;
-            Ok(ComHost { kind: UartBackendKind::Tty, fds: vec![f.into()], _socket: None })
-        }
-        ComBackend::Socket(path) => {
-            let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-                .map_err(|e| VmError(format!("-l {}: cannot create a socket: {e}", com.name)))?;
-            let addr = UnixAddr::new(path).map_err(|e| VmError(format!("-l {}: {}: {e}", com.name, path.display())))?;
-            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
-                .map_err(|e| VmError(format!("-l {}: cannot listen on {}: {e}", com.name, path.display())))?;
-            let guard = SocketPath(path.clone());
-            listen(&fd, Backlog::new(1).expect("backlog 1 is valid"))
-                .map_err(|e| VmError(format!("-l {}: listen on {}: {e}", com.name, path.display())))?;
-            Ok(ComHost { kind: UartBackendKind::Socket, fds: vec![fd], _socket: Some(guard) })
-        }
     }
 }
 
@@ -113,25 +89,25 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/kvm")
-        .map_err(|e| VmError(format!("cannot open /dev/kvm: {e} (is KVM loaded, and may this user use it?)")))?
+        .map_err(VmError::Kvm)?
         .into();
 
-    let control = crate::control::ControlSocket::bind(&cfg.name).map_err(VmError)?;
+    let control = crate::control::ControlSocket::bind(&cfg.name)?;
 
     // Guest RAM: a sealed memfd; the broker maps it only to load the kernel.
-    let ram = shm::sealed_memfd("capvm-guest-ram", cfg.memory)
-        .map_err(|e| VmError(format!("cannot create {} bytes of guest RAM: {e}", cfg.memory)))?;
+    let ram =
+        shm::sealed_memfd("capvm-guest-ram", cfg.memory).map_err(|source| VmError::Ram { size: cfg.memory, source })?;
     let regions = boot::memory_regions(cfg.memory);
     let boot_state = {
-        let file = File::from(ram.try_clone().map_err(|e| VmError(format!("dup RAM fd: {e}")))?);
-        let mem = shm::map_guest_ram(file, &regions).map_err(VmError)?;
+        let file = File::from(ram.try_clone().map_err(|source| VmError::Os { what: "dup the RAM fd", source })?);
+        let mem = shm::map_guest_ram(file, &regions)?;
         boot::load(&mem, &regions, &cfg.boot, cfg.cpus)?
     };
 
     let coms: Vec<(ComPort, ComHost, DeviceWires)> = cfg
         .coms
         .iter()
-        .map(|c| Ok((c.clone(), open_com_backend(c)?, DeviceWires::new(cfg.cpus)?)))
+        .map(|c| Ok((c.clone(), ComHost::open(c)?, DeviceWires::new(cfg.cpus)?)))
         .collect::<Result<_, VmError>>()?;
 
     let mut alloc = crate::virtio::Allocator::default();
@@ -141,9 +117,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
-        .map_err(|e| VmError(format!("sigprocmask: {e}")))?;
+        .map_err(|e| VmError::Os { what: "sigprocmask", source: e.into() })?;
     let signalfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| VmError(format!("signalfd: {e}")))?;
+        .map_err(|e| VmError::Os { what: "signalfd", source: e.into() })?;
     let _raw: Vec<RawTerminal> = coms
         .iter()
         .filter(|(_, host, _)| host.kind != UartBackendKind::Socket)
@@ -183,10 +159,11 @@ fn start_children(
     virtio: &[VirtioHost],
     children: &mut Vec<Child>,
 ) -> Result<(), VmError> {
-    let stats_page = || capvm_ipc::stats::create().map_err(|e| VmError(format!("cannot create a stats page: {e}")));
-    let send_err = |role: &str, e: capvm_ipc::ChannelError| VmError(format!("cannot start the {role}: {e}"));
+    let stats_page =
+        || capvm_ipc::stats::create().map_err(|e| VmError::Os { what: "cannot create a stats page", source: e.into() });
+    let send_err = |role: &str, source: capvm_ipc::ChannelError| VmError::Start { role: role.to_string(), source };
     for (com, backend, wires) in coms {
-        let child = spawn("capvm-uart", format!("uart server ({})", com.name)).map_err(VmError)?;
+        let child = spawn("capvm-uart", format!("uart server ({})", com.name))?;
         let fds = StartUartFds {
             ring: wires.ring.as_fd(),
             doorbell: wires.doorbell.as_fd(),
@@ -206,7 +183,7 @@ fn start_children(
     }
 
     for dev in virtio {
-        let mut child = spawn(dev.server, dev.name.clone()).map_err(VmError)?;
+        let mut child = spawn(dev.server, dev.name.clone())?;
         let stats = stats_page()?;
         let start = ToChild::StartVirtio(VirtioConfig {
             name: dev.name.clone(),
@@ -222,7 +199,7 @@ fn start_children(
         sent.map_err(|e| send_err(&role, e))?;
     }
 
-    let mut child = spawn("capvm-vcpu-runner", "vcpu-runner".to_string()).map_err(VmError)?;
+    let mut child = spawn("capvm-vcpu-runner", "vcpu-runner".to_string())?;
     let mut devices: Vec<DeviceRoute> = coms
         .iter()
         .map(|(com, _, _)| DeviceRoute {

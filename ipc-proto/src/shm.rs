@@ -21,7 +21,7 @@ pub fn sealed_memfd(name: &str, size: u64) -> Result<OwnedFd, nix::Error> {
 pub fn map_guest_ram(
     ram: std::fs::File,
     regions: &[crate::MemoryRegion],
-) -> Result<vm_memory::GuestMemoryMmap, String> {
+) -> Result<vm_memory::GuestMemoryMmap, MapGuestRamError> {
     use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
     let file = std::sync::Arc::new(ram);
     GuestMemoryMmap::from_ranges_with_files(
@@ -29,8 +29,13 @@ pub fn map_guest_ram(
             .iter()
             .map(|r| (GuestAddress(r.guest_addr), r.size as usize, Some(FileOffset::from_arc(file.clone(), r.offset)))),
     )
-    .map_err(|e| format!("cannot map guest RAM: {e}"))
+    .map_err(MapGuestRamError)
 }
+
+/// Guest RAM could not be mapped (address space, or the memfd's size).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot map guest RAM: {0}")]
+pub struct MapGuestRamError(#[source] pub vm_memory::mmap::FromRangesError);
 
 /// One page of a shared memfd, mapped read-write and unmapped on drop.
 pub(crate) struct SharedPage {

@@ -35,8 +35,14 @@ pub enum RunnerError {
     Ring(#[from] RingError),
     #[error(transparent)]
     Fds(#[from] capvm_ipc::FdLayoutError),
+    #[error(transparent)]
+    Ram(#[from] capvm_ipc::shm::MapGuestRamError),
     #[error("{0}")]
     Memory(String),
+    #[error("entering the sandbox: {0}")]
+    Sandbox(#[from] capvm_policy::enforce::SandboxError),
+    #[error("{what}: {source}")]
+    Os { what: &'static str, source: std::io::Error },
     #[error("{0}")]
     Config(String),
     #[error("protocol error: {0}")]
@@ -85,7 +91,8 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         )));
     }
     let ram = GuestRam::map(&vm, ram_fd, &cfg.memory, cfg.wire_memory)?;
-    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(|e| RunnerError::Memory(format!("stats page: {e}")))?;
+    let mut stats =
+        Stats::attach(stats_fd.as_fd()).map_err(|e| RunnerError::Os { what: "stats page", source: e.into() })?;
     drop(stats_fd);
     let exits = ExitCounters { pio: stats.counter("pio_exits"), mmio: stats.counter("mmio_exits") };
 
@@ -168,7 +175,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         let t = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
             .spawn(move || vcpu_loop(vcpu, &shared))
-            .map_err(|e| RunnerError::Memory(format!("cannot start vCPU thread: {e}")))?;
+            .map_err(|source| RunnerError::Os { what: "cannot start a vCPU thread", source })?;
         threads.push(t);
     }
     supervise(channel, &shared, &threads)
@@ -205,8 +212,7 @@ fn enter_sandbox(
 ) -> Result<(), RunnerError> {
     let kvm_fd = fds.kvm;
     let manifest = capvm_policy::roles::vcpu_runner(fds, std::process::id());
-    let report =
-        capvm_policy::enforce::enter(&manifest, sandbox.into()).map_err(|e| RunnerError::Config(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, sandbox.into())?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
     capvm_policy::hostile::run_hook(sandbox, kvm_fd, kvm_fd);
@@ -214,7 +220,7 @@ fn enter_sandbox(
 }
 
 fn channel_dup(channel: &Channel) -> Result<OwnedFd, RunnerError> {
-    channel.as_fd().try_clone_to_owned().map_err(|e| RunnerError::Memory(format!("dup control socket: {e}")))
+    channel.as_fd().try_clone_to_owned().map_err(|source| RunnerError::Os { what: "dup the control socket", source })
 }
 
 /// The main thread: answers the broker and watches for an all-halted VM.

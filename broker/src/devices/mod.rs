@@ -14,7 +14,6 @@ use capvm_ipc::{BridgeKind, VirtioBackend};
 use capvm_policy::{FdGrant, SyscallRule};
 
 use crate::config::{ConfigError, ConfigTree};
-use crate::vm::VmError;
 
 pub mod virtio_blk;
 pub mod virtio_net;
@@ -48,11 +47,26 @@ pub struct Served {
     pub parse: fn(&SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError>,
 }
 
+/// A device's host resource could not be opened or is unfit.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Inspect { path: String, source: std::io::Error },
+    #[error("{0} is neither a file nor a block device")]
+    NotADisk(String),
+    #[error("{0} holds less than one sector")]
+    TooSmall(String),
+    #[error("tap {name}: {source}")]
+    Tap { name: String, source: virtio_net::TapError },
+}
+
 /// One configured device server's own part: options checked, ready to open.
 pub trait ServedDevice: std::fmt::Debug {
     /// Opens its host resources (an image, a tap): what the server is told
-    /// about them and the fds it gets. `at` names the slot in errors.
-    fn open(&self, at: &str) -> Result<(VirtioBackend, Vec<OwnedFd>), VmError>;
+    /// about them and the fds it gets.
+    fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError>;
     /// Its backend fds' rights and the syscalls its data path adds, given
     /// the numbers those fds will have in the server.
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>);

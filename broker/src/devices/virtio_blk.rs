@@ -10,9 +10,8 @@ use std::path::PathBuf;
 use capvm_ipc::{BlkOptions, VirtioBackend};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
-use super::{ServedDevice, SlotOptions};
+use super::{DeviceError, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
-use crate::vm::VmError;
 
 /// bhyve's block-device options.
 pub const OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser"];
@@ -67,8 +66,8 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
 
 impl ServedDevice for DiskConfig {
     /// Opens the image as the options say and measures it.
-    fn open(&self, at: &str) -> Result<(VirtioBackend, Vec<OwnedFd>), VmError> {
-        let path = self.path.display();
+    fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError> {
+        let path = || self.path.display().to_string();
         let mut flags = libc::O_CLOEXEC;
         if self.nocache {
             flags |= libc::O_DIRECT;
@@ -81,18 +80,18 @@ impl ServedDevice for DiskConfig {
             .write(!self.read_only)
             .custom_flags(flags)
             .open(&self.path)
-            .map_err(|e| VmError(format!("{at}: cannot open {path}: {e}")))?;
-        let meta = file.metadata().map_err(|e| VmError(format!("{at}: {path}: {e}")))?;
+            .map_err(|source| DeviceError::Open { path: path(), source })?;
+        let meta = file.metadata().map_err(|source| DeviceError::Inspect { path: path(), source })?;
         let (size, can_discard) = if meta.file_type().is_block_device() {
-            let size = file.seek(SeekFrom::End(0)).map_err(|e| VmError(format!("{at}: size of {path}: {e}")))?;
+            let size = file.seek(SeekFrom::End(0)).map_err(|source| DeviceError::Inspect { path: path(), source })?;
             (size, false)
         } else if meta.is_file() {
             (meta.len(), true)
         } else {
-            return Err(VmError(format!("{at}: {path} is neither a file nor a block device")));
+            return Err(DeviceError::NotADisk(path()));
         };
         if size < 512 {
-            return Err(VmError(format!("{at}: {path} holds less than one sector")));
+            return Err(DeviceError::TooSmall(path()));
         }
         let opts = BlkOptions {
             read_only: self.read_only,

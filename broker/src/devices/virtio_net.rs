@@ -9,9 +9,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use capvm_ipc::{NetOptions, VirtioBackend};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
-use super::{ServedDevice, SlotOptions};
+use super::{DeviceError, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
-use crate::vm::VmError;
 
 /// bhyve's network-backend options.
 pub const OPTIONS: &[&str] = &["backend", "mac", "mtu"];
@@ -56,8 +55,8 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
 
 impl ServedDevice for NicConfig {
     /// Opens (or creates) the tap.
-    fn open(&self, at: &str) -> Result<(VirtioBackend, Vec<OwnedFd>), VmError> {
-        let tap = open_tap(&self.tap).map_err(|e| VmError(format!("{at}: tap {}: {e}", self.tap)))?;
+    fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError> {
+        let tap = open_tap(&self.tap).map_err(|source| DeviceError::Tap { name: self.tap.clone(), source })?;
         Ok((VirtioBackend::Net(NetOptions { mac: self.mac, mtu: self.mtu }), vec![tap]))
     }
 
@@ -91,17 +90,34 @@ pub fn default_mac(vm_name: &str, slot: u8, func: u8) -> [u8; 6] {
     [0x02, 0xc7, a, b, c, d]
 }
 
+/// A tap could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("cannot open /dev/net/tun: {0}")]
+    OpenTun(#[source] std::io::Error),
+    #[error("in use by another process")]
+    Busy,
+    #[error("exists and is not a tap ({0})")]
+    NotATap(#[source] std::io::Error),
+    #[error("not allowed to attach ({0}): run capvm as root or give the tap to this user")]
+    NotAllowed(#[source] std::io::Error),
+    #[error("{0}")]
+    Attach(#[source] std::io::Error),
+    #[error("cannot set its virtio header size: {0}")]
+    HeaderSize(#[source] std::io::Error),
+}
+
 /// Attaches to the tap `name` in the broker's network namespace, creating
 /// it if it does not exist (a tap capvm creates goes away with the VM).
 /// Frames carry virtio 1.x's 12-byte header, so the server moves them
 /// unchanged; the fd is non-blocking for the server's poll loop.
-fn open_tap(name: &str) -> Result<OwnedFd, String> {
+fn open_tap(name: &str) -> Result<OwnedFd, TapError> {
     let tun = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open("/dev/net/tun")
-        .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
+        .map_err(TapError::OpenTun)?;
     // struct ifreq: the name, then the flags (a short) in the union.
     let mut ifr = [0u8; 40];
     ifr[..name.len()].copy_from_slice(name.as_bytes());
@@ -112,16 +128,16 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
     if unsafe { libc::ioctl(fd, libc::TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
-            Some(libc::EBUSY) => "in use by another process".into(),
-            Some(libc::EINVAL) => format!("exists and is not a tap ({e})"),
-            Some(libc::EPERM) => format!("not allowed to attach ({e}): run capvm as root or give the tap to this user"),
-            _ => e.to_string(),
+            Some(libc::EBUSY) => TapError::Busy,
+            Some(libc::EINVAL) => TapError::NotATap(e),
+            Some(libc::EPERM) => TapError::NotAllowed(e),
+            _ => TapError::Attach(e),
         });
     }
     let header: libc::c_int = capvm_virtio::layout::NET_HEADER_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int.
     if unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &header) } != 0 {
-        return Err(format!("cannot set its virtio header size: {}", std::io::Error::last_os_error()));
+        return Err(TapError::HeaderSize(std::io::Error::last_os_error()));
     }
     Ok(File::into(tun))
 }

@@ -21,6 +21,8 @@ pub enum UartError {
     Protocol(String),
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
+    #[error("entering the sandbox: {0}")]
+    Sandbox(#[from] capvm_policy::enforce::SandboxError),
 }
 
 /// The UART's interrupt line: an eventfd the vCPU runner bound to a GSI.
@@ -50,8 +52,7 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         irq.as_raw_fd(),
         &backend::manifest_fds(cfg.backend, &input, &output),
     );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())
-        .map_err(|e| UartError::Protocol(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
     let doorbell = ring.doorbell().as_raw_fd();

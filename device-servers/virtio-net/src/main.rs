@@ -7,16 +7,18 @@
 mod net;
 
 use capvm_ipc::{ToBroker, VirtioBackend};
-use capvm_virtio::server::{self, DeviceSandbox, Setup};
+use capvm_virtio::server::{self, DeviceSandbox, ServerError, Setup};
 
 fn main() {
     let channel = capvm_ipc::child_channel();
     let result = server::run(&channel, |setup: Setup| {
         let VirtioBackend::Net(opts) = &setup.config.backend else {
-            return Err("capvm-virtio-net was started for another device".into());
+            return Err(ServerError::Protocol("capvm-virtio-net was started for another device".into()));
         };
-        let [tap]: [_; 1] =
-            setup.backend_fds.try_into().map_err(|_| "StartVirtio for a NIC carries exactly one backend fd")?;
+        let [tap]: [_; 1] = setup
+            .backend_fds
+            .try_into()
+            .map_err(|_| ServerError::Protocol("StartVirtio for a NIC carries exactly one backend fd".into()))?;
         let (fds, syscalls) = capvm_policy::roles::virtio_net_backend(std::os::fd::AsRawFd::as_raw_fd(&tap));
         let sandbox = DeviceSandbox { fds, syscalls };
         Ok((net::Net::new(tap, opts.clone(), setup.stats), sandbox))

@@ -30,10 +30,16 @@ pub enum ServerError {
     Ring(#[from] RingError),
     #[error(transparent)]
     Fds(#[from] FdLayoutError),
+    #[error(transparent)]
+    Ram(#[from] capvm_ipc::shm::MapGuestRamError),
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("{0}")]
-    Setup(String),
+    #[error("stats page: {0}")]
+    Stats(#[source] nix::Error),
+    #[error("entering the sandbox: {0}")]
+    Sandbox(#[from] capvm_policy::enforce::SandboxError),
+    #[error("poll: {0}")]
+    Poll(#[source] nix::Error),
 }
 
 /// What a device model needs to be confined: its backend fds with their
@@ -65,7 +71,7 @@ pub struct Setup<'a> {
 /// Runs a device server on the control channel; `make` builds the device.
 pub fn run<D: Backend>(
     channel: &Channel,
-    make: impl FnOnce(Setup) -> Result<(D, DeviceSandbox), String>,
+    make: impl FnOnce(Setup) -> Result<(D, DeviceSandbox), ServerError>,
 ) -> Result<(), ServerError> {
     let (cfg, fds) = match channel.recv()? {
         (ToChild::StartVirtio(cfg), fds) => (cfg, fds),
@@ -94,8 +100,8 @@ pub fn run<D: Backend>(
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
     drop(ring_fd);
     let ram_fd = ram.as_raw_fd();
-    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &cfg.memory).map_err(ServerError::Setup)?;
-    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(|e| ServerError::Setup(format!("stats page: {e}")))?;
+    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &cfg.memory)?;
+    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(ServerError::Stats)?;
     drop(stats_fd);
     let counters = TransportStats {
         config_accesses: stats.counter("config_accesses"),
@@ -105,7 +111,7 @@ pub fn run<D: Backend>(
         intx_interrupts: stats.counter("intx_interrupts"),
     };
     let notifies = stats.counter("ioeventfd_notifies");
-    let (device, sandbox) = make(Setup { config: &cfg, backend_fds, stats: &mut stats }).map_err(ServerError::Setup)?;
+    let (device, sandbox) = make(Setup { config: &cfg, backend_fds, stats: &mut stats })?;
 
     // Hostile-test hook target: the backend fd (a read-only disk has
     // neither CAP_WRITE nor CAP_IOCTL).
@@ -122,8 +128,7 @@ pub fn run<D: Backend>(
         sandbox.fds.clone(),
         sandbox.syscalls,
     );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())
-        .map_err(|e| ServerError::Setup(e.to_string()))?;
+    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     capvm_policy::hostile::run_hook(&cfg.sandbox, hook_fd, hook_fd);
     let mut transport = Transport::new(device, &cfg.function, irqs, intx, counters);
@@ -156,7 +161,7 @@ fn serve<D: Backend>(
             }
             match poll(&mut pfds, PollTimeout::NONE) {
                 Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(ServerError::Setup(format!("poll: {e}"))),
+                Err(e) => return Err(ServerError::Poll(e)),
             }
             pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect()
         };
