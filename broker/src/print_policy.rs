@@ -65,7 +65,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
     for d in &cfg.served {
         let function = alloc.function(d.slot, d.func, d.served().queues)?;
         let mut fds = Fds::child();
-        let start = StartVirtioFds::take_from(&function, 1, fds.received())?;
+        let start = StartVirtioFds::take_from(&function, d.device.backend_fd_count(), fds.received())?;
         fds.free(start.ring);
         fds.free(start.stats);
         let (grants, syscalls) = d.device.backend_policy(&start.backend);

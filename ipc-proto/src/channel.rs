@@ -203,7 +203,7 @@ mod tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    x as u8
+                    x.to_le_bytes()[0]
                 })
                 .collect();
             nix::unistd::write(a.fd.as_fd(), &bytes).unwrap();

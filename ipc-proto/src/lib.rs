@@ -13,6 +13,10 @@
 //!
 //! Everything a peer sends is untrusted: every decode error is an error value.
 
+// The ring reads what a hostile peer wrote: a narrowing cast here must say
+// why it cannot cut a value.
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod channel;
 pub mod fds;
 pub mod memmap;

@@ -22,6 +22,7 @@ const MAGIC: u32 = u32::from_le_bytes(*b"cvmR");
 pub const RING_SIZE: usize = crate::shm::PAGE;
 const SLOT_SIZE: usize = 64;
 /// Most slots (and so vCPUs) one ring serves: the page less the header.
+#[allow(clippy::cast_possible_truncation, reason = "63 fits any integer")]
 pub const MAX_SLOTS: u32 = (RING_SIZE / SLOT_SIZE) as u32 - 1;
 
 const IDLE: u32 = 0;
@@ -249,6 +250,7 @@ impl ExitRing {
                         op,
                         region,
                         addr: s.addr.load(Ordering::Relaxed),
+                        #[allow(clippy::cast_possible_truncation, reason = "matched to 1, 2, 4 or 8 above")]
                         size: size as u8,
                         data: s.data.load(Ordering::Relaxed),
                     },

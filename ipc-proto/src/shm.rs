@@ -18,6 +18,7 @@ pub fn sealed_memfd(name: &str, size: u64) -> Result<OwnedFd, nix::Error> {
 /// Maps every region of the guest-RAM memfd, shared: how the broker (to
 /// load the kernel), the vCPU runner (to hand it to KVM) and the device
 /// servers (to reach virtqueues) see guest memory.
+#[allow(clippy::cast_possible_truncation, reason = "capvm runs on x86_64 only: usize is 64 bits")]
 pub fn map_guest_ram(
     ram: std::fs::File,
     regions: &[crate::MemoryRegion],

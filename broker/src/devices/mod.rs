@@ -67,6 +67,10 @@ pub trait ServedDevice: std::fmt::Debug {
     /// Opens its host resources (an image, a tap): what the server is told
     /// about them and the fds it gets.
     fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError>;
+    /// How many backend fds `open` gives its server.
+    fn backend_fd_count(&self) -> usize {
+        1
+    }
     /// Its backend fds' rights and the syscalls its data path adds, given
     /// the numbers those fds will have in the server.
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>);
