@@ -344,16 +344,12 @@ impl capvm_virtio::server::Backend for Blk {}
 mod tests {
     use std::os::fd::AsFd;
 
-    use virtio_queue::desc::split::Descriptor;
-    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
     use super::*;
     use crate::request::{S_IOERR, S_UNSUPP};
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
     const HEADER: u64 = 0x1_0000;
     const DATA: u64 = 0x2_0000;
     const STATUS: u64 = 0x3_0000;
@@ -404,16 +400,7 @@ mod tests {
             self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
             let mock = MockSplitQueue::new(&self.mem, 16);
             let first = self.next_desc;
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, w))| {
-                    let last = i + 1 == descs.len();
-                    let flags = if w { WRITE } else { 0 } | if last { 0 } else { NEXT };
-                    RawDescriptor::from(Descriptor::new(addr, len, flags, first + i as u16 + 1))
-                })
-                .collect();
-            mock.add_desc_chains(&raw, first).unwrap();
+            mock.add_desc_chains(&capvm_virtio::test_utils::chain(first, descs), first).unwrap();
             self.next_desc += descs.len() as u16;
             let mut q: Queue = mock.create_queue().unwrap();
             // The device has already taken what came before.

@@ -380,14 +380,11 @@ mod tests {
     use std::os::fd::{AsFd, FromRawFd};
 
     use capvm_virtio::server::Backend;
-    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
     use super::*;
 
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
     /// Where each queue's rings live, and where buffers start.
     const RINGS: [u64; 2] = [0x0, 0x8000];
     const BUF: u64 = 0x1_0000;
@@ -427,16 +424,7 @@ mod tests {
         /// Offers a chain of (addr, len, device-writable) on queue `q`.
         fn offer(&mut self, q: usize, descs: &[(u64, u32, bool)]) {
             let first = self.next_desc[q];
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, w))| {
-                    let last = i + 1 == descs.len();
-                    let flags = if w { WRITE } else { 0 } | if last { 0 } else { NEXT };
-                    RawDescriptor::from(Descriptor::new(addr, len, flags, first + i as u16 + 1))
-                })
-                .collect();
-            self.mocks[q].add_desc_chains(&raw, first).unwrap();
+            self.mocks[q].add_desc_chains(&capvm_virtio::test_utils::chain(first, descs), first).unwrap();
             self.next_desc[q] += descs.len() as u16;
         }
 

@@ -7,6 +7,8 @@ pub mod chain;
 pub mod layout;
 pub mod pci;
 pub mod server;
+#[cfg(feature = "test-utils")]
+pub mod test_utils;
 pub mod transport;
 
 pub use transport::{Device, Transport};
