@@ -34,6 +34,7 @@ fn common() -> Vec<SyscallRule> {
         r("clock_gettime", Args::Any, "time (when the vDSO is not used)"),
         r("getrandom", Args::Any, "hash map seeds"),
         r("gettid", Args::Any, "thread identity"),
+        r("getcpu", Args::Any, "the exit ring spins only while its peer runs on another CPU (vDSO or rseq first)"),
         r("getpid", Args::Any, "process identity"),
         r("exit", Args::Any, "thread exit"),
         r("exit_group", Args::Any, "process exit"),

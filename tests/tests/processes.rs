@@ -114,3 +114,49 @@ fn killing_the_broker_takes_its_children_along() {
     assert!(sock.exists(), "the VM had no control socket at {}", sock.display());
     std::fs::remove_file(sock).unwrap();
 }
+
+/// CPU time (user + system) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A guest that has set its disk up and sleeps, with a COM port, a disk and
+/// a NIC on a tap: no process of capvm's may busy-wait for it. Together
+/// they stay under 1% of a core (the runner's halt watchdog is most of it).
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn an_idle_vm_with_every_device_costs_under_one_percent_of_a_core() {
+    require_kvm();
+    let ns = Netns::create();
+    let img = std::env::temp_dir().join(format!("capvm-idle-{}.img", std::process::id()));
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let disk = format!("3,virtio-blk,{}", img.display());
+    let args = vm_args(2, "64M", guest(), "blk-rw 1 idle", &["-s", &disk, "-s", "4,virtio-net,idletap0"]);
+    let mut child = ns.spawn_capvm(&args);
+    let mut out = child.stdout.take().unwrap();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 256]);
+    while !String::from_utf8_lossy(&seen).contains("blk done") {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(n > 0, "capvm ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut pids: Vec<u32> = children_of(child.id()).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(pids.len(), 4, "runner, uart, disk and NIC servers");
+    pids.push(child.id());
+    let ticks = || pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+    let (t0, c0) = (std::time::Instant::now(), ticks());
+    std::thread::sleep(Duration::from_secs(8));
+    let (elapsed, used) = (t0.elapsed().as_secs_f64(), ticks() - c0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let share = used as f64 / hz / elapsed;
+    eprintln!("idle VM: {:.2}% of a core over {elapsed:.1} s", share * 100.0);
+    child.stdout = Some(out);
+    signal(child.id(), libc::SIGTERM);
+    let r = finish(child, Duration::from_secs(10));
+    std::fs::remove_file(&img).unwrap();
+    assert_eq!(r.code(), 1, "{r:?}");
+    assert!(share < 0.01, "an idle VM used {:.2}% of a core", share * 100.0);
+}
