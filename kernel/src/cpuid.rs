@@ -25,6 +25,9 @@ const CPUID7_EBX_AVX512: u32 =
 // Leaf 7 subleaf 0 ECX.
 const CPUID7_ECX_PKU: u32 = 1 << 3;
 const CPUID7_ECX_OSPKE: u32 = 1 << 4;
+// Leaf 0x8000_0001 ECX: LZCNT (AMD's ABM). kvm_pvm's emulator runs lzcnt as
+// bsr, without an exit, so a guest would get a wrong count no VMM can fix.
+const CPUID_8000_0001_ECX_ABM: u32 = 1 << 5;
 // Leaf 0x8000_0008 EBX: FXSAVE/FXRSTOR always save the x87 error pointers,
 // so Linux skips its `fnclex; emms; fild` workaround.
 const CPUID_8000_0008_EBX_XSAVEERPTR: u32 = 1 << 2;
@@ -81,6 +84,7 @@ fn fit_entry(e: &mut kvm_cpuid_entry2, host: HostKvm, vcpu_id: u32, is_amd: bool
             e.edx = 0;
         }
         (0xb, _) | (0x1f, _) => e.edx = vcpu_id,
+        (0x8000_0001, _) if emulated => e.ecx &= !CPUID_8000_0001_ECX_ABM,
         (0x8000_0008, _) if emulated && is_amd => e.ebx |= CPUID_8000_0008_EBX_XSAVEERPTR,
         _ => {}
     }
@@ -101,6 +105,7 @@ mod tests {
             entry(7, 0, u32::MAX, u32::MAX),
             entry(0xd, 0, 1, 1),
             entry(0x8000_0008, 0, 0, 0),
+            entry(0x8000_0001, 0, 0, u32::MAX),
         ])
         .unwrap();
         let amd = is_amd(&supported);
@@ -114,6 +119,7 @@ mod tests {
         assert_eq!(e[2].ebx & (CPUID7_EBX_SMEP | CPUID7_EBX_SMAP), 0);
         assert_eq!((e[3].eax, e[3].ebx), (0, 0));
         assert_ne!(e[4].ebx & CPUID_8000_0008_EBX_XSAVEERPTR, 0);
+        assert_eq!(e[5].ecx & CPUID_8000_0001_ECX_ABM, 0, "no lzcnt");
     }
 
     #[test]

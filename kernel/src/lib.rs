@@ -6,6 +6,7 @@
 //! PIT, irqfds, and a CPUID fitted to what the host's KVM can run.
 
 pub mod boot;
+pub mod complete;
 pub mod cpuid;
 pub mod host;
 pub mod vcpu;

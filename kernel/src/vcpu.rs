@@ -7,8 +7,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use iced_x86::Register;
+
 use crate::boot::{BootRegs, EntryMode, GDT, GDT_ADDR, PML4_ADDR, SEL_CODE32, SEL_CODE64, SEL_DATA, SEL_TSS};
-use crate::{Context, Result};
+use crate::{complete, Context, Result};
 
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_ET: u64 = 1 << 4;
@@ -202,37 +204,147 @@ impl Vcpu {
         Ok((regs.rip, sregs.ss.dpl, phys))
     }
 
-    /// Completes an instruction KVM's instruction emulator refused, where
-    /// its effect is simple enough to be certain of: `int3` (cc) and
-    /// `int n` (cd nn) move RIP past themselves and inject their vector, as
-    /// the CPU would have; `fwait` (9b) only moves RIP: it waits for a
-    /// pending unmasked x87 exception, and capvm assumes there is none
-    /// (kernels run with x87 exceptions masked; a wrong guess loses a #MF). `insn` holds the bytes at RIP.
-    /// Returns false (and changes nothing) for any other instruction.
-    pub fn complete_refused_instruction(&self, insn: &[u8]) -> Result<bool> {
-        let (len, vector) = match insn {
-            [0xcc, ..] => (1, Some(3u8)),
-            [0xcd, n, ..] => (2, Some(*n)),
-            [0x9b, ..] => (1, None),
-            _ => return Ok(false),
-        };
-        let mut regs = self.fd.get_regs().context("KVM_GET_REGS")?;
-        regs.rip = regs.rip.wrapping_add(len);
-        self.fd.set_regs(&regs).context("KVM_SET_REGS")?;
-        let Some(vector) = vector else { return Ok(true) };
-        let mut events = self.fd.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
-        if vector < 32 {
-            // An exception vector (#BP for int3): a trap, so the handler
-            // sees RIP after the instruction.
-            events.exception.injected = 1;
-            events.exception.nr = vector;
-            events.exception.has_error_code = 0;
-        } else {
-            events.interrupt.injected = 1;
-            events.interrupt.nr = vector;
-            events.interrupt.soft = 1;
+    /// Completes an instruction KVM's instruction emulator refused
+    /// (`complete::complete`): `insn` holds the bytes at RIP, `read_phys`
+    /// reads guest-physical memory. Registers change only when the
+    /// instruction was completed.
+    pub fn complete_refused(
+        &self,
+        insn: &[u8],
+        read_phys: impl FnMut(u64, &mut [u8]) -> bool,
+    ) -> Result<complete::Outcome> {
+        let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
+        let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
+        let mut m = VcpuMachine { vcpu: self, regs, sregs, read_phys, inject: None };
+        let outcome = complete::complete(&mut m, insn);
+        if let complete::Outcome::Completed(_) = outcome {
+            self.fd.set_regs(&m.regs).context("KVM_SET_REGS")?;
+            if let Some(vector) = m.inject {
+                let mut events = self.fd.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
+                if vector < 32 {
+                    // An exception vector (#BP for int3): a trap, so the
+                    // handler sees RIP after the instruction.
+                    events.exception.injected = 1;
+                    events.exception.nr = vector;
+                    events.exception.has_error_code = 0;
+                } else {
+                    events.interrupt.injected = 1;
+                    events.interrupt.nr = vector;
+                    events.interrupt.soft = 1;
+                }
+                self.fd.set_vcpu_events(&events).context("KVM_SET_VCPU_EVENTS")?;
+            }
         }
-        self.fd.set_vcpu_events(&events).context("KVM_SET_VCPU_EVENTS")?;
-        Ok(true)
+        Ok(outcome)
+    }
+}
+
+/// A vCPU's registers as a completion sees them, read once and written
+/// back once; memory through KVM_TRANSLATE and the runner's RAM mapping.
+struct VcpuMachine<'a, R> {
+    vcpu: &'a Vcpu,
+    regs: kvm_bindings::kvm_regs,
+    sregs: kvm_bindings::kvm_sregs,
+    read_phys: R,
+    inject: Option<u8>,
+}
+
+impl<R: FnMut(u64, &mut [u8]) -> bool> complete::Machine for VcpuMachine<'_, R> {
+    fn bitness(&self) -> u32 {
+        match (self.sregs.cs.l, self.sregs.cs.db) {
+            (1, _) => 64,
+            (_, 1) => 32,
+            _ => 16,
+        }
+    }
+    fn rip(&self) -> u64 {
+        self.regs.rip
+    }
+    fn set_rip(&mut self, rip: u64) {
+        self.regs.rip = rip;
+    }
+    fn rflags(&self) -> u64 {
+        self.regs.rflags
+    }
+    fn set_rflags(&mut self, rflags: u64) {
+        self.regs.rflags = rflags;
+    }
+    fn gpr64(&self, reg: Register) -> u64 {
+        let r = &self.regs;
+        match reg {
+            Register::RAX => r.rax,
+            Register::RCX => r.rcx,
+            Register::RDX => r.rdx,
+            Register::RBX => r.rbx,
+            Register::RSP => r.rsp,
+            Register::RBP => r.rbp,
+            Register::RSI => r.rsi,
+            Register::RDI => r.rdi,
+            Register::R8 => r.r8,
+            Register::R9 => r.r9,
+            Register::R10 => r.r10,
+            Register::R11 => r.r11,
+            Register::R12 => r.r12,
+            Register::R13 => r.r13,
+            Register::R14 => r.r14,
+            Register::R15 => r.r15,
+            Register::RIP => r.rip,
+            _ => 0,
+        }
+    }
+    fn set_gpr64(&mut self, reg: Register, value: u64) {
+        let r = &mut self.regs;
+        let slot = match reg {
+            Register::RAX => &mut r.rax,
+            Register::RCX => &mut r.rcx,
+            Register::RDX => &mut r.rdx,
+            Register::RBX => &mut r.rbx,
+            Register::RSP => &mut r.rsp,
+            Register::RBP => &mut r.rbp,
+            Register::RSI => &mut r.rsi,
+            Register::RDI => &mut r.rdi,
+            Register::R8 => &mut r.r8,
+            Register::R9 => &mut r.r9,
+            Register::R10 => &mut r.r10,
+            Register::R11 => &mut r.r11,
+            Register::R12 => &mut r.r12,
+            Register::R13 => &mut r.r13,
+            Register::R14 => &mut r.r14,
+            Register::R15 => &mut r.r15,
+            _ => return,
+        };
+        *slot = value;
+    }
+    fn segment_base(&self, seg: Register) -> u64 {
+        let s = &self.sregs;
+        match seg {
+            Register::ES => s.es.base,
+            Register::CS => s.cs.base,
+            Register::SS => s.ss.base,
+            Register::DS => s.ds.base,
+            Register::FS => s.fs.base,
+            Register::GS => s.gs.base,
+            _ => 0,
+        }
+    }
+    fn read(&mut self, linear: u64, buf: &mut [u8]) -> bool {
+        // Page by page: an access may cross into a page mapped elsewhere.
+        let mut done = 0;
+        while done < buf.len() {
+            let at = linear.wrapping_add(done as u64);
+            let in_page = (4096 - (at & 0xfff) as usize).min(buf.len() - done);
+            let phys = match self.vcpu.fd.translate_gva(at) {
+                Ok(t) if t.valid != 0 => t.physical_address,
+                _ => return false,
+            };
+            if !(self.read_phys)(phys, &mut buf[done..done + in_page]) {
+                return false;
+            }
+            done += in_page;
+        }
+        true
+    }
+    fn inject(&mut self, vector: u8) {
+        self.inject = Some(vector);
     }
 }

@@ -43,6 +43,11 @@ impl GuestRam {
         self.fd
     }
 
+    /// Fills `buf` from guest-physical `addr`; false if it is not all RAM.
+    pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
     /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.
     pub fn read(&self, addr: u64, n: usize) -> Vec<u8> {
         let mut out = Vec::new();

@@ -21,6 +21,11 @@ pub struct Device {
 pub struct ExitCounters {
     pub pio: Counter,
     pub mmio: Counter,
+    /// Instructions completed for the host's emulator, by kind
+    /// (capvm_kernel::complete::KINDS).
+    pub completed: Vec<(&'static str, Counter)>,
+    /// Emulation failures run again because the code at RIP had changed.
+    pub emulation_retries: Counter,
 }
 
 pub struct Router {

@@ -11,6 +11,7 @@ use capvm_ipc::{
     VmEvent,
 };
 use capvm_kernel::boot::{BootRegs, EntryMode};
+use capvm_kernel::complete::Outcome;
 use capvm_kernel::vm::EventFd;
 use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
 
@@ -94,7 +95,15 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let mut stats =
         Stats::attach(stats_fd.as_fd()).map_err(|e| RunnerError::Os { what: "stats page", source: e.into() })?;
     drop(stats_fd);
-    let exits = ExitCounters { pio: stats.counter("pio_exits"), mmio: stats.counter("mmio_exits") };
+    let exits = ExitCounters {
+        pio: stats.counter("pio_exits"),
+        mmio: stats.counter("mmio_exits"),
+        completed: capvm_kernel::complete::KINDS
+            .iter()
+            .map(|&kind| (kind, stats.counter(&format!("completed_{kind}"))))
+            .collect(),
+        emulation_retries: stats.counter("emulation_retries"),
+    };
 
     let mut devices = Vec::new();
     let mut served = Vec::new();
@@ -276,8 +285,55 @@ fn install_kick_handler() {
     }
 }
 
+/// How many times in a row a vCPU runs again into an emulation failure at
+/// the same RIP with the same bytes before the VM stops: another vCPU's
+/// code patching (an int3 put in and taken out again) can change the bytes
+/// between the failure and our look, but a real failure repeats.
+const MAX_RETRIES: u32 = 3;
+
+/// One vCPU's view of the instructions the host's emulator refuses.
+#[derive(Default)]
+struct Refused {
+    /// RIP and bytes of the last failure not completed, and how often.
+    last: Option<(u64, Vec<u8>)>,
+    retries: u32,
+}
+
+impl Refused {
+    /// Completes the instruction at the failure (the emulator of a
+    /// paging-based host cannot run int3, int n, fwait, clac, stac,
+    /// popcnt, lzcnt or tzcnt at CPL0), or runs the vCPU again a few times
+    /// when the bytes there are not an instruction we complete (code
+    /// patching). False: the VM stops.
+    fn complete(&mut self, vcpu: &Vcpu, ram: &GuestRam, exits: &ExitCounters, r: &InternalErrorReport) -> bool {
+        match vcpu.complete_refused(&r.bytes, |gpa, buf| ram.read_into(gpa, buf)) {
+            Ok(Outcome::Completed(kind)) => {
+                if let Some((_, c)) = exits.completed.iter().find(|(k, _)| *k == kind) {
+                    c.inc();
+                }
+                self.last = None;
+                self.retries = 0;
+                true
+            }
+            Ok(Outcome::Unsupported(_) | Outcome::Undecodable) => {
+                let here = (r.rip, r.bytes.clone());
+                if self.last.as_ref() == Some(&here) {
+                    self.retries += 1;
+                } else {
+                    self.last = Some(here);
+                    self.retries = 1;
+                }
+                exits.emulation_retries.inc();
+                self.retries <= MAX_RETRIES
+            }
+            Ok(Outcome::Fault(_)) | Err(_) => false,
+        }
+    }
+}
+
 fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
     let id = vcpu.id();
+    let mut refused = Refused::default();
     let status = &shared.status[id as usize];
     let msg = loop {
         let exit = match vcpu.run() {
@@ -324,10 +380,8 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
             Exit::SystemEvent(kind) => break ToBroker::Fatal(format!("vCPU {id}: system event {kind}")),
             Exit::InternalError(suberror) => {
                 let report = internal_error(&vcpu, &shared.ram, suberror);
-                // The emulator of a paging-based host cannot run int3,
-                // int n or fwait at CPL0; the runner completes them.
                 if report.suberror == EMULATION_FAILURE
-                    && vcpu.complete_refused_instruction(&report.bytes).unwrap_or(false)
+                    && refused.complete(&vcpu, &shared.ram, &shared.router.exits, &report)
                 {
                     Routed::Continue(0)
                 } else {

@@ -191,6 +191,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             net::bench(tx, size, count)
         }
         b"clock" => clock(),
+        b"refused" => refused(args(line).next().and_then(parse_num).unwrap_or(1)),
         b"spin" => loop {
             core::hint::spin_loop();
         },
@@ -223,6 +224,53 @@ fn print_rtc() {
         print(sep);
     }
     print(b"\n");
+}
+
+/// `refused N`: N rounds, at CPL0, of the instructions kvm_pvm's emulator
+/// refuses and the runner completes: popcnt and tzcnt on a register and on
+/// memory, stac and clac; each result checked against what it must be
+/// (computed without those instructions). Prints how many rounds were
+/// right between `bench: go` and `bench: end`, then idles. (No lzcnt: the
+/// emulator runs it as bsr without an exit, so no VMM can correct it;
+/// docs/kvm-pvm.md.)
+fn refused(rounds: u64) -> ! {
+    let mut right = 0;
+    print(b"bench: go\n");
+    for i in 0..rounds {
+        let x = 0x0123_4567_89ab_cde0u64.rotate_left(i as u32) >> (i % 17);
+        let (pop_r, tz_r, pop_m, tz_m, ac_set, ac_clear): (u64, u64, u64, u64, u64, u64);
+        // SAFETY: register arithmetic, reads of a local, and RFLAGS.AC
+        // (no effect at CPL0 without SMAP enforcement on our own data).
+        unsafe {
+            core::arch::asm!(
+                "popcnt {a}, {x}",
+                "tzcnt {c}, {x}",
+                "popcnt {d}, qword ptr [{p}]",
+                "tzcnt {f}, qword ptr [{p}]",
+                x = in(reg) x,
+                p = in(reg) &x,
+                a = out(reg) pop_r,
+                c = out(reg) tz_r,
+                d = out(reg) pop_m,
+                f = out(reg) tz_m,
+                options(nostack, readonly),
+            );
+            core::arch::asm!("stac", "pushfq", "pop {s}", "clac", "pushfq", "pop {c}", s = out(reg) ac_set, c = out(reg) ac_clear);
+        }
+        let ac = 1 << 18;
+        // tzcnt of 0 is 64 (bsf would leave its destination alone).
+        let (pop, tz) = (x.count_ones() as u64, if x == 0 { 64 } else { x.trailing_zeros() as u64 });
+        if (pop_r, tz_r, pop_m, tz_m) == (pop, tz, pop, tz) && ac_set & ac != 0 && ac_clear & ac == 0 {
+            right += 1;
+        }
+    }
+    print(b"bench: end\n");
+    print(b"refused: ");
+    io::print_dec(right);
+    print(b" of ");
+    io::print_dec(rounds);
+    print(b" rounds right\n");
+    io::idle()
 }
 
 /// `clock`: the RTC's time, the PM timer advancing, and a time set by the
