@@ -25,7 +25,18 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 8] = ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt"];
+pub const KINDS: [&str; 10] = ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt", "xsave", "xrstor"];
+
+/// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
+pub const XSAVE_AREA: usize = 4096;
+/// Where the XSAVE header starts, and the legacy region's fields.
+const HEADER: usize = 512;
+const MXCSR: usize = 24;
+const MXCSR_MASK: usize = 28;
+const X87_STATE: [std::ops::Range<usize>; 2] = [0..24, 32..160];
+const SSE_STATE: std::ops::Range<usize> = 160..416;
+/// #GP.
+const GP: u8 = 13;
 
 /// What became of a refused instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +68,39 @@ pub trait Machine {
     fn segment_base(&self, seg: Register) -> u64;
     /// Reads linear guest memory; false if an address does not translate.
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> bool;
-    /// Injects an exception vector (< 32) or a software interrupt.
-    fn inject(&mut self, vector: u8);
+    /// Injects an exception vector (< 32) or a software interrupt, with
+    /// an error code for the exceptions that have one.
+    fn inject(&mut self, vector: u8, error_code: Option<u32>);
+    /// Writes linear guest memory; false if an address does not translate
+    /// or is not writable (nothing is written then).
+    fn write(&mut self, linear: u64, buf: &[u8]) -> bool;
+    /// XCR0, and the vCPU's extended state as a standard-format XSAVE area
+    /// of XSAVE_AREA bytes (None where the host cannot give them).
+    fn xcr0(&mut self) -> Option<u64>;
+    fn xsave_area(&mut self) -> Option<Vec<u8>>;
+    /// The extended state to load when the completion is committed.
+    fn set_xsave_area(&mut self, area: Vec<u8>);
+}
+
+/// Offset and size of XSAVE state component `i` (2-62) in the standard
+/// format, as CPUID leaf 0xD enumerates it (the guest sees the host's leaf
+/// on a paging-based host; KVM's area uses the same layout).
+fn component(i: u32) -> std::ops::Range<usize> {
+    let c = std::arch::x86_64::__cpuid_count(0xd, i);
+    c.ebx as usize..(c.ebx as usize + c.eax as usize)
+}
+
+/// Every component of `rfbm`: (bit, byte ranges in the area).
+fn ranges(rfbm: u64) -> Vec<(u32, Vec<std::ops::Range<usize>>)> {
+    (0..63)
+        .filter(|i| rfbm & (1 << i) != 0)
+        .map(|i| match i {
+            0 => (0, X87_STATE.to_vec()),
+            1 => (1, vec![SSE_STATE]),
+            i => (i, vec![component(i)]),
+        })
+        .filter(|(_, r)| r.iter().all(|r| r.end <= XSAVE_AREA && r.start < r.end))
+        .collect()
 }
 
 /// Decodes the instruction at RIP from `bytes` and completes it.
@@ -71,12 +113,12 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
     let kind = match insn.mnemonic() {
         Mnemonic::Int3 => {
             m.set_rip(insn.next_ip());
-            m.inject(3);
+            m.inject(3, None);
             "int3"
         }
         Mnemonic::Int => {
             m.set_rip(insn.next_ip());
-            m.inject(insn.immediate8());
+            m.inject(insn.immediate8(), None);
             "int"
         }
         // Waits for a pending unmasked x87 exception: kernels run with x87
@@ -95,6 +137,14 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
                 "clac"
             }
         }
+        Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => match xsave(m, &insn) {
+            Ok(kind) => kind,
+            Err(outcome) => return outcome,
+        },
+        Mnemonic::Xrstor | Mnemonic::Xrstor64 => match xrstor(m, &insn) {
+            Ok(kind) => kind,
+            Err(outcome) => return outcome,
+        },
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => match count_bits(m, &insn) {
             Ok(kind) => kind,
             Err(outcome) => return outcome,
@@ -102,6 +152,101 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         other => return Outcome::Unsupported(format!("{other:?}").to_lowercase()),
     };
     Outcome::Completed(kind)
+}
+
+/// The linear address of memory operand 0, and RFBM (XCR0 & EDX:EAX),
+/// for the XSAVE family; None after injecting #GP for a misaligned area.
+fn xsave_operands(m: &mut impl Machine, insn: &Instruction) -> Result<Option<(u64, u64)>, Outcome> {
+    let linear =
+        insn.virtual_address(0, 0, |reg, _, _| Some(register_for_address(m, reg))).ok_or(Outcome::Undecodable)?;
+    let xcr0 = m.xcr0().ok_or_else(|| Outcome::Unsupported("xsave (no XCR0)".into()))?;
+    if linear % 64 != 0 {
+        m.inject(GP, Some(0));
+        return Ok(None);
+    }
+    let requested = (m.gpr64(Register::RDX) << 32) | (m.gpr64(Register::RAX) & 0xffff_ffff);
+    Ok(Some((linear, xcr0 & requested)))
+}
+
+/// XSAVE and XSAVEOPT (standard format; XSAVEOPT may always write what it
+/// was asked to, which is what this does): the components of RFBM from
+/// the vCPU's state into memory, and their XSTATE_BV bits.
+fn xsave(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xsave") };
+    let area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xsave (no KVM_GET_XSAVE)".into()))?;
+    let mut mem = vec![0u8; HEADER + 64];
+    if !m.read(linear, &mut mem) {
+        return Err(Outcome::Fault(linear));
+    }
+    let mut writes: Vec<(usize, &[u8])> = Vec::new();
+    for (_, rs) in ranges(rfbm) {
+        writes.extend(rs.into_iter().map(|r| (r.start, &area[r])));
+    }
+    if rfbm & 0b110 != 0 {
+        writes.push((MXCSR, &area[MXCSR..MXCSR_MASK + 4]));
+    }
+    let old_bv = u64::from_le_bytes(mem[HEADER..HEADER + 8].try_into().unwrap_or_default());
+    let area_bv = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
+    let bv = ((old_bv & !rfbm) | (area_bv & rfbm)).to_le_bytes();
+    writes.push((HEADER, &bv));
+    for (offset, bytes) in writes {
+        if !m.write(linear + offset as u64, bytes) {
+            return Err(Outcome::Fault(linear + offset as u64));
+        }
+    }
+    m.set_rip(insn.next_ip());
+    Ok("xsave")
+}
+
+/// XRSTOR (standard format): for each component of RFBM, its state from
+/// memory where XSTATE_BV says it is there, else its initial state; #GP
+/// for a header or MXCSR the CPU would refuse.
+fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xrstor") };
+    let xcr0 = m.xcr0().unwrap_or(0);
+    let mut mem = vec![0u8; XSAVE_AREA];
+    let needed = ranges(rfbm).iter().flat_map(|(_, rs)| rs.iter().map(|r| r.end)).max().unwrap_or(0).max(HEADER + 64);
+    if !m.read(linear, &mut mem[..needed]) {
+        return Err(Outcome::Fault(linear));
+    }
+    let bv = u64::from_le_bytes(mem[HEADER..HEADER + 8].try_into().unwrap_or_default());
+    let comp = u64::from_le_bytes(mem[HEADER + 8..HEADER + 16].try_into().unwrap_or_default());
+    if comp & (1 << 63) != 0 {
+        return Err(Outcome::Unsupported("xrstor (compacted format)".into()));
+    }
+    let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xrstor (no KVM_GET_XSAVE)".into()))?;
+    let mask = match u32::from_le_bytes(area[MXCSR_MASK..MXCSR_MASK + 4].try_into().unwrap_or_default()) {
+        0 => 0xffbf,
+        mask => mask,
+    };
+    let mxcsr = u32::from_le_bytes(mem[MXCSR..MXCSR + 4].try_into().unwrap_or_default());
+    let bad_header = bv & !xcr0 != 0 || comp != 0 || mem[HEADER + 16..HEADER + 64].iter().any(|&b| b != 0);
+    if bad_header || (rfbm & 0b110 != 0 && mxcsr & !mask != 0) {
+        m.inject(GP, Some(0));
+        return Ok("xrstor");
+    }
+    for (i, rs) in ranges(rfbm) {
+        let from_memory = bv & (1 << i) != 0;
+        for r in rs {
+            if from_memory {
+                area[r.clone()].copy_from_slice(&mem[r]);
+            } else {
+                area[r].fill(0);
+            }
+        }
+        if i == 0 && !from_memory {
+            // x87 initial state: FCW 0x037f, everything else 0.
+            area[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        }
+    }
+    if rfbm & 0b110 != 0 {
+        area[MXCSR..MXCSR + 4].copy_from_slice(&mem[MXCSR..MXCSR + 4]);
+    }
+    let area_bv = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
+    area[HEADER..HEADER + 8].copy_from_slice(&((area_bv & !rfbm) | (bv & rfbm)).to_le_bytes());
+    m.set_xsave_area(area);
+    m.set_rip(insn.next_ip());
+    Ok("xrstor")
 }
 
 /// POPCNT, LZCNT, TZCNT r, r/m (16, 32 or 64 bits).
@@ -199,21 +344,31 @@ fn write_register(m: &mut impl Machine, reg: Register, width: u64, value: u64) {
 mod tests {
     use super::*;
 
-    /// Registers, flags and a page of memory at MEM.
+    /// Registers, flags, two pages of memory at MEM, XCR0 and an XSAVE area.
     #[derive(Debug, Clone, PartialEq)]
     struct Fake {
         gpr: [u64; 16],
         rip: u64,
         rflags: u64,
         mem: Vec<u8>,
-        injected: Vec<u8>,
+        injected: Vec<(u8, Option<u32>)>,
+        xcr0: u64,
+        area: Vec<u8>,
     }
 
     const MEM: u64 = 0x10_0000;
 
     impl Fake {
         fn new() -> Fake {
-            Fake { gpr: [0; 16], rip: 0x1000, rflags: 0x2, mem: vec![0; 4096], injected: Vec::new() }
+            Fake {
+                gpr: [0; 16],
+                rip: 0x1000,
+                rflags: 0x2,
+                mem: vec![0; 2 * XSAVE_AREA],
+                injected: Vec::new(),
+                xcr0: 0b111,
+                area: vec![0; XSAVE_AREA],
+            }
         }
         fn index(reg: Register) -> usize {
             reg.number()
@@ -258,8 +413,27 @@ mod tests {
                 None => false,
             }
         }
-        fn inject(&mut self, vector: u8) {
-            self.injected.push(vector);
+        fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected.push((vector, error_code));
+        }
+        fn write(&mut self, linear: u64, buf: &[u8]) -> bool {
+            let Some(at) = linear.checked_sub(MEM).map(|a| a as usize) else { return false };
+            match self.mem.get_mut(at..at + buf.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(buf);
+                    true
+                }
+                None => false,
+            }
+        }
+        fn xcr0(&mut self) -> Option<u64> {
+            Some(self.xcr0)
+        }
+        fn xsave_area(&mut self) -> Option<Vec<u8>> {
+            Some(self.area.clone())
+        }
+        fn set_xsave_area(&mut self, area: Vec<u8>) {
+            self.area = area;
         }
     }
 
@@ -372,7 +546,7 @@ mod tests {
         assert_eq!(complete(&mut f, &[0xcc]), Outcome::Completed("int3"));
         assert_eq!(complete(&mut f, &[0xcd, 0x80]), Outcome::Completed("int"));
         assert_eq!(complete(&mut f, &[0x9b]), Outcome::Completed("fwait"));
-        assert_eq!((f.injected.as_slice(), f.rip), (&[3, 0x80][..], 0x1006 + 1 + 2 + 1));
+        assert_eq!((f.injected.as_slice(), f.rip), (&[(3, None), (0x80, None)][..], 0x1006 + 1 + 2 + 1));
     }
 
     #[test]
@@ -380,8 +554,167 @@ mod tests {
         let mut f = Fake::new();
         let before = f.clone();
         assert_eq!(complete(&mut f, &[0xeb, 0x38]), Outcome::Unsupported("jmp".into()));
-        assert_eq!(complete(&mut f, &[0x48, 0x0f, 0xae, 0x2f]), Outcome::Unsupported("xrstor64".into()));
+        assert_eq!(complete(&mut f, &[0x0f, 0xc7, 0x1f]), Outcome::Unsupported("xrstors".into()));
         assert_eq!(complete(&mut f, &[0x0f]), Outcome::Undecodable);
         assert_eq!(f, before);
+    }
+
+    /// A 64-byte aligned XSAVE area for native instructions.
+    #[repr(C, align(64))]
+    struct Area([u8; XSAVE_AREA]);
+
+    /// The host's XCR0 (the components its OS enabled).
+    fn host_xcr0() -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: xgetbv(0) reads XCR0; the OS enabled XSAVE (checked by the caller).
+        unsafe { std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi) };
+        u64::from(hi) << 32 | u64::from(lo)
+    }
+
+    /// Native XSAVE of the whole state into `full` and of `rfbm` into
+    /// `partial`, back to back (nothing runs between them).
+    fn native_xsave(full: &mut Area, partial: &mut Area, rfbm: u64) {
+        // SAFETY: both areas are 64-byte aligned and XSAVE_AREA long,
+        // enough for x87, SSE and AVX (the components these tests use).
+        unsafe {
+            std::arch::asm!(
+                "xsave64 [{full}]",
+                "mov eax, {lo:e}",
+                "mov edx, {hi:e}",
+                "xsave64 [{partial}]",
+                full = in(reg) full.0.as_mut_ptr(),
+                partial = in(reg) partial.0.as_mut_ptr(),
+                lo = in(reg) rfbm & 0xffff_ffff,
+                hi = in(reg) rfbm >> 32,
+                inout("eax") u32::MAX => _,
+                inout("edx") u32::MAX => _,
+            );
+        }
+    }
+
+    /// Puts the engine's memory at MEM: `bytes` there, the rest as is.
+    fn with_area(f: &mut Fake, bytes: &[u8]) {
+        f.mem[..bytes.len()].copy_from_slice(bytes);
+    }
+
+    const XSAVE_RBX: [u8; 4] = [0x48, 0x0f, 0xae, 0x23]; // xsave64 [rbx]
+    const XRSTOR_RBX: [u8; 4] = [0x48, 0x0f, 0xae, 0x2b]; // xrstor64 [rbx]
+
+    #[test]
+    fn xsave_writes_what_the_host_cpu_writes_for_each_requested_component() {
+        if !std::arch::is_x86_feature_detected!("xsave") {
+            return eprintln!("host without XSAVE: nothing to compare with");
+        }
+        let xcr0 = host_xcr0() & 0b111;
+        for rfbm in [0b001, 0b010, 0b100, 0b011, 0b110, 0b111] {
+            let rfbm = rfbm & xcr0;
+            let (mut full, mut native) = (Area([0; XSAVE_AREA]), Area([0xab; XSAVE_AREA]));
+            native.0[HEADER..HEADER + 64].fill(0);
+            let prefill = native.0;
+            native_xsave(&mut full, &mut native, rfbm);
+            let mut f = Fake::new();
+            f.xcr0 = host_xcr0();
+            f.area = full.0.to_vec();
+            f.gpr[3] = MEM;
+            f.gpr[0] = rfbm;
+            with_area(&mut f, &prefill);
+            assert_eq!(complete(&mut f, &XSAVE_RBX), Outcome::Completed("xsave"));
+            let upto = ranges(rfbm).iter().flat_map(|(_, r)| r.iter().map(|r| r.end)).max().unwrap_or(0).max(576);
+            for (i, (got, want)) in f.mem[..upto].iter().zip(&native.0[..upto]).enumerate() {
+                assert_eq!(got, want, "rfbm {rfbm:#b}: byte {i:#x} differs from what the CPU wrote");
+            }
+        }
+    }
+
+    #[test]
+    fn xrstor_loads_what_the_host_cpu_loads_and_refuses_what_it_refuses() {
+        if !std::arch::is_x86_feature_detected!("xsave") {
+            return eprintln!("host without XSAVE: nothing to compare with");
+        }
+        let xcr0 = host_xcr0() & 0b111;
+        // A source area: XMM and YMM-high bytes of our own, x87 as saved.
+        let (mut full, mut src) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
+        native_xsave(&mut full, &mut src, xcr0);
+        src.0 = full.0;
+        for (i, b) in src.0[SSE_STATE].iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        if xcr0 & 0b100 != 0 {
+            for (i, b) in src.0[component(2)].iter_mut().enumerate() {
+                *b = i as u8 ^ 0xc3;
+            }
+        }
+        for (rfbm, bv) in [(0b010, 0b010), (0b110, 0b110), (0b111, 0b011), (0b010, 0b000)] {
+            let (rfbm, bv) = (rfbm & xcr0, bv & xcr0);
+            src.0[HEADER..HEADER + 8].copy_from_slice(&bv.to_le_bytes());
+            // Native: save, restore `src` with rfbm, save what that gave,
+            // put the first state back; one asm block, so nothing else
+            // runs with the borrowed state.
+            let (mut before, mut after) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
+            // SAFETY: every area is 64-byte aligned and XSAVE_AREA long;
+            // the thread's state is restored from `before` at the end.
+            unsafe {
+                std::arch::asm!(
+                    "mov eax, -1",
+                    "mov edx, -1",
+                    "xsave64 [{before}]",
+                    "mov eax, {lo:e}",
+                    "mov edx, {hi:e}",
+                    "xrstor64 [{src}]",
+                    "mov eax, -1",
+                    "mov edx, -1",
+                    "xsave64 [{after}]",
+                    "xrstor64 [{before}]",
+                    before = in(reg) before.0.as_mut_ptr(),
+                    after = in(reg) after.0.as_mut_ptr(),
+                    src = in(reg) src.0.as_ptr(),
+                    lo = in(reg) rfbm & 0xffff_ffff,
+                    hi = in(reg) rfbm >> 32,
+                    out("eax") _,
+                    out("edx") _,
+                );
+            }
+            let mut f = Fake::new();
+            f.xcr0 = host_xcr0();
+            f.area = before.0.to_vec();
+            f.gpr[3] = MEM;
+            f.gpr[0] = rfbm;
+            with_area(&mut f, &src.0);
+            assert_eq!(complete(&mut f, &XRSTOR_RBX), Outcome::Completed("xrstor"));
+            assert!(f.injected.is_empty());
+            for (i, rs) in ranges(rfbm) {
+                for r in rs {
+                    assert_eq!(&f.area[r.clone()], &after.0[r.clone()], "rfbm {rfbm:#b} bv {bv:#b}: component {i}");
+                }
+            }
+            assert_eq!(f.area[MXCSR..MXCSR + 4], after.0[MXCSR..MXCSR + 4], "MXCSR");
+        }
+        // What the CPU refuses: a misaligned area, XSTATE_BV beyond XCR0,
+        // a non-zero reserved header byte, MXCSR reserved bits.
+        let mut bad_bv = src.0;
+        bad_bv[HEADER..HEADER + 8].copy_from_slice(&(1u64 << 9).to_le_bytes());
+        let mut bad_reserved = src.0;
+        bad_reserved[HEADER..HEADER + 8].fill(0);
+        bad_reserved[HEADER + 20] = 1;
+        let mut bad_mxcsr = src.0;
+        bad_mxcsr[HEADER..HEADER + 8].fill(0);
+        bad_mxcsr[MXCSR..MXCSR + 4].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+        for (what, area, at) in [
+            ("bv", bad_bv, MEM),
+            ("reserved", bad_reserved, MEM),
+            ("mxcsr", bad_mxcsr, MEM),
+            ("aligned", src.0, MEM + 8),
+        ] {
+            let mut f = Fake::new();
+            f.xcr0 = 0b111;
+            f.area = full.0.to_vec();
+            f.gpr[3] = at;
+            f.gpr[0] = 0b011;
+            with_area(&mut f, &area);
+            let before = (f.area.clone(), f.rip);
+            assert_eq!(complete(&mut f, &XRSTOR_RBX), Outcome::Completed("xrstor"), "{what}");
+            assert_eq!(f.injected, [(GP, Some(0))], "{what}: #GP(0)");
+            assert_eq!((f.area.clone(), f.rip), before, "{what}: nothing loaded, RIP on the instruction");
+        }
     }
 }

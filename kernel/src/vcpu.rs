@@ -56,11 +56,14 @@ pub enum Exit<'a> {
 pub struct Vcpu {
     id: u32,
     fd: VcpuFd,
+    /// KVM's XSAVE area fits `kvm_xsave` (4096 bytes; XSAVE2 says so):
+    /// KVM_SET_XSAVE reads exactly that much then.
+    xsave_fits: bool,
 }
 
 impl Vcpu {
-    pub(crate) fn new(id: u32, fd: VcpuFd) -> Vcpu {
-        Vcpu { id, fd }
+    pub(crate) fn new(id: u32, fd: VcpuFd, xsave_fits: bool) -> Vcpu {
+        Vcpu { id, fd, xsave_fits }
     }
 
     pub fn id(&self) -> u32 {
@@ -212,21 +215,32 @@ impl Vcpu {
         &self,
         insn: &[u8],
         read_phys: impl FnMut(u64, &mut [u8]) -> bool,
+        write_phys: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<complete::Outcome> {
         let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
         let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
-        let mut m = VcpuMachine { vcpu: self, regs, sregs, read_phys, inject: None };
+        let mut m = VcpuMachine { vcpu: self, regs, sregs, read_phys, write_phys, inject: None, xsave: None };
         let outcome = complete::complete(&mut m, insn);
         if let complete::Outcome::Completed(_) = outcome {
+            if let Some(area) = &m.xsave {
+                let mut x = kvm_bindings::kvm_xsave::default();
+                for (word, bytes) in x.region.iter_mut().zip(area.chunks_exact(4)) {
+                    *word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                }
+                // SAFETY: only when KVM's area is the 4096 bytes of
+                // kvm_xsave (xsave_fits), so KVM reads nothing past it.
+                unsafe { self.fd.set_xsave(&x) }.context("KVM_SET_XSAVE")?;
+            }
             self.fd.set_regs(&m.regs).context("KVM_SET_REGS")?;
-            if let Some(vector) = m.inject {
+            if let Some((vector, error_code)) = m.inject {
                 let mut events = self.fd.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
                 if vector < 32 {
-                    // An exception vector (#BP for int3): a trap, so the
-                    // handler sees RIP after the instruction.
+                    // An exception: #BP for int3 is a trap (RIP already
+                    // past it), #GP a fault (RIP still on the instruction).
                     events.exception.injected = 1;
                     events.exception.nr = vector;
-                    events.exception.has_error_code = 0;
+                    events.exception.has_error_code = u8::from(error_code.is_some());
+                    events.exception.error_code = error_code.unwrap_or(0);
                 } else {
                     events.interrupt.injected = 1;
                     events.interrupt.nr = vector;
@@ -241,15 +255,28 @@ impl Vcpu {
 
 /// A vCPU's registers as a completion sees them, read once and written
 /// back once; memory through KVM_TRANSLATE and the runner's RAM mapping.
-struct VcpuMachine<'a, R> {
+struct VcpuMachine<'a, R, W> {
     vcpu: &'a Vcpu,
     regs: kvm_bindings::kvm_regs,
     sregs: kvm_bindings::kvm_sregs,
     read_phys: R,
-    inject: Option<u8>,
+    write_phys: W,
+    inject: Option<(u8, Option<u32>)>,
+    xsave: Option<Vec<u8>>,
 }
 
-impl<R: FnMut(u64, &mut [u8]) -> bool> complete::Machine for VcpuMachine<'_, R> {
+impl<R, W> VcpuMachine<'_, R, W> {
+    /// The guest-physical address of `linear`, if it translates (and is
+    /// writable, when `write`).
+    fn translate(&self, linear: u64, write: bool) -> Option<u64> {
+        match self.vcpu.fd.translate_gva(linear) {
+            Ok(t) if t.valid != 0 && (!write || t.writeable != 0) => Some(t.physical_address),
+            _ => None,
+        }
+    }
+}
+
+impl<R: FnMut(u64, &mut [u8]) -> bool, W: FnMut(u64, &[u8]) -> bool> complete::Machine for VcpuMachine<'_, R, W> {
     fn bitness(&self) -> u32 {
         match (self.sregs.cs.l, self.sregs.cs.db) {
             (1, _) => 64,
@@ -333,10 +360,7 @@ impl<R: FnMut(u64, &mut [u8]) -> bool> complete::Machine for VcpuMachine<'_, R> 
         while done < buf.len() {
             let at = linear.wrapping_add(done as u64);
             let in_page = (4096 - (at & 0xfff) as usize).min(buf.len() - done);
-            let phys = match self.vcpu.fd.translate_gva(at) {
-                Ok(t) if t.valid != 0 => t.physical_address,
-                _ => return false,
-            };
+            let Some(phys) = self.translate(at, false) else { return false };
             if !(self.read_phys)(phys, &mut buf[done..done + in_page]) {
                 return false;
             }
@@ -344,7 +368,48 @@ impl<R: FnMut(u64, &mut [u8]) -> bool> complete::Machine for VcpuMachine<'_, R> 
         }
         true
     }
-    fn inject(&mut self, vector: u8) {
-        self.inject = Some(vector);
+    fn write(&mut self, linear: u64, buf: &[u8]) -> bool {
+        // Every page translated first, so a fault writes nothing.
+        let mut pieces = Vec::new();
+        let mut done = 0;
+        while done < buf.len() {
+            let at = linear.wrapping_add(done as u64);
+            let in_page = (4096 - (at & 0xfff) as usize).min(buf.len() - done);
+            let Some(phys) = self.translate(at, true) else { return false };
+            pieces.push((phys, done..done + in_page));
+            done += in_page;
+        }
+        pieces.into_iter().all(|(phys, r)| (self.write_phys)(phys, &buf[r]))
+    }
+    fn inject(&mut self, vector: u8, error_code: Option<u32>) {
+        self.inject = Some((vector, error_code));
+    }
+    fn xcr0(&mut self) -> Option<u64> {
+        let xcrs = self.vcpu.fd.get_xcrs().ok()?;
+        xcrs.xcrs.iter().take(xcrs.nr_xcrs as usize).find(|x| x.xcr == 0).map(|x| x.value)
+    }
+    fn xsave_area(&mut self) -> Option<Vec<u8>> {
+        if !self.vcpu.xsave_fits {
+            return None;
+        }
+        let x = self.vcpu.fd.get_xsave().ok()?;
+        Some(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+    fn set_xsave_area(&mut self, area: Vec<u8>) {
+        self.xsave = Some(area);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The numbers capvm_policy::roles::vcpu_ioctls allows for completions.
+    #[test]
+    fn xsave_ioctl_numbers_match_the_runner_manifest() {
+        use kvm_bindings::{kvm_xcrs, kvm_xsave};
+        let ior = |nr: u64, size: usize| (2u64 << 30) | ((size as u64) << 16) | (0xae << 8) | nr;
+        let iow = |nr: u64, size: usize| (1u64 << 30) | ((size as u64) << 16) | (0xae << 8) | nr;
+        assert_eq!(ior(0xa6, size_of::<kvm_xcrs>()), 0x8188_aea6, "KVM_GET_XCRS");
+        assert_eq!(ior(0xa4, size_of::<kvm_xsave>()), 0x9000_aea4, "KVM_GET_XSAVE");
+        assert_eq!(iow(0xa5, size_of::<kvm_xsave>()), 0x5000_aea5, "KVM_SET_XSAVE");
     }
 }

@@ -142,7 +142,10 @@ impl Vm {
         let amd = crate::cpuid::is_amd(&self.supported_cpuid);
         let cpuid = crate::cpuid::for_vcpu(&self.supported_cpuid, self.host, id, amd);
         fd.set_cpuid2(&cpuid).context("KVM_SET_CPUID2")?;
-        let vcpu = Vcpu::new(id, fd);
+        // KVM_CAP_XSAVE2 is the size of KVM's XSAVE area (0: kvm_xsave's).
+        let xsave_size = self.fd.check_extension_int(kvm_ioctls::Cap::Xsave2);
+        let xsave_fits = xsave_size <= crate::complete::XSAVE_AREA as i32;
+        let vcpu = Vcpu::new(id, fd, xsave_fits);
         vcpu.setup_lapic()?;
         vcpu.setup_msrs()?;
         Ok(vcpu)

@@ -69,6 +69,10 @@ pub fn vcpu_ioctls() -> Vec<Ioctl> {
         Ioctl { name: "KVM_SET_REGS", cmd: 0x4090_ae82 },
         Ioctl { name: "KVM_GET_VCPU_EVENTS", cmd: 0x8040_ae9f },
         Ioctl { name: "KVM_SET_VCPU_EVENTS", cmd: 0x4040_aea0 },
+        // Completing xsave, xsaveopt and xrstor: XCR0 and the extended state.
+        Ioctl { name: "KVM_GET_XCRS", cmd: 0x8188_aea6 },
+        Ioctl { name: "KVM_GET_XSAVE", cmd: 0x9000_aea4 },
+        Ioctl { name: "KVM_SET_XSAVE", cmd: 0x5000_aea5 },
     ]
 }
 

@@ -48,6 +48,13 @@ impl GuestRam {
         self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
     }
 
+    /// Writes `buf` at guest-physical `addr`; false (nothing written) if
+    /// it is not all RAM.
+    pub fn write_from(&self, addr: u64, buf: &[u8]) -> bool {
+        let all_ram = self.mem.check_range(GuestAddress(addr), buf.len());
+        all_ram && self.mem.write_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
     /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.
     pub fn read(&self, addr: u64, n: usize) -> Vec<u8> {
         let mut out = Vec::new();

@@ -306,7 +306,8 @@ impl Refused {
     /// when the bytes there are not an instruction we complete (code
     /// patching). False: the VM stops.
     fn complete(&mut self, vcpu: &Vcpu, ram: &GuestRam, exits: &ExitCounters, r: &InternalErrorReport) -> bool {
-        match vcpu.complete_refused(&r.bytes, |gpa, buf| ram.read_into(gpa, buf)) {
+        let (read, write) = (|gpa, buf: &mut [u8]| ram.read_into(gpa, buf), |gpa, buf: &[u8]| ram.write_from(gpa, buf));
+        match vcpu.complete_refused(&r.bytes, read, write) {
             Ok(Outcome::Completed(kind)) => {
                 if let Some((_, c)) = exits.completed.iter().find(|(k, _)| *k == kind) {
                     c.inc();
