@@ -25,7 +25,8 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 10] = ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt", "xsave", "xrstor"];
+pub const KINDS: [&str; 11] =
+    ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt", "xsave", "xsavec", "xrstor"];
 
 /// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
 pub const XSAVE_AREA: usize = 4096;
@@ -90,6 +91,43 @@ fn component(i: u32) -> std::ops::Range<usize> {
     c.ebx as usize..(c.ebx as usize + c.eax as usize)
 }
 
+/// XCOMP_BV's bit 63: the area is in the compacted format.
+const COMPACTED: u64 = 1 << 63;
+
+/// Where each component of `xcomp` (2-62) sits in a compacted area: in
+/// order from byte 576, each aligned to 64 where CPUID says so.
+fn compacted_offsets(xcomp: u64) -> Vec<(u32, usize)> {
+    let mut at = HEADER + 64;
+    let mut out = Vec::new();
+    for i in 2..63 {
+        if xcomp & (1 << i) == 0 {
+            continue;
+        }
+        let c = std::arch::x86_64::__cpuid_count(0xd, i);
+        if c.ecx & 2 != 0 {
+            at = at.next_multiple_of(64);
+        }
+        out.push((i, at));
+        at += c.eax as usize;
+    }
+    out
+}
+
+/// The byte ranges of component `i` in memory: the standard layout, or
+/// the compacted one for `xcomp` (x87 and SSE sit in the legacy region
+/// either way). None for a component a compacted area does not hold.
+fn memory_ranges(i: u32, xcomp: Option<u64>) -> Option<Vec<std::ops::Range<usize>>> {
+    match (i, xcomp) {
+        (0, _) => Some(X87_STATE.to_vec()),
+        (1, _) => Some(vec![SSE_STATE]),
+        (i, None) => Some(vec![component(i)]),
+        (i, Some(xcomp)) => {
+            let (_, at) = compacted_offsets(xcomp).into_iter().find(|&(c, _)| c == i)?;
+            Some(std::iter::once(at..at + component(i).len()).collect())
+        }
+    }
+}
+
 /// Every component of `rfbm`: (bit, byte ranges in the area).
 fn ranges(rfbm: u64) -> Vec<(u32, Vec<std::ops::Range<usize>>)> {
     (0..63)
@@ -137,6 +175,10 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
                 "clac"
             }
         }
+        Mnemonic::Xsavec | Mnemonic::Xsavec64 => match xsavec(m, &insn) {
+            Ok(kind) => kind,
+            Err(outcome) => return outcome,
+        },
         Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => match xsave(m, &insn) {
             Ok(kind) => kind,
             Err(outcome) => return outcome,
@@ -198,9 +240,44 @@ fn xsave(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outco
     Ok("xsave")
 }
 
-/// XRSTOR (standard format): for each component of RFBM, its state from
-/// memory where XSTATE_BV says it is there, else its initial state; #GP
-/// for a header or MXCSR the CPU would refuse.
+/// XSAVEC: the compacted format. Only the requested components that are
+/// not in their initial state (XINUSE, which KVM's area tells by its
+/// XSTATE_BV) are written, each at its compacted place, MXCSR with SSE;
+/// the header says XSTATE_BV = XINUSE & RFBM and
+/// XCOMP_BV = RFBM with the compacted bit.
+fn xsavec(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xsavec") };
+    let area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xsavec (no KVM_GET_XSAVE)".into()))?;
+    let in_use = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
+    let written = rfbm & in_use;
+    let mut writes: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (i, standard) in ranges(written) {
+        let Some(place) = memory_ranges(i, Some(rfbm)) else { continue };
+        for (from, to) in standard.into_iter().zip(place) {
+            writes.push((to.start, area[from].to_vec()));
+        }
+    }
+    // MXCSR belongs to the SSE component in the compacted format.
+    if written & 0b10 != 0 {
+        writes.push((MXCSR, area[MXCSR..MXCSR + 4].to_vec()));
+    }
+    // XSTATE_BV and XCOMP_BV; the CPU leaves the rest of the header alone.
+    let mut header = [0u8; 16];
+    header[0..8].copy_from_slice(&written.to_le_bytes());
+    header[8..16].copy_from_slice(&(rfbm | COMPACTED).to_le_bytes());
+    writes.push((HEADER, header.to_vec()));
+    for (offset, bytes) in writes {
+        if !m.write(linear + offset as u64, &bytes) {
+            return Err(Outcome::Fault(linear + offset as u64));
+        }
+    }
+    m.set_rip(insn.next_ip());
+    Ok("xsavec")
+}
+
+/// XRSTOR, standard or compacted format: for each component of RFBM, its
+/// state from memory where XSTATE_BV says it is there, else its initial
+/// state; #GP for a header or MXCSR the CPU would refuse.
 fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
     let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xrstor") };
     let xcr0 = m.xcr0().unwrap_or(0);
@@ -211,8 +288,15 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
     }
     let bv = u64::from_le_bytes(mem[HEADER..HEADER + 8].try_into().unwrap_or_default());
     let comp = u64::from_le_bytes(mem[HEADER + 8..HEADER + 16].try_into().unwrap_or_default());
-    if comp & (1 << 63) != 0 {
-        return Err(Outcome::Unsupported("xrstor (compacted format)".into()));
+    let compacted = comp & COMPACTED != 0;
+    let xcomp = compacted.then_some(comp & !COMPACTED);
+    if compacted {
+        // The compacted area is longer than what was read for the standard one.
+        let end = compacted_offsets(comp & !COMPACTED).last().map_or(0, |&(i, at)| at + component(i).len());
+        let end = end.clamp(HEADER + 64, XSAVE_AREA);
+        if !m.read(linear, &mut mem[..end]) {
+            return Err(Outcome::Fault(linear));
+        }
     }
     let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xrstor (no KVM_GET_XSAVE)".into()))?;
     let mask = match u32::from_le_bytes(area[MXCSR_MASK..MXCSR_MASK + 4].try_into().unwrap_or_default()) {
@@ -220,18 +304,26 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
         mask => mask,
     };
     let mxcsr = u32::from_le_bytes(mem[MXCSR..MXCSR + 4].try_into().unwrap_or_default());
-    let bad_header = bv & !xcr0 != 0 || comp != 0 || mem[HEADER + 16..HEADER + 64].iter().any(|&b| b != 0);
-    if bad_header || (rfbm & 0b110 != 0 && mxcsr & !mask != 0) {
+    let bad_header = bv & !xcr0 != 0
+        || match xcomp {
+            None => comp != 0,
+            Some(xcomp) => xcomp & !xcr0 != 0 || bv & !xcomp != 0,
+        }
+        || mem[HEADER + 16..HEADER + 64].iter().any(|&b| b != 0);
+    // The standard format loads MXCSR with SSE or AVX requested; the
+    // compacted one with the SSE component it holds, else initializes it.
+    let loads_mxcsr = if compacted { rfbm & bv & 0b10 != 0 } else { rfbm & 0b110 != 0 };
+    if bad_header || (loads_mxcsr && mxcsr & !mask != 0) {
         m.inject(GP, Some(0));
         return Ok("xrstor");
     }
     for (i, rs) in ranges(rfbm) {
-        let from_memory = bv & (1 << i) != 0;
-        for r in rs {
-            if from_memory {
-                area[r.clone()].copy_from_slice(&mem[r]);
-            } else {
-                area[r].fill(0);
+        let place = memory_ranges(i, xcomp);
+        let from_memory = bv & (1 << i) != 0 && place.is_some();
+        for (k, r) in rs.into_iter().enumerate() {
+            match place.as_ref().and_then(|p| p.get(k)).filter(|_| from_memory) {
+                Some(src) if src.end <= XSAVE_AREA => area[r].copy_from_slice(&mem[src.clone()]),
+                _ => area[r].fill(0),
             }
         }
         if i == 0 && !from_memory {
@@ -239,8 +331,10 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
             area[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
         }
     }
-    if rfbm & 0b110 != 0 {
-        area[MXCSR..MXCSR + 4].copy_from_slice(&mem[MXCSR..MXCSR + 4]);
+    if loads_mxcsr {
+        area[MXCSR..MXCSR + 4].copy_from_slice(&mxcsr.to_le_bytes());
+    } else if compacted && rfbm & 0b10 != 0 {
+        area[MXCSR..MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
     }
     let area_bv = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
     area[HEADER..HEADER + 8].copy_from_slice(&((area_bv & !rfbm) | (bv & rfbm)).to_le_bytes());
@@ -715,6 +809,131 @@ mod tests {
             assert_eq!(complete(&mut f, &XRSTOR_RBX), Outcome::Completed("xrstor"), "{what}");
             assert_eq!(f.injected, [(GP, Some(0))], "{what}: #GP(0)");
             assert_eq!((f.area.clone(), f.rip), before, "{what}: nothing loaded, RIP on the instruction");
+        }
+    }
+
+    const XSAVEC_RBX: [u8; 4] = [0x48, 0x0f, 0xc7, 0x23]; // xsavec64 [rbx]
+
+    /// Native: save the thread's state, load `src` (standard, everything),
+    /// then `xsavec` it with `rfbm` into `out`, and put the state back.
+    fn native_xsavec_of(src: &Area, rfbm: u64, out: &mut Area) {
+        let mut keep = Area([0; XSAVE_AREA]);
+        // SAFETY: 64-byte aligned areas of XSAVE_AREA bytes; the thread's
+        // state is restored from `keep` before the block ends.
+        unsafe {
+            std::arch::asm!(
+                "mov eax, -1",
+                "mov edx, -1",
+                "xsave64 [{keep}]",
+                "xrstor64 [{src}]",
+                "mov eax, {lo:e}",
+                "mov edx, {hi:e}",
+                "xsavec64 [{out}]",
+                "mov eax, -1",
+                "mov edx, -1",
+                "xrstor64 [{keep}]",
+                keep = in(reg) keep.0.as_mut_ptr(),
+                src = in(reg) src.0.as_ptr(),
+                out = in(reg) out.0.as_mut_ptr(),
+                lo = in(reg) rfbm & 0xffff_ffff,
+                hi = in(reg) rfbm >> 32,
+                out("eax") _,
+                out("edx") _,
+            );
+        }
+    }
+
+    /// A standard area of the host's current state with XMM and YMM-high
+    /// bytes of our own, every component present.
+    fn distinctive_state(xcr0: u64) -> Area {
+        let (mut full, mut unused) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
+        native_xsave(&mut full, &mut unused, xcr0);
+        for (i, b) in full.0[SSE_STATE].iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        if xcr0 & 0b100 != 0 {
+            for (i, b) in full.0[component(2)].iter_mut().enumerate() {
+                *b = i as u8 ^ 0xc3;
+            }
+        }
+        // x87 away from its initial state too (53-bit precision), so the
+        // CPU's XINUSE and the area's XSTATE_BV agree on every component.
+        full.0[0..2].copy_from_slice(&0x027fu16.to_le_bytes());
+        full.0[HEADER..HEADER + 8].copy_from_slice(&xcr0.to_le_bytes());
+        full
+    }
+
+    #[test]
+    fn xsavec_and_compacted_xrstor_match_the_host_cpu() {
+        if !std::arch::is_x86_feature_detected!("xsavec") {
+            return eprintln!("host without XSAVEC: nothing to compare with");
+        }
+        let xcr0 = host_xcr0() & 0b111;
+        let state = distinctive_state(xcr0);
+        for rfbm in [0b011, 0b110, 0b111, 0b100] {
+            let rfbm = rfbm & xcr0;
+            // xsavec: the engine, given the same state as KVM's area, writes
+            // what the CPU writes (prefilled bytes it skips stay as they were).
+            let mut native = Area([0xab; XSAVE_AREA]);
+            native_xsavec_of(&state, rfbm, &mut native);
+            let mut f = Fake::new();
+            f.xcr0 = host_xcr0();
+            f.area = state.0.to_vec();
+            f.gpr[3] = MEM;
+            f.gpr[0] = rfbm;
+            with_area(&mut f, &[0xab; XSAVE_AREA]);
+            assert_eq!(complete(&mut f, &XSAVEC_RBX), Outcome::Completed("xsavec"));
+            let end = compacted_offsets(rfbm).last().map_or(576, |&(i, at)| at + component(i).len());
+            for i in (0..24).chain(32..end) {
+                assert_eq!(f.mem[i], native.0[i], "xsavec rfbm {rfbm:#b}: byte {i:#x}");
+            }
+            assert_eq!(f.mem[MXCSR..MXCSR + 4], native.0[MXCSR..MXCSR + 4], "xsavec rfbm {rfbm:#b}: MXCSR");
+
+            // xrstor of that compacted area: what the CPU loads. (The
+            // reserved header bytes xsavec left alone must be zero first,
+            // or the CPU raises #GP.)
+            native.0[HEADER + 16..HEADER + 64].fill(0);
+            let (mut before, mut after) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
+            // SAFETY: as in native_xsavec_of; the state is put back from `before`.
+            unsafe {
+                std::arch::asm!(
+                    "mov eax, -1",
+                    "mov edx, -1",
+                    "xsave64 [{before}]",
+                    "mov eax, {lo:e}",
+                    "mov edx, {hi:e}",
+                    "xrstor64 [{src}]",
+                    "mov eax, -1",
+                    "mov edx, -1",
+                    "xsave64 [{after}]",
+                    "xrstor64 [{before}]",
+                    before = in(reg) before.0.as_mut_ptr(),
+                    after = in(reg) after.0.as_mut_ptr(),
+                    src = in(reg) native.0.as_ptr(),
+                    lo = in(reg) xcr0 & 0xffff_ffff,
+                    hi = in(reg) xcr0 >> 32,
+                    out("eax") _,
+                    out("edx") _,
+                );
+            }
+            let mut f = Fake::new();
+            f.xcr0 = host_xcr0();
+            f.area = before.0.to_vec();
+            f.gpr[3] = MEM;
+            f.gpr[0] = xcr0;
+            with_area(&mut f, &native.0);
+            assert_eq!(complete(&mut f, &XRSTOR_RBX), Outcome::Completed("xrstor"));
+            assert!(f.injected.is_empty(), "rfbm {rfbm:#b}: {:?}", f.injected);
+            for (i, rs) in ranges(xcr0) {
+                for r in rs {
+                    assert_eq!(
+                        &f.area[r.clone()],
+                        &after.0[r.clone()],
+                        "xrstor of xsavec rfbm {rfbm:#b}: component {i}"
+                    );
+                }
+            }
+            assert_eq!(f.area[MXCSR..MXCSR + 4], after.0[MXCSR..MXCSR + 4], "xrstor rfbm {rfbm:#b}: MXCSR");
         }
     }
 }
