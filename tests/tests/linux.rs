@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 
 use capvm_tests::*;
 
-/// What this host's KVM shows the guest but its emulator cannot run at
-/// CPL0, switched off on Linux's side: XSAVE (noxsave), POPCNT (151), SMEP
-/// (295) and SMAP (308; its clac/stac). See docs/kvm-pvm.md.
-const HOST_WORKAROUNDS: &str = "noxsave clearcpuid=151,295,308";
 const GUEST_IP: &str = "10.0.2.15";
 const SERVER_IP: &str = "10.0.2.1";
 
@@ -95,7 +91,7 @@ fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() 
             .expect("start dnsmasq (dnsmasq-base)"),
     );
 
-    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} root=/dev/vda rw ip=dhcp");
+    let cmdline = "console=ttyS0 panic=-1 reboot=acpi root=/dev/vda rw ip=dhcp".to_string();
     let disk = format!("3,virtio-blk,{}", img.display());
     let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk, "-s", "4,virtio-net,ltap0"]);
     let name = args.last().unwrap().clone();
@@ -169,7 +165,7 @@ fn linux_without_msi_mounts_its_root_through_intx_from_the_prt() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = vmlinux();
     let img = root_image("intx");
-    let cmdline = format!("console=ttyS0 panic=-1 reboot=acpi {HOST_WORKAROUNDS} pci=nomsi root=/dev/vda rw");
+    let cmdline = "console=ttyS0 panic=-1 reboot=acpi pci=nomsi root=/dev/vda rw".to_string();
     let disk = format!("3,virtio-blk,{}", img.display());
     let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk]);
     let name = args.last().unwrap().clone();
