@@ -686,6 +686,37 @@ mod tests {
         }
     }
 
+    /// Native: saves the thread's state (`before`), restores `src` with
+    /// `rfbm`, saves the result (`after`) and puts `before` back, in one asm
+    /// block so nothing else runs with the borrowed state.
+    fn native_xrstor(src: &Area, rfbm: u64) -> (Area, Area) {
+        let (mut before, mut after) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
+        // SAFETY: 64-byte aligned areas of XSAVE_AREA bytes; the thread's
+        // state is restored from `before` before the block ends.
+        unsafe {
+            std::arch::asm!(
+                "mov eax, -1",
+                "mov edx, -1",
+                "xsave64 [{before}]",
+                "mov eax, {lo:e}",
+                "mov edx, {hi:e}",
+                "xrstor64 [{src}]",
+                "mov eax, -1",
+                "mov edx, -1",
+                "xsave64 [{after}]",
+                "xrstor64 [{before}]",
+                before = in(reg) before.0.as_mut_ptr(),
+                after = in(reg) after.0.as_mut_ptr(),
+                src = in(reg) src.0.as_ptr(),
+                lo = in(reg) rfbm & 0xffff_ffff,
+                hi = in(reg) rfbm >> 32,
+                out("eax") _,
+                out("edx") _,
+            );
+        }
+        (before, after)
+    }
+
     /// Puts the engine's memory at MEM: `bytes` there, the rest as is.
     fn with_area(f: &mut Fake, bytes: &[u8]) {
         f.mem[..bytes.len()].copy_from_slice(bytes);
@@ -741,33 +772,7 @@ mod tests {
         for (rfbm, bv) in [(0b010, 0b010), (0b110, 0b110), (0b111, 0b011), (0b010, 0b000)] {
             let (rfbm, bv) = (rfbm & xcr0, bv & xcr0);
             src.0[HEADER..HEADER + 8].copy_from_slice(&bv.to_le_bytes());
-            // Native: save, restore `src` with rfbm, save what that gave,
-            // put the first state back; one asm block, so nothing else
-            // runs with the borrowed state.
-            let (mut before, mut after) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
-            // SAFETY: every area is 64-byte aligned and XSAVE_AREA long;
-            // the thread's state is restored from `before` at the end.
-            unsafe {
-                std::arch::asm!(
-                    "mov eax, -1",
-                    "mov edx, -1",
-                    "xsave64 [{before}]",
-                    "mov eax, {lo:e}",
-                    "mov edx, {hi:e}",
-                    "xrstor64 [{src}]",
-                    "mov eax, -1",
-                    "mov edx, -1",
-                    "xsave64 [{after}]",
-                    "xrstor64 [{before}]",
-                    before = in(reg) before.0.as_mut_ptr(),
-                    after = in(reg) after.0.as_mut_ptr(),
-                    src = in(reg) src.0.as_ptr(),
-                    lo = in(reg) rfbm & 0xffff_ffff,
-                    hi = in(reg) rfbm >> 32,
-                    out("eax") _,
-                    out("edx") _,
-                );
-            }
+            let (before, after) = native_xrstor(&src, rfbm);
             let mut f = Fake::new();
             f.xcr0 = host_xcr0();
             f.area = before.0.to_vec();
@@ -893,29 +898,7 @@ mod tests {
             // reserved header bytes xsavec left alone must be zero first,
             // or the CPU raises #GP.)
             native.0[HEADER + 16..HEADER + 64].fill(0);
-            let (mut before, mut after) = (Area([0; XSAVE_AREA]), Area([0; XSAVE_AREA]));
-            // SAFETY: as in native_xsavec_of; the state is put back from `before`.
-            unsafe {
-                std::arch::asm!(
-                    "mov eax, -1",
-                    "mov edx, -1",
-                    "xsave64 [{before}]",
-                    "mov eax, {lo:e}",
-                    "mov edx, {hi:e}",
-                    "xrstor64 [{src}]",
-                    "mov eax, -1",
-                    "mov edx, -1",
-                    "xsave64 [{after}]",
-                    "xrstor64 [{before}]",
-                    before = in(reg) before.0.as_mut_ptr(),
-                    after = in(reg) after.0.as_mut_ptr(),
-                    src = in(reg) native.0.as_ptr(),
-                    lo = in(reg) xcr0 & 0xffff_ffff,
-                    hi = in(reg) xcr0 >> 32,
-                    out("eax") _,
-                    out("edx") _,
-                );
-            }
+            let (before, after) = native_xrstor(&native, xcr0);
             let mut f = Fake::new();
             f.xcr0 = host_xcr0();
             f.area = before.0.to_vec();

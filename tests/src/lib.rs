@@ -157,6 +157,14 @@ pub fn stat(stats: &[(String, u64)], key: &str) -> u64 {
     stats.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {stats:?}")).1
 }
 
+/// Asks VM `name` to stop (capvmctl --destroy); a VM already gone is fine.
+pub fn destroy(name: &str) {
+    let _ = Command::new(bin_dir().join("capvmctl"))
+        .env("CAPVM_RUNTIME_DIR", runtime_dir())
+        .args([&format!("--vm={name}"), "--destroy"])
+        .output();
+}
+
 /// Where test VMs keep their control sockets.
 pub fn runtime_dir() -> PathBuf {
     std::env::temp_dir().join("capvm-tests-run")

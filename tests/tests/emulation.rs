@@ -2,7 +2,6 @@
 //! the runner (capvm_kernel::complete): the guest checks every result, the
 //! stats page counts every completion.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvm_tests::*;
@@ -34,10 +33,7 @@ fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
         }
     }
     let stats = get_stats(&name);
-    let _ = Command::new(bin_dir().join("capvmctl"))
-        .env("CAPVM_RUNTIME_DIR", runtime_dir())
-        .args([&format!("--vm={name}"), "--destroy"])
-        .output();
+    destroy(&name);
     let _ = child.wait();
     let text = String::from_utf8_lossy(&seen);
     assert!(text.contains(&format!("refused: {ROUNDS} of {ROUNDS} rounds right")), "{text}");

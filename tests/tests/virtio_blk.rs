@@ -3,7 +3,6 @@
 //! image file on the host.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvm_tests::*;
@@ -122,10 +121,7 @@ fn stats_after(rounds: u32) -> Vec<(String, u64)> {
         seen.extend_from_slice(&buf[..n]);
     }
     let stats = get_stats(&name);
-    let _ = Command::new(bin_dir().join("capvmctl"))
-        .env("CAPVM_RUNTIME_DIR", runtime_dir())
-        .args([&format!("--vm={name}"), "--destroy"])
-        .output();
+    destroy(&name);
     let _ = child.wait();
     std::fs::remove_file(img).unwrap();
     stats
