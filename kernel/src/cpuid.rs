@@ -28,6 +28,16 @@ const CPUID7_ECX_OSPKE: u32 = 1 << 4;
 // Leaf 0x8000_0001 ECX: LZCNT (AMD's ABM). kvm_pvm's emulator runs lzcnt as
 // bsr, without an exit, so a guest would get a wrong count no VMM can fix.
 const CPUID_8000_0001_ECX_ABM: u32 = 1 << 5;
+// Leaf 0x4000_0001 EAX: KVM's paravirtual features. On an emulated host a
+// guest gets only those that need no hypercall: kvm-clock (MSR based) and
+// the no-op I/O delay. Hypercall-based ones (PV IPIs, PV sched yield, PV
+// unhalt's kick) left a KVM_GUEST kernel waiting for good at SMP bring-up.
+const KVM_FEATURE_CLOCKSOURCE: u32 = 1 << 0;
+const KVM_FEATURE_NOP_IO_DELAY: u32 = 1 << 1;
+const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
+const KVM_FEATURE_CLOCKSOURCE_STABLE_BIT: u32 = 1 << 24;
+const KVM_FEATURES_EMULATED_HOST: u32 =
+    KVM_FEATURE_CLOCKSOURCE | KVM_FEATURE_NOP_IO_DELAY | KVM_FEATURE_CLOCKSOURCE2 | KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
 // Leaf 0x8000_0008 EBX: FXSAVE/FXRSTOR always save the x87 error pointers,
 // so Linux skips its `fnclex; emms; fild` workaround.
 const CPUID_8000_0008_EBX_XSAVEERPTR: u32 = 1 << 2;
@@ -85,6 +95,7 @@ fn fit_entry(e: &mut kvm_cpuid_entry2, host: HostKvm, vcpu_id: u32, is_amd: bool
         }
         (0xb, _) | (0x1f, _) => e.edx = vcpu_id,
         (0x8000_0001, _) if emulated => e.ecx &= !CPUID_8000_0001_ECX_ABM,
+        (0x4000_0001, _) if emulated => e.eax &= KVM_FEATURES_EMULATED_HOST,
         (0x8000_0008, _) if emulated && is_amd => e.ebx |= CPUID_8000_0008_EBX_XSAVEERPTR,
         _ => {}
     }
@@ -106,6 +117,7 @@ mod tests {
             entry(0xd, 0, 1, 1),
             entry(0x8000_0008, 0, 0, 0),
             entry(0x8000_0001, 0, 0, u32::MAX),
+            kvm_cpuid_entry2 { function: 0x4000_0001, eax: u32::MAX, ..Default::default() },
         ])
         .unwrap();
         let amd = is_amd(&supported);
@@ -120,6 +132,7 @@ mod tests {
         assert_eq!((e[3].eax, e[3].ebx), (0, 0));
         assert_ne!(e[4].ebx & CPUID_8000_0008_EBX_XSAVEERPTR, 0);
         assert_eq!(e[5].ecx & CPUID_8000_0001_ECX_ABM, 0, "no lzcnt");
+        assert_eq!(e[6].eax, KVM_FEATURES_EMULATED_HOST, "kvm-clock, no hypercall-based PV features");
     }
 
     #[test]
