@@ -256,8 +256,9 @@ fn event_status(event: &VmEvent) -> i32 {
             } else {
                 "KVM internal error"
             };
+            let tried = if r.tried.is_empty() { String::new() } else { format!("; {}", r.tried) };
             eprintln!(
-                "capvm: vCPU {} stopped at RIP {:#x} (CPL {}), instruction bytes {bytes}: {what} (suberror {})",
+                "capvm: vCPU {} stopped at RIP {:#x} (CPL {}), instruction bytes {bytes}: {what} (suberror {}){tried}",
                 r.vcpu, r.rip, r.cpl, r.suberror
             );
             EXIT_ERROR

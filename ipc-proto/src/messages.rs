@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 4;
+pub const PROTO_VERSION: u32 = 5;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -100,6 +100,9 @@ pub struct InternalErrorReport {
     pub cpl: u8,
     /// Up to 15 bytes at RIP; empty if RIP did not translate.
     pub bytes: Vec<u8>,
+    /// What the runner tried before giving up ("xrstors is not completed;
+    /// ran again 3 times"); empty if it tried nothing.
+    pub tried: String,
 }
 
 /// Everything the vCPU runner needs besides its fds.
@@ -315,7 +318,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (4, 0x0995_04a1_b2ec_f055);
+    const WIRE_FINGERPRINT: (u32, u64) = (5, 0x69f7_435c_3223_6619);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -402,6 +405,7 @@ mod tests {
                 rip: 0x1234,
                 cpl: 0,
                 bytes: vec![0x0f, 0xae, 0x2f],
+                tried: "xrstors is not completed".into(),
             })),
             ToBroker::Event(VmEvent::UnhandledIo { vcpu: 0, port: 0x80, write: true }),
             ToBroker::Fatal("why".into()),

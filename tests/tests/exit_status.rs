@@ -87,6 +87,9 @@ fn emulation_failure_is_reported_with_rip_cpl_and_bytes() {
         assert_eq!(r.code(), 4, "{r:?}");
         assert!(r.stderr.contains("(CPL 0), instruction bytes f0 48 0f c7"), "{r:?}");
         assert!(r.stderr.contains("RIP 0x10"), "{r:?}");
+        // It says what the runner tried: cmpxchg16b is not completed.
+        assert!(r.stderr.contains("cmpxchg16b is not completed; ran again 3 times"), "{r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
     } else {
         assert!(r.stdout.contains("cmpxchg16b ran"), "{r:?}");
         assert_eq!(r.code(), 2, "{r:?}");

@@ -304,8 +304,14 @@ impl Refused {
     /// paging-based host cannot run int3, int n, fwait, clac, stac,
     /// popcnt, lzcnt or tzcnt at CPL0), or runs the vCPU again a few times
     /// when the bytes there are not an instruction we complete (code
-    /// patching). False: the VM stops.
-    fn complete(&mut self, vcpu: &Vcpu, ram: &GuestRam, exits: &ExitCounters, r: &InternalErrorReport) -> bool {
+    /// patching). Err: the VM stops; what was tried, for its last line.
+    fn complete(
+        &mut self,
+        vcpu: &Vcpu,
+        ram: &GuestRam,
+        exits: &ExitCounters,
+        r: &InternalErrorReport,
+    ) -> Result<(), String> {
         let (read, write) = (|gpa, buf: &mut [u8]| ram.read_into(gpa, buf), |gpa, buf: &[u8]| ram.write_from(gpa, buf));
         match vcpu.complete_refused(&r.bytes, read, write) {
             Ok(Outcome::Completed(kind)) => {
@@ -314,9 +320,9 @@ impl Refused {
                 }
                 self.last = None;
                 self.retries = 0;
-                true
+                Ok(())
             }
-            Ok(Outcome::Unsupported(_) | Outcome::Undecodable) => {
+            Ok(outcome @ (Outcome::Unsupported(_) | Outcome::Undecodable)) => {
                 let here = (r.rip, r.bytes.clone());
                 if self.last.as_ref() == Some(&here) {
                     self.retries += 1;
@@ -325,9 +331,16 @@ impl Refused {
                     self.retries = 1;
                 }
                 exits.emulation_retries.inc();
-                self.retries <= MAX_RETRIES
+                if self.retries <= MAX_RETRIES {
+                    return Ok(());
+                }
+                Err(match outcome {
+                    Outcome::Unsupported(what) => format!("{what} is not completed; ran again {MAX_RETRIES} times"),
+                    _ => format!("the bytes do not decode; ran again {MAX_RETRIES} times"),
+                })
             }
-            Ok(Outcome::Fault(_)) | Err(_) => false,
+            Ok(Outcome::Fault(linear)) => Err(format!("its memory operand at {linear:#x} does not translate")),
+            Err(e) => Err(format!("completing it failed: {e}")),
         }
     }
 }
@@ -380,13 +393,17 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
             Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Routed::Stop(VmEvent::PowerOff),
             Exit::SystemEvent(kind) => break ToBroker::Fatal(format!("vCPU {id}: system event {kind}")),
             Exit::InternalError(suberror) => {
-                let report = internal_error(&vcpu, &shared.ram, suberror);
-                if report.suberror == EMULATION_FAILURE
-                    && refused.complete(&vcpu, &shared.ram, &shared.router.exits, &report)
-                {
-                    Routed::Continue(0)
-                } else {
+                let mut report = internal_error(&vcpu, &shared.ram, suberror);
+                if report.suberror != EMULATION_FAILURE {
                     Routed::Stop(VmEvent::InternalError(report))
+                } else {
+                    match refused.complete(&vcpu, &shared.ram, &shared.router.exits, &report) {
+                        Ok(()) => Routed::Continue(0),
+                        Err(tried) => {
+                            report.tried = tried;
+                            Routed::Stop(VmEvent::InternalError(report))
+                        }
+                    }
                 }
             }
             Exit::Unhandled(what) => break ToBroker::Fatal(format!("vCPU {id}: unhandled exit {what}")),
@@ -427,5 +444,5 @@ const EMULATION_FAILURE: u32 = 1;
 fn internal_error(vcpu: &Vcpu, ram: &GuestRam, suberror: u32) -> InternalErrorReport {
     let (rip, cpl, phys) = vcpu.where_am_i().unwrap_or((0, 0, None));
     let bytes = phys.map(|pa| ram.read(pa, 15)).unwrap_or_default();
-    InternalErrorReport { vcpu: vcpu.id(), suberror, rip, cpl, bytes }
+    InternalErrorReport { vcpu: vcpu.id(), suberror, rip, cpl, bytes, tried: String::new() }
 }
