@@ -25,8 +25,8 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 11] =
-    ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt", "xsave", "xsavec", "xrstor"];
+pub const KINDS: [&str; 12] =
+    ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt", "xsave", "xsavec", "xrstor", "cmpxchg16b"];
 
 /// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
 pub const XSAVE_AREA: usize = 4096;
@@ -81,6 +81,10 @@ pub trait Machine {
     fn xsave_area(&mut self) -> Option<Vec<u8>>;
     /// The extended state to load when the completion is committed.
     fn set_xsave_area(&mut self, area: Vec<u8>);
+    /// Atomically (as other vCPUs see guest RAM) compares the 16 bytes at
+    /// `linear` with `expected` and, if equal, stores `new`. Returns the
+    /// value found; None if the address does not translate writable.
+    fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128>;
 }
 
 /// Offset and size of XSAVE state component `i` (2-62) in the standard
@@ -184,6 +188,10 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
             Err(outcome) => return outcome,
         },
         Mnemonic::Xrstor | Mnemonic::Xrstor64 => match xrstor(m, &insn) {
+            Ok(kind) => kind,
+            Err(outcome) => return outcome,
+        },
+        Mnemonic::Cmpxchg16b => match cmpxchg16b(m, &insn) {
             Ok(kind) => kind,
             Err(outcome) => return outcome,
         },
@@ -341,6 +349,32 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
     m.set_xsave_area(area);
     m.set_rip(insn.next_ip());
     Ok("xrstor")
+}
+
+/// (LOCK) CMPXCHG16B m128: RDX:RAX against memory; equal: ZF and RCX:RBX
+/// stored, else ZF clear and RDX:RAX loaded; #GP(0) if not 16-aligned.
+/// One atomic operation on the runner's mapping of guest RAM, so other
+/// vCPUs see it as the CPU would have done it.
+fn cmpxchg16b(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let linear =
+        insn.virtual_address(0, 0, |reg, _, _| Some(register_for_address(m, reg))).ok_or(Outcome::Undecodable)?;
+    if linear % 16 != 0 {
+        m.inject(GP, Some(0));
+        return Ok("cmpxchg16b");
+    }
+    let pair = |hi: Register, lo: Register| u128::from(m.gpr64(hi)) << 64 | u128::from(m.gpr64(lo));
+    let (expected, new) = (pair(Register::RDX, Register::RAX), pair(Register::RCX, Register::RBX));
+    let found = m.cmpxchg16(linear, expected, new).ok_or(Outcome::Fault(linear))?;
+    let zf = if found == expected { ZF } else { 0 };
+    if found != expected {
+        #[allow(clippy::cast_possible_truncation, reason = "the two halves of a u128")]
+        let (hi, lo) = ((found >> 64) as u64, found as u64);
+        m.set_gpr64(Register::RDX, hi);
+        m.set_gpr64(Register::RAX, lo);
+    }
+    m.set_rflags(m.rflags() & !ZF | zf);
+    m.set_rip(insn.next_ip());
+    Ok("cmpxchg16b")
 }
 
 /// POPCNT, LZCNT, TZCNT r, r/m (16, 32 or 64 bits).
@@ -529,6 +563,17 @@ mod tests {
         fn set_xsave_area(&mut self, area: Vec<u8>) {
             self.area = area;
         }
+        fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128> {
+            let mut buf = [0u8; 16];
+            if !self.read(linear, &mut buf) {
+                return None;
+            }
+            let found = u128::from_le_bytes(buf);
+            if found == expected {
+                self.write(linear, &new.to_le_bytes());
+            }
+            Some(found)
+        }
     }
 
     /// What the host CPU says: the destination and flags after `insn dst,
@@ -649,6 +694,7 @@ mod tests {
         let before = f.clone();
         assert_eq!(complete(&mut f, &[0xeb, 0x38]), Outcome::Unsupported("jmp".into()));
         assert_eq!(complete(&mut f, &[0x0f, 0xc7, 0x1f]), Outcome::Unsupported("xrstors".into()));
+        assert_eq!(complete(&mut f, &[0x0f, 0xc7, 0x2f]), Outcome::Unsupported("xsaves".into()));
         assert_eq!(complete(&mut f, &[0x0f]), Outcome::Undecodable);
         assert_eq!(f, before);
     }
@@ -918,5 +964,54 @@ mod tests {
             }
             assert_eq!(f.area[MXCSR..MXCSR + 4], after.0[MXCSR..MXCSR + 4], "xrstor rfbm {rfbm:#b}: MXCSR");
         }
+    }
+
+    /// 16 bytes aligned as cmpxchg16b needs.
+    #[repr(C, align(16))]
+    struct Pair(u128);
+
+    #[test]
+    fn cmpxchg16b_matches_the_host_cpu_when_equal_and_when_not() {
+        // lock cmpxchg16b [rdi]
+        let bytes = [0xf0, 0x48, 0x0f, 0xc7, 0x0f];
+        for (mem, expected) in [(5u128 << 64 | 7, 5u128 << 64 | 7), (5 << 64 | 7, 5 << 64 | 8), (u128::MAX, 0)] {
+            let new = 0x1111_2222_3333_4444_5555_6666_7777_8888u128;
+            let mut cell = Pair(mem);
+            let (mut rax, mut rdx) = (expected as u64, (expected >> 64) as u64);
+            let flags: u64;
+            // SAFETY: a 16-byte aligned local; rbx is saved and restored
+            // around the instruction (LLVM reserves it).
+            unsafe {
+                std::arch::asm!(
+                    "xchg {b}, rbx",
+                    "lock cmpxchg16b [{p}]",
+                    "pushfq",
+                    "pop {f}",
+                    "xchg {b}, rbx",
+                    p = in(reg) &mut cell.0,
+                    b = inout(reg) new as u64 => _,
+                    f = out(reg) flags,
+                    inout("rax") rax,
+                    inout("rdx") rdx,
+                    in("rcx") (new >> 64) as u64,
+                );
+            }
+            let mut f = Fake::new();
+            f.mem[0..16].copy_from_slice(&mem.to_le_bytes());
+            f.gpr[7] = MEM; // RDI
+            f.gpr[0] = expected as u64;
+            f.gpr[2] = (expected >> 64) as u64;
+            f.gpr[1] = (new >> 64) as u64;
+            f.gpr[3] = new as u64;
+            assert_eq!(complete(&mut f, &bytes), Outcome::Completed("cmpxchg16b"));
+            assert_eq!(u128::from_le_bytes(f.mem[0..16].try_into().unwrap()), cell.0, "memory");
+            assert_eq!((f.gpr[0], f.gpr[2]), (rax, rdx), "RDX:RAX");
+            assert_eq!(f.rflags & ZF, flags & ZF, "ZF");
+        }
+        // Misaligned: #GP(0), nothing moves.
+        let mut f = Fake::new();
+        f.gpr[7] = MEM + 8;
+        assert_eq!(complete(&mut f, &bytes), Outcome::Completed("cmpxchg16b"));
+        assert_eq!((f.injected.as_slice(), f.rip), (&[(GP, Some(0))][..], 0x1000));
     }
 }

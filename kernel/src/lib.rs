@@ -13,7 +13,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use host::HostKvm;
-pub use vcpu::{Exit, Vcpu};
+pub use vcpu::{Exit, PhysicalMemory, Vcpu};
 pub use vm::Vm;
 
 /// A failed KVM operation, naming what we tried.

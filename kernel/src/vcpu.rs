@@ -208,18 +208,13 @@ impl Vcpu {
     }
 
     /// Completes an instruction KVM's instruction emulator refused
-    /// (`complete::complete`): `insn` holds the bytes at RIP, `read_phys`
-    /// reads guest-physical memory. Registers change only when the
-    /// instruction was completed.
-    pub fn complete_refused(
-        &self,
-        insn: &[u8],
-        read_phys: impl FnMut(u64, &mut [u8]) -> bool,
-        write_phys: impl FnMut(u64, &[u8]) -> bool,
-    ) -> Result<complete::Outcome> {
+    /// (`complete::complete`): `insn` holds the bytes at RIP, `ram` is
+    /// guest-physical memory. Registers change only when the instruction
+    /// was completed.
+    pub fn complete_refused(&self, insn: &[u8], ram: &impl PhysicalMemory) -> Result<complete::Outcome> {
         let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
         let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
-        let mut m = VcpuMachine { vcpu: self, regs, sregs, read_phys, write_phys, inject: None, xsave: None };
+        let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None };
         let outcome = complete::complete(&mut m, insn);
         if let complete::Outcome::Completed(_) = outcome {
             if let Some(area) = &m.xsave {
@@ -253,19 +248,29 @@ impl Vcpu {
     }
 }
 
+/// Guest-physical memory as the runner maps it.
+pub trait PhysicalMemory {
+    /// Fills `buf` from `gpa`; false if it is not all RAM.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Writes `buf` at `gpa`; false (nothing written) if it is not all RAM.
+    fn write(&self, gpa: u64, buf: &[u8]) -> bool;
+    /// The host address of `len` bytes of RAM at `gpa`, if they are all RAM
+    /// in one mapping.
+    fn host_address(&self, gpa: u64, len: usize) -> Option<*mut u8>;
+}
+
 /// A vCPU's registers as a completion sees them, read once and written
 /// back once; memory through KVM_TRANSLATE and the runner's RAM mapping.
-struct VcpuMachine<'a, R, W> {
+struct VcpuMachine<'a, M> {
     vcpu: &'a Vcpu,
     regs: kvm_bindings::kvm_regs,
     sregs: kvm_bindings::kvm_sregs,
-    read_phys: R,
-    write_phys: W,
+    ram: &'a M,
     inject: Option<(u8, Option<u32>)>,
     xsave: Option<Vec<u8>>,
 }
 
-impl<R, W> VcpuMachine<'_, R, W> {
+impl<M> VcpuMachine<'_, M> {
     /// The guest-physical address of `linear`, if it translates (and is
     /// writable, when `write`).
     fn translate(&self, linear: u64, write: bool) -> Option<u64> {
@@ -276,7 +281,7 @@ impl<R, W> VcpuMachine<'_, R, W> {
     }
 }
 
-impl<R: FnMut(u64, &mut [u8]) -> bool, W: FnMut(u64, &[u8]) -> bool> complete::Machine for VcpuMachine<'_, R, W> {
+impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
     fn bitness(&self) -> u32 {
         match (self.sregs.cs.l, self.sregs.cs.db) {
             (1, _) => 64,
@@ -361,7 +366,7 @@ impl<R: FnMut(u64, &mut [u8]) -> bool, W: FnMut(u64, &[u8]) -> bool> complete::M
             let at = linear.wrapping_add(done as u64);
             let in_page = (4096 - (at & 0xfff) as usize).min(buf.len() - done);
             let Some(phys) = self.translate(at, false) else { return false };
-            if !(self.read_phys)(phys, &mut buf[done..done + in_page]) {
+            if !self.ram.read(phys, &mut buf[done..done + in_page]) {
                 return false;
             }
             done += in_page;
@@ -379,7 +384,7 @@ impl<R: FnMut(u64, &mut [u8]) -> bool, W: FnMut(u64, &[u8]) -> bool> complete::M
             pieces.push((phys, done..done + in_page));
             done += in_page;
         }
-        pieces.into_iter().all(|(phys, r)| (self.write_phys)(phys, &buf[r]))
+        pieces.into_iter().all(|(phys, r)| self.ram.write(phys, &buf[r]))
     }
     fn inject(&mut self, vector: u8, error_code: Option<u32>) {
         self.inject = Some((vector, error_code));
@@ -397,6 +402,30 @@ impl<R: FnMut(u64, &mut [u8]) -> bool, W: FnMut(u64, &[u8]) -> bool> complete::M
     }
     fn set_xsave_area(&mut self, area: Vec<u8>) {
         self.xsave = Some(area);
+    }
+    fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128> {
+        // 16-aligned (checked by the caller), so within one page.
+        let phys = self.translate(linear, true)?;
+        let ptr = self.ram.host_address(phys, 16)?;
+        #[allow(clippy::cast_possible_truncation, reason = "the two halves of a u128")]
+        let (mut lo, mut hi) = (expected as u64, (expected >> 64) as u64);
+        // SAFETY: `ptr` points at 16 bytes of guest RAM, mapped for the
+        // runner's life and 16-aligned (guest-physical alignment is the
+        // host's: regions are page-aligned); rbx is saved and restored
+        // around the instruction, which LLVM reserves.
+        unsafe {
+            std::arch::asm!(
+                "xchg {b}, rbx",
+                "lock cmpxchg16b [{p}]",
+                "xchg {b}, rbx",
+                p = in(reg) ptr,
+                b = inout(reg) new as u64 => _,
+                inout("rax") lo,
+                inout("rdx") hi,
+                in("rcx") (new >> 64) as u64,
+            );
+        }
+        Some(u128::from(hi) << 64 | u128::from(lo))
     }
 }
 

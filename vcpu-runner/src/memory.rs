@@ -43,18 +43,6 @@ impl GuestRam {
         self.fd
     }
 
-    /// Fills `buf` from guest-physical `addr`; false if it is not all RAM.
-    pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> bool {
-        self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
-    }
-
-    /// Writes `buf` at guest-physical `addr`; false (nothing written) if
-    /// it is not all RAM.
-    pub fn write_from(&self, addr: u64, buf: &[u8]) -> bool {
-        let all_ram = self.mem.check_range(GuestAddress(addr), buf.len());
-        all_ram && self.mem.write_slice(buf, GuestAddress(addr)).is_ok()
-    }
-
     /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.
     pub fn read(&self, addr: u64, n: usize) -> Vec<u8> {
         let mut out = Vec::new();
@@ -65,5 +53,20 @@ impl GuestRam {
             }
         }
         out
+    }
+}
+
+impl capvm_kernel::PhysicalMemory for GuestRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.mem.read_slice(buf, GuestAddress(gpa)).is_ok()
+    }
+
+    fn write(&self, gpa: u64, buf: &[u8]) -> bool {
+        self.mem.check_range(GuestAddress(gpa), buf.len()) && self.mem.write_slice(buf, GuestAddress(gpa)).is_ok()
+    }
+
+    fn host_address(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        let slice = self.mem.get_slice(GuestAddress(gpa), len).ok()?;
+        Some(slice.ptr_guard_mut().as_ptr())
     }
 }

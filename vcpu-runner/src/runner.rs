@@ -312,8 +312,7 @@ impl Refused {
         exits: &ExitCounters,
         r: &InternalErrorReport,
     ) -> Result<(), String> {
-        let (read, write) = (|gpa, buf: &mut [u8]| ram.read_into(gpa, buf), |gpa, buf: &[u8]| ram.write_from(gpa, buf));
-        match vcpu.complete_refused(&r.bytes, read, write) {
+        match vcpu.complete_refused(&r.bytes, ram) {
             Ok(Outcome::Completed(kind)) => {
                 if let Some((_, c)) = exits.completed.iter().find(|(k, _)| *k == kind) {
                     c.inc();

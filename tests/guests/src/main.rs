@@ -4,7 +4,8 @@
 //! Commands: `hello` (default: greet, print CPUID leaf 1 ECX, halt),
 //! `reboot`, `reboot-kbd`, `poweroff`, `halt`, `idle` (stay up, asleep),
 //! `triple-fault`,
-//! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run),
+//! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run; the runner
+//! completes it), `xsaves` (one it neither runs nor completes),
 //! `unknown-port` (read port 0x1234), `clock` (RTC and PM timer), `spin` (loop at CPL0 forever),
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
@@ -114,7 +115,24 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
                     in("rcx") 1u64,
                 );
             }
-            print(b"cmpxchg16b ran\n");
+            // SAFETY: as above; the instruction is done.
+            let [lo, hi] = unsafe { core::ptr::read_volatile(target) };
+            print(b"cmpxchg16b ran, memory ");
+            io::print_hex(hi);
+            print(b":");
+            io::print_hex(lo);
+            print(b"\n");
+            io::halt()
+        }
+        b"xsaves" => {
+            // SAFETY: only this path touches the static, once.
+            let area = unsafe { core::ptr::addr_of_mut!(XSAVES_AREA.0) };
+            // SAFETY: a 64-byte aligned area large enough for any state;
+            // on a host that cannot run it, the VM stops here.
+            unsafe {
+                core::arch::asm!("xsaves [{a}]", a = in(reg) area, in("eax") u32::MAX, in("edx") u32::MAX);
+            }
+            print(b"xsaves ran\n");
             io::halt()
         }
         b"unknown-port" => {
@@ -324,6 +342,11 @@ fn parse_num(w: &[u8]) -> Option<u64> {
 #[repr(C, align(16))]
 struct Aligned16([u64; 2]);
 static mut CMPXCHG16B_TARGET: Aligned16 = Aligned16([0; 2]);
+
+/// Where `xsaves` saves to.
+#[repr(C, align(64))]
+struct Aligned64([u8; 4096]);
+static mut XSAVES_AREA: Aligned64 = Aligned64([0; 4096]);
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
