@@ -132,17 +132,39 @@ fn memory_ranges(i: u32, xcomp: Option<u64>) -> Option<Vec<std::ops::Range<usize
     }
 }
 
-/// Every component of `rfbm`: (bit, byte ranges in the area).
+/// Every component of `rfbm`: (bit, byte ranges in the standard area).
 fn ranges(rfbm: u64) -> Vec<(u32, Vec<std::ops::Range<usize>>)> {
     (0..63)
         .filter(|i| rfbm & (1 << i) != 0)
-        .map(|i| match i {
-            0 => (0, X87_STATE.to_vec()),
-            1 => (1, vec![SSE_STATE]),
-            i => (i, vec![component(i)]),
-        })
+        .filter_map(|i| Some((i, memory_ranges(i, None)?)))
         .filter(|(_, r)| r.iter().all(|r| r.end <= XSAVE_AREA && r.start < r.end))
         .collect()
+}
+
+/// The little-endian u64 and u32 at `at` (0 past the end: callers size
+/// their buffers).
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
+
+/// The linear address of memory operand `n`, as the CPU computes it.
+fn memory_address(m: &impl Machine, insn: &Instruction, n: u32) -> Result<u64, Outcome> {
+    insn.virtual_address(n, 0, |reg, _, _| Some(register_for_address(m, reg))).ok_or(Outcome::Undecodable)
+}
+
+/// Writes each (offset, bytes) at `linear + offset`, stopping at a fault.
+fn write_all<B: AsRef<[u8]>>(m: &mut impl Machine, linear: u64, writes: &[(usize, B)]) -> Result<(), Outcome> {
+    for (offset, bytes) in writes {
+        let at = linear + *offset as u64;
+        if !m.write(at, bytes.as_ref()) {
+            return Err(Outcome::Fault(at));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the instruction at RIP from `bytes` and completes it.
@@ -152,77 +174,58 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
     if insn.is_invalid() {
         return Outcome::Undecodable;
     }
-    let kind = match insn.mnemonic() {
+    let done = match insn.mnemonic() {
         Mnemonic::Int3 => {
             m.set_rip(insn.next_ip());
             m.inject(3, None);
-            "int3"
+            Ok("int3")
         }
         Mnemonic::Int => {
             m.set_rip(insn.next_ip());
             m.inject(insn.immediate8(), None);
-            "int"
+            Ok("int")
         }
         // Waits for a pending unmasked x87 exception: kernels run with x87
         // exceptions masked, so there is none (a wrong guess loses a #MF).
         Mnemonic::Wait => {
             m.set_rip(insn.next_ip());
-            "fwait"
+            Ok("fwait")
         }
         Mnemonic::Clac | Mnemonic::Stac => {
-            let ac = if insn.mnemonic() == Mnemonic::Stac { AC } else { 0 };
-            m.set_rflags(m.rflags() & !AC | ac);
+            let stac = insn.mnemonic() == Mnemonic::Stac;
+            m.set_rflags(m.rflags() & !AC | if stac { AC } else { 0 });
             m.set_rip(insn.next_ip());
-            if ac != 0 {
-                "stac"
-            } else {
-                "clac"
-            }
+            Ok(if stac { "stac" } else { "clac" })
         }
-        Mnemonic::Xsavec | Mnemonic::Xsavec64 => match xsavec(m, &insn) {
-            Ok(kind) => kind,
-            Err(outcome) => return outcome,
-        },
-        Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => match xsave(m, &insn) {
-            Ok(kind) => kind,
-            Err(outcome) => return outcome,
-        },
-        Mnemonic::Xrstor | Mnemonic::Xrstor64 => match xrstor(m, &insn) {
-            Ok(kind) => kind,
-            Err(outcome) => return outcome,
-        },
-        Mnemonic::Cmpxchg16b => match cmpxchg16b(m, &insn) {
-            Ok(kind) => kind,
-            Err(outcome) => return outcome,
-        },
-        Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => match count_bits(m, &insn) {
-            Ok(kind) => kind,
-            Err(outcome) => return outcome,
-        },
-        other => return Outcome::Unsupported(format!("{other:?}").to_lowercase()),
+        Mnemonic::Xsavec | Mnemonic::Xsavec64 => xsavec(m, &insn),
+        Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => xsave(m, &insn),
+        Mnemonic::Xrstor | Mnemonic::Xrstor64 => xrstor(m, &insn),
+        Mnemonic::Cmpxchg16b => cmpxchg16b(m, &insn),
+        Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => count_bits(m, &insn),
+        other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
-    Outcome::Completed(kind)
+    done.map_or_else(|outcome| outcome, Outcome::Completed)
 }
 
-/// The linear address of memory operand 0, and RFBM (XCR0 & EDX:EAX),
-/// for the XSAVE family; None after injecting #GP for a misaligned area.
-fn xsave_operands(m: &mut impl Machine, insn: &Instruction) -> Result<Option<(u64, u64)>, Outcome> {
-    let linear =
-        insn.virtual_address(0, 0, |reg, _, _| Some(register_for_address(m, reg))).ok_or(Outcome::Undecodable)?;
+/// The XSAVE family's operands: the area's linear address, RFBM
+/// (XCR0 & EDX:EAX) and XCR0; None after injecting #GP for a misaligned
+/// area.
+fn xsave_operands(m: &mut impl Machine, insn: &Instruction) -> Result<Option<(u64, u64, u64)>, Outcome> {
+    let linear = memory_address(m, insn, 0)?;
     let xcr0 = m.xcr0().ok_or_else(|| Outcome::Unsupported("xsave (no XCR0)".into()))?;
     if linear % 64 != 0 {
         m.inject(GP, Some(0));
         return Ok(None);
     }
     let requested = (m.gpr64(Register::RDX) << 32) | (m.gpr64(Register::RAX) & 0xffff_ffff);
-    Ok(Some((linear, xcr0 & requested)))
+    Ok(Some((linear, xcr0 & requested, xcr0)))
 }
 
 /// XSAVE and XSAVEOPT (standard format; XSAVEOPT may always write what it
 /// was asked to, which is what this does): the components of RFBM from
 /// the vCPU's state into memory, and their XSTATE_BV bits.
 fn xsave(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
-    let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xsave") };
+    let Some((linear, rfbm, _)) = xsave_operands(m, insn)? else { return Ok("xsave") };
     let area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xsave (no KVM_GET_XSAVE)".into()))?;
     let mut mem = vec![0u8; HEADER + 64];
     if !m.read(linear, &mut mem) {
@@ -235,15 +238,9 @@ fn xsave(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outco
     if rfbm & 0b110 != 0 {
         writes.push((MXCSR, &area[MXCSR..MXCSR_MASK + 4]));
     }
-    let old_bv = u64::from_le_bytes(mem[HEADER..HEADER + 8].try_into().unwrap_or_default());
-    let area_bv = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
-    let bv = ((old_bv & !rfbm) | (area_bv & rfbm)).to_le_bytes();
+    let bv = ((le64(&mem, HEADER) & !rfbm) | (le64(&area, HEADER) & rfbm)).to_le_bytes();
     writes.push((HEADER, &bv));
-    for (offset, bytes) in writes {
-        if !m.write(linear + offset as u64, bytes) {
-            return Err(Outcome::Fault(linear + offset as u64));
-        }
-    }
+    write_all(m, linear, &writes)?;
     m.set_rip(insn.next_ip());
     Ok("xsave")
 }
@@ -254,10 +251,9 @@ fn xsave(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outco
 /// the header says XSTATE_BV = XINUSE & RFBM and
 /// XCOMP_BV = RFBM with the compacted bit.
 fn xsavec(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
-    let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xsavec") };
+    let Some((linear, rfbm, _)) = xsave_operands(m, insn)? else { return Ok("xsavec") };
     let area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xsavec (no KVM_GET_XSAVE)".into()))?;
-    let in_use = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
-    let written = rfbm & in_use;
+    let written = rfbm & le64(&area, HEADER);
     let mut writes: Vec<(usize, Vec<u8>)> = Vec::new();
     for (i, standard) in ranges(written) {
         let Some(place) = memory_ranges(i, Some(rfbm)) else { continue };
@@ -274,11 +270,7 @@ fn xsavec(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
     header[0..8].copy_from_slice(&written.to_le_bytes());
     header[8..16].copy_from_slice(&(rfbm | COMPACTED).to_le_bytes());
     writes.push((HEADER, header.to_vec()));
-    for (offset, bytes) in writes {
-        if !m.write(linear + offset as u64, &bytes) {
-            return Err(Outcome::Fault(linear + offset as u64));
-        }
-    }
+    write_all(m, linear, &writes)?;
     m.set_rip(insn.next_ip());
     Ok("xsavec")
 }
@@ -287,31 +279,30 @@ fn xsavec(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
 /// state from memory where XSTATE_BV says it is there, else its initial
 /// state; #GP for a header or MXCSR the CPU would refuse.
 fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
-    let Some((linear, rfbm)) = xsave_operands(m, insn)? else { return Ok("xrstor") };
-    let xcr0 = m.xcr0().unwrap_or(0);
+    let Some((linear, rfbm, xcr0)) = xsave_operands(m, insn)? else { return Ok("xrstor") };
+    // The legacy region and the header first: the header says the format,
+    // and so how much more there is to read.
     let mut mem = vec![0u8; XSAVE_AREA];
-    let needed = ranges(rfbm).iter().flat_map(|(_, rs)| rs.iter().map(|r| r.end)).max().unwrap_or(0).max(HEADER + 64);
-    if !m.read(linear, &mut mem[..needed]) {
+    if !m.read(linear, &mut mem[..HEADER + 64]) {
         return Err(Outcome::Fault(linear));
     }
-    let bv = u64::from_le_bytes(mem[HEADER..HEADER + 8].try_into().unwrap_or_default());
-    let comp = u64::from_le_bytes(mem[HEADER + 8..HEADER + 16].try_into().unwrap_or_default());
+    let (bv, comp) = (le64(&mem, HEADER), le64(&mem, HEADER + 8));
     let compacted = comp & COMPACTED != 0;
     let xcomp = compacted.then_some(comp & !COMPACTED);
-    if compacted {
-        // The compacted area is longer than what was read for the standard one.
-        let end = compacted_offsets(comp & !COMPACTED).last().map_or(0, |&(i, at)| at + component(i).len());
-        let end = end.clamp(HEADER + 64, XSAVE_AREA);
-        if !m.read(linear, &mut mem[..end]) {
-            return Err(Outcome::Fault(linear));
-        }
+    let end = match xcomp {
+        Some(xcomp) => compacted_offsets(xcomp).last().map_or(0, |&(i, at)| at + component(i).len()),
+        None => ranges(rfbm).iter().flat_map(|(_, rs)| rs.iter().map(|r| r.end)).max().unwrap_or(0),
+    };
+    let end = end.clamp(HEADER + 64, XSAVE_AREA);
+    if !m.read(linear + (HEADER + 64) as u64, &mut mem[HEADER + 64..end]) {
+        return Err(Outcome::Fault(linear + (HEADER + 64) as u64));
     }
     let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xrstor (no KVM_GET_XSAVE)".into()))?;
-    let mask = match u32::from_le_bytes(area[MXCSR_MASK..MXCSR_MASK + 4].try_into().unwrap_or_default()) {
+    let mask = match le32(&area, MXCSR_MASK) {
         0 => 0xffbf,
         mask => mask,
     };
-    let mxcsr = u32::from_le_bytes(mem[MXCSR..MXCSR + 4].try_into().unwrap_or_default());
+    let mxcsr = le32(&mem, MXCSR);
     let bad_header = bv & !xcr0 != 0
         || match xcomp {
             None => comp != 0,
@@ -344,8 +335,8 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
     } else if compacted && rfbm & 0b10 != 0 {
         area[MXCSR..MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
     }
-    let area_bv = u64::from_le_bytes(area[HEADER..HEADER + 8].try_into().unwrap_or_default());
-    area[HEADER..HEADER + 8].copy_from_slice(&((area_bv & !rfbm) | (bv & rfbm)).to_le_bytes());
+    let area_bv = (le64(&area, HEADER) & !rfbm) | (bv & rfbm);
+    area[HEADER..HEADER + 8].copy_from_slice(&area_bv.to_le_bytes());
     m.set_xsave_area(area);
     m.set_rip(insn.next_ip());
     Ok("xrstor")
@@ -356,8 +347,7 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
 /// One atomic operation on the runner's mapping of guest RAM, so other
 /// vCPUs see it as the CPU would have done it.
 fn cmpxchg16b(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
-    let linear =
-        insn.virtual_address(0, 0, |reg, _, _| Some(register_for_address(m, reg))).ok_or(Outcome::Undecodable)?;
+    let linear = memory_address(m, insn, 0)?;
     if linear % 16 != 0 {
         m.inject(GP, Some(0));
         return Ok("cmpxchg16b");
@@ -418,9 +408,7 @@ fn operand_value(m: &mut impl Machine, insn: &Instruction, n: u32, width: u64) -
     match insn.op_kind(n) {
         OpKind::Register => Ok(read_register(m, insn.op_register(n))),
         OpKind::Memory => {
-            let linear = insn
-                .virtual_address(n, 0, |reg, _, _| Some(register_for_address(m, reg)))
-                .ok_or(Outcome::Undecodable)?;
+            let linear = memory_address(m, insn, n)?;
             let mut buf = [0u8; 8];
             let len = (width / 8) as usize;
             if !m.read(linear, &mut buf[..len]) {
