@@ -270,6 +270,30 @@ struct VcpuMachine<'a, M> {
     xsave: Option<Vec<u8>>,
 }
 
+/// Where KVM keeps a 64-bit general-purpose register (or RIP).
+fn gpr(r: &mut kvm_bindings::kvm_regs, reg: Register) -> Option<&mut u64> {
+    Some(match reg {
+        Register::RAX => &mut r.rax,
+        Register::RCX => &mut r.rcx,
+        Register::RDX => &mut r.rdx,
+        Register::RBX => &mut r.rbx,
+        Register::RSP => &mut r.rsp,
+        Register::RBP => &mut r.rbp,
+        Register::RSI => &mut r.rsi,
+        Register::RDI => &mut r.rdi,
+        Register::R8 => &mut r.r8,
+        Register::R9 => &mut r.r9,
+        Register::R10 => &mut r.r10,
+        Register::R11 => &mut r.r11,
+        Register::R12 => &mut r.r12,
+        Register::R13 => &mut r.r13,
+        Register::R14 => &mut r.r14,
+        Register::R15 => &mut r.r15,
+        Register::RIP => &mut r.rip,
+        _ => return None,
+    })
+}
+
 impl<M> VcpuMachine<'_, M> {
     /// The guest-physical address of `linear`, if it translates (and is
     /// writable, when `write`).
@@ -278,6 +302,22 @@ impl<M> VcpuMachine<'_, M> {
             Ok(t) if t.valid != 0 && (!write || t.writeable != 0) => Some(t.physical_address),
             _ => None,
         }
+    }
+
+    /// `len` bytes at `linear`, page by page (an access may cross into a
+    /// page mapped elsewhere): guest-physical address and the part of the
+    /// buffer each covers. None if a page does not translate (writable,
+    /// when `write`), before anything is touched.
+    fn pages(&self, linear: u64, len: usize, write: bool) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
+        let mut pieces = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let at = linear.wrapping_add(done as u64);
+            let in_page = (4096 - (at & 0xfff) as usize).min(len - done);
+            pieces.push((self.translate(at, write)?, done..done + in_page));
+            done += in_page;
+        }
+        Some(pieces)
     }
 }
 
@@ -302,50 +342,15 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
         self.regs.rflags = rflags;
     }
     fn gpr64(&self, reg: Register) -> u64 {
-        let r = &self.regs;
-        match reg {
-            Register::RAX => r.rax,
-            Register::RCX => r.rcx,
-            Register::RDX => r.rdx,
-            Register::RBX => r.rbx,
-            Register::RSP => r.rsp,
-            Register::RBP => r.rbp,
-            Register::RSI => r.rsi,
-            Register::RDI => r.rdi,
-            Register::R8 => r.r8,
-            Register::R9 => r.r9,
-            Register::R10 => r.r10,
-            Register::R11 => r.r11,
-            Register::R12 => r.r12,
-            Register::R13 => r.r13,
-            Register::R14 => r.r14,
-            Register::R15 => r.r15,
-            Register::RIP => r.rip,
-            _ => 0,
-        }
+        let mut regs = self.regs;
+        gpr(&mut regs, reg).map_or(0, |v| *v)
     }
     fn set_gpr64(&mut self, reg: Register, value: u64) {
-        let r = &mut self.regs;
-        let slot = match reg {
-            Register::RAX => &mut r.rax,
-            Register::RCX => &mut r.rcx,
-            Register::RDX => &mut r.rdx,
-            Register::RBX => &mut r.rbx,
-            Register::RSP => &mut r.rsp,
-            Register::RBP => &mut r.rbp,
-            Register::RSI => &mut r.rsi,
-            Register::RDI => &mut r.rdi,
-            Register::R8 => &mut r.r8,
-            Register::R9 => &mut r.r9,
-            Register::R10 => &mut r.r10,
-            Register::R11 => &mut r.r11,
-            Register::R12 => &mut r.r12,
-            Register::R13 => &mut r.r13,
-            Register::R14 => &mut r.r14,
-            Register::R15 => &mut r.r15,
-            _ => return,
-        };
-        *slot = value;
+        if reg != Register::RIP {
+            if let Some(slot) = gpr(&mut self.regs, reg) {
+                *slot = value;
+            }
+        }
     }
     fn segment_base(&self, seg: Register) -> u64 {
         let s = &self.sregs;
@@ -360,31 +365,13 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
         }
     }
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> bool {
-        // Page by page: an access may cross into a page mapped elsewhere.
-        let mut done = 0;
-        while done < buf.len() {
-            let at = linear.wrapping_add(done as u64);
-            let in_page = (4096 - (at & 0xfff) as usize).min(buf.len() - done);
-            let Some(phys) = self.translate(at, false) else { return false };
-            if !self.ram.read(phys, &mut buf[done..done + in_page]) {
-                return false;
-            }
-            done += in_page;
-        }
-        true
+        let Some(pages) = self.pages(linear, buf.len(), false) else { return false };
+        pages.into_iter().all(|(phys, r)| self.ram.read(phys, &mut buf[r]))
     }
     fn write(&mut self, linear: u64, buf: &[u8]) -> bool {
         // Every page translated first, so a fault writes nothing.
-        let mut pieces = Vec::new();
-        let mut done = 0;
-        while done < buf.len() {
-            let at = linear.wrapping_add(done as u64);
-            let in_page = (4096 - (at & 0xfff) as usize).min(buf.len() - done);
-            let Some(phys) = self.translate(at, true) else { return false };
-            pieces.push((phys, done..done + in_page));
-            done += in_page;
-        }
-        pieces.into_iter().all(|(phys, r)| self.ram.write(phys, &buf[r]))
+        let Some(pages) = self.pages(linear, buf.len(), true) else { return false };
+        pages.into_iter().all(|(phys, r)| self.ram.write(phys, &buf[r]))
     }
     fn inject(&mut self, vector: u8, error_code: Option<u32>) {
         self.inject = Some((vector, error_code));
