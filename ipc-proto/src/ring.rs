@@ -268,29 +268,25 @@ impl ExitRing {
         let me = current_cpu();
         header.server_cpu.store(me, Ordering::Relaxed);
         // Whether the last client runs elsewhere (its next request may come
-        // while we poll).
+        // while we poll), and since when nothing came.
         let mut worth_polling = self.serve(&mut handle).is_some_and(|cpu| cpu != me);
         let mut last = Instant::now();
         loop {
-            if worth_polling && last.elapsed() < SERVER_POLL {
-                header.server_polling.store(1, Ordering::Relaxed);
-                if self.pending() {
-                    worth_polling = self.serve(&mut handle).is_some_and(|cpu| cpu != me);
-                    last = Instant::now();
-                } else {
-                    std::hint::spin_loop();
-                }
-                continue;
+            let polling = worth_polling && last.elapsed() < SERVER_POLL;
+            header.server_polling.store(u32::from(polling), Ordering::Relaxed);
+            if !polling {
+                // Stopped polling: look once more, as a vCPU that saw the
+                // flag set skipped the doorbell.
+                fence(Ordering::SeqCst);
             }
-            // Stop polling, then look once more: a vCPU that saw the flag
-            // set skipped the doorbell.
-            header.server_polling.store(0, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            if !self.pending() {
+            if self.pending() {
+                worth_polling = self.serve(&mut handle).is_some_and(|cpu| cpu != me);
+                last = Instant::now();
+            } else if polling {
+                std::hint::spin_loop();
+            } else {
                 return;
             }
-            worth_polling = self.serve(&mut handle).is_some_and(|cpu| cpu != me);
-            last = Instant::now();
         }
     }
 
