@@ -82,6 +82,23 @@ impl Stats {
     }
 }
 
+/// A family of counters, one per kind, each named `prefix` + kind
+/// ("completed_popcnt"), incremented by kind.
+pub struct CountersByKind(Vec<(&'static str, Counter)>);
+
+impl CountersByKind {
+    pub fn new(stats: &mut Stats, prefix: &str, kinds: impl IntoIterator<Item = &'static str>) -> CountersByKind {
+        CountersByKind(kinds.into_iter().map(|k| (k, stats.counter(&format!("{prefix}{k}")))).collect())
+    }
+
+    /// Adds one to `kind`'s counter; a kind the family lacks counts nowhere.
+    pub fn inc(&self, kind: &str) {
+        if let Some((_, c)) = self.0.iter().find(|(k, _)| *k == kind) {
+            c.inc();
+        }
+    }
+}
+
 /// The broker's side: every named counter, in order. Names are cut at the
 /// first NUL and anything not printable ASCII becomes '?'.
 pub fn read(fd: impl AsFd) -> Result<Vec<(String, u64)>, nix::Error> {

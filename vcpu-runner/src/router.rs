@@ -3,7 +3,7 @@
 //! or nowhere (reads float high, writes are dropped).
 
 use capvm_ipc::ring::{ExitRing, Op, Request};
-use capvm_ipc::stats::Counter;
+use capvm_ipc::stats::{Counter, CountersByKind};
 use capvm_ipc::{PioRange, VmEvent};
 use capvm_kernel::Vm;
 
@@ -23,7 +23,7 @@ pub struct ExitCounters {
     pub mmio: Counter,
     /// Instructions completed for the host's emulator, by kind
     /// (capvm_kernel::complete::KINDS).
-    pub completed: Vec<(&'static str, Counter)>,
+    pub completed: CountersByKind,
     /// Emulation failures run again because the code at RIP had changed.
     pub emulation_retries: Counter,
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use capvm_ipc::ring::ExitRing;
-use capvm_ipc::stats::Stats;
+use capvm_ipc::stats::{CountersByKind, Stats};
 use capvm_ipc::{
     memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, StartRunnerFds, ToBroker, ToChild,
     VmEvent,
@@ -98,10 +98,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let exits = ExitCounters {
         pio: stats.counter("pio_exits"),
         mmio: stats.counter("mmio_exits"),
-        completed: capvm_kernel::complete::KINDS
-            .iter()
-            .map(|&kind| (kind, stats.counter(&format!("completed_{kind}"))))
-            .collect(),
+        completed: CountersByKind::new(&mut stats, "completed_", capvm_kernel::complete::KINDS),
         emulation_retries: stats.counter("emulation_retries"),
     };
 
@@ -314,9 +311,7 @@ impl Refused {
     ) -> Result<(), String> {
         match vcpu.complete_refused(&r.bytes, ram) {
             Ok(Outcome::Completed(kind)) => {
-                if let Some((_, c)) = exits.completed.iter().find(|(k, _)| *k == kind) {
-                    c.inc();
-                }
+                exits.completed.inc(kind);
                 self.last = None;
                 self.retries = 0;
                 Ok(())

@@ -9,7 +9,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use capvm_ipc::stats::{Counter, Stats};
+use capvm_ipc::stats::{Counter, CountersByKind, Stats};
 use capvm_ipc::BlkOptions;
 use capvm_virtio::Device;
 use virtio_queue::{Queue, QueueT};
@@ -50,7 +50,7 @@ pub struct Blk {
     requests: Counter,
     errors: Counter,
     /// One per [`BlkRequestError`] kind, by its counter name.
-    errors_by_kind: Vec<(&'static str, Counter)>,
+    errors_by_kind: CountersByKind,
     bytes_read: Counter,
     bytes_written: Counter,
 }
@@ -62,10 +62,11 @@ impl Blk {
             opts,
             requests: stats.counter("requests"),
             errors: stats.counter("request_errors"),
-            errors_by_kind: [BadFraming, OutOfRange, ReadOnly, Unsupported(0), Io(0)]
-                .iter()
-                .map(|e| (e.counter(), stats.counter(e.counter())))
-                .collect(),
+            errors_by_kind: CountersByKind::new(
+                stats,
+                "",
+                [BadFraming, OutOfRange, ReadOnly, Unsupported(0), Io(0)].map(BlkRequestError::counter),
+            ),
             bytes_read: stats.counter("bytes_read"),
             bytes_written: stats.counter("bytes_written"),
         }
@@ -73,9 +74,7 @@ impl Blk {
 
     fn count_error(&self, e: BlkRequestError) {
         self.errors.inc();
-        if let Some((_, c)) = self.errors_by_kind.iter().find(|(name, _)| *name == e.counter()) {
-            c.inc();
-        }
+        self.errors_by_kind.inc(e.counter());
     }
 
     fn discard_enabled(&self) -> bool {

@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use capvm_ipc::stats::{Counter, Stats};
+use capvm_ipc::stats::{Counter, CountersByKind, Stats};
 use capvm_ipc::NetOptions;
 use capvm_virtio::Device;
 use virtio_queue::desc::split::Descriptor;
@@ -62,7 +62,7 @@ struct NetStats {
     tx_bytes: Counter,
     tx_errors: Counter,
     /// One per [`NetTxError`] kind, by its counter name.
-    tx_errors_by_kind: Vec<(&'static str, Counter)>,
+    tx_errors_by_kind: CountersByKind,
 }
 
 /// Why a TX chain was not sent. Each kind has its counter beside
@@ -116,10 +116,11 @@ impl Net {
                 tx_frames: stats.counter("tx_frames"),
                 tx_bytes: stats.counter("tx_bytes"),
                 tx_errors: stats.counter("tx_errors"),
-                tx_errors_by_kind: [NetTxError::BadFraming, NetTxError::TooLong, NetTxError::Io(0)]
-                    .iter()
-                    .map(|e| (e.counter(), stats.counter(e.counter())))
-                    .collect(),
+                tx_errors_by_kind: CountersByKind::new(
+                    stats,
+                    "",
+                    [NetTxError::BadFraming, NetTxError::TooLong, NetTxError::Io(0)].map(NetTxError::counter),
+                ),
             },
         }
     }
@@ -148,9 +149,7 @@ impl Net {
                 }
                 Err(e) => {
                     self.stats.tx_errors.inc();
-                    if let Some((_, c)) = self.stats.tx_errors_by_kind.iter().find(|(n, _)| *n == e.counter()) {
-                        c.inc();
-                    }
+                    self.stats.tx_errors_by_kind.inc(e.counter());
                 }
             }
             // TX buffers are only read: the used length is 0.
