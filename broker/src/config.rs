@@ -150,32 +150,27 @@ pub struct PciSlot {
     pub emulation: &'static Emulation,
 }
 
-/// A function served by its own process: its slot, its row, its options.
+/// A function served by its own process: its slot, its registry row's
+/// name and server part, its options.
 #[derive(Debug)]
 pub struct ServedConfig {
     pub slot: u8,
     pub func: u8,
-    pub emulation: &'static Emulation,
+    /// "virtio-blk".
+    pub emulation: &'static str,
+    pub served: &'static Served,
     pub device: Box<dyn ServedDevice>,
 }
 
 impl ServedConfig {
     /// `virtio-blk (0:3.0)`: how messages, the audit and manifests name its server.
     pub fn name(&self) -> String {
-        devices::server_name(self.emulation.name, self.slot, self.func)
+        devices::server_name(self.emulation, self.slot, self.func)
     }
 
     /// `-s 3:0,virtio-blk`: how errors name the slot.
     pub fn at(&self) -> String {
-        format!("-s {}:{},{}", self.slot, self.func, self.emulation.name)
-    }
-
-    /// The registry's server row.
-    pub fn served(&self) -> &'static Served {
-        match &self.emulation.kind {
-            Kind::Served(s) => s,
-            Kind::Bridge(_) => unreachable!("only served rows become ServedConfig"),
-        }
+        devices::slot_name(self.emulation, self.slot, self.func)
     }
 }
 
@@ -274,7 +269,13 @@ impl VmConfig {
                 let options =
                     SlotOptions { tree, slot: s.slot, func: s.func, emulation: s.emulation.name, vm_name: name };
                 let device = (row.parse)(&options)?;
-                served.push(ServedConfig { slot: s.slot, func: s.func, emulation: s.emulation, device });
+                served.push(ServedConfig {
+                    slot: s.slot,
+                    func: s.func,
+                    emulation: s.emulation.name,
+                    served: row,
+                    device,
+                });
             }
         }
         let has_lpc = slots.iter().any(|s| devices::is_lpc(s.emulation));

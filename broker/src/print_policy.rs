@@ -63,7 +63,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
     let mut alloc = Allocator::default();
     let mut routes = Vec::new();
     for d in &cfg.served {
-        let function = alloc.function(d.slot, d.func, d.served().queues)?;
+        let function = alloc.function(d.slot, d.func, d.served.queues)?;
         let mut fds = Fds::child();
         let start = StartVirtioFds::take_from(&function, d.device.backend_fd_count(), fds.received())?;
         fds.free(start.ring);

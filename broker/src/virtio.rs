@@ -118,6 +118,6 @@ impl VirtioHost {
 /// Opens a served device's host resources and lays its function out.
 pub fn open(d: &ServedConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioHost, VmError> {
     let (backend, fds) = d.device.open().map_err(|source| VmError::Device { at: d.at(), source })?;
-    let function = alloc.function(d.slot, d.func, d.served().queues)?;
-    VirtioHost::new(d.name(), d.emulation.name, d.served().server, function, backend, fds, vcpus)
+    let function = alloc.function(d.slot, d.func, d.served.queues)?;
+    VirtioHost::new(d.name(), d.emulation, d.served.server, function, backend, fds, vcpus)
 }

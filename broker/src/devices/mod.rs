@@ -38,6 +38,7 @@ pub enum Kind {
 }
 
 /// What the broker needs to know of a device server.
+#[derive(Debug)]
 pub struct Served {
     /// The executable, beside `capvm` (or in `$CAPVM_LIBEXEC_DIR`).
     pub server: &'static str,
@@ -171,14 +172,13 @@ impl SlotOptions<'_> {
 
     /// How errors name the slot: `-s 3:0,virtio-blk`.
     pub fn at(&self) -> String {
-        format!("-s {}:{},{}", self.slot, self.func, self.emulation)
+        slot_name(self.emulation, self.slot, self.func)
     }
+}
 
-    /// How messages, the audit and the manifests name its server:
-    /// `virtio-blk (0:3.0)`.
-    pub fn server_name(&self) -> String {
-        server_name(self.emulation, self.slot, self.func)
-    }
+/// `-s 3:0,virtio-blk`.
+pub fn slot_name(emulation: &str, slot: u8, func: u8) -> String {
+    format!("-s {slot}:{func},{emulation}")
 }
 
 /// `virtio-blk (0:3.0)`.
