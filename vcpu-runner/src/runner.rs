@@ -297,9 +297,9 @@ struct Refused {
 }
 
 impl Refused {
-    /// Completes the instruction at the failure (the emulator of a
-    /// paging-based host cannot run int3, int n, fwait, clac, stac,
-    /// popcnt, lzcnt or tzcnt at CPL0), or runs the vCPU again a few times
+    /// Completes the instruction at the failure (what the emulator of a
+    /// paging-based host cannot run at CPL0: capvm_kernel::complete::KINDS),
+    /// or runs the vCPU again a few times
     /// when the bytes there are not an instruction we complete (code
     /// patching). Err: the VM stops; what was tried, for its last line.
     fn complete(
