@@ -157,6 +157,18 @@ pub fn stat(stats: &[(String, u64)], key: &str) -> u64 {
     stats.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key} in {stats:?}")).1
 }
 
+/// Reads capvm's output into `seen` until it holds `needle`; fails when
+/// capvm ends first or `deadline` passes (checked between reads).
+pub fn read_until(out: &mut impl Read, seen: &mut Vec<u8>, needle: &str, deadline: Instant) {
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(Instant::now() < deadline, "guest did not get to {needle:?}: {}", String::from_utf8_lossy(seen));
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "capvm ended early: {}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Asks VM `name` to stop (capvmctl --destroy); a VM already gone is fine.
 pub fn destroy(name: &str) {
     let _ = Command::new(bin_dir().join("capvmctl"))

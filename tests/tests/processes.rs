@@ -136,12 +136,7 @@ fn an_idle_vm_with_every_device_costs_under_one_percent_of_a_core() {
     let args = vm_args(2, "64M", guest(), "blk-rw 1 idle", &["-s", &disk, "-s", "4,virtio-net,idletap0"]);
     let mut child = ns.spawn_capvm(&args);
     let mut out = child.stdout.take().unwrap();
-    let (mut seen, mut buf) = (Vec::new(), [0u8; 256]);
-    while !String::from_utf8_lossy(&seen).contains("blk done") {
-        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
-        assert!(n > 0, "capvm ended early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut out, &mut Vec::new(), "blk done", std::time::Instant::now() + Duration::from_secs(60));
     let mut pids: Vec<u32> = children_of(child.id()).into_iter().map(|(p, _)| p).collect();
     assert_eq!(pids.len(), 4, "runner, uart, disk and NIC servers");
     pids.push(child.id());

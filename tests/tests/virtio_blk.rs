@@ -111,15 +111,7 @@ fn stats_after(rounds: u32) -> Vec<(String, u64)> {
     let mut child = spawn(&args);
     drop(child.stdin.take());
     let mut out = child.stdout.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("blk done") {
-        assert!(Instant::now() < deadline, "guest did not finish: {}", String::from_utf8_lossy(&seen));
-        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
-        assert!(n > 0, "capvm ended early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut out, &mut Vec::new(), "blk done", Instant::now() + Duration::from_secs(60));
     let stats = get_stats(&name);
     destroy(&name);
     let _ = child.wait();
