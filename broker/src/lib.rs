@@ -10,7 +10,7 @@ pub mod console;
 pub mod control;
 pub mod devices;
 pub mod print_policy;
+pub mod served;
 pub mod spawn;
 pub mod supervisor;
-pub mod virtio;
 pub mod vm;

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeSet;
 
-use capvm_ipc::{DeviceRoute, StartRunnerFds, StartUartFds, StartVirtioFds, UartBackendKind};
+use capvm_ipc::{DeviceRoute, StartDeviceFds, StartRunnerFds, StartUartFds, UartBackendKind};
 use capvm_policy::roles::{self, RunnerFds, UartBackendFds};
 use capvm_policy::Manifest;
 
 use crate::config::{ComBackend, VmConfig};
-use crate::virtio::Allocator;
+use crate::served::Allocator;
 use crate::vm::VmError;
 
 /// The kernel's fd allocator: the lowest free number.
@@ -63,20 +63,20 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
     let mut alloc = Allocator::default();
     let mut routes = Vec::new();
     for d in &cfg.served {
-        let function = alloc.function(d.slot, d.func, d.served.queues)?;
+        let function = (d.served.layout)(d.slot, d.func, &mut alloc)?;
         let mut fds = Fds::child();
-        let start = StartVirtioFds::take_from(&function, d.device.backend_fd_count(), fds.received())?;
+        let start = StartDeviceFds::take_from(&function, d.device.backend_fd_count(), fds.received())?;
         fds.free(start.ring);
         fds.free(start.stats);
         let (grants, syscalls) = d.device.backend_policy(&start.backend);
-        let f = roles::VirtioFds {
+        let f = roles::PciDeviceFds {
             doorbell: start.doorbell,
             ram: start.ram,
             notify: start.pci.notify,
             interrupts: start.pci.interrupts,
             intx: start.pci.intx.map(|[t, r]| (t, r)),
         };
-        out.push(roles::virtio_device(&d.name(), &f, grants, syscalls));
+        out.push(roles::pci_device(&d.name(), &f, grants, syscalls));
         routes.push(DeviceRoute { name: d.name(), pio: Vec::new(), irq_gsi: None, pci: Some(function) });
     }
 

@@ -7,8 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::{
-    shm, DeviceRoute, PioRange, RouteFds, RunnerConfig, SandboxConfig, StartRunnerFds, StartUartFds, ToChild,
-    UartBackendKind, UartConfig, VirtioConfig,
+    shm, DeviceConfig, DeviceRoute, PioRange, RouteFds, RunnerConfig, SandboxConfig, StartRunnerFds, StartUartFds,
+    ToChild, UartBackendKind, UartConfig,
 };
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -19,9 +19,9 @@ use crate::boot;
 use crate::config::{ComPort, VmConfig};
 use crate::console::{ComHost, RawTerminal};
 use crate::devices::Kind;
+use crate::served::ServedHost;
 use crate::spawn::{spawn, Child};
 use crate::supervisor::{handled_signals, Supervisor};
-use crate::virtio::VirtioHost;
 
 /// A start-up failure: one line, already saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +110,9 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map(|c| Ok((c.clone(), ComHost::open(c)?, DeviceWires::new(cfg.cpus)?)))
         .collect::<Result<_, VmError>>()?;
 
-    let mut alloc = crate::virtio::Allocator::default();
-    let virtio: Vec<VirtioHost> =
-        cfg.served.iter().map(|d| crate::virtio::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    let mut alloc = crate::served::Allocator::default();
+    let virtio: Vec<ServedHost> =
+        cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
 
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();
@@ -156,7 +156,7 @@ fn start_children(
     boot: capvm_ipc::BootState,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
-    virtio: &[VirtioHost],
+    virtio: &[ServedHost],
     children: &mut Vec<Child>,
 ) -> Result<(), VmError> {
     let stats_page =
@@ -185,7 +185,7 @@ fn start_children(
     for dev in virtio {
         let mut child = spawn(dev.server, dev.name.clone())?;
         let stats = stats_page()?;
-        let start = ToChild::StartVirtio(VirtioConfig {
+        let start = ToChild::StartDevice(DeviceConfig {
             name: dev.name.clone(),
             memory: regions.clone(),
             function: dev.function.clone(),
@@ -209,7 +209,7 @@ fn start_children(
             pci: None,
         })
         .collect();
-    devices.extend(virtio.iter().map(VirtioHost::route));
+    devices.extend(virtio.iter().map(ServedHost::route));
     let bridges = cfg
         .slots
         .iter()
@@ -231,7 +231,7 @@ fn start_children(
     };
     let stats = stats_page()?;
     let mut devices: Vec<RouteFds<BorrowedFd>> = coms.iter().map(|(_, _, w)| w.route_fds()).collect();
-    devices.extend(virtio.iter().map(VirtioHost::route_fds));
+    devices.extend(virtio.iter().map(ServedHost::route_fds));
     let fds = StartRunnerFds { kvm: kvm.as_fd(), ram: ram.as_fd(), stats: stats.as_fd(), devices };
     let sent = child.channel.send(&ToChild::StartRunner(config), &fds.flatten());
     child.stats = Some(stats);

@@ -6,9 +6,9 @@
 //! wire order; `unflatten` takes a received list apart by the message's
 //! own shape and refuses one fd too many or too few.
 //!
-//! [`flatten`]: StartVirtioFds::flatten
+//! [`flatten`]: StartDeviceFds::flatten
 
-use crate::{DeviceRoute, PciFunction, UartBackendKind, VirtioBackend};
+use crate::{DeviceBackend, DeviceRoute, PciFunction, UartBackendKind};
 
 /// A start message came with fds that do not match its shape.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,7 +48,8 @@ impl<F, I: Iterator<Item = F>> Take<I> {
 pub struct PciFds<F> {
     /// One per `function.notify`: KVM signals it on a queue-notify write.
     pub notify: Vec<F>,
-    /// One per MSI-X vector: the server writes it, KVM raises the GSI.
+    /// One per MSI-X vector, or one for MSI: the server writes it, KVM
+    /// raises the GSI.
     pub interrupts: Vec<F>,
     /// INTx#: trigger and resample of a resample irqfd, if the function has a pin.
     pub intx: Option<[F; 2]>,
@@ -56,10 +57,10 @@ pub struct PciFds<F> {
 
 impl<F> PciFds<F> {
     fn take(t: &mut Take<impl Iterator<Item = F>>, function: &PciFunction) -> Result<Self, FdLayoutError> {
-        let vectors = function.msix.map_or(0, |m| m.vectors as usize);
+        let vectors = function.msix.map_or(0, |m| m.vectors as usize) + function.msi.is_some() as usize;
         Ok(PciFds {
             notify: t.many(function.notify.len(), "queue notify")?,
-            interrupts: t.many(vectors, "MSI-X interrupt")?,
+            interrupts: t.many(vectors, "MSI interrupt")?,
             intx: match function.intx_gsi {
                 Some(_) => Some([t.one("INTx trigger")?, t.one("INTx resample")?]),
                 None => None,
@@ -123,27 +124,28 @@ impl<F> StartUartFds<F> {
     }
 }
 
-/// `StartVirtio`'s fds.
+/// `StartDevice`'s fds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StartVirtioFds<F> {
+pub struct StartDeviceFds<F> {
     pub ring: F,
     pub doorbell: F,
     pub ram: F,
     pub stats: F,
     pub pci: PciFds<F>,
-    /// Blk: the image. Net: the tap.
+    /// Blk: the image. Net: the tap. AHCI: each port's image.
     pub backend: Vec<F>,
 }
 
-impl VirtioBackend {
+impl DeviceBackend {
     pub fn fd_count(&self) -> usize {
         match self {
-            VirtioBackend::Blk(_) | VirtioBackend::Net(_) => 1,
+            DeviceBackend::Blk(_) | DeviceBackend::Net(_) => 1,
+            DeviceBackend::Ahci(drives) => drives.len(),
         }
     }
 }
 
-impl<F> StartVirtioFds<F> {
+impl<F> StartDeviceFds<F> {
     pub fn flatten(self) -> Vec<F> {
         let mut v = vec![self.ring, self.doorbell, self.ram, self.stats];
         self.pci.flatten_into(&mut v);
@@ -156,7 +158,7 @@ impl<F> StartVirtioFds<F> {
         backend_fds: usize,
         fds: impl IntoIterator<Item = F>,
     ) -> Result<Self, FdLayoutError> {
-        let mut t = Take { fds: fds.into_iter(), message: "StartVirtio" };
+        let mut t = Take { fds: fds.into_iter(), message: "StartDevice" };
         let s = Self::take(&mut t, function, backend_fds)?;
         t.end()?;
         Ok(s)
@@ -168,7 +170,7 @@ impl<F> StartVirtioFds<F> {
         backend_fds: usize,
         fds: impl Iterator<Item = F>,
     ) -> Result<Self, FdLayoutError> {
-        Self::take(&mut Take { fds, message: "StartVirtio" }, function, backend_fds)
+        Self::take(&mut Take { fds, message: "StartDevice" }, function, backend_fds)
     }
 
     fn take(
@@ -176,7 +178,7 @@ impl<F> StartVirtioFds<F> {
         function: &PciFunction,
         backend_fds: usize,
     ) -> Result<Self, FdLayoutError> {
-        Ok(StartVirtioFds {
+        Ok(StartDeviceFds {
             ring: t.one("exit ring")?,
             doorbell: t.one("doorbell")?,
             ram: t.one("guest RAM")?,
@@ -266,6 +268,7 @@ mod tests {
             bars: vec![BarSpec { index: 0, kind: BarKind::Mem64, size: 0x4000, addr: 0xc000_0000 }],
             notify: (0..queues).map(|q| NotifySpec { bar: 0, offset: 0x2000 + 4 * q }).collect(),
             msix: Some(MsixSpec { bar: 0, table_offset: 0x3000, pba_offset: 0x3800, vectors: 3, first_gsi: 24 }),
+            msi: None,
             intx_gsi: intx.then_some(19),
         }
     }
@@ -274,7 +277,7 @@ mod tests {
     fn virtio_fds_round_trip_in_wire_order() {
         let f = function(2, true);
         let wire: Vec<u32> = (0..12).collect();
-        let fds = StartVirtioFds::unflatten(&f, 1, wire.clone()).unwrap();
+        let fds = StartDeviceFds::unflatten(&f, 1, wire.clone()).unwrap();
         assert_eq!((fds.ring, fds.doorbell, fds.ram, fds.stats), (0, 1, 2, 3));
         assert_eq!(fds.pci.notify, [4, 5]);
         assert_eq!(fds.pci.interrupts, [6, 7, 8]);
@@ -286,10 +289,10 @@ mod tests {
     #[test]
     fn a_missing_or_extra_fd_is_named() {
         let f = function(2, false);
-        let e = StartVirtioFds::unflatten(&f, 1, 0..9).unwrap_err();
-        assert_eq!(e, FdLayoutError::Missing { message: "StartVirtio", what: "backend" });
-        let e = StartVirtioFds::unflatten(&f, 1, 0..12).unwrap_err();
-        assert_eq!(e, FdLayoutError::Extra { message: "StartVirtio", extra: 2 });
+        let e = StartDeviceFds::unflatten(&f, 1, 0..9).unwrap_err();
+        assert_eq!(e, FdLayoutError::Missing { message: "StartDevice", what: "backend" });
+        let e = StartDeviceFds::unflatten(&f, 1, 0..12).unwrap_err();
+        assert_eq!(e, FdLayoutError::Extra { message: "StartDevice", extra: 2 });
         let e = StartUartFds::unflatten(UartBackendKind::Stdio, 0..4).unwrap_err();
         assert!(e.to_string().contains("backend"), "{e}");
     }

@@ -26,7 +26,7 @@ pub mod shm;
 pub mod stats;
 
 pub use channel::{Channel, ChannelError};
-pub use fds::{FdLayoutError, PciFds, RouteFds, StartRunnerFds, StartUartFds, StartVirtioFds};
+pub use fds::{FdLayoutError, PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds};
 pub use messages::*;
 pub use ring::{ExitRing, RingError};
 

@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 5;
+pub const PROTO_VERSION: u32 = 6;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -15,8 +15,8 @@ pub enum ToChild {
     StartRunner(RunnerConfig),
     /// Start a UART server; fds: [`crate::StartUartFds`].
     StartUart(UartConfig),
-    /// Start a virtio device server; fds: [`crate::StartVirtioFds`].
-    StartVirtio(VirtioConfig),
+    /// Start a PCI device server (virtio, AHCI); fds: [`crate::StartDeviceFds`].
+    StartDevice(DeviceConfig),
     /// Flush what is pending and exit.
     Shutdown,
 }
@@ -177,6 +177,8 @@ pub struct PciFunction {
     /// ioeventfd) instead of exiting.
     pub notify: Vec<NotifySpec>,
     pub msix: Option<MsixSpec>,
+    /// A plain MSI capability (one vector), for functions without MSI-X.
+    pub msi: Option<MsiSpec>,
     /// The GSI INTA# is wired to (`memmap::pci_intx_gsi`), if the function
     /// has a legacy interrupt: a level-triggered IOAPIC pin, raised
     /// through a resample irqfd.
@@ -217,23 +219,48 @@ pub struct MsixSpec {
     pub first_gsi: u32,
 }
 
-/// A virtio device server's start-up.
+/// Where a function's MSI capability sits in its config space, and the
+/// GSI its one vector's irqfd raises. The runner reads the capability back
+/// after a guest write to it and routes the GSI to the message it holds.
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
+pub struct MsiSpec {
+    pub cap_offset: u16,
+    pub gsi: u32,
+}
+
+/// A device server's start-up.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
-pub struct VirtioConfig {
+pub struct DeviceConfig {
     /// For messages and the audit: "virtio-blk (0:2.0)".
     pub name: String,
     pub memory: Vec<MemoryRegion>,
     pub function: PciFunction,
-    pub backend: VirtioBackend,
+    pub backend: DeviceBackend,
     pub sandbox: SandboxConfig,
 }
 
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
-pub enum VirtioBackend {
+pub enum DeviceBackend {
     /// One fd: the image file or block device, opened as the options say.
     Blk(BlkOptions),
     /// One fd: the tap, opened with IFF_NO_PI | IFF_VNET_HDR.
     Net(NetOptions),
+    /// One fd per port, in port order: an AHCI controller's drives.
+    Ahci(Vec<AhciDrive>),
+}
+
+/// One AHCI port's drive.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct AhciDrive {
+    /// A CD-ROM (ATAPI, always read-only) rather than a disk.
+    pub cd: bool,
+    /// The image, as for virtio-blk; `serial` is IDENTIFY's (20 bytes).
+    pub disk: BlkOptions,
+    /// IDENTIFY's model (40 bytes) and firmware revision (8 bytes).
+    pub model: String,
+    pub revision: String,
+    /// Nominal media rotation rate: 1 for a solid-state disk, else rpm.
+    pub rotation_rate: u16,
 }
 
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -313,12 +340,12 @@ pub enum UartBackendKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PciFds, RouteFds, StartRunnerFds, StartUartFds, StartVirtioFds};
+    use crate::{PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds};
 
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (5, 0x69f7_435c_3223_6619);
+    const WIRE_FINGERPRINT: (u32, u64) = (6, 0xc2da_6073_9a89_b2e6);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -327,6 +354,7 @@ mod tests {
             bars: vec![BarSpec { index: 0, kind: BarKind::Mem64, size: 0x4000, addr: 0xc000_4000 }],
             notify: vec![NotifySpec { bar: 0, offset: 0x2000 }, NotifySpec { bar: 0, offset: 0x2004 }],
             msix: Some(MsixSpec { bar: 0, table_offset: 0x3000, pba_offset: 0x3800, vectors: 3, first_gsi: 24 }),
+            msi: None,
             intx_gsi: Some(19),
         }
     }
@@ -369,11 +397,11 @@ mod tests {
                 backend: UartBackendKind::Socket,
                 sandbox: sandbox(),
             }),
-            ToChild::StartVirtio(VirtioConfig {
+            ToChild::StartDevice(DeviceConfig {
                 name: "virtio-blk (0:3.1)".into(),
                 memory: memory.clone(),
                 function: function(),
-                backend: VirtioBackend::Blk(BlkOptions {
+                backend: DeviceBackend::Blk(BlkOptions {
                     read_only: true,
                     sector_size: 512,
                     physical_sector_size: 4096,
@@ -384,11 +412,11 @@ mod tests {
                 }),
                 sandbox: sandbox(),
             }),
-            ToChild::StartVirtio(VirtioConfig {
+            ToChild::StartDevice(DeviceConfig {
                 name: "virtio-net (0:4.0)".into(),
                 memory,
                 function: function(),
-                backend: VirtioBackend::Net(NetOptions { mac: [2, 0, 0, 0, 0, 1], mtu: 9000 }),
+                backend: DeviceBackend::Net(NetOptions { mac: [2, 0, 0, 0, 0, 1], mtu: 9000 }),
                 sandbox: SandboxConfig::default(),
             }),
             ToChild::Shutdown,
@@ -427,7 +455,7 @@ mod tests {
         let pci = || PciFds { notify: vec!["notify"], interrupts: vec!["msix"], intx: Some(["intx", "resample"]) };
         let mut v = StartUartFds { ring: "ring", doorbell: "doorbell", irq: "irq", backend: vec!["backend"] }.flatten();
         v.extend(
-            StartVirtioFds {
+            StartDeviceFds {
                 ring: "ring",
                 doorbell: "doorbell",
                 ram: "ram",

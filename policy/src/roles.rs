@@ -197,25 +197,25 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
     Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits }
 }
 
-/// The fds every virtio device server holds besides its backend's.
-pub struct VirtioFds {
+/// The fds every PCI device server (virtio, AHCI) holds besides its backend's.
+pub struct PciDeviceFds {
     pub doorbell: i32,
     pub ram: i32,
     /// One per queue: KVM signals it when the guest writes the queue's
     /// notify register.
     pub notify: Vec<i32>,
-    /// One per MSI-X vector: bound to the vector's GSI by the runner.
+    /// One per MSI-X vector (or one for MSI): bound to its GSI by the runner.
     pub interrupts: Vec<i32>,
     /// INTx#: the trigger (written to assert the line) and the resample
     /// eventfd (KVM signals it at the guest's EOI), if the function has one.
     pub intx: Option<(i32, i32)>,
 }
 
-/// A virtio device server: its exit-ring doorbell, guest RAM (where the
-/// virtqueues live), the queue-notify and interrupt eventfds, and the
-/// backend `backend` lists (a disk, a tap) with the syscalls its data path
-/// needs.
-pub fn virtio_device(name: &str, f: &VirtioFds, backend: Vec<FdGrant>, backend_syscalls: Vec<SyscallRule>) -> Manifest {
+/// A PCI device server: its exit-ring doorbell, guest RAM (where the
+/// virtqueues or command lists live), the queue-notify and interrupt
+/// eventfds, and the backend `backend` lists (disks, a tap) with the
+/// syscalls its data path needs.
+pub fn pci_device(name: &str, f: &PciDeviceFds, backend: Vec<FdGrant>, backend_syscalls: Vec<SyscallRule>) -> Manifest {
     let mut fds = base_fds();
     fds.push(FdGrant::new(f.doorbell, "exit-ring doorbell (eventfd)", &[Read, Event]));
     fds.push(FdGrant::new(f.ram, "guest RAM (sealed memfd, mapped)", &[Mmap]));
@@ -223,7 +223,7 @@ pub fn virtio_device(name: &str, f: &VirtioFds, backend: Vec<FdGrant>, backend_s
         fds.push(FdGrant::new(fd, format!("queue {q} notify (ioeventfd)"), &[Read, Event]));
     }
     for (v, &fd) in f.interrupts.iter().enumerate() {
-        fds.push(FdGrant::new(fd, format!("MSI-X vector {v} (irqfd)"), &[Write]));
+        fds.push(FdGrant::new(fd, format!("MSI/MSI-X vector {v} (irqfd)"), &[Write]));
     }
     if let Some((trigger, resample)) = f.intx {
         fds.push(FdGrant::new(trigger, "INTx# (irqfd, level)", &[Write]));

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use capvm_ipc::ring::{ExitRing, Op, Request};
 use capvm_ipc::stats::Counter;
-use capvm_ipc::{memmap, BarKind, PciFunction};
+use capvm_ipc::{memmap, BarKind, MsiSpec, PciFunction};
 use capvm_kernel::vm::{EventFd, IoEventAddress};
 use capvm_kernel::Vm;
 
@@ -195,6 +195,27 @@ impl PciBus {
         if offset < 0x06 && end > 0x04 || offset < 0x28 && end > 0x10 {
             self.remap(vm, ring, vcpu, i);
         }
+        if let Some(msi) = self.served[i].layout.msi {
+            let cap = msi.cap_offset as u64;
+            if offset < cap + MSI_CAP_LEN && end > cap {
+                self.msi_written(vm, ring, vcpu, msi);
+            }
+        }
+    }
+
+    /// After a guest write into a function's MSI capability: read it back
+    /// and route its GSI to the message it holds, if MSI is on.
+    fn msi_written(&self, vm: &Vm, ring: &ExitRing, vcpu: u32, msi: MsiSpec) {
+        let read = |o: u64| {
+            ring.call(
+                vcpu,
+                Request { op: Op::ConfigRead, region: 0, addr: msi.cap_offset as u64 + o, size: 4, data: 0 },
+            ) as u32
+        };
+        let enabled = read(0) >> 16 & MSI_ENABLE != 0;
+        let address = read(4) as u64 | (read(8) as u64) << 32;
+        let data = read(12) & 0xffff;
+        self.update_route(vm, msi.gsi, enabled.then_some((address, data)));
     }
 
     /// After a guest write into a BAR: if it hit the MSI-X table, read the
@@ -221,12 +242,18 @@ impl PciBus {
             |o: u64| ring.call(vcpu, Request { op: Op::MmioRead, region: bar, addr: at + o, size: 4, data: 0 }) as u32;
         let address = read(0) as u64 | (read(4) as u64) << 32;
         let data = read(8);
-        let gsi = m.first_gsi + entry as u32;
+        self.update_route(vm, m.first_gsi + entry as u32, Some((address, data)));
+    }
+
+    /// Routes `gsi` to an MSI (address, data), or nowhere: KVM's routing
+    /// table is replaced only when it changes.
+    fn update_route(&self, vm: &Vm, gsi: u32, message: Option<(u64, u32)>) {
         let mut decoding = self.decoding();
-        let changed = if is_msi_address(address) {
-            decoding.routes.insert(gsi, (address, data)) != Some((address, data))
-        } else {
-            decoding.routes.remove(&gsi).is_some()
+        let changed = match message {
+            Some((address, data)) if is_msi_address(address) => {
+                decoding.routes.insert(gsi, (address, data)) != Some((address, data))
+            }
+            _ => decoding.routes.remove(&gsi).is_some(),
         };
         if changed {
             let routes: Vec<(u32, u64, u32)> = decoding.routes.iter().map(|(&g, &(a, d))| (g, a, d)).collect();
@@ -301,6 +328,12 @@ fn bar_may_decode(addr: u64, size: u64, ram: &[(u64, u64)], mut others: impl Ite
 }
 
 /// Whether an MSI-X entry's address is an MSI write (the LAPIC window).
+/// An MSI capability with 64-bit addresses: id, next, control; address
+/// low and high; data.
+const MSI_CAP_LEN: u64 = 14;
+/// Message control bit 0.
+const MSI_ENABLE: u32 = 1;
+
 fn is_msi_address(address: u64) -> bool {
     let (base, len) = memmap::MSI_WINDOW;
     address >= base && address - base < len

@@ -120,10 +120,9 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
                 // SAFETY: an eventfd the broker sent us, now owned by EventFd.
                 notify.push(unsafe { EventFd::from_raw_fd(fd.into_raw_fd()) });
             }
-            if let Some(m) = layout.msix {
-                for (gsi, fd) in (m.first_gsi..).zip(pci_fds.interrupts) {
-                    vm.register_irqfd(fd, gsi)?;
-                }
+            let first_gsi = layout.msix.map(|m| m.first_gsi).or(layout.msi.map(|m| m.gsi));
+            for (gsi, fd) in first_gsi.into_iter().flat_map(|g| g..).zip(pci_fds.interrupts) {
+                vm.register_irqfd(fd, gsi)?;
             }
             if let (Some(gsi), Some([trigger, resample])) = (layout.intx_gsi, pci_fds.intx) {
                 if !memmap::PCI_INTX_GSIS.contains(&gsi) {

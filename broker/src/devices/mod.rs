@@ -10,10 +10,12 @@
 use std::any::Any;
 use std::os::fd::OwnedFd;
 
-use capvm_ipc::{BridgeKind, VirtioBackend};
+use capvm_ipc::{BridgeKind, DeviceBackend, PciFunction};
 use capvm_policy::{FdGrant, SyscallRule};
 
 use crate::config::{ConfigError, ConfigTree};
+use crate::served::Allocator;
+use crate::vm::VmError;
 
 pub mod virtio_blk;
 pub mod virtio_net;
@@ -42,8 +44,8 @@ pub enum Kind {
 pub struct Served {
     /// The executable, beside `capvm` (or in `$CAPVM_LIBEXEC_DIR`).
     pub server: &'static str,
-    /// Its virtqueues: the broker lays the function out for this many.
-    pub queues: usize,
+    /// Lays its PCI function out: BARs and interrupt GSIs from the allocator.
+    pub layout: fn(u8, u8, &mut Allocator) -> Result<PciFunction, VmError>,
     /// Checks the slot's options.
     pub parse: fn(&SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError>,
 }
@@ -67,7 +69,7 @@ pub enum DeviceError {
 pub trait ServedDevice: std::fmt::Debug {
     /// Opens its host resources (an image, a tap): what the server is told
     /// about them and the fds it gets.
-    fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError>;
+    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError>;
     /// How many backend fds `open` gives its server.
     fn backend_fd_count(&self) -> usize {
         1
@@ -109,7 +111,7 @@ pub const EMULATIONS: &[Emulation] = &[
         first_option: "path",
         kind: Kind::Served(Served {
             server: "capvm-virtio-blk",
-            queues: capvm_virtio::layout::BLK_QUEUES,
+            layout: |slot, func, alloc| alloc.virtio(slot, func, capvm_virtio::layout::BLK_QUEUES),
             parse: virtio_blk::parse,
         }),
     },
@@ -120,7 +122,7 @@ pub const EMULATIONS: &[Emulation] = &[
         first_option: "backend",
         kind: Kind::Served(Served {
             server: "capvm-virtio-net",
-            queues: capvm_virtio::layout::NET_QUEUES,
+            layout: |slot, func, alloc| alloc.virtio(slot, func, capvm_virtio::layout::NET_QUEUES),
             parse: virtio_net::parse,
         }),
     },

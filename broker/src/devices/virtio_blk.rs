@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-use capvm_ipc::{BlkOptions, VirtioBackend};
+use capvm_ipc::{BlkOptions, DeviceBackend};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
 use super::{DeviceError, ServedDevice, SlotOptions};
@@ -66,7 +66,7 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
 
 impl ServedDevice for DiskConfig {
     /// Opens the image as the options say and measures it.
-    fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError> {
+    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
         let path = || self.path.display().to_string();
         let mut flags = libc::O_CLOEXEC;
         if self.nocache {
@@ -102,7 +102,7 @@ impl ServedDevice for DiskConfig {
             can_discard,
             serial: self.serial.chars().take(20).collect(),
         };
-        Ok((VirtioBackend::Blk(opts), vec![file.into()]))
+        Ok((DeviceBackend::Blk(opts), vec![file.into()]))
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {

@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use capvm_ipc::{NetOptions, VirtioBackend};
+use capvm_ipc::{DeviceBackend, NetOptions};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
 use super::{DeviceError, ServedDevice, SlotOptions};
@@ -55,9 +55,9 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
 
 impl ServedDevice for NicConfig {
     /// Opens (or creates) the tap.
-    fn open(&self) -> Result<(VirtioBackend, Vec<OwnedFd>), DeviceError> {
+    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
         let tap = open_tap(&self.tap).map_err(|source| DeviceError::Tap { name: self.tap.clone(), source })?;
-        Ok((VirtioBackend::Net(NetOptions { mac: self.mac, mtu: self.mtu }), vec![tap]))
+        Ok((DeviceBackend::Net(NetOptions { mac: self.mac, mtu: self.mtu }), vec![tap]))
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {

@@ -7,15 +7,17 @@
 //! with VIRTIO_BLK_S_IOERR (or UNSUPP for an unknown type) when there is a
 //! status byte to write, and returned to the driver in any case.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use capvm_block::Image;
 
 use capvm_ipc::stats::{Counter, CountersByKind, Stats};
 use capvm_ipc::BlkOptions;
 use capvm_virtio::Device;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
-use crate::request::{gather, le32, le64, split_front, BlkRequestError, Request, Segment, S_OK};
+use crate::request::{gather, le32, le64, split_front, BlkRequestError, Request, S_OK};
 use BlkRequestError::*;
 
 const VIRTIO_ID_BLOCK: u16 = 2;
@@ -45,7 +47,7 @@ const ID_LEN: usize = 20;
 const MAX_REQUEST: u64 = 4 << 20;
 
 pub struct Blk {
-    disk: OwnedFd,
+    disk: Image,
     opts: BlkOptions,
     requests: Counter,
     errors: Counter,
@@ -58,7 +60,7 @@ pub struct Blk {
 impl Blk {
     pub fn new(disk: OwnedFd, opts: BlkOptions, stats: &mut Stats) -> Blk {
         Blk {
-            disk,
+            disk: Image::new(disk),
             opts,
             requests: stats.counter("requests"),
             errors: stats.counter("request_errors"),
@@ -117,7 +119,7 @@ impl Blk {
                 }
                 let mut offset = sector * SECTOR;
                 for seg in data {
-                    self.transfer(mem, seg, offset, kind == T_IN)?;
+                    self.disk.transfer(mem, seg.addr, seg.len as usize, offset, kind == T_IN)?;
                     offset += seg.len;
                 }
                 if kind == T_IN {
@@ -130,10 +132,7 @@ impl Blk {
             }
             T_FLUSH => {
                 if !self.opts.read_only {
-                    // SAFETY: fdatasync on our own fd.
-                    if unsafe { libc::fdatasync(self.disk.as_raw_fd()) } != 0 {
-                        return Err(BlkRequestError::last_os_error());
-                    }
+                    self.disk.flush()?;
                 }
                 Ok(0)
             }
@@ -165,89 +164,12 @@ impl Blk {
                     let start = le64(seg, 0);
                     let count = le32(seg, 8) as u64;
                     let end = start.checked_add(count).filter(|&e| e <= self.capacity_sectors()).ok_or(OutOfRange)?;
-                    self.clear(start * SECTOR, (end - start) * SECTOR, kind == T_DISCARD)?;
+                    self.disk.clear(start * SECTOR, (end - start) * SECTOR, kind == T_DISCARD)?;
                 }
                 Ok(0)
             }
             _ => Err(Unsupported(kind)),
         }
-    }
-
-    /// Moves one buffer between guest RAM and the disk, without a copy.
-    fn transfer(
-        &self,
-        mem: &GuestMemoryMmap,
-        seg: &Segment,
-        offset: u64,
-        to_guest: bool,
-    ) -> Result<(), BlkRequestError> {
-        let len = seg.len as usize;
-        if len == 0 {
-            return Ok(());
-        }
-        // One region only: a buffer that straddles the PCI hole is refused.
-        let slice = mem.get_slice(seg.addr, len).map_err(|_| BadFraming)?;
-        let guard = slice.ptr_guard_mut();
-        let ptr = guard.as_ptr();
-        let mut done = 0usize;
-        while done < len {
-            // SAFETY: `ptr..ptr+len` is mapped guest RAM (checked by
-            // get_slice); the guest may change it concurrently, which only
-            // changes the bytes that move.
-            let n = unsafe {
-                let p = ptr.add(done).cast();
-                let off = (offset + done as u64) as libc::off_t;
-                if to_guest {
-                    libc::pread(self.disk.as_raw_fd(), p, len - done, off)
-                } else {
-                    libc::pwrite(self.disk.as_raw_fd(), p, len - done, off)
-                }
-            };
-            match n {
-                n if n > 0 => done += n as usize,
-                // Reading past the end of a file that shrank: zeros.
-                0 if to_guest => {
-                    // SAFETY: as above.
-                    unsafe { std::ptr::write_bytes(ptr.add(done), 0, len - done) };
-                    done = len;
-                }
-                _ => match BlkRequestError::last_os_error() {
-                    Io(libc::EINTR) => {}
-                    e => return Err(e),
-                },
-            }
-        }
-        Ok(())
-    }
-
-    /// DISCARD punches a hole; WRITE_ZEROES zeroes the range, by
-    /// fallocate where the backend can and by writing zeros where not.
-    fn clear(&self, offset: u64, len: u64, discard: bool) -> Result<(), BlkRequestError> {
-        let fd = self.disk.as_raw_fd();
-        let mode = if discard {
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-        } else {
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-        };
-        // SAFETY: fallocate on our own fd.
-        if unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) } == 0 {
-            return Ok(());
-        }
-        if discard {
-            return Err(BlkRequestError::last_os_error());
-        }
-        let zeros = vec![0u8; 64 << 10];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            // SAFETY: writes from our own buffer.
-            let w = unsafe { libc::pwrite(fd, zeros.as_ptr().cast(), n, (offset + done) as libc::off_t) };
-            if w <= 0 {
-                return Err(BlkRequestError::last_os_error());
-            }
-            done += w as u64;
-        }
-        Ok(())
     }
 
     /// virtio_blk_config, as far as the features we offer describe it.

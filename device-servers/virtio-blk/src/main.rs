@@ -6,19 +6,19 @@
 mod blk;
 mod request;
 
-use capvm_ipc::{ToBroker, VirtioBackend};
+use capvm_ipc::{DeviceBackend, ToBroker};
 use capvm_virtio::server::{self, DeviceSandbox, ServerError, Setup};
 
 fn main() {
     let channel = capvm_ipc::child_channel();
     let result = server::run(&channel, |setup: Setup| {
-        let VirtioBackend::Blk(opts) = &setup.config.backend else {
+        let DeviceBackend::Blk(opts) = &setup.config.backend else {
             return Err(ServerError::Protocol("capvm-virtio-blk was started for another device".into()));
         };
         let [disk]: [_; 1] = setup
             .backend_fds
             .try_into()
-            .map_err(|_| ServerError::Protocol("StartVirtio for a disk carries exactly one backend fd".into()))?;
+            .map_err(|_| ServerError::Protocol("StartDevice for a disk carries exactly one backend fd".into()))?;
         let (fds, syscalls) =
             capvm_policy::roles::virtio_blk_backend(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
         let sandbox = DeviceSandbox { fds, syscalls };

@@ -51,10 +51,14 @@ impl BlkRequestError {
             BlkRequestError::Io(_) => "errors_io",
         }
     }
+}
 
-    /// The last OS error, as an I/O failure.
-    pub fn last_os_error() -> BlkRequestError {
-        BlkRequestError::Io(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+impl From<capvm_block::ImageError> for BlkRequestError {
+    fn from(e: capvm_block::ImageError) -> Self {
+        match e {
+            capvm_block::ImageError::OutsideRam => BlkRequestError::BadFraming,
+            capvm_block::ImageError::Io(errno) => BlkRequestError::Io(errno),
+        }
     }
 }
 

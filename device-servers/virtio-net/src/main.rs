@@ -6,19 +6,19 @@
 
 mod net;
 
-use capvm_ipc::{ToBroker, VirtioBackend};
+use capvm_ipc::{DeviceBackend, ToBroker};
 use capvm_virtio::server::{self, DeviceSandbox, ServerError, Setup};
 
 fn main() {
     let channel = capvm_ipc::child_channel();
     let result = server::run(&channel, |setup: Setup| {
-        let VirtioBackend::Net(opts) = &setup.config.backend else {
+        let DeviceBackend::Net(opts) = &setup.config.backend else {
             return Err(ServerError::Protocol("capvm-virtio-net was started for another device".into()));
         };
         let [tap]: [_; 1] = setup
             .backend_fds
             .try_into()
-            .map_err(|_| ServerError::Protocol("StartVirtio for a NIC carries exactly one backend fd".into()))?;
+            .map_err(|_| ServerError::Protocol("StartDevice for a NIC carries exactly one backend fd".into()))?;
         let (fds, syscalls) = capvm_policy::roles::virtio_net_backend(std::os::fd::AsRawFd::as_raw_fd(&tap));
         let sandbox = DeviceSandbox { fds, syscalls };
         Ok((net::Net::new(tap, opts.clone(), setup.stats), sandbox))

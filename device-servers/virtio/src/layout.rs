@@ -53,6 +53,7 @@ pub fn function(slot: u8, func: u8, queues: usize, bar_addr: u64, first_gsi: u32
             vectors: vectors(queues),
             first_gsi,
         }),
+        msi: None,
         intx_gsi: Some(memmap::pci_intx_gsi(slot, INTX_PIN)),
     }
 }

@@ -5,7 +5,7 @@
 
 pub mod chain;
 pub mod layout;
-pub mod pci;
+pub use capvm_pci as pci;
 pub mod server;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;

@@ -1,4 +1,4 @@
-//! A virtio device server's life: take the StartVirtio message and its
+//! A virtio device server's life: take the StartDevice message and its
 //! fds, map guest RAM, build the device, enter the sandbox, then serve
 //! these events until the broker says stop:
 //! - exit-ring requests (config space and BAR registers, from the runner);
@@ -12,10 +12,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use capvm_ipc::ring::{ExitRing, Op};
 use capvm_ipc::stats::{Counter, Stats};
 use capvm_ipc::{
-    Channel, ChannelError, FdLayoutError, PciFds, RingError, StartVirtioFds, ToBroker, ToChild, VirtioConfig,
+    Channel, ChannelError, DeviceConfig, FdLayoutError, PciFds, RingError, StartDeviceFds, ToBroker, ToChild,
     PROTO_VERSION,
 };
-use capvm_policy::roles::VirtioFds;
+use capvm_policy::roles::PciDeviceFds;
 use capvm_policy::{FdGrant, SyscallRule};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -62,7 +62,7 @@ pub trait Backend: Device {
 
 /// Everything `make` gets to build its device from.
 pub struct Setup<'a> {
-    pub config: &'a VirtioConfig,
+    pub config: &'a DeviceConfig,
     /// The backend's fds, in the order the broker sent them.
     pub backend_fds: Vec<OwnedFd>,
     pub stats: &'a mut Stats,
@@ -74,8 +74,8 @@ pub fn run<D: Backend>(
     make: impl FnOnce(Setup) -> Result<(D, DeviceSandbox), ServerError>,
 ) -> Result<(), ServerError> {
     let (cfg, fds) = match channel.recv()? {
-        (ToChild::StartVirtio(cfg), fds) => (cfg, fds),
-        (other, _) => return Err(ServerError::Protocol(format!("expected StartVirtio, got {other:?}"))),
+        (ToChild::StartDevice(cfg), fds) => (cfg, fds),
+        (other, _) => return Err(ServerError::Protocol(format!("expected StartDevice, got {other:?}"))),
     };
     let queues = cfg.function.notify.len();
     let vectors = cfg.function.msix.map_or(0, |m| m.vectors as usize);
@@ -84,14 +84,14 @@ pub fn run<D: Backend>(
             "{queues} queues with {vectors} MSI-X vectors is not a virtio layout"
         )));
     }
-    let StartVirtioFds {
+    let StartDeviceFds {
         ring: ring_fd,
         doorbell,
         ram,
         stats: stats_fd,
         pci: PciFds { notify, interrupts: irqs, intx },
         backend: backend_fds,
-    } = StartVirtioFds::unflatten(&cfg.function, cfg.backend.fd_count(), fds)?;
+    } = StartDeviceFds::unflatten(&cfg.function, cfg.backend.fd_count(), fds)?;
     let (intx, resample) = match intx {
         Some([trigger, resample]) => (Some(trigger), Some(resample)),
         None => (None, None),
@@ -116,9 +116,9 @@ pub fn run<D: Backend>(
     // Hostile-test hook target: the backend fd (a read-only disk has
     // neither CAP_WRITE nor CAP_IOCTL).
     let hook_fd = sandbox.fds.first().map_or(ring.doorbell().as_raw_fd(), |g| g.fd);
-    let manifest = capvm_policy::roles::virtio_device(
+    let manifest = capvm_policy::roles::pci_device(
         &cfg.name,
-        &VirtioFds {
+        &PciDeviceFds {
             doorbell: ring.doorbell().as_raw_fd(),
             ram: ram_fd,
             notify: notify.iter().map(|f| f.as_raw_fd()).collect(),

@@ -5,14 +5,14 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use capvm_ipc::ring::ExitRing;
-use capvm_ipc::{memmap, DeviceRoute, PciFds, PciFunction, RouteFds, StartVirtioFds, VirtioBackend};
+use capvm_ipc::{memmap, DeviceBackend, DeviceRoute, PciFds, PciFunction, RouteFds, StartDeviceFds};
 use capvm_virtio::layout;
 
 use crate::config::ServedConfig;
 use crate::vm::{eventfd, VmError};
 
 /// One virtio function: its layout, backend and the fds both sides get.
-pub struct VirtioHost {
+pub struct ServedHost {
     /// "virtio-blk (0:2.0)".
     pub name: String,
     /// Its registry row's name, "virtio-blk".
@@ -20,7 +20,7 @@ pub struct VirtioHost {
     /// The executable that serves it.
     pub server: &'static str,
     pub function: PciFunction,
-    pub backend: VirtioBackend,
+    pub backend: DeviceBackend,
     pub backend_fds: Vec<OwnedFd>,
     ring: OwnedFd,
     doorbell: OwnedFd,
@@ -43,30 +43,42 @@ impl Default for Allocator {
 }
 
 impl Allocator {
-    pub fn function(&mut self, slot: u8, func: u8, queues: usize) -> Result<PciFunction, VmError> {
-        let addr = self.next_bar.next_multiple_of(layout::BAR_SIZE);
-        if addr + layout::BAR_SIZE > memmap::PCI_MMIO32.1 {
+    /// A memory BAR of `size` bytes (a power of two), naturally aligned.
+    pub fn bar(&mut self, size: u64) -> Result<u64, VmError> {
+        let addr = self.next_bar.next_multiple_of(size);
+        if addr + size > memmap::PCI_MMIO32.1 {
             return Err(VmError::BarWindowFull);
         }
-        self.next_bar = addr + layout::BAR_SIZE;
-        let f = layout::function(slot, func, queues, addr, self.next_gsi);
-        self.next_gsi += layout::vectors(queues) as u32;
-        Ok(f)
+        self.next_bar = addr + size;
+        Ok(addr)
+    }
+
+    /// `count` consecutive GSIs for MSI or MSI-X vectors; the first.
+    pub fn gsis(&mut self, count: u32) -> u32 {
+        let first = self.next_gsi;
+        self.next_gsi += count;
+        first
+    }
+
+    /// A virtio function with `queues` queues.
+    pub fn virtio(&mut self, slot: u8, func: u8, queues: usize) -> Result<PciFunction, VmError> {
+        let bar = self.bar(layout::BAR_SIZE)?;
+        Ok(layout::function(slot, func, queues, bar, self.gsis(layout::vectors(queues).into())))
     }
 }
 
-impl VirtioHost {
+impl ServedHost {
     fn new(
         name: String,
         emulation: &'static str,
         server: &'static str,
         function: PciFunction,
-        backend: VirtioBackend,
+        backend: DeviceBackend,
         backend_fds: Vec<OwnedFd>,
         vcpus: u32,
-    ) -> Result<VirtioHost, VmError> {
+    ) -> Result<ServedHost, VmError> {
         let vectors = function.msix.map_or(0, |m| m.vectors);
-        Ok(VirtioHost {
+        Ok(ServedHost {
             name,
             emulation,
             server,
@@ -85,8 +97,8 @@ impl VirtioHost {
     }
 
     /// The server's fds.
-    pub fn server_fds<'a>(&'a self, ram: BorrowedFd<'a>, stats: BorrowedFd<'a>) -> StartVirtioFds<BorrowedFd<'a>> {
-        StartVirtioFds {
+    pub fn server_fds<'a>(&'a self, ram: BorrowedFd<'a>, stats: BorrowedFd<'a>) -> StartDeviceFds<BorrowedFd<'a>> {
+        StartDeviceFds {
             ring: self.ring.as_fd(),
             doorbell: self.doorbell.as_fd(),
             ram,
@@ -116,8 +128,8 @@ impl VirtioHost {
 }
 
 /// Opens a served device's host resources and lays its function out.
-pub fn open(d: &ServedConfig, alloc: &mut Allocator, vcpus: u32) -> Result<VirtioHost, VmError> {
+pub fn open(d: &ServedConfig, alloc: &mut Allocator, vcpus: u32) -> Result<ServedHost, VmError> {
     let (backend, fds) = d.device.open().map_err(|source| VmError::Device { at: d.at(), source })?;
-    let function = alloc.function(d.slot, d.func, d.served.queues)?;
-    VirtioHost::new(d.name(), d.emulation, d.served.server, function, backend, fds, vcpus)
+    let function = (d.served.layout)(d.slot, d.func, alloc)?;
+    ServedHost::new(d.name(), d.emulation, d.served.server, function, backend, fds, vcpus)
 }
