@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::config::{parse_memsize, ConfigError, ConfigTree, COM_PORTS};
-use crate::devices::{self, EMULATIONS};
+use crate::devices::{self, Conf, EMULATIONS};
 
 pub const USAGE: &str = "\
 usage: capvm [--print-policy] [-ADeHhPSuw] [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]
@@ -171,17 +171,47 @@ fn parse_slot(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
         return err(format!("-s {arg}: slot {slot}:{func} is already taken"));
     }
     tree.set(&format!("{prefix}.device"), emulation);
-    if let Some(conf) = parts.next() {
-        // As bhyve: the first bare word is the backend (a disk's path, a
-        // NIC's tap), a later one a flag (`ro` means ro=true).
-        let first = devices::lookup(emulation).map_or("path", |e| e.first_option);
-        for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
-            let (k, v) = match opt.split_once('=') {
-                Some(kv) => kv,
-                None if i == 0 => (first, opt),
-                None => (opt, "true"),
-            };
-            tree.set(&format!("{prefix}.{k}"), v);
+    let conf = parts.next().unwrap_or("");
+    match devices::lookup(emulation).map_or(Conf::Flat { first: "path" }, |e| e.conf) {
+        Conf::Flat { first } => {
+            // As bhyve: the first bare word is the backend (a disk's path,
+            // a NIC's tap), a later one a flag (`ro` means ro=true).
+            for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
+                let (k, v) = match opt.split_once('=') {
+                    Some(kv) => kv,
+                    None if i == 0 => (first, opt),
+                    None => (opt, "true"),
+                };
+                tree.set(&format!("{prefix}.{k}"), v);
+            }
+        }
+        Conf::Ports { fixed, .. } => {
+            // As bhyve's AHCI: `TYPE:PATH` opens the next port, the words
+            // after it are that port's options.
+            let mut port: Option<u32> = None;
+            let mut next = 0;
+            for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
+                let typed = opt.split_once(':').filter(|(t, _)| fixed.is_none() && matches!(*t, "hd" | "cd"));
+                let (ty, path) = match (typed, fixed) {
+                    (Some((t, p)), _) => (t, p),
+                    (None, Some(t)) if i == 0 => (t, opt),
+                    (None, _) => {
+                        let Some(n) = port else {
+                            return err(format!("-s {arg}: start each port with hd:PATH or cd:PATH"));
+                        };
+                        let (k, v) = opt.split_once('=').unwrap_or((opt, "true"));
+                        tree.set(&format!("{prefix}.port.{n}.{k}"), v);
+                        continue;
+                    }
+                };
+                if next >= 32 {
+                    return err(format!("-s {arg}: an AHCI controller has at most 32 ports"));
+                }
+                tree.set(&format!("{prefix}.port.{next}.type"), ty);
+                tree.set(&format!("{prefix}.port.{next}.path"), path);
+                port = Some(next);
+                next += 1;
+            }
         }
     }
     Ok(())
@@ -215,6 +245,29 @@ mod tests {
             Action::Run(t) => t,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn cli_ahci_words_open_a_port_at_each_type_path_as_bhyve() {
+        let t = run(&["-s", "4,ahci,hd:/a.img,ro,ser=X,cd:/b.iso", "-s", "5,ahci-cd,/c.iso,bootindex=2", "vm"]);
+        for (k, v) in [
+            ("pci.0.4.0.device", "ahci"),
+            ("pci.0.4.0.port.0.type", "hd"),
+            ("pci.0.4.0.port.0.path", "/a.img"),
+            ("pci.0.4.0.port.0.ro", "true"),
+            ("pci.0.4.0.port.0.ser", "X"),
+            ("pci.0.4.0.port.1.type", "cd"),
+            ("pci.0.4.0.port.1.path", "/b.iso"),
+            ("pci.0.5.0.device", "ahci-cd"),
+            ("pci.0.5.0.port.0.type", "cd"),
+            ("pci.0.5.0.port.0.path", "/c.iso"),
+            ("pci.0.5.0.port.0.bootindex", "2"),
+        ] {
+            assert_eq!(t.get(k), Some(v), "{k}");
+        }
+        assert!(t.get("pci.0.4.0.port.1.ro").is_none(), "ro belongs to port 0 only");
+        let args: Vec<String> = ["-s", "4,ahci,ro", "vm"].iter().map(|s| s.to_string()).collect();
+        assert!(parse(&args).unwrap_err().0.contains("start each port with hd:PATH or cd:PATH"));
     }
 
     #[test]

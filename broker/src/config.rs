@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::devices::{self, Emulation, Kind, Served, ServedDevice, SlotOptions};
+use crate::devices::{self, Conf, Emulation, Kind, Served, ServedDevice, SlotOptions};
 
 /// A configuration error: one line saying what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,11 @@ impl ConfigTree {
             }
         }
         Ok(())
+    }
+
+    /// What follows `prefix` in every variable that starts with it.
+    pub(crate) fn keys_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.vars.range(prefix.to_string()..).map_while(move |(k, _)| k.strip_prefix(prefix))
     }
 
     pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -266,8 +271,14 @@ impl VmConfig {
         let mut served = Vec::new();
         for s in &slots {
             if let Kind::Served(row) = &s.emulation.kind {
-                let options =
-                    SlotOptions { tree, slot: s.slot, func: s.func, emulation: s.emulation.name, vm_name: name };
+                let options = SlotOptions {
+                    tree,
+                    slot: s.slot,
+                    func: s.func,
+                    emulation: s.emulation.name,
+                    vm_name: name,
+                    port: None,
+                };
                 let device = (row.parse)(&options)?;
                 served.push(ServedConfig {
                     slot: s.slot,
@@ -382,6 +393,16 @@ fn pci_slots(tree: &ConfigTree) -> Result<Vec<PciSlot>, ConfigError> {
             let emulation = parts.get(..3).and_then(|p| tree.get(&format!("pci.{}.device", p.join("."))));
             match (emulation.and_then(devices::lookup), parts.get(3)) {
                 (Some(e), Some(opt)) if parts.len() == 4 && e.options.contains(opt) => continue,
+                (Some(e), Some(&"port")) if matches!(e.conf, Conf::Ports { .. }) => {
+                    let Conf::Ports { port_options, .. } = e.conf else { continue };
+                    match parts[4..] {
+                        [n, opt] if n.parse::<u8>().is_ok_and(|n| n < 32) && port_options.contains(&opt) => continue,
+                        [n, _] if n.parse::<u8>().is_ok_and(|n| n < 32) => {
+                            return err(format!("{key}: an {} port has no option '{}' (see -s help)", e.name, parts[5]))
+                        }
+                        _ => return err(format!("{key}: ports are pci.B.S.F.port.N.<option>, N from 0 to 31")),
+                    }
+                }
                 (Some(e), Some(opt)) => return err(format!("{key}: {} has no option '{opt}' (see -s help)", e.name)),
                 _ => return err(format!("unknown PCI variable '{key}'")),
             }
@@ -548,6 +569,42 @@ mod tests {
         let mut nopath = base();
         nopath.push(("pci.0.2.0.device", "virtio-blk"));
         assert!(VmConfig::from_tree(&tree(&nopath)).unwrap_err().0.contains("PATH"));
+    }
+
+    #[test]
+    fn ahci_ports_parse_in_the_config_form_with_their_own_options() {
+        use crate::devices::ahci::AhciConfig;
+        let mut v = base();
+        v.extend([
+            ("pci.0.4.0.device", "ahci"),
+            ("pci.0.4.0.port.0.type", "hd"),
+            ("pci.0.4.0.port.0.path", "/d.img"),
+            ("pci.0.4.0.port.0.ser", "DISK0"),
+            ("pci.0.4.0.port.0.nmrr", "1"),
+            ("pci.0.4.0.port.1.type", "cd"),
+            ("pci.0.4.0.port.1.path", "/i.iso"),
+            ("pci.0.4.0.port.1.bootindex", "1"),
+        ]);
+        let c = VmConfig::from_tree(&tree(&v)).unwrap();
+        let a = served::<AhciConfig>(&c, 0);
+        assert_eq!(a.ports.len(), 2);
+        let (hd, cd) = (&a.ports[0], &a.ports[1]);
+        assert_eq!((hd.cd, hd.disk.read_only, hd.disk.serial.as_str(), hd.rotation_rate), (false, false, "DISK0", 1));
+        assert_eq!((cd.cd, cd.disk.read_only, cd.disk.sector_size, cd.boot_index), (true, true, 2048, Some(1)));
+        assert!(cd.disk.serial.starts_with("CAPVM-") && cd.disk.serial.len() <= 20, "{}", cd.disk.serial);
+        assert_eq!(cd.model, "CAPVM SATA DVD ROM");
+        for (k, val, want) in [
+            ("pci.0.4.0.port.0.frob", "1", "no option 'frob'"),
+            ("pci.0.4.0.port.32.type", "hd", "N from 0 to 31"),
+            ("pci.0.4.0.port.3.type", "hd", "without gaps"),
+            ("pci.0.4.0.port.0.model", "x\u{7f}", "printable ASCII"),
+            ("pci.0.4.0.port.0.ser", "ABCDEFGHIJKLMNOPQRSTU", "up to 20"),
+        ] {
+            let mut t = tree(&v);
+            t.set(k, val);
+            let e = VmConfig::from_tree(&t).unwrap_err().0;
+            assert!(e.contains(want), "{k}={val}: {e}");
+        }
     }
 
     #[test]

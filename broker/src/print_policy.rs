@@ -114,7 +114,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         ram: start.ram,
         control_dup,
         irqfds,
-        pci: !notify.is_empty(),
+        pci: all_routes.iter().any(|r| r.pci.is_some()),
         notify,
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.

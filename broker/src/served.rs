@@ -77,7 +77,7 @@ impl ServedHost {
         backend_fds: Vec<OwnedFd>,
         vcpus: u32,
     ) -> Result<ServedHost, VmError> {
-        let vectors = function.msix.map_or(0, |m| m.vectors);
+        let vectors = function.msix.map_or(0, |m| m.vectors) + u16::from(function.msi.is_some());
         Ok(ServedHost {
             name,
             emulation,

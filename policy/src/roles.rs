@@ -253,6 +253,23 @@ pub fn virtio_blk_backend(disk: i32, read_only: bool) -> (Vec<FdGrant>, Vec<Sysc
     (vec![FdGrant::new(disk, "disk", &[Read, Write, Seek, Fsync])], syscalls)
 }
 
+/// Several disks in one server (an AHCI controller's ports): each with
+/// its own rights, the syscalls once.
+pub fn disks_backend(disks: &[(i32, bool)]) -> (Vec<FdGrant>, Vec<SyscallRule>) {
+    let mut grants = Vec::new();
+    let mut syscalls: Vec<SyscallRule> = Vec::new();
+    for &(fd, read_only) in disks {
+        let (g, s) = virtio_blk_backend(fd, read_only);
+        grants.extend(g);
+        for rule in s {
+            if !syscalls.iter().any(|r| r.name == rule.name) {
+                syscalls.push(rule);
+            }
+        }
+    }
+    (grants, syscalls)
+}
+
 /// A virtio-net server's tap: read and write frames, poll for them. No
 /// ioctl: it cannot re-attach the tap, change its offloads or its name.
 pub fn virtio_net_backend(tap: i32) -> (Vec<FdGrant>, Vec<SyscallRule>) {

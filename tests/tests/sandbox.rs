@@ -66,11 +66,13 @@ fn ro_disk(tag: &str) -> PathBuf {
 }
 
 /// Two COM ports (stdio and a socket), a read-only disk, a NIC on a tap
-/// capvm creates, and two vCPUs, spinning.
+/// capvm creates, an AHCI controller with the same disk as a CD, and two
+/// vCPUs, spinning.
 fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> Vec<String> {
     let com2 = format!("com2,{}", sock.display());
     let blk = format!("4,virtio-blk,{},ro", disk.display());
-    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk, "-s", "5,virtio-net,sbtap0"]);
+    let ahci = format!("6,ahci-cd,{}", disk.display());
+    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk, "-s", "5,virtio-net,sbtap0", "-s", &ahci]);
     *args.last_mut().unwrap() = name.to_string();
     args
 }
@@ -88,7 +90,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let policy = run(&pp);
     assert_eq!(policy.code(), 0, "{policy:?}");
     let manifests = policy_fds(&policy.stdout);
-    assert_eq!(manifests.len(), 5, "{}", policy.stdout);
+    assert_eq!(manifests.len(), 6, "{}", policy.stdout);
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
     let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
@@ -97,14 +99,19 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let net = policy.stdout.split("role virtio-net").nth(1).expect("a virtio-net manifest");
     let net = net.split("role ").next().unwrap();
     assert!(net.contains("tap") && !net.contains("ioctl"), "{net}");
+    // The AHCI server's CD is read-only too; it has one MSI vector and INTx#.
+    let ahci = policy.stdout.split("role ahci-cd").nth(1).expect("an ahci-cd manifest");
+    let ahci = ahci.split("role ").next().unwrap();
+    assert!(ahci.contains("disk (opened read-only)") && !ahci.contains("pwrite64"), "{ahci}");
+    assert!(ahci.contains("MSI/MSI-X vector 0 (irqfd)") && ahci.contains("INTx# (irqfd, level)"), "{ahci}");
 
     let netns = Netns::create();
     let child = netns.spawn_capvm(&args);
     // `ip netns exec` execs capvm: same pid.
     let broker = child.id();
-    let kids = wait_for_children(broker, 5, Duration::from_secs(10));
-    assert_eq!(kids.len(), 5, "{kids:?}");
-    let audit = wait_sandboxed(&name, 5);
+    let kids = wait_for_children(broker, 6, Duration::from_secs(10));
+    assert_eq!(kids.len(), 6, "{kids:?}");
+    let audit = wait_sandboxed(&name, 6);
     for (pid, comm) in &kids {
         let pid = *pid;
         assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
@@ -176,8 +183,9 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
     require_kvm();
     let disk = ro_disk("matrix");
     let blk = format!("4,virtio-blk,{},ro", disk.display());
+    let ahci = format!("6,ahci,hd:{},ro", disk.display());
     let netns = Netns::create();
-    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net"] {
+    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net", "ahci"] {
         for (op, syscall) in MATRIX {
             let log = audit_log(&format!("{role}-{op}"));
             let _ = std::fs::remove_file(&log);
@@ -185,7 +193,20 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
             let audit = format!("sandbox.audit_log={}", log.display());
             let r = netns.run_capvm(&guest_args(
                 "hello",
-                &["-o", "sandbox.violations=log", "-o", &hook, "-o", &audit, "-s", &blk, "-s", "5,virtio-net,mxtap0"],
+                &[
+                    "-o",
+                    "sandbox.violations=log",
+                    "-o",
+                    &hook,
+                    "-o",
+                    &audit,
+                    "-s",
+                    &blk,
+                    "-s",
+                    "5,virtio-net,mxtap0",
+                    "-s",
+                    &ahci,
+                ],
             ));
             // Denied, recorded, and the VM went on to run the guest to its halt.
             assert_eq!(r.code(), 2, "{role}:{op}: {r:?}");

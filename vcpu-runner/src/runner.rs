@@ -166,7 +166,8 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
 
     install_kick_handler();
     let control = channel_dup(channel)?;
-    enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds))?;
+    let has_pci = cfg.devices.iter().any(|d| d.pci.is_some());
+    enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, has_pci))?;
     let shared = Arc::new(Shared {
         router: Router { vm, platform: Platform::default(), pci, devices, strict_io: cfg.strict_io, exits },
         ram,
@@ -194,6 +195,7 @@ fn runner_fds(
     devices: &[Device],
     control_dup: &OwnedFd,
     notify: Vec<i32>,
+    pci: bool,
 ) -> capvm_policy::roles::RunnerFds {
     let (kvm_fd, vm_fd) = vm.raw_fds();
     capvm_policy::roles::RunnerFds {
@@ -204,7 +206,7 @@ fn runner_fds(
         ram: ram.fd(),
         control_dup: control_dup.as_raw_fd(),
         irqfds: vm.eventfd_numbers(),
-        pci: !notify.is_empty(),
+        pci,
         notify,
     }
 }

@@ -17,6 +17,7 @@ use crate::config::{ConfigError, ConfigTree};
 use crate::served::Allocator;
 use crate::vm::VmError;
 
+pub mod ahci;
 pub mod virtio_blk;
 pub mod virtio_net;
 
@@ -27,9 +28,22 @@ pub struct Emulation {
     pub help: &'static str,
     /// The variables its slot takes (`pci.B.S.F.<option>`).
     pub options: &'static [&'static str],
-    /// The option a bare first word sets, as bhyve: `-s 3,virtio-blk,disk.img`.
-    pub first_option: &'static str,
+    /// How the command line's words after the emulation become options.
+    pub conf: Conf,
     pub kind: Kind,
+}
+
+/// How `-s slot,emulation,conf` words map onto a slot's options.
+#[derive(Clone, Copy)]
+pub enum Conf {
+    /// The first bare word sets `first`, as bhyve: `-s 3,virtio-blk,disk.img`;
+    /// later bare words are flags (`ro` means ro=true).
+    Flat { first: &'static str },
+    /// bhyve's controllers, with options per port (`pci.B.S.F.port.N.<option>`).
+    /// `-s 4,ahci,hd:PATH[,opt...],cd:PATH[,opt...]` opens a port at each
+    /// `TYPE:PATH`; a one-port row (`ahci-cd`, `fixed: Some("cd")`) takes
+    /// `PATH[,opt...]` for port 0.
+    Ports { port_options: &'static [&'static str], fixed: Option<&'static str> },
 }
 
 pub enum Kind {
@@ -86,21 +100,21 @@ pub const EMULATIONS: &[Emulation] = &[
         name: "hostbridge",
         help: "PCI host bridge (answered by the vCPU runner)",
         options: &[],
-        first_option: "",
+        conf: Conf::Flat { first: "" },
         kind: Kind::Bridge(BridgeKind::HostBridge),
     },
     Emulation {
         name: "amd_hostbridge",
         help: "as hostbridge, with AMD's vendor id",
         options: &[],
-        first_option: "",
+        conf: Conf::Flat { first: "" },
         kind: Kind::Bridge(BridgeKind::AmdHostBridge),
     },
     Emulation {
         name: "lpc",
         help: "LPC bridge: the platform devices, COM1-COM4 (see -l help)",
         options: &[],
-        first_option: "",
+        conf: Conf::Flat { first: "" },
         kind: Kind::Bridge(BridgeKind::Lpc),
     },
     Emulation {
@@ -108,7 +122,7 @@ pub const EMULATIONS: &[Emulation] = &[
         help:
             "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID]",
         options: virtio_blk::OPTIONS,
-        first_option: "path",
+        conf: Conf::Flat { first: "path" },
         kind: Kind::Served(Served {
             server: "capvm-virtio-blk",
             layout: |slot, func, alloc| alloc.virtio(slot, func, capvm_virtio::layout::BLK_QUEUES),
@@ -119,12 +133,33 @@ pub const EMULATIONS: &[Emulation] = &[
         name: "virtio-net",
         help: "virtio NIC in its own process on a tap: TAPNAME[,mac=xx:xx:xx:xx:xx:xx][,mtu=N]",
         options: virtio_net::OPTIONS,
-        first_option: "backend",
+        conf: Conf::Flat { first: "backend" },
         kind: Kind::Served(Served {
             server: "capvm-virtio-net",
             layout: |slot, func, alloc| alloc.virtio(slot, func, capvm_virtio::layout::NET_QUEUES),
             parse: virtio_net::parse,
         }),
+    },
+    Emulation {
+        name: "ahci",
+        help: "AHCI controller in its own process, up to 32 ports: hd:PATH[,opts],cd:PATH[,opts],...",
+        options: &[],
+        conf: Conf::Ports { port_options: ahci::PORT_OPTIONS, fixed: None },
+        kind: Kind::Served(ahci::SERVED),
+    },
+    Emulation {
+        name: "ahci-hd",
+        help: "AHCI disk (a controller with one port): PATH[,ro][,nocache][,sync][,sectorsize=L[/P]][,nodelete][,ser=ID][,model=M][,rev=R][,nmrr=N][,bootindex=N]",
+        options: &[],
+        conf: Conf::Ports { port_options: ahci::PORT_OPTIONS, fixed: Some("hd") },
+        kind: Kind::Served(ahci::SERVED),
+    },
+    Emulation {
+        name: "ahci-cd",
+        help: "AHCI CD-ROM, read-only (a controller with one port): PATH[,ser=ID][,model=M][,rev=R][,bootindex=N]",
+        options: &[],
+        conf: Conf::Ports { port_options: ahci::PORT_OPTIONS, fixed: Some("cd") },
+        kind: Kind::Served(ahci::SERVED),
     },
 ];
 
@@ -159,22 +194,52 @@ pub struct SlotOptions<'a> {
     pub func: u8,
     pub emulation: &'static str,
     pub vm_name: &'a str,
+    /// For a controller's port: `port.N.` before every key.
+    pub port: Option<u8>,
 }
 
 impl SlotOptions<'_> {
-    /// `pci.0.S.F.<key>`.
+    fn key(&self, key: &str) -> String {
+        match self.port {
+            Some(n) => format!("pci.0.{}.{}.port.{n}.{key}", self.slot, self.func),
+            None => format!("pci.0.{}.{}.{key}", self.slot, self.func),
+        }
+    }
+
+    /// `pci.0.S.F.<key>` (or `pci.0.S.F.port.N.<key>`).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.tree.get(&format!("pci.0.{}.{}.{key}", self.slot, self.func))
+        self.tree.get(&self.key(key))
     }
 
     /// A boolean option (`ro` on the command line means `ro=true`).
     pub fn flag(&self, key: &str) -> Result<bool, ConfigError> {
-        self.tree.bool(&format!("pci.0.{}.{}.{key}", self.slot, self.func), false)
+        self.tree.bool(&self.key(key), false)
     }
 
-    /// How errors name the slot: `-s 3:0,virtio-blk`.
+    /// The ports a controller's options name, in order.
+    pub fn ports(&self) -> Vec<u8> {
+        let prefix = format!("pci.0.{}.{}.port.", self.slot, self.func);
+        let mut ports: Vec<u8> = self
+            .tree
+            .keys_under(&prefix)
+            .filter_map(|rest| rest.split('.').next().and_then(|n| n.parse().ok()))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The options of port `n`.
+    pub fn port(&self, n: u8) -> SlotOptions<'_> {
+        SlotOptions { port: Some(n), ..*self }
+    }
+
+    /// How errors name the slot: `-s 3:0,virtio-blk` (`-s 4:0,ahci port 1`).
     pub fn at(&self) -> String {
-        slot_name(self.emulation, self.slot, self.func)
+        match self.port {
+            Some(n) => format!("{} port {n}", slot_name(self.emulation, self.slot, self.func)),
+            None => slot_name(self.emulation, self.slot, self.func),
+        }
     }
 }
 
@@ -197,7 +262,9 @@ mod tests {
         for (i, e) in EMULATIONS.iter().enumerate() {
             assert!(EMULATIONS[..i].iter().all(|o| o.name != e.name), "{} twice", e.name);
             if let Kind::Served(s) = &e.kind {
-                assert!(e.options.contains(&e.first_option), "{}: first option not an option", e.name);
+                if let Conf::Flat { first } = e.conf {
+                    assert!(e.options.contains(&first), "{}: first option not an option", e.name);
+                }
                 assert!(s.server.starts_with("capvm-"), "{}", s.server);
             }
         }

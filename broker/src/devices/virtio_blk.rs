@@ -33,40 +33,47 @@ pub struct DiskConfig {
 }
 
 pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
-    let at = o.at();
-    let path = o.get("path").filter(|p| !p.is_empty()).ok_or_else(|| {
-        ConfigError(format!("{at}: give the image file or block device: -s {},virtio-blk,PATH", o.slot))
-    })?;
-    let (sector_size, physical_sector_size) = match o.get("sectorsize") {
-        None => (512, 512),
-        Some(v) => {
-            let (l, p) = v.split_once('/').unwrap_or((v, v));
-            let size = |s: &str| s.parse::<u32>().ok().filter(|n| n.is_power_of_two() && (512..=65536).contains(n));
-            match (size(l), size(p)) {
-                (Some(l), Some(p)) if p >= l => (l, p),
-                _ => {
-                    return Err(ConfigError(format!(
-                        "{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536"
-                    )))
-                }
-            }
-        }
-    };
-    Ok(Box::new(DiskConfig {
-        path: PathBuf::from(path),
-        read_only: o.flag("ro")?,
-        nocache: o.flag("nocache")?,
-        sync: o.flag("sync")? || o.flag("direct")?,
-        sector_size,
-        physical_sector_size,
-        no_delete: o.flag("nodelete")?,
-        serial: o.get("ser").map_or_else(|| format!("CAPVM-{}-{}", o.slot, o.func), str::to_string),
-    }))
+    let serial = format!("CAPVM-{}-{}", o.slot, o.func);
+    Ok(Box::new(DiskConfig::parse(o, "virtio-blk", serial)?))
 }
 
-impl ServedDevice for DiskConfig {
+impl DiskConfig {
+    /// bhyve's block-device options of a slot (or an AHCI port); `serial`
+    /// is the default for `ser=`.
+    pub fn parse(o: &SlotOptions, emulation: &str, serial: String) -> Result<DiskConfig, ConfigError> {
+        let at = o.at();
+        let path = o.get("path").filter(|p| !p.is_empty()).ok_or_else(|| {
+            ConfigError(format!("{at}: give the image file or block device: -s {},{emulation},PATH", o.slot))
+        })?;
+        let (sector_size, physical_sector_size) = match o.get("sectorsize") {
+            None => (512, 512),
+            Some(v) => {
+                let (l, p) = v.split_once('/').unwrap_or((v, v));
+                let size = |s: &str| s.parse::<u32>().ok().filter(|n| n.is_power_of_two() && (512..=65536).contains(n));
+                match (size(l), size(p)) {
+                    (Some(l), Some(p)) if p >= l => (l, p),
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "{at}: sectorsize={v}: give LOGICAL[/PHYSICAL], powers of two from 512 to 65536"
+                        )))
+                    }
+                }
+            }
+        };
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only: o.flag("ro")?,
+            nocache: o.flag("nocache")?,
+            sync: o.flag("sync")? || o.flag("direct")?,
+            sector_size,
+            physical_sector_size,
+            no_delete: o.flag("nodelete")?,
+            serial: o.get("ser").map_or(serial, str::to_string),
+        })
+    }
+
     /// Opens the image as the options say and measures it.
-    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
+    pub fn open_image(&self) -> Result<(BlkOptions, OwnedFd), DeviceError> {
         let path = || self.path.display().to_string();
         let mut flags = libc::O_CLOEXEC;
         if self.nocache {
@@ -102,7 +109,14 @@ impl ServedDevice for DiskConfig {
             can_discard,
             serial: self.serial.chars().take(20).collect(),
         };
-        Ok((DeviceBackend::Blk(opts), vec![file.into()]))
+        Ok((opts, file.into()))
+    }
+}
+
+impl ServedDevice for DiskConfig {
+    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
+        let (opts, fd) = self.open_image()?;
+        Ok((DeviceBackend::Blk(opts), vec![fd]))
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {

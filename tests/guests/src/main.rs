@@ -18,6 +18,7 @@
 #![no_std]
 #![no_main]
 
+mod ahci;
 mod blk;
 mod entry;
 mod io;
@@ -199,6 +200,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         }
         b"blk-ro" => blk::ro(),
         b"blk-fuzz" => blk::fuzz(),
+        b"ahci" => ahci::run(),
         b"net" => net::run(),
         b"net-fuzz" => net::fuzz(),
         b"net-bench" => {
