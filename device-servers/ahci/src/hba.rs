@@ -680,3 +680,254 @@ pub fn gather(cmd: &Command, len: usize) -> Result<Vec<u8>, CommandError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capvm_ipc::BlkOptions;
+    use std::cell::RefCell;
+
+    const CLB: u64 = 0x1000;
+    const FB: u64 = 0x2000;
+    const TABLE: u64 = 0x3000;
+    const BUF: u64 = 0x10000;
+    const SECTORS: u64 = 64;
+    const P0: u64 = PORTS_AT;
+
+    #[derive(Default)]
+    struct Counts {
+        commands: RefCell<u64>,
+        errors: RefCell<Vec<CommandError>>,
+    }
+
+    impl Stats for Counts {
+        fn command(&self, _: bool, _: bool) {
+            *self.commands.borrow_mut() += 1;
+        }
+        fn error(&self, e: CommandError) {
+            self.errors.borrow_mut().push(e);
+        }
+        fn bytes(&self, _: bool, _: u64) {}
+    }
+
+    struct Rig {
+        hba: Hba,
+        mem: GuestMemoryMmap,
+        path: std::path::PathBuf,
+        counts: Counts,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn rig(cd: bool, read_only: bool) -> Rig {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("capvm-ahci-test-{}-{n}.img", std::process::id()));
+        std::fs::write(&path, vec![0xee; (SECTORS * 512) as usize]).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(!read_only).open(&path).unwrap();
+        let info = AhciDrive {
+            cd,
+            disk: BlkOptions {
+                read_only,
+                sector_size: if cd { 2048 } else { 512 },
+                physical_sector_size: 512,
+                size: SECTORS * 512,
+                no_delete: false,
+                can_discard: true,
+                serial: "S".into(),
+            },
+            model: "M".into(),
+            revision: "R".into(),
+            rotation_rate: 0,
+        };
+        let hba = Hba::new(vec![Drive::new(Image::new(file.into()), info)]);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut r = Rig { hba, mem, path, counts: Counts::default() };
+        r.w(P0 + PX_CLB, CLB as u32);
+        r.w(P0 + PX_FB, FB as u32);
+        r.w(P0 + PX_CMD, CMD_FRE | CMD_ST);
+        r
+    }
+
+    impl Rig {
+        fn w(&mut self, reg: u64, v: u32) -> Kick {
+            self.hba.write(reg, 4, v as u64, Some(&self.mem))
+        }
+        fn r(&self, reg: u64) -> u32 {
+            self.hba.read(reg, 4) as u32
+        }
+        /// Puts a command in `slot`: header, FIS and PRDT (address, bytes).
+        fn prepare(&self, slot: u64, fis: [u8; 20], prdt: &[(u64, u32)], table: u64) {
+            let dw0 = 5 | (prdt.len() as u32) << 16;
+            let h = GuestAddress(CLB + 32 * slot);
+            self.mem.write_obj(dw0, h).unwrap();
+            self.mem.write_obj(table, GuestAddress(h.0 + 8)).unwrap();
+            let t = TABLE + 0x100 * slot;
+            self.mem.write_slice(&fis, GuestAddress(t)).unwrap();
+            for (i, &(a, n)) in prdt.iter().enumerate() {
+                self.mem.write_obj(a, GuestAddress(t + 0x80 + 16 * i as u64)).unwrap();
+                self.mem.write_obj(n - 1, GuestAddress(t + 0x80 + 16 * i as u64 + 12)).unwrap();
+            }
+        }
+        fn issue(&mut self, mask: u32) {
+            assert_eq!(self.w(P0 + PX_CI, mask), Kick::Port(0));
+            self.hba.run_port(0, &self.mem, &self.counts);
+        }
+        fn image(&self) -> Vec<u8> {
+            std::fs::read(&self.path).unwrap()
+        }
+    }
+
+    fn fis(command: u8, lba: u64, count: u16) -> [u8; 20] {
+        let l = lba.to_le_bytes();
+        let c = count.to_le_bytes();
+        [0x27, 0x80, command, 0, l[0], l[1], l[2], 0x40, l[3], l[4], l[5], 0, c[0], c[1], 0, 0, 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn hba_generic_registers_and_reset() {
+        let mut r = rig(false, false);
+        assert_eq!(r.r(PI), 1);
+        assert_eq!(r.r(VS), 0x0001_0301);
+        assert_eq!(r.r(CAP) & 0x1f, 0, "one port");
+        assert_ne!(r.r(CAP) & 1 << 30, 0, "NCQ");
+        assert_eq!(r.r(P0 + PX_SIG), SIG_ATA);
+        assert_eq!(r.r(P0 + PX_CMD) & (CMD_CR | CMD_FR), CMD_CR | CMD_FR);
+        r.w(P0 + PX_IE, u32::MAX);
+        r.w(GHC, GHC_HR);
+        assert_eq!(r.r(GHC), GHC_AE, "reset clears IE and reads HR back as 0");
+        assert_eq!(r.r(P0 + PX_IE), 0);
+        assert_eq!(r.r(P0 + PX_CMD) & CMD_ST, 0);
+        // Narrow or unaligned writes change nothing.
+        r.w(P0 + PX_CLB, CLB as u32);
+        assert_eq!(r.hba.write(P0 + PX_CLB, 2, 0x4000, None), Kick::None);
+        assert_eq!(r.r(P0 + PX_CLB), CLB as u32);
+        assert_eq!(r.hba.read(P0 + PX_CLB + 1, 2), u64::MAX);
+    }
+
+    #[test]
+    fn hba_comreset_brings_the_device_back_with_its_signature_fis() {
+        let mut r = rig(true, true);
+        r.w(P0 + PX_SCTL, 1);
+        assert_eq!(r.r(P0 + PX_SSTS), 0, "link down during COMRESET");
+        r.w(P0 + PX_SCTL, 0);
+        assert_eq!(r.r(P0 + PX_SSTS), SSTS_UP);
+        let mut fis = [0u8; 20];
+        r.mem.read_slice(&mut fis, GuestAddress(FB + RFIS_D2H)).unwrap();
+        assert_eq!((fis[0], fis[4], fis[5], fis[6], fis[12]), (FIS_D2H, 0x01, 0x14, 0xeb, 0x01));
+    }
+
+    #[test]
+    fn hba_write_then_read_through_multi_entry_prdts() {
+        let mut r = rig(false, false);
+        let data: Vec<u8> = (0..2048u32).map(|i| (i * 13) as u8).collect();
+        r.mem.write_slice(&data, GuestAddress(BUF)).unwrap();
+        r.prepare(0, fis(0x35, 4, 4), &[(BUF, 512), (BUF + 512, 1536)], TABLE);
+        r.issue(1);
+        assert_eq!(r.r(P0 + PX_CI), 0);
+        assert_eq!(r.r(P0 + PX_IS) & IS_DHRS, IS_DHRS);
+        assert_eq!(&r.image()[4 * 512..6 * 512 + 1024], &data[..]);
+        r.prepare(1, fis(0x25, 4, 4), &[(BUF + 0x8000, 2048)], TABLE + 0x100);
+        r.issue(2);
+        let mut back = vec![0u8; 2048];
+        r.mem.read_slice(&mut back, GuestAddress(BUF + 0x8000)).unwrap();
+        assert_eq!(back, data);
+        let mut prdbc = [0u8; 4];
+        r.mem.read_slice(&mut prdbc, GuestAddress(CLB + 32 + 4)).unwrap();
+        assert_eq!(u32::from_le_bytes(prdbc), 2048, "PRDBC says what moved");
+    }
+
+    #[test]
+    fn hba_ncq_completes_with_set_device_bits() {
+        let mut r = rig(false, false);
+        for slot in 0..3u64 {
+            let mut f = fis(0x60, slot, (slot as u16) << 3);
+            f[3] = 1;
+            r.prepare(slot, f, &[(BUF + 512 * slot, 512)], TABLE + 0x100 * slot);
+        }
+        r.w(P0 + PX_SACT, 0b111);
+        r.issue(0b111);
+        assert_eq!((r.r(P0 + PX_SACT), r.r(P0 + PX_CI)), (0, 0));
+        assert_ne!(r.r(P0 + PX_IS) & IS_SDBS, 0);
+        let mut sdb = [0u8; 8];
+        r.mem.read_slice(&mut sdb, GuestAddress(FB + RFIS_SDB)).unwrap();
+        assert_eq!(sdb[0], FIS_SDB);
+        let mut got = vec![0u8; 1536];
+        r.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+        assert!(got.iter().all(|&b| b == 0xee));
+    }
+
+    #[test]
+    fn hba_hostile_commands_fail_stop_the_port_and_it_restarts() {
+        let mut r = rig(false, false);
+        const OUTSIDE: u64 = 1 << 40;
+        type Setup = Box<dyn Fn(&Rig)>;
+        let cases: Vec<(Setup, CommandError)> = vec![
+            (Box::new(|r| r.prepare(0, fis(0x25, 0, 1), &[(BUF, 512)], OUTSIDE)), CommandError::OutsideRam),
+            (Box::new(|r| r.prepare(0, fis(0x25, 0, 1), &[(OUTSIDE, 512)], TABLE)), CommandError::OutsideRam),
+            (Box::new(|r| r.prepare(0, fis(0x25, 0, 8), &[(BUF, 512)], TABLE)), CommandError::BadPrdt),
+            (Box::new(|r| r.prepare(0, fis(0x25, SECTORS, 1), &[(BUF, 512)], TABLE)), CommandError::OutOfRange),
+            (Box::new(|r| r.prepare(0, fis(0xb0, 0, 0), &[], TABLE)), CommandError::Unsupported(0xb0)),
+            (
+                Box::new(|r| {
+                    let mut f = fis(0x25, 0, 1);
+                    f[0] = 0x46;
+                    r.prepare(0, f, &[(BUF, 512)], TABLE)
+                }),
+                CommandError::BadFis,
+            ),
+            (
+                Box::new(|r| {
+                    r.prepare(0, fis(0x25, 0, 1), &[(BUF, 512)], TABLE);
+                    // An odd byte count (DBC bit 0 clear).
+                    r.mem.write_obj(510u32, GuestAddress(TABLE + 0x80 + 12)).unwrap();
+                }),
+                CommandError::BadPrdt,
+            ),
+        ];
+        for (i, (setup, want)) in cases.iter().enumerate() {
+            setup(&r);
+            r.issue(1);
+            assert_eq!(r.counts.errors.borrow().last(), Some(want), "case {i}");
+            assert_ne!(r.r(P0 + PX_IS) & IS_TFES, 0, "case {i}");
+            assert_eq!(r.r(P0 + PX_TFD) & 0xff, (STATUS_DRDY | STATUS_ERR) as u32, "case {i}");
+            // The port takes nothing until restarted.
+            r.prepare(1, fis(0x25, 0, 1), &[(BUF, 512)], TABLE + 0x100);
+            r.issue(2);
+            assert_eq!(r.r(P0 + PX_CI) & 2, 2, "case {i}: ran a command on a stopped port");
+            r.w(P0 + PX_CMD, CMD_FRE);
+            assert_eq!(r.r(P0 + PX_CI), 0, "stopping drops what CI held");
+            r.w(P0 + PX_CMD, CMD_FRE | CMD_ST);
+            r.w(P0 + PX_IS, u32::MAX);
+            r.prepare(1, fis(0x25, 0, 1), &[(BUF, 512)], TABLE + 0x100);
+            r.issue(2);
+            assert_eq!((r.r(P0 + PX_CI), r.r(P0 + PX_TFD) & 1), (0, 0), "case {i}: port does not work after");
+        }
+        assert!(r.image().iter().all(|&b| b == 0xee), "a refused command changed the image");
+    }
+
+    #[test]
+    fn hba_read_only_disk_refuses_writes_and_trim() {
+        let mut r = rig(false, true);
+        r.prepare(0, fis(0x35, 0, 1), &[(BUF, 512)], TABLE);
+        r.issue(1);
+        r.w(P0 + PX_CMD, CMD_FRE);
+        r.w(P0 + PX_CMD, CMD_FRE | CMD_ST);
+        let mut trim = fis(0x06, 0, 1);
+        trim[3] = 1;
+        // Eight sectors from LBA 0.
+        r.mem.write_obj(8u64 << 48, GuestAddress(BUF)).unwrap();
+        r.prepare(0, trim, &[(BUF, 512)], TABLE);
+        r.issue(1);
+        assert_eq!(
+            &r.counts.errors.borrow()[..],
+            &[CommandError::ReadOnly, CommandError::Unsupported(0x06)],
+            "write, then TRIM"
+        );
+        assert!(r.image().iter().all(|&b| b == 0xee));
+    }
+}
