@@ -25,8 +25,22 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 12] =
-    ["int3", "int", "fwait", "clac", "stac", "popcnt", "lzcnt", "tzcnt", "xsave", "xsavec", "xrstor", "cmpxchg16b"];
+pub const KINDS: [&str; 14] = [
+    "int3",
+    "int",
+    "fwait",
+    "clac",
+    "stac",
+    "popcnt",
+    "lzcnt",
+    "tzcnt",
+    "xsave",
+    "xsavec",
+    "xrstor",
+    "cmpxchg16b",
+    "ldmxcsr",
+    "stmxcsr",
+];
 
 /// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
 pub const XSAVE_AREA: usize = 4096;
@@ -34,6 +48,8 @@ pub const XSAVE_AREA: usize = 4096;
 const HEADER: usize = 512;
 const MXCSR: usize = 24;
 const MXCSR_MASK: usize = 28;
+/// What MXCSR_MASK means when the area says 0 (SDM vol. 1, 11.6.6).
+const DEFAULT_MXCSR_MASK: u32 = 0xffbf;
 const X87_STATE: [std::ops::Range<usize>; 2] = [0..24, 32..160];
 const SSE_STATE: std::ops::Range<usize> = 160..416;
 /// #GP.
@@ -201,10 +217,48 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xsaveopt | Mnemonic::Xsaveopt64 => xsave(m, &insn),
         Mnemonic::Xrstor | Mnemonic::Xrstor64 => xrstor(m, &insn),
         Mnemonic::Cmpxchg16b => cmpxchg16b(m, &insn),
+        Mnemonic::Ldmxcsr | Mnemonic::Vldmxcsr => ldmxcsr(m, &insn),
+        Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => stmxcsr(m, &insn),
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => count_bits(m, &insn),
         other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
     done.map_or_else(|outcome| outcome, Outcome::Completed)
+}
+
+/// LDMXCSR m32 (the kernel's kernel_fpu_begin sets the default MXCSR
+/// with it): the SSE control word into the vCPU's state, #GP(0) for a
+/// reserved bit (outside MXCSR_MASK) as the CPU does. KVM_SET_XSAVE takes
+/// MXCSR only with the SSE (or x87) bit in XSTATE_BV, which it sets.
+fn ldmxcsr(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let linear = memory_address(m, insn, 0)?;
+    let mut value = [0u8; 4];
+    if !m.read(linear, &mut value) {
+        return Err(Outcome::Fault(linear));
+    }
+    let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("ldmxcsr (no KVM_GET_XSAVE)".into()))?;
+    let mask = match le32(&area, MXCSR_MASK) {
+        0 => DEFAULT_MXCSR_MASK,
+        mask => mask,
+    };
+    if u32::from_le_bytes(value) & !mask != 0 {
+        m.inject(GP, Some(0));
+        return Ok("ldmxcsr");
+    }
+    area[MXCSR..MXCSR + 4].copy_from_slice(&value);
+    let bv = le64(&area, HEADER) | 0b10;
+    area[HEADER..HEADER + 8].copy_from_slice(&bv.to_le_bytes());
+    m.set_xsave_area(area);
+    m.set_rip(insn.next_ip());
+    Ok("ldmxcsr")
+}
+
+/// STMXCSR m32: the SSE control word from the vCPU's state into memory.
+fn stmxcsr(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let linear = memory_address(m, insn, 0)?;
+    let area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("stmxcsr (no KVM_GET_XSAVE)".into()))?;
+    write_all(m, linear, &[(0, &area[MXCSR..MXCSR + 4])])?;
+    m.set_rip(insn.next_ip());
+    Ok("stmxcsr")
 }
 
 /// The XSAVE family's operands: the area's linear address, RFBM
@@ -1001,5 +1055,48 @@ mod tests {
         f.gpr[7] = MEM + 8;
         assert_eq!(complete(&mut f, &bytes), Outcome::Completed("cmpxchg16b"));
         assert_eq!((f.injected.as_slice(), f.rip), (&[(GP, Some(0))][..], 0x1000));
+    }
+
+    #[test]
+    fn ldmxcsr_and_stmxcsr_match_the_host_cpu_and_refuse_reserved_bits() {
+        // ldmxcsr [rbx+4]; stmxcsr [rbx+8]
+        let (ld, st) = ([0x0f, 0xae, 0x53, 0x04], [0x0f, 0xae, 0x5b, 0x08]);
+        let mut native_mask = Area([0; XSAVE_AREA]);
+        // SAFETY: fxsave into a 512-byte area of our own, 16-byte aligned.
+        unsafe { std::arch::asm!("fxsave64 [{}]", in(reg) native_mask.0.as_mut_ptr()) };
+        let host_mask = le32(&native_mask.0, MXCSR_MASK);
+        for value in [0x1f80u32, 0x1fbf, 0x9fc0, 0x7f80] {
+            let mut f = Fake::new();
+            f.area[MXCSR_MASK..MXCSR_MASK + 4].copy_from_slice(&host_mask.to_le_bytes());
+            f.gpr[3] = MEM;
+            f.mem[4..8].copy_from_slice(&value.to_le_bytes());
+            assert_eq!(complete(&mut f, &ld), Outcome::Completed("ldmxcsr"));
+            if value & !host_mask != 0 {
+                assert_eq!((f.injected.as_slice(), f.rip), (&[(GP, Some(0))][..], 0x1000), "{value:#x}");
+                continue;
+            }
+            // The host CPU loads and stores the same value.
+            let mut back = 0u32;
+            let mut saved = 0u32;
+            // SAFETY: saves MXCSR, loads the test value, reads it back and
+            // restores it: nothing else runs SSE code in between.
+            unsafe {
+                std::arch::asm!(
+                    "stmxcsr [{s}]",
+                    "ldmxcsr [{v}]",
+                    "stmxcsr [{b}]",
+                    "ldmxcsr [{s}]",
+                    s = in(reg) &mut saved,
+                    v = in(reg) &value,
+                    b = in(reg) &mut back,
+                );
+            }
+            assert_eq!(le32(&f.area, MXCSR), back, "{value:#x}");
+            assert_ne!(le64(&f.area, HEADER) & 0b10, 0, "SSE in XSTATE_BV, or KVM_SET_XSAVE ignores MXCSR");
+            let rip = f.rip;
+            assert_eq!(complete(&mut f, &st), Outcome::Completed("stmxcsr"));
+            assert_eq!(le32(&f.mem, 8), back);
+            assert_eq!(f.rip, rip + 4);
+        }
     }
 }
