@@ -4,41 +4,18 @@
 //! INTx# eventfds, and nothing else. Started by the broker with its
 //! control socket at fd 3.
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use capvm_ahci::hba::{CommandError, Drive, Hba, Kick, Stats as HbaStats};
 use capvm_ahci::layout::{self, ABAR, INTX_PIN, MAX_PORTS, MSI_CAP};
 use capvm_block::Image;
 use capvm_ipc::ring::{ring_eventfd, ExitRing, Op};
-use capvm_ipc::stats::{Counter, CountersByKind, Stats};
-use capvm_ipc::{
-    Channel, ChannelError, DeviceBackend, DeviceConfig, PciFds, StartDeviceFds, ToBroker, ToChild, PROTO_VERSION,
-};
+use capvm_ipc::stats::{Counter, CountersByKind};
+use capvm_ipc::{Channel, ChannelError, DeviceBackend, DeviceConfig, ToBroker, ToChild, PROTO_VERSION};
+use capvm_pci::server::{ServerError, Started};
 use capvm_pci::{ConfigSpace, Identity, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, INTERRUPT_LINE};
-use capvm_policy::roles::PciDeviceFds;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vm_memory::GuestMemoryMmap;
-
-#[derive(Debug, thiserror::Error)]
-enum ServerError {
-    #[error(transparent)]
-    Channel(#[from] ChannelError),
-    #[error(transparent)]
-    Ring(#[from] capvm_ipc::RingError),
-    #[error(transparent)]
-    Fds(#[from] capvm_ipc::FdLayoutError),
-    #[error(transparent)]
-    Ram(#[from] capvm_ipc::shm::MapGuestRamError),
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("stats page: {0}")]
-    Stats(#[source] nix::Error),
-    #[error("entering the sandbox: {0}")]
-    Sandbox(#[from] capvm_policy::enforce::SandboxError),
-    #[error("poll: {0}")]
-    Poll(#[source] nix::Error),
-}
 
 fn main() {
     let channel = capvm_ipc::child_channel();
@@ -97,30 +74,13 @@ struct Controller {
 }
 
 fn run(channel: &Channel) -> Result<(), ServerError> {
-    let (cfg, fds) = match channel.recv()? {
-        (ToChild::StartDevice(cfg), fds) => (cfg, fds),
-        (other, _) => return Err(ServerError::Protocol(format!("expected StartDevice, got {other:?}"))),
-    };
-    let DeviceBackend::Ahci(drives) = &cfg.backend else {
+    let mut started = capvm_pci::server::start(channel)?;
+    let DeviceBackend::Ahci(drives) = &started.config.backend else {
         return Err(ServerError::Protocol("capvm-ahci was started for another device".into()));
     };
-    check_layout(&cfg, drives.len())?;
-    let StartDeviceFds { ring: ring_fd, doorbell, ram, stats: stats_fd, pci, backend } =
-        StartDeviceFds::unflatten(&cfg.function, drives.len(), fds)?;
-    let PciFds { notify: _, interrupts, intx } = pci;
-    let (intx, resample) = match intx {
-        Some([trigger, resample]) => (Some(trigger), Some(resample)),
-        None => (None, None),
-    };
-    let [msi]: [OwnedFd; 1] =
-        interrupts.try_into().map_err(|_| ServerError::Protocol("AHCI has exactly one MSI vector".into()))?;
-
-    let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
-    drop(ring_fd);
-    let ram_fd = ram.as_raw_fd();
-    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &cfg.memory)?;
-    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(ServerError::Stats)?;
-    drop(stats_fd);
+    let drives = drives.clone();
+    check_layout(&started.config, drives.len())?;
+    let stats = &mut started.stats;
     let counters = Counters {
         config_accesses: stats.counter("config_accesses"),
         mmio_accesses: stats.counter("mmio_accesses"),
@@ -128,35 +88,22 @@ fn run(channel: &Channel) -> Result<(), ServerError> {
         ncq_commands: stats.counter("ncq_commands"),
         packet_commands: stats.counter("packet_commands"),
         errors: stats.counter("command_errors"),
-        errors_by_kind: CountersByKind::new(&mut stats, "", CommandError::KINDS.map(CommandError::counter)),
+        errors_by_kind: CountersByKind::new(stats, "", CommandError::KINDS.map(CommandError::counter)),
         bytes_read: stats.counter("bytes_read"),
         bytes_written: stats.counter("bytes_written"),
         interrupts: stats.counter("interrupts"),
         intx_interrupts: stats.counter("intx_interrupts"),
     };
-
     let disks: Vec<(i32, bool)> =
-        backend.iter().zip(drives).map(|(fd, d)| (fd.as_raw_fd(), d.disk.read_only)).collect();
+        started.backend.iter().zip(&drives).map(|(fd, d)| (fd.as_raw_fd(), d.disk.read_only)).collect();
     let (grants, syscalls) = capvm_policy::roles::disks_backend(&disks);
-    let hook_fd = grants.first().map_or(ring.doorbell().as_raw_fd(), |g| g.fd);
-    let manifest = capvm_policy::roles::pci_device(
-        &cfg.name,
-        &PciDeviceFds {
-            doorbell: ring.doorbell().as_raw_fd(),
-            ram: ram_fd,
-            notify: Vec::new(),
-            interrupts: vec![msi.as_raw_fd()],
-            intx: intx.as_ref().zip(resample.as_ref()).map(|(t, r)| (t.as_raw_fd(), r.as_raw_fd())),
-        },
-        grants,
-        syscalls,
-    );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
-    channel.send(&ToBroker::Sandboxed(report), &[])?;
-    capvm_policy::hostile::run_hook(&cfg.sandbox, hook_fd, hook_fd);
+    started.confine(channel, grants, syscalls)?;
 
-    let drives = backend.into_iter().zip(drives).map(|(fd, d)| Drive::new(Image::new(fd), d.clone())).collect();
-    let mut controller = Controller::new(&cfg, Hba::new(drives), msi, intx, mem, counters);
+    let Started { config, ring, mem, interrupts, intx, resample, backend, .. } = started;
+    let [msi]: [OwnedFd; 1] =
+        interrupts.try_into().map_err(|_| ServerError::Protocol("AHCI has exactly one MSI vector".into()))?;
+    let drives = backend.into_iter().zip(drives).map(|(fd, d)| Drive::new(Image::new(fd), d)).collect();
+    let mut controller = Controller::new(&config, Hba::new(drives), msi, intx, mem, counters);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
     serve(channel, &ring, resample.as_ref(), &mut controller)
 }

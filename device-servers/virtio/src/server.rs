@@ -6,41 +6,19 @@
 //! - INTx# resamples (KVM lowered the line at the guest's EOI);
 //! - the backend (a tap's packets), if the device has one.
 
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use capvm_ipc::ring::{ExitRing, Op};
 use capvm_ipc::stats::{Counter, Stats};
-use capvm_ipc::{
-    Channel, ChannelError, DeviceConfig, FdLayoutError, PciFds, RingError, StartDeviceFds, ToBroker, ToChild,
-    PROTO_VERSION,
-};
-use capvm_policy::roles::PciDeviceFds;
+use capvm_ipc::{Channel, ChannelError, DeviceConfig, ToBroker, ToChild, PROTO_VERSION};
+use capvm_pci::server::Started;
 use capvm_policy::{FdGrant, SyscallRule};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::layout;
 use crate::transport::{Device, Transport, TransportStats};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error(transparent)]
-    Channel(#[from] ChannelError),
-    #[error(transparent)]
-    Ring(#[from] RingError),
-    #[error(transparent)]
-    Fds(#[from] FdLayoutError),
-    #[error(transparent)]
-    Ram(#[from] capvm_ipc::shm::MapGuestRamError),
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error("stats page: {0}")]
-    Stats(#[source] nix::Error),
-    #[error("entering the sandbox: {0}")]
-    Sandbox(#[from] capvm_policy::enforce::SandboxError),
-    #[error("poll: {0}")]
-    Poll(#[source] nix::Error),
-}
+pub use capvm_pci::server::ServerError;
 
 /// What a device model needs to be confined: its backend fds with their
 /// rights, and the syscalls its data path makes beyond the common ones.
@@ -73,36 +51,16 @@ pub fn run<D: Backend>(
     channel: &Channel,
     make: impl FnOnce(Setup) -> Result<(D, DeviceSandbox), ServerError>,
 ) -> Result<(), ServerError> {
-    let (cfg, fds) = match channel.recv()? {
-        (ToChild::StartDevice(cfg), fds) => (cfg, fds),
-        (other, _) => return Err(ServerError::Protocol(format!("expected StartDevice, got {other:?}"))),
-    };
-    let queues = cfg.function.notify.len();
-    let vectors = cfg.function.msix.map_or(0, |m| m.vectors as usize);
-    if queues > layout::MAX_QUEUES || vectors != layout::vectors(queues) as usize {
+    let mut started = capvm_pci::server::start(channel)?;
+    let function = &started.config.function;
+    let queues = function.notify.len();
+    let vectors = function.msix.map_or(0, |m| m.vectors as usize);
+    if queues > layout::MAX_QUEUES || vectors != layout::vectors(queues) as usize || function.msi.is_some() {
         return Err(ServerError::Protocol(format!(
             "{queues} queues with {vectors} MSI-X vectors is not a virtio layout"
         )));
     }
-    let StartDeviceFds {
-        ring: ring_fd,
-        doorbell,
-        ram,
-        stats: stats_fd,
-        pci: PciFds { notify, interrupts: irqs, intx },
-        backend: backend_fds,
-    } = StartDeviceFds::unflatten(&cfg.function, cfg.backend.fd_count(), fds)?;
-    let (intx, resample) = match intx {
-        Some([trigger, resample]) => (Some(trigger), Some(resample)),
-        None => (None, None),
-    };
-
-    let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
-    drop(ring_fd);
-    let ram_fd = ram.as_raw_fd();
-    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &cfg.memory)?;
-    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(ServerError::Stats)?;
-    drop(stats_fd);
+    let stats = &mut started.stats;
     let counters = TransportStats {
         config_accesses: stats.counter("config_accesses"),
         mmio_accesses: stats.counter("mmio_accesses"),
@@ -111,27 +69,11 @@ pub fn run<D: Backend>(
         intx_interrupts: stats.counter("intx_interrupts"),
     };
     let notifies = stats.counter("ioeventfd_notifies");
-    let (device, sandbox) = make(Setup { config: &cfg, backend_fds, stats: &mut stats })?;
-
-    // Hostile-test hook target: the backend fd (a read-only disk has
-    // neither CAP_WRITE nor CAP_IOCTL).
-    let hook_fd = sandbox.fds.first().map_or(ring.doorbell().as_raw_fd(), |g| g.fd);
-    let manifest = capvm_policy::roles::pci_device(
-        &cfg.name,
-        &PciDeviceFds {
-            doorbell: ring.doorbell().as_raw_fd(),
-            ram: ram_fd,
-            notify: notify.iter().map(|f| f.as_raw_fd()).collect(),
-            interrupts: irqs.iter().map(|f| f.as_raw_fd()).collect(),
-            intx: intx.as_ref().zip(resample.as_ref()).map(|(t, r)| (t.as_raw_fd(), r.as_raw_fd())),
-        },
-        sandbox.fds.clone(),
-        sandbox.syscalls,
-    );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
-    channel.send(&ToBroker::Sandboxed(report), &[])?;
-    capvm_policy::hostile::run_hook(&cfg.sandbox, hook_fd, hook_fd);
-    let mut transport = Transport::new(device, &cfg.function, irqs, intx, counters);
+    let backend_fds = std::mem::take(&mut started.backend);
+    let (device, sandbox) = make(Setup { config: &started.config, backend_fds, stats: &mut started.stats })?;
+    started.confine(channel, sandbox.fds, sandbox.syscalls)?;
+    let Started { config, ring, mem, notify, interrupts, intx, resample, .. } = started;
+    let mut transport = Transport::new(device, &config.function, interrupts, intx, counters);
     transport.set_memory(mem);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
     serve(channel, &ring, &notify, resample.as_ref(), &mut transport, &notifies)

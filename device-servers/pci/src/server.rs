@@ -1,0 +1,108 @@
+//! A PCI device server's start-up, the same for every kind: take the
+//! `StartDevice` message and its fds apart, attach the exit ring, map
+//! guest RAM and the stats page, then enter the sandbox with the manifest
+//! of a PCI device server plus the backend's own rights.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use capvm_ipc::ring::ExitRing;
+use capvm_ipc::stats::Stats;
+use capvm_ipc::{Channel, ChannelError, DeviceConfig, PciFds, StartDeviceFds, ToBroker, ToChild};
+use capvm_policy::roles::PciDeviceFds;
+use capvm_policy::{FdGrant, SyscallRule};
+use vm_memory::GuestMemoryMmap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Ring(#[from] capvm_ipc::RingError),
+    #[error(transparent)]
+    Fds(#[from] capvm_ipc::FdLayoutError),
+    #[error(transparent)]
+    Ram(#[from] capvm_ipc::shm::MapGuestRamError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("stats page: {0}")]
+    Stats(#[source] nix::Error),
+    #[error("entering the sandbox: {0}")]
+    Sandbox(#[from] capvm_policy::enforce::SandboxError),
+    #[error("poll: {0}")]
+    Poll(#[source] nix::Error),
+}
+
+/// A started server, not yet confined.
+pub struct Started {
+    pub config: DeviceConfig,
+    pub ring: ExitRing,
+    pub mem: GuestMemoryMmap,
+    /// The RAM memfd's number (the mapping holds it open).
+    ram_fd: i32,
+    pub stats: Stats,
+    /// Queue-notify eventfds (virtio), one per `function.notify`.
+    pub notify: Vec<OwnedFd>,
+    /// MSI-X vectors' or the MSI vector's irqfds.
+    pub interrupts: Vec<OwnedFd>,
+    /// INTx#: the trigger and the resample eventfd.
+    pub intx: Option<OwnedFd>,
+    pub resample: Option<OwnedFd>,
+    /// The backend's fds (images, a tap), in the order the broker sent them.
+    pub backend: Vec<OwnedFd>,
+}
+
+/// Receives `StartDevice` and sets up what it names.
+pub fn start(channel: &Channel) -> Result<Started, ServerError> {
+    let (config, fds) = match channel.recv()? {
+        (ToChild::StartDevice(cfg), fds) => (cfg, fds),
+        (other, _) => return Err(ServerError::Protocol(format!("expected StartDevice, got {other:?}"))),
+    };
+    let StartDeviceFds { ring: ring_fd, doorbell, ram, stats: stats_fd, pci, backend } =
+        StartDeviceFds::unflatten(&config.function, config.backend.fd_count(), fds)?;
+    let PciFds { notify, interrupts, intx } = pci;
+    let (intx, resample) = match intx {
+        Some([trigger, resample]) => (Some(trigger), Some(resample)),
+        None => (None, None),
+    };
+    let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
+    drop(ring_fd);
+    let ram_fd = ram.as_raw_fd();
+    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &config.memory)?;
+    let stats = Stats::attach(stats_fd.as_fd()).map_err(ServerError::Stats)?;
+    drop(stats_fd);
+    Ok(Started { config, ring, mem, ram_fd, stats, notify, interrupts, intx, resample, backend })
+}
+
+impl Started {
+    /// Enters the sandbox: the fds a PCI device server holds plus
+    /// `backend`'s, and `syscalls` beyond the common ones. Reports to the
+    /// broker, then runs the hostile-test hook if this role is its target
+    /// (against the first backend fd: a read-only disk has neither
+    /// CAP_WRITE nor CAP_IOCTL).
+    pub fn confine(
+        &self,
+        channel: &Channel,
+        backend: Vec<FdGrant>,
+        syscalls: Vec<SyscallRule>,
+    ) -> Result<(), ServerError> {
+        let raw = |fds: &[OwnedFd]| fds.iter().map(|f| f.as_raw_fd()).collect();
+        let hook_fd = backend.first().map_or(self.ring.doorbell().as_raw_fd(), |g| g.fd);
+        let manifest = capvm_policy::roles::pci_device(
+            &self.config.name,
+            &PciDeviceFds {
+                doorbell: self.ring.doorbell().as_raw_fd(),
+                ram: self.ram_fd,
+                notify: raw(&self.notify),
+                interrupts: raw(&self.interrupts),
+                intx: self.intx.as_ref().zip(self.resample.as_ref()).map(|(t, r)| (t.as_raw_fd(), r.as_raw_fd())),
+            },
+            backend,
+            syscalls,
+        );
+        let report = capvm_policy::enforce::enter(&manifest, (&self.config.sandbox).into())?;
+        channel.send(&ToBroker::Sandboxed(report), &[])?;
+        capvm_policy::hostile::run_hook(&self.config.sandbox, hook_fd, hook_fd);
+        Ok(())
+    }
+}
