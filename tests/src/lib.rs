@@ -348,3 +348,33 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// An ISO 9660 image (xorriso, which scripts/setup installs) holding one
+/// file `name` with `text`; `tag` keeps the tests' images apart.
+pub fn iso_image(tag: &str, name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("capvm-iso-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+    let iso = dir.with_extension("iso");
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-o"])
+        .arg(&iso)
+        .arg(&dir)
+        .output()
+        .expect("run xorriso (scripts/setup installs it)");
+    assert!(out.status.success(), "xorriso failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(dir).unwrap();
+    iso
+}
+
+/// A file a fixture script under tests/ makes (a kernel): the path in
+/// `$env` if scripts/test set it, else what the script prints.
+pub fn fixture(env: &str, script: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new(&script).stderr(Stdio::inherit()).output().expect("run a fixture script");
+    assert!(out.status.success(), "{} failed", script.display());
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}

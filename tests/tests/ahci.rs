@@ -4,7 +4,6 @@
 //! file on the host.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvm_tests::*;
@@ -13,21 +12,8 @@ fn temp(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("capvm-ahci-{}-{tag}", std::process::id()))
 }
 
-/// An ISO 9660 image of a directory holding one file.
 fn iso(tag: &str) -> PathBuf {
-    let dir = temp(&format!("{tag}-root"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), "hello from the CD\n").unwrap();
-    let out = temp(&format!("{tag}.iso"));
-    let st = Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-o"])
-        .arg(&out)
-        .arg(&dir)
-        .output()
-        .expect("xorriso (scripts/setup installs it)");
-    assert!(st.status.success(), "xorriso failed: {}", String::from_utf8_lossy(&st.stderr));
-    std::fs::remove_dir_all(dir).unwrap();
-    out
+    iso_image(&format!("ahci-{tag}"), "hello.txt", "hello from the CD\n")
 }
 
 /// The guest's pattern (guests/src/ahci.rs).
