@@ -164,6 +164,14 @@ fn dsdt(p: &Platform) -> Vec<u8> {
         (mmio32_end - 1) as u32,
         None,
     );
+    let (high32_start, high32_end) = memmap::PCI_MMIO32_HIGH;
+    let mmio32_high = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        high32_start as u32,
+        (high32_end - 1) as u32,
+        None,
+    );
     let mmio64 = AddressSpace::<u64>::new_memory(
         AddressSpaceCacheable::NotCacheable,
         true,
@@ -171,7 +179,7 @@ fn dsdt(p: &Platform) -> Vec<u8> {
         memmap::PCI_MMIO64_END - 1,
         None,
     );
-    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32, &mmio64]);
+    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32, &mmio32_high, &mmio64]);
     // _PRT entries name a GSI directly (source 0): level-triggered,
     // active-low, as ACPI says for such entries; KVM's IOAPIC takes an
     // asserted line whatever the polarity.

@@ -49,6 +49,17 @@ const KERNEL_LOADER_OTHER: u8 = 0xff;
 /// Offset of the 64-bit entry point in a bzImage's protected-mode kernel.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
+/// Boot ROM sizes: whole 64 KiB blocks, at most 16 MiB (it sits below
+/// 4 GiB, above the LAPIC).
+const ROM_BLOCK: u64 = 64 << 10;
+const ROM_MAX: u64 = 16 << 20;
+/// The top of the ROM that also sits below 1 MiB, as RAM: the legacy BIOS
+/// area SeaBIOS runs from and writes during POST. QEMU aliases only the
+/// top 128 KiB there, but SeaBIOS's 256 KiB build has code below 0xE0000
+/// that it copies down itself through the i440FX's shadow registers; capvm's
+/// host bridge has none ("Unable to unlock ram"), so the copy is made here.
+const BIOS_SHADOW: u64 = 256 << 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("cannot open {what} {path}: {err}")]
@@ -61,6 +72,8 @@ pub enum BootError {
     CmdlineTooLong(usize),
     #[error("boot.initrd {path} ({size} bytes) does not fit in guest RAM below the kernel's limit; give more memory")]
     InitrdTooBig { path: String, size: u64 },
+    #[error("-l bootrom: {path} is {size} bytes; a boot ROM is whole 64 KiB blocks, at most 16 MiB")]
+    RomSize { path: String, size: u64 },
     #[error("writing boot structures to guest RAM: {0}")]
     Memory(String),
 }
@@ -69,9 +82,9 @@ pub enum BootError {
 /// memfd offset follows the previous one.
 pub fn memory_regions(size: u64) -> Vec<MemoryRegion> {
     let low = size.min(LOW_RAM_END);
-    let mut regions = vec![MemoryRegion { guest_addr: 0, size: low, offset: 0 }];
+    let mut regions = vec![MemoryRegion { guest_addr: 0, size: low, offset: 0, read_only: false }];
     if size > low {
-        regions.push(MemoryRegion { guest_addr: HIGH_RAM_START, size: size - low, offset: low });
+        regions.push(MemoryRegion { guest_addr: HIGH_RAM_START, size: size - low, offset: low, read_only: false });
     }
     regions
 }
@@ -90,6 +103,50 @@ fn e820(regions: &[MemoryRegion]) -> Vec<(u64, u64, u32)> {
 
 fn mem_err(e: impl std::fmt::Debug) -> BootError {
     BootError::Memory(format!("{e:?}"))
+}
+
+/// What goes into guest memory before the vCPUs start.
+pub enum Image<'a> {
+    Kernel(&'a BootConfig),
+    Rom(Rom),
+}
+
+/// A boot ROM, read and checked.
+pub struct Rom {
+    pub bytes: Vec<u8>,
+}
+
+impl Rom {
+    pub fn read(path: &Path) -> Result<Rom, BootError> {
+        let shown = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|err| BootError::Open { what: "-l bootrom", path: shown.clone(), err })?;
+        let size = bytes.len() as u64;
+        if size == 0 || !size.is_multiple_of(ROM_BLOCK) || size > ROM_MAX {
+            return Err(BootError::RomSize { path: shown, size });
+        }
+        Ok(Rom { bytes })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Its region: just below 4 GiB, backed by the RAM memfd past `ram`
+    /// bytes, read-only.
+    pub fn region(&self, ram: u64) -> MemoryRegion {
+        MemoryRegion { guest_addr: (1 << 32) - self.size(), size: self.size(), offset: ram, read_only: true }
+    }
+
+    /// Puts the ROM into its region and its top 256 KiB below 1 MiB in RAM;
+    /// the vCPUs start in the reset state, at its reset vector.
+    pub fn load(&self, mem: &GuestMemoryMmap) -> Result<BootState, BootError> {
+        mem.write_slice(&self.bytes, GuestAddress((1 << 32) - self.size())).map_err(mem_err)?;
+        let shadow = self.size().min(BIOS_SHADOW) as usize;
+        let top = &self.bytes[self.bytes.len() - shadow..];
+        mem.write_slice(top, GuestAddress(HIMEM_START - shadow as u64)).map_err(mem_err)?;
+        Ok(BootState { mode: EntryMode::Reset, entry: 0, rsp: 0, rsi: 0, rbx: 0 })
+    }
 }
 
 /// Loads the guest described by `cfg` into `mem`.
@@ -244,10 +301,16 @@ mod tests {
 
     #[test]
     fn memory_regions_split_around_the_pci_hole() {
-        assert_eq!(memory_regions(64 << 20), vec![MemoryRegion { guest_addr: 0, size: 64 << 20, offset: 0 }]);
+        assert_eq!(
+            memory_regions(64 << 20),
+            vec![MemoryRegion { guest_addr: 0, size: 64 << 20, offset: 0, read_only: false }]
+        );
         let r = memory_regions(4 << 30);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[1], MemoryRegion { guest_addr: 1 << 32, size: (4 << 30) - LOW_RAM_END, offset: LOW_RAM_END });
+        assert_eq!(
+            r[1],
+            MemoryRegion { guest_addr: 1 << 32, size: (4 << 30) - LOW_RAM_END, offset: LOW_RAM_END, read_only: false }
+        );
     }
 
     #[test]

@@ -137,6 +137,18 @@ fn parse_cpus(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
 fn parse_lpc(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
     let (dev, conf) = arg.split_once(',').unwrap_or((arg, ""));
     let dev = dev.to_ascii_lowercase();
+    if dev == "bootrom" {
+        // bhyve: -l bootrom,ROMFILE[,VARFILE].
+        let (rom, vars) = conf.split_once(',').unwrap_or((conf, ""));
+        if rom.is_empty() {
+            return err("-l bootrom: give the firmware image: -l bootrom,/usr/share/seabios/bios-256k.bin");
+        }
+        tree.set("lpc.bootrom", rom);
+        if !vars.is_empty() {
+            tree.set("lpc.bootvars", vars);
+        }
+        return Ok(());
+    }
     if !COM_PORTS.iter().any(|(c, _, _)| *c == dev) {
         return err(format!("-l {arg}: unknown LPC device '{dev}' (see -l help)"));
     }
@@ -232,6 +244,7 @@ pub fn lpc_help() -> String {
     for (name, base, irq) in COM_PORTS {
         s += &format!("  {name:<6} 16550A UART at I/O {base:#x}, IRQ {irq}\n");
     }
+    s += "  bootrom firmware image (SeaBIOS): -l bootrom,ROMFILE; the vCPUs start at its reset vector\n";
     s
 }
 

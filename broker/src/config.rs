@@ -179,6 +179,15 @@ impl ServedConfig {
     }
 }
 
+/// What the vCPUs run first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Boot {
+    /// A kernel loaded by capvm (`-o boot.kernel`).
+    Kernel(BootConfig),
+    /// Firmware from its reset vector (`-l bootrom,ROMFILE`).
+    Firmware { rom: PathBuf },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootConfig {
     pub kernel: PathBuf,
@@ -217,7 +226,7 @@ pub struct VmConfig {
     /// The functions with servers of their own, in slot order (their start order).
     pub served: Vec<ServedConfig>,
     pub coms: Vec<ComPort>,
-    pub boot: BootConfig,
+    pub boot: Boot,
     pub sandbox: SandboxSettings,
 }
 
@@ -315,24 +324,44 @@ impl VmConfig {
             };
             coms.push(ComPort { name: com, port_base: base, irq, backend });
         }
-        if let Some(k) = tree
-            .vars
-            .keys()
-            .find(|k| k.starts_with("lpc.") && !COM_PORTS.iter().any(|(c, _, _)| k.as_str() == format!("lpc.{c}.path")))
-        {
+        if let Some(k) = tree.vars.keys().find(|k| {
+            k.starts_with("lpc.")
+                && !matches!(k.as_str(), "lpc.bootrom" | "lpc.bootvars")
+                && !COM_PORTS.iter().any(|(c, _, _)| k.as_str() == format!("lpc.{c}.path"))
+        }) {
             return err(format!("unknown LPC device variable '{k}' (see -l help)"));
         }
         if coms.iter().filter(|c| c.backend == ComBackend::Stdio).count() > 1 {
             return err("only one COM port can use stdio");
         }
 
-        let kernel = tree.get("boot.kernel").filter(|k| !k.is_empty()).ok_or_else(|| {
-            ConfigError("nothing to boot: give -o boot.kernel=PATH (a bzImage or an ELF kernel)".into())
-        })?;
-        let boot = BootConfig {
-            kernel: PathBuf::from(kernel),
-            initrd: tree.get("boot.initrd").filter(|s| !s.is_empty()).map(PathBuf::from),
-            cmdline: tree.get("boot.cmdline").unwrap_or("").to_string(),
+        let kernel = tree.get("boot.kernel").filter(|k| !k.is_empty());
+        let boot = match (kernel, tree.get("lpc.bootrom")) {
+            (Some(_), Some(_)) => {
+                return err("-o boot.kernel and -l bootrom both say what to boot: give one of them");
+            }
+            (None, Some(rom)) => {
+                if !has_lpc {
+                    return err("-l bootrom needs an LPC bridge: add -s 31,lpc");
+                }
+                if tree.get("lpc.bootvars").is_some() {
+                    return err("-l bootrom,ROM,VARFILE: a variable store (for OVMF) is not supported yet");
+                }
+                if ["boot.initrd", "boot.cmdline"].iter().any(|k| tree.get(k).is_some()) {
+                    return err("boot.initrd and boot.cmdline go with boot.kernel; firmware finds its own");
+                }
+                Boot::Firmware { rom: PathBuf::from(rom) }
+            }
+            (Some(kernel), None) => Boot::Kernel(BootConfig {
+                kernel: PathBuf::from(kernel),
+                initrd: tree.get("boot.initrd").filter(|s| !s.is_empty()).map(PathBuf::from),
+                cmdline: tree.get("boot.cmdline").unwrap_or("").to_string(),
+            }),
+            (None, None) => {
+                return err(
+                    "nothing to boot: give -o boot.kernel=PATH (a bzImage or an ELF kernel) or -l bootrom,FIRMWARE",
+                )
+            }
         };
 
         let log_only = match tree.get("sandbox.violations").unwrap_or("kill") {

@@ -16,7 +16,7 @@ use nix::sys::signal::SigmaskHow;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::boot;
-use crate::config::{ComPort, VmConfig};
+use crate::config::{Boot, ComPort, VmConfig};
 use crate::console::{ComHost, RawTerminal};
 use crate::devices::Kind;
 use crate::served::ServedHost;
@@ -94,14 +94,28 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
 
     let control = crate::control::ControlSocket::bind(&cfg.name)?;
 
-    // Guest RAM: a sealed memfd; the broker maps it only to load the kernel.
+    // Guest RAM: a sealed memfd; the broker maps it only to load the kernel
+    // or the boot ROM (which lives in the same memfd, past the RAM).
+    let image = match &cfg.boot {
+        Boot::Kernel(k) => boot::Image::Kernel(k),
+        Boot::Firmware { rom } => boot::Image::Rom(boot::Rom::read(rom)?),
+    };
+    let rom = match &image {
+        boot::Image::Rom(rom) => Some(rom),
+        boot::Image::Kernel(_) => None,
+    };
+    let memfd_size = cfg.memory + rom.map_or(0, boot::Rom::size);
     let ram =
-        shm::sealed_memfd("capvm-guest-ram", cfg.memory).map_err(|source| VmError::Ram { size: cfg.memory, source })?;
-    let regions = boot::memory_regions(cfg.memory);
+        shm::sealed_memfd("capvm-guest-ram", memfd_size).map_err(|source| VmError::Ram { size: cfg.memory, source })?;
+    let mut regions = boot::memory_regions(cfg.memory);
+    regions.extend(rom.map(|r| r.region(cfg.memory)));
     let boot_state = {
         let file = File::from(ram.try_clone().map_err(|source| VmError::Os { what: "dup the RAM fd", source })?);
         let mem = shm::map_guest_ram(file, &regions)?;
-        boot::load(&mem, &regions, &cfg.boot, cfg.cpus)?
+        match &image {
+            boot::Image::Kernel(k) => boot::load(&mem, &regions, k, cfg.cpus)?,
+            boot::Image::Rom(rom) => rom.load(&mem)?,
+        }
     };
 
     let coms: Vec<(ComPort, ComHost, DeviceWires)> = cfg
@@ -187,7 +201,8 @@ fn start_children(
         let stats = stats_page()?;
         let start = ToChild::StartDevice(DeviceConfig {
             name: dev.name.clone(),
-            memory: regions.clone(),
+            // RAM only: a device cannot DMA into the boot ROM.
+            memory: regions.iter().filter(|r| !r.read_only).copied().collect(),
             function: dev.function.clone(),
             backend: dev.backend.clone(),
             sandbox: sandbox_config(cfg, dev.emulation),

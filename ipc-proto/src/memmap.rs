@@ -8,8 +8,11 @@
 
 /// RAM below 4 GiB ends here; the rest of RAM starts at 4 GiB.
 pub const LOW_RAM_END: u64 = 0xc000_0000;
-/// The 32-bit window for memory BARs.
+/// The 32-bit window for memory BARs (the broker places them here).
 pub const PCI_MMIO32: (u64, u64) = (0xc000_0000, 0xe000_0000);
+/// The rest of the 32-bit hole, above ECAM and below the IOAPIC: firmware
+/// places BARs itself, and SeaBIOS allocates downwards from 0xfec00000.
+pub const PCI_MMIO32_HIGH: (u64, u64) = (ECAM_BASE + ECAM_SIZE, IOAPIC_ADDR);
 /// PCI Express enhanced configuration (ECAM) for bus 0 only: 1 MiB.
 pub const ECAM_BASE: u64 = 0xe000_0000;
 pub const ECAM_SIZE: u64 = 1 << 20;
@@ -78,6 +81,7 @@ pub fn bar_fits(addr: u64, size: u64, ram: &[(u64, u64)]) -> bool {
     let Some(end) = addr.checked_add(size) else { return false };
     let overlaps = |(a, len): (u64, u64)| addr < a + len && a < end;
     let in_window = (addr >= PCI_MMIO32.0 && end <= PCI_MMIO32.1)
+        || (addr >= PCI_MMIO32_HIGH.0 && end <= PCI_MMIO32_HIGH.1)
         || (addr >= pci_mmio64_start(ram.iter().map(|(a, l)| a + l).max().unwrap_or(0)) && end <= PCI_MMIO64_END);
     in_window
         && size > 0
@@ -98,6 +102,9 @@ mod tests {
         assert!(!bar_fits(0, 0x4000, &ram));
         assert!(!bar_fits(0xdfff_f000, 0x4000, &ram), "crosses into ECAM");
         assert!(!bar_fits(0xfee0_0000, 0x1000, &ram));
+        assert!(bar_fits(0xfebf_e000, 0x2000, &ram), "where SeaBIOS puts a BAR");
+        assert!(!bar_fits(0xfebf_e000, 0x4000, &ram), "crosses into the IOAPIC");
+        assert!(!bar_fits(0xe000_0000, 0x1000, &ram), "ECAM");
         assert!(!bar_fits(u64::MAX - 10, 0x4000, &ram));
         let big = [(0, LOW_RAM_END), (1 << 32, 2 << 30)];
         assert!(!bar_fits(1 << 32, 0x4000, &big), "RAM above 4 GiB");

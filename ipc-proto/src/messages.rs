@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 6;
+pub const PROTO_VERSION: u32 = 7;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -151,6 +151,9 @@ pub struct MemoryRegion {
     pub guest_addr: u64,
     pub size: u64,
     pub offset: u64,
+    /// A boot ROM: the guest reads it, its writes exit as MMIO and are
+    /// dropped. Only the runner maps it; device servers cannot DMA to it.
+    pub read_only: bool,
 }
 
 /// How exits reach one device server (its fds: [`crate::RouteFds`]).
@@ -315,6 +318,9 @@ pub enum EntryMode {
     Pvh32,
     /// 64-bit long mode with identity-mapped page tables, RSI = boot_params.
     Long64,
+    /// The architectural reset state: real mode at 0xFFFFFFF0, where the
+    /// boot ROM (a read-only memory region) has its reset vector.
+    Reset,
 }
 
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -345,7 +351,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (6, 0xc2da_6073_9a89_b2e6);
+    const WIRE_FINGERPRINT: (u32, u64) = (7, 0xd9a4_b66b_81ab_db95);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -365,7 +371,7 @@ mod tests {
 
     /// One of every message, every field set to something of its own.
     fn samples() -> (Vec<ToChild>, Vec<ToBroker>) {
-        let memory = vec![MemoryRegion { guest_addr: 0x10_0000, size: 0x200_0000, offset: 7 }];
+        let memory = vec![MemoryRegion { guest_addr: 0x10_0000, size: 0x200_0000, offset: 7, read_only: false }];
         let routes = vec![
             DeviceRoute {
                 name: "com1".into(),

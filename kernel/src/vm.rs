@@ -5,7 +5,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config, kvm_userspace_memory_region,
     CpuId, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 pub use kvm_ioctls::IoEventAddress;
 use kvm_ioctls::{Kvm, NoDatamatch, VmFd};
@@ -69,10 +69,18 @@ impl Vm {
     /// # Safety
     /// The host range must stay mapped, readable and writable for the life of
     /// the VM: the guest writes into it behind Rust's back.
-    pub unsafe fn map_memory(&self, slot: u32, guest_addr: u64, size: u64, host_addr: u64) -> Result<()> {
+    pub unsafe fn map_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: u64,
+        read_only: bool,
+    ) -> Result<()> {
         let region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            // A ROM: guest writes exit as MMIO (KVM_CAP_READONLY_MEM).
+            flags: if read_only { KVM_MEM_READONLY } else { 0 },
             guest_phys_addr: guest_addr,
             memory_size: size,
             userspace_addr: host_addr,

@@ -20,7 +20,7 @@ impl GuestRam {
     pub fn map(vm: &Vm, ram: OwnedFd, regions: &[MemoryRegion], wire: bool) -> Result<GuestRam, RunnerError> {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ram);
         let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), regions)?;
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, (region, spec)) in mem.iter().zip(regions).enumerate() {
             let host =
                 region.get_host_address(MemoryRegionAddress(0)).map_err(|e| RunnerError::Memory(e.to_string()))?;
             if wire {
@@ -34,7 +34,7 @@ impl GuestRam {
             }
             // SAFETY: `mem` owns the mapping and lives as long as the VM
             // (GuestRam is kept until the process exits).
-            unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), host as u64)? };
+            unsafe { vm.map_memory(slot as u32, region.start_addr().0, region.len(), host as u64, spec.read_only)? };
         }
         Ok(GuestRam { mem, fd })
     }

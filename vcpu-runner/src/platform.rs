@@ -58,6 +58,14 @@ impl Default for Platform {
     }
 }
 
+impl Platform {
+    /// The platform of a VM with this RAM (low RAM ends at `low_ram_end`,
+    /// `high_ram` bytes above 4 GiB) and `cpus` vCPUs, which the CMOS says.
+    pub fn new(low_ram_end: u64, high_ram: u64, cpus: u32) -> Platform {
+        Platform { rtc: Mutex::new(Rtc::with_memory(low_ram_end, high_ram, cpus)), ..Platform::default() }
+    }
+}
+
 /// The host's wall clock in seconds (0 if it is before 1970).
 fn host_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)

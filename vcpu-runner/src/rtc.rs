@@ -54,6 +54,29 @@ impl Default for Rtc {
 }
 
 impl Rtc {
+    /// An RTC whose CMOS RAM also says, as a PC BIOS's setup would, how
+    /// much memory there is and how many CPUs: firmware without fw_cfg
+    /// sizes RAM from it (SeaBIOS reads 0x30/0x31, 0x34/0x35, 0x5b-0x5d
+    /// and 0x5f).
+    pub fn with_memory(low_ram_end: u64, high_ram: u64, cpus: u32) -> Rtc {
+        let mut rtc = Rtc::default();
+        let mut put16 = |at: usize, v: u64| {
+            let v = v.min(0xffff) as u16;
+            rtc.ram[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        };
+        // Base memory in KiB; extended memory (above 1 MiB) in KiB, twice;
+        // memory above 16 MiB in 64 KiB blocks.
+        put16(0x15, 640);
+        put16(0x17, low_ram_end.saturating_sub(1 << 20) >> 10);
+        put16(0x30, low_ram_end.saturating_sub(1 << 20) >> 10);
+        put16(0x34, low_ram_end.saturating_sub(16 << 20) >> 16);
+        // Memory above 4 GiB in 64 KiB blocks, 24 bits.
+        let high = (high_ram >> 16).min(0xff_ffff) as u32;
+        rtc.ram[0x5b..0x5e].copy_from_slice(&high.to_le_bytes()[..3]);
+        rtc.ram[0x5f] = cpus.saturating_sub(1).min(255) as u8;
+        rtc
+    }
+
     /// Port 0x70: selects a register; bit 7 (NMI disable) is dropped.
     pub fn select(&mut self, index: u8) {
         self.index = index & 0x7f;

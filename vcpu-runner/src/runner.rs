@@ -159,17 +159,28 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     }
     let b = &cfg.boot;
     let mode = match b.mode {
-        capvm_ipc::EntryMode::Pvh32 => EntryMode::Pvh32,
-        capvm_ipc::EntryMode::Long64 => EntryMode::Long64,
+        capvm_ipc::EntryMode::Pvh32 => Some(EntryMode::Pvh32),
+        capvm_ipc::EntryMode::Long64 => Some(EntryMode::Long64),
+        // KVM creates vCPUs in the reset state: the BSP runs the ROM's
+        // reset vector, the APs wait for INIT and SIPI.
+        capvm_ipc::EntryMode::Reset => None,
     };
-    vcpus[0].set_boot_state(&BootRegs { mode, entry: b.entry, rsp: b.rsp, rsi: b.rsi, rbx: b.rbx })?;
+    if let Some(mode) = mode {
+        vcpus[0].set_boot_state(&BootRegs { mode, entry: b.entry, rsp: b.rsp, rsi: b.rsi, rbx: b.rbx })?;
+    }
 
+    // Where low RAM ends, and how much there is above 4 GiB.
+    let ram_end = |high: bool| {
+        let ends = cfg.memory.iter().filter(|r| !r.read_only && (r.guest_addr >= 1 << 32) == high);
+        ends.map(|r| r.guest_addr + r.size).max().unwrap_or(0)
+    };
+    let platform = Platform::new(ram_end(false), ram_end(true).saturating_sub(1 << 32), cfg.vcpus);
     install_kick_handler();
     let control = channel_dup(channel)?;
     let has_pci = cfg.devices.iter().any(|d| d.pci.is_some());
     enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, has_pci))?;
     let shared = Arc::new(Shared {
-        router: Router { vm, platform: Platform::default(), pci, devices, strict_io: cfg.strict_io, exits },
+        router: Router { vm, platform, pci, devices, strict_io: cfg.strict_io, exits },
         ram,
         channel: Channel::from_fd(control),
         status: (0..cfg.vcpus).map(|_| VcpuStatus::default()).collect(),

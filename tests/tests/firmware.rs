@@ -1,0 +1,85 @@
+//! Firmware boot (`-l bootrom`): Debian's SeaBIOS starts at the reset
+//! vector from a read-only ROM below 4 GiB, sizes RAM from the CMOS, places
+//! the PCI BARs itself and drives capvm's AHCI CD through ATAPI, looking
+//! for something to boot.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use capvm_tests::*;
+
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+fn firmware_args(rom: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["-c", "1", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio", "-l"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.push(format!("bootrom,{rom}"));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(unique_vm_name());
+    args
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn seabios_runs_from_the_reset_vector_and_reads_the_ahci_cd() {
+    require_kvm();
+    assert!(Path::new(SEABIOS).exists(), "{SEABIOS} missing (scripts/setup installs seabios)");
+    let cd = iso_image("firmware", "hello.txt", "not bootable\n");
+    let args = firmware_args(SEABIOS, &["-s", &format!("4,ahci-cd,{}", cd.display())]);
+    let name = args.last().unwrap().clone();
+    let child = spawn(&args);
+    // SeaBIOS finds the controller at the BAR it chose, IDENTIFY PACKETs
+    // the CD, then reads its boot record (TEST UNIT READY, READ(10)):
+    // packet commands reach the server.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let server = "ahci-cd (0:4.0)";
+    let mut stats = Vec::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        stats = get_stats(&name);
+        if stats.iter().any(|(k, v)| *k == format!("{server}: packet_commands") && *v >= 2) {
+            break;
+        }
+    }
+    destroy(&name);
+    let r = finish(child, Duration::from_secs(20));
+    assert!(stat(&stats, &format!("{server}: packet_commands")) >= 2, "SeaBIOS read no CD: {stats:?} {r:?}");
+    assert!(stat(&stats, &format!("{server}: bytes_read")) >= 2048, "{stats:?}");
+    assert_eq!(stat(&stats, &format!("{server}: command_errors")), 0, "{stats:?}");
+    // The BAR SeaBIOS placed (just below the IOAPIC) was accepted.
+    assert_eq!(stat(&stats, "vcpu-runner: bar_moves_rejected"), 0, "{stats:?}");
+    assert!(r.stderr.lines().all(|l| l == "capvm: destroyed by capvmctl"), "{r:?}");
+    std::fs::remove_file(cd).unwrap();
+}
+
+/// What cannot be a boot ROM, and a ROM with a kernel, are one line each,
+/// status 4, before any child starts.
+#[test]
+fn bad_boot_roms_are_one_line_errors() {
+    let dir = std::env::temp_dir();
+    let odd = dir.join(format!("capvm-rom-odd-{}.bin", std::process::id()));
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    let huge = dir.join(format!("capvm-rom-huge-{}.bin", std::process::id()));
+    std::fs::File::create(&huge).unwrap().set_len(32 << 20).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (firmware_args("/nonexistent/bios.bin", &[]), "cannot open -l bootrom /nonexistent/bios.bin"),
+        (firmware_args(odd.to_str().unwrap(), &[]), "whole 64 KiB blocks, at most 16 MiB"),
+        (firmware_args(huge.to_str().unwrap(), &[]), "whole 64 KiB blocks, at most 16 MiB"),
+        (firmware_args(&format!("{SEABIOS},vars.fd"), &[]), "a variable store (for OVMF) is not supported yet"),
+        (
+            firmware_args(SEABIOS, &["-o", &format!("boot.kernel={}", guest().display())]),
+            "-o boot.kernel and -l bootrom both say what to boot",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = run(&args);
+        assert_eq!(r.code(), 4, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {r:?}");
+    }
+    std::fs::remove_file(odd).unwrap();
+    std::fs::remove_file(huge).unwrap();
+}
