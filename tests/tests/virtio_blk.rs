@@ -158,3 +158,53 @@ fn bad_disk_options_are_one_clear_line_and_status_4() {
         assert!(r.stderr.contains(want), "{slot}: {r:?}");
     }
 }
+
+/// Image locks: a VM holding an image read-write keeps every other VM
+/// from opening it (one line naming the VM, status 4), readers share it,
+/// and `nolock` opts out. AHCI disks take the same locks.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn an_image_open_read_write_in_one_vm_is_refused_to_another() {
+    require_kvm();
+    let img = image("lock", 1 << 20);
+    let disk = img.to_str().unwrap();
+    let holder_args = with_disk("idle", disk);
+    let holder = holder_args.last().unwrap().clone();
+    let mut vm1 = spawn(&holder_args);
+    let mut seen = Vec::new();
+    read_until(vm1.stdout.as_mut().unwrap(), &mut seen, "idling", Instant::now() + Duration::from_secs(20));
+    for (slot, what) in [
+        (format!("3,virtio-blk,{disk}"), "read-write"),
+        (format!("3,virtio-blk,{disk},ro"), "read-only"),
+        (format!("3,ahci-hd,{disk}"), "AHCI"),
+    ] {
+        let r = run(&guest_args("hello", &["-s", &slot]));
+        assert_eq!(r.code(), 4, "{what}: {r:?}");
+        assert!(
+            r.stderr.contains(&format!("{disk} is in use by VM {holder} (capvm pid {})", vm1.id())),
+            "{what}: {r:?}"
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    }
+    let r = run(&with_disk("hello", &format!("{disk},nolock")));
+    assert_eq!(r.code(), 2, "nolock: {r:?}");
+    destroy(&holder);
+    finish(vm1, Duration::from_secs(20));
+
+    // Readers share: one idles with it read-only, another reads it too.
+    let reader_args = with_disk("idle", &format!("{disk},ro"));
+    let reader = reader_args.last().unwrap().clone();
+    let mut vm2 = spawn(&reader_args);
+    let mut seen = Vec::new();
+    read_until(vm2.stdout.as_mut().unwrap(), &mut seen, "idling", Instant::now() + Duration::from_secs(20));
+    let r = run(&with_disk("hello", &format!("{disk},ro")));
+    assert_eq!(r.code(), 2, "a second reader: {r:?}");
+    let r = run(&with_disk("hello", disk));
+    assert_eq!(r.code(), 4, "a writer beside a reader: {r:?}");
+    destroy(&reader);
+    finish(vm2, Duration::from_secs(20));
+    // And once every VM is gone, the image is free again.
+    let r = run(&with_disk("hello", disk));
+    assert_eq!(r.code(), 2, "{r:?}");
+    std::fs::remove_file(img).unwrap();
+}

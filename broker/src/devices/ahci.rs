@@ -29,6 +29,7 @@ pub const PORT_OPTIONS: &[&str] = &[
     "rev",
     "nmrr",
     "bootindex",
+    "nolock",
 ];
 
 pub const SERVED: Served = Served {

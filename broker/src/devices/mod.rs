@@ -18,6 +18,7 @@ use crate::served::Allocator;
 use crate::vm::VmError;
 
 pub mod ahci;
+mod image_lock;
 pub mod virtio_blk;
 pub mod virtio_net;
 
@@ -75,6 +76,8 @@ pub enum DeviceError {
     NotADisk(String),
     #[error("{0} holds less than one sector")]
     TooSmall(String),
+    #[error("{path} is in use by {holder} (add nolock to share it anyway)")]
+    Locked { path: String, holder: String },
     #[error("tap {name}: {source}")]
     Tap { name: String, source: virtio_net::TapError },
 }
@@ -120,7 +123,7 @@ pub const EMULATIONS: &[Emulation] = &[
     Emulation {
         name: "virtio-blk",
         help:
-            "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID]",
+            "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID][,nolock]",
         options: virtio_blk::OPTIONS,
         conf: Conf::Flat { first: "path" },
         kind: Kind::Served(Served {
@@ -149,7 +152,7 @@ pub const EMULATIONS: &[Emulation] = &[
     },
     Emulation {
         name: "ahci-hd",
-        help: "AHCI disk (a controller with one port): PATH[,ro][,nocache][,sync][,sectorsize=L[/P]][,nodelete][,ser=ID][,model=M][,rev=R][,nmrr=N][,bootindex=N]",
+        help: "AHCI disk (a controller with one port): PATH[,ro][,nocache][,sync][,sectorsize=L[/P]][,nodelete][,ser=ID][,model=M][,rev=R][,nmrr=N][,bootindex=N][,nolock]",
         options: &[],
         conf: Conf::Ports { port_options: ahci::PORT_OPTIONS, fixed: Some("hd") },
         kind: Kind::Served(ahci::SERVED),

@@ -14,7 +14,7 @@ use super::{DeviceError, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
 
 /// bhyve's block-device options.
-pub const OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser"];
+pub const OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser", "nolock"];
 
 /// A disk, as its slot's options configure it.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,8 @@ pub struct DiskConfig {
     pub no_delete: bool,
     /// GET_ID's answer; default derived from the slot.
     pub serial: String,
+    /// `nolock`: take no image lock (shared storage that locks elsewhere).
+    pub no_lock: bool,
 }
 
 pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
@@ -69,6 +71,7 @@ impl DiskConfig {
             physical_sector_size,
             no_delete: o.flag("nodelete")?,
             serial: o.get("ser").map_or(serial, str::to_string),
+            no_lock: o.flag("nolock")?,
         })
     }
 
@@ -88,6 +91,10 @@ impl DiskConfig {
             .custom_flags(flags)
             .open(&self.path)
             .map_err(|source| DeviceError::Open { path: path(), source })?;
+        if !self.no_lock {
+            super::image_lock::lock(&file, self.read_only)
+                .map_err(|holder| DeviceError::Locked { path: path(), holder })?;
+        }
         let meta = file.metadata().map_err(|source| DeviceError::Inspect { path: path(), source })?;
         let (size, can_discard) = if meta.file_type().is_block_device() {
             let size = file.seek(SeekFrom::End(0)).map_err(|source| DeviceError::Inspect { path: path(), source })?;
