@@ -375,14 +375,17 @@ impl VmConfig {
                 let roles = devices::hostile_roles();
                 let parsed = t.split_once(':').and_then(|(role, op)| {
                     let role = *roles.iter().find(|r| **r == role)?;
-                    let known = capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP;
+                    let known = capvm_policy::hostile::OPS.contains(&op)
+                        || op == capvm_policy::hostile::IOCTL_OP
+                        || capvm_policy::hostile::LIES.contains(&op);
                     known.then(|| TestViolation { role, op: op.to_string() })
                 });
                 let Some(parsed) = parsed else {
                     return err(format!(
-                        "sandbox.test_violation={t}: use ROLE:OP with ROLE one of {} and OP one of {}, ioctl",
+                        "sandbox.test_violation={t}: use ROLE:OP with ROLE one of {} and OP one of {}, ioctl, {}",
                         roles.join(", "),
-                        capvm_policy::hostile::OPS.join(", ")
+                        capvm_policy::hostile::OPS.join(", "),
+                        capvm_policy::hostile::LIES.join(", ")
                     ));
                 };
                 Some(parsed)

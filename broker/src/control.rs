@@ -161,6 +161,8 @@ struct AuditEntry<'a> {
     fds: Vec<FdEntry<'a>>,
     open_fds: Vec<i32>,
     violations: &'a [crate::audit::AuditRecord],
+    /// Records beyond the audit log's limit per child, counted only.
+    violations_dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -186,6 +188,7 @@ fn audit_json(children: &[Child]) -> String {
         fds: Vec::new(),
         open_fds: b.open_fds,
         violations: &[],
+        violations_dropped: 0,
     }];
     for c in children.iter().filter(|c| c.alive) {
         let pid = c.pid.as_raw() as u32;
@@ -210,6 +213,7 @@ fn audit_json(children: &[Child]) -> String {
                 .unwrap_or_default(),
             open_fds: o.open_fds,
             violations: &c.violations,
+            violations_dropped: c.violations_dropped,
         });
     }
     match serde_json::to_string(&entries) {
@@ -248,7 +252,11 @@ fn audit_text(children: &[Child]) -> String {
             }
             None => out += "  sandbox: not yet entered\n",
         }
-        out += &format!("  violations: {}\n", c.violations.len());
+        out += &format!("  violations: {}", c.violations.len());
+        if c.violations_dropped > 0 {
+            out += &format!(" (and {} more, not logged)", c.violations_dropped);
+        }
+        out += "\n";
         for v in &c.violations {
             out += &format!("    {}\n", v.to_json());
         }

@@ -47,6 +47,18 @@ pub struct Child {
     pub violations: Vec<crate::audit::AuditRecord>,
     /// Its stats page (capvmctl --get-stats), if it keeps one.
     pub stats: Option<OwnedFd>,
+    /// It said Ready: no sandbox report is believed after that.
+    pub ready: bool,
+    /// Violation records it sent beyond what the audit log keeps of one
+    /// child (`supervisor::MAX_VIOLATION_RECORDS`).
+    pub violations_dropped: u64,
+}
+
+impl Child {
+    /// Only the vCPU runner sees the guest reset, power off or fault.
+    pub fn may_send_events(&self) -> bool {
+        self.role == "vcpu-runner"
+    }
 }
 
 /// Where the child binaries live: `$CAPVM_LIBEXEC_DIR`, else beside `capvm`.
@@ -122,6 +134,8 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
         sandbox: None,
         violations: Vec::new(),
         stats: None,
+        ready: false,
+        violations_dropped: 0,
     })
 }
 

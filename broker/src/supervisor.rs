@@ -13,6 +13,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use crate::spawn::Child;
 
 /// bhyve's exit statuses.
+/// The audit log keeps at most this many violation records of one child
+/// (a child that floods its channel cannot fill the host's disk).
+pub const MAX_VIOLATION_RECORDS: usize = 64;
+
 pub const EXIT_REBOOT: i32 = 0;
 pub const EXIT_POWEROFF: i32 = 1;
 pub const EXIT_HALT: i32 = 2;
@@ -137,10 +141,32 @@ impl Supervisor {
         None
     }
 
+    /// What a child says is checked against what its role may say: a
+    /// device server that sends a lifecycle event, a second sandbox report
+    /// or one after Ready is lying (compromised), and the VM stops. Its
+    /// violation records go to the audit log up to a limit per child; the
+    /// rest are counted, so a flood cannot fill the host's disk.
     fn handle_message(&mut self, i: usize, msg: ToBroker) -> Option<i32> {
         let child = &mut self.children[i];
+        let lie = |what: &str| {
+            eprintln!("capvm: {} (pid {}) {what}; stopping the VM", child.role, child.pid);
+            Some(EXIT_ERROR)
+        };
         match msg {
-            ToBroker::Ready { version } if version == PROTO_VERSION => None,
+            ToBroker::Event(_) if !child.may_send_events() => {
+                return lie("sent a lifecycle event, which only the vCPU runner may send")
+            }
+            ToBroker::Sandboxed(_) if child.sandbox.is_some() || child.ready => {
+                return lie("sent a second sandbox report")
+            }
+            ToBroker::Ready { .. } if child.ready => return lie("said it was ready twice"),
+            _ => {}
+        }
+        match msg {
+            ToBroker::Ready { version } if version == PROTO_VERSION => {
+                child.ready = true;
+                None
+            }
             ToBroker::Ready { version } => {
                 eprintln!(
                     "capvm: {} (pid {}) speaks protocol {version}, the broker {PROTO_VERSION}: mixed capvm builds",
@@ -155,6 +181,17 @@ impl Supervisor {
             ToBroker::Event(event) => Some(event_status(&event)),
             ToBroker::Sandboxed(report) => {
                 child.sandbox = Some(report);
+                None
+            }
+            ToBroker::Violation(v) if child.violations.len() >= MAX_VIOLATION_RECORDS && !v.killed => {
+                if child.violations_dropped == 0 {
+                    eprintln!(
+                        "capvm: {} (pid {}) sent more than {MAX_VIOLATION_RECORDS} violation records; \
+                         the rest are counted, not logged",
+                        child.role, child.pid
+                    );
+                }
+                child.violations_dropped += 1;
                 None
             }
             ToBroker::Violation(v) => {

@@ -6,6 +6,42 @@
 pub const OPS: [&str; 8] = ["open", "socket", "connect", "execve", "ptrace", "kill", "mmap-exec", "pwrite"];
 /// Plus "ioctl", which needs an fd with or without CAP_IOCTL: see `attempt`.
 pub const IOCTL_OP: &str = "ioctl";
+/// Lies a compromised child could tell the broker on its control channel,
+/// which the broker must not believe: a lifecycle event from a device
+/// server (a forged "reboot"), a second sandbox report, a flood of
+/// violation records meant to fill the host's disk with the audit log.
+pub const LIES: [&str; 3] = ["forge-event", "resend-report", "flood-violations"];
+/// How many violation records "flood-violations" sends.
+pub const FLOOD: usize = 1000;
+
+/// Tells the broker lie `op` on the control channel (fd 3).
+fn lie(op: &str) {
+    use capvm_ipc::{SandboxReport, ToBroker, ViolationRecord, VmEvent};
+    // SAFETY: fd 3 is the child's control socket for its whole life; the
+    // ManuallyDrop keeps this second handle from closing it.
+    let channel = std::mem::ManuallyDrop::new(unsafe { capvm_ipc::Channel::from_raw_fd(capvm_ipc::CHILD_CONTROL_FD) });
+    let report = || SandboxReport {
+        role: "lie".into(),
+        allowed_syscalls: 0,
+        namespaces: Vec::new(),
+        landlock: "none".into(),
+        fds: Vec::new(),
+        enter_us: 0,
+    };
+    match op {
+        "forge-event" => drop(channel.send(&ToBroker::Event(VmEvent::Reboot), &[])),
+        "resend-report" => drop(channel.send(&ToBroker::Sandboxed(report()), &[])),
+        "flood-violations" => {
+            let v = ViolationRecord { nr: libc::SYS_getpid as u64, args: [0; 6], ip: 0, killed: false };
+            for _ in 0..FLOOD {
+                if channel.send(&ToBroker::Violation(v.clone()), &[]).is_err() {
+                    break;
+                }
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Attempts `op`; returns what the syscall returned (in log mode: -1 with
 /// EPERM). `ro_fd` is an fd without CAP_WRITE, `ioctl_fd` one whose allowed
@@ -61,7 +97,9 @@ pub fn attempt(op: &str, ro_fd: i32, ioctl_fd: i32, broker_pid: u32) -> Option<i
 
 /// Runs the hook if the broker sent this child one.
 pub fn run_hook(cfg: &capvm_ipc::SandboxConfig, ro_fd: i32, ioctl_fd: i32) {
-    if let Some(op) = cfg.test_violation.as_deref() {
-        attempt(op, ro_fd, ioctl_fd, cfg.broker_pid);
+    match cfg.test_violation.as_deref() {
+        Some(op) if LIES.contains(&op) => lie(op),
+        Some(op) => drop(attempt(op, ro_fd, ioctl_fd, cfg.broker_pid)),
+        None => {}
     }
 }

@@ -311,3 +311,44 @@ fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
         assert_eq!(r.code(), 1, "{role}: {r:?}");
     }
 }
+
+/// A compromised device server lies to the broker: a forged "reboot"
+/// (which bhyve-style wrappers answer by starting the VM again), a second
+/// sandbox report, a flood of violation records. None is believed: the
+/// first two stop the VM with status 4 naming the liar, the flood is
+/// logged up to the limit and counted beyond it while the VM runs on.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn the_broker_believes_no_lie_a_device_server_tells() {
+    require_kvm();
+    let disk = ro_disk("lies");
+    let blk = format!("4,virtio-blk,{},ro", disk.display());
+    for (role, op, said) in [
+        ("uart", "forge-event", "uart server (com1) (pid"),
+        ("virtio-blk", "forge-event", "virtio-blk (0:4.0) (pid"),
+        ("virtio-blk", "resend-report", "virtio-blk (0:4.0) (pid"),
+    ] {
+        let hook = format!("sandbox.test_violation={role}:{op}");
+        let r = run(&guest_args("idle", &["-o", &hook, "-s", &blk]));
+        assert_eq!(r.code(), 4, "{role}:{op}: {r:?}");
+        assert!(r.stderr.contains(said), "{role}:{op}: {r:?}");
+        let why = if op == "forge-event" {
+            "sent a lifecycle event, which only the vCPU runner may send; stopping the VM"
+        } else {
+            "sent a second sandbox report; stopping the VM"
+        };
+        assert!(r.stderr.contains(why), "{role}:{op}: {r:?}");
+    }
+
+    let log = audit_log("flood");
+    let _ = std::fs::remove_file(&log);
+    let audit = format!("sandbox.audit_log={}", log.display());
+    let r = run(&guest_args("hello", &["-o", "sandbox.test_violation=uart:flood-violations", "-o", &audit]));
+    assert_eq!(r.code(), 2, "the VM should run on: {r:?}");
+    assert!(r.stdout.contains("Hello from a capvm guest"), "{r:?}");
+    assert!(r.stderr.contains("sent more than 64 violation records; the rest are counted, not logged"), "{r:?}");
+    let records = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(records.lines().count(), 64, "{records}");
+    std::fs::remove_file(&log).unwrap();
+    std::fs::remove_file(disk).unwrap();
+}

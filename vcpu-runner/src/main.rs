@@ -11,7 +11,7 @@ mod router;
 mod rtc;
 mod runner;
 
-use capvm_ipc::{ToBroker, ToChild, PROTO_VERSION};
+use capvm_ipc::{ToBroker, ToChild};
 
 fn main() {
     let channel = capvm_ipc::child_channel();
@@ -33,10 +33,7 @@ fn receive_start(
     channel: &capvm_ipc::Channel,
 ) -> Result<(capvm_ipc::RunnerConfig, Vec<std::os::fd::OwnedFd>), runner::RunnerError> {
     match channel.recv()? {
-        (ToChild::StartRunner(cfg), fds) => {
-            channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
-            Ok((cfg, fds))
-        }
+        (ToChild::StartRunner(cfg), fds) => Ok((cfg, fds)),
         (other, _) => Err(runner::RunnerError::Protocol(format!("expected StartRunner, got {other:?}"))),
     }
 }

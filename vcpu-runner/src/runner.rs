@@ -234,6 +234,9 @@ fn enter_sandbox(
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
     capvm_policy::hostile::run_hook(sandbox, kvm_fd, kvm_fd);
+    // As every child: the sandbox report, then Ready (after which the
+    // broker believes no report).
+    channel.send(&ToBroker::Ready { version: capvm_ipc::PROTO_VERSION }, &[])?;
     Ok(())
 }
 
