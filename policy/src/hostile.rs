@@ -34,7 +34,7 @@ fn lie(op: &str) {
         "flood-violations" => {
             let v = ViolationRecord { nr: libc::SYS_getpid as u64, args: [0; 6], ip: 0, killed: false };
             for _ in 0..FLOOD {
-                if channel.send(&ToBroker::Violation(v.clone()), &[]).is_err() {
+                if channel.send(&ToBroker::Violation(v), &[]).is_err() {
                     break;
                 }
             }
