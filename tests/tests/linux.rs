@@ -1,7 +1,7 @@
 //! A real Linux kernel (Debian's linux-source-6.1, built by
 //! tests/linux/build from tests/linux/config.fragment, no patches) boots on
-//! capvm with a virtio-blk ext2 root and virtio-net on a tap with a DHCP
-//! server in a network namespace the test creates. Checked from the kernel
+//! capvm with a virtio-blk ext2 root, virtio-net on a tap with a DHCP
+//! server in a network namespace the test creates, and AHCI disks and CDs. Checked from the kernel
 //! log, the DHCP server's log and the disk image; no guest user space (it
 //! cannot run on this host: docs/linux-guest.md).
 
@@ -22,13 +22,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The cached vmlinux (tests/linux/build prints its path; it builds only
 /// when the fragment changed).
 fn vmlinux() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAPVM_LINUX_VMLINUX") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux/build");
-    let out = Command::new(script).stderr(Stdio::inherit()).output().expect("run tests/linux/build");
-    assert!(out.status.success(), "building the Linux test kernel failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    fixture("CAPVM_LINUX_VMLINUX", "linux/build")
 }
 
 /// An 8 MiB ext2 image with one file, made by mke2fs -d; `tag` keeps the
@@ -93,7 +87,11 @@ fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() 
 
     let cmdline = "console=ttyS0 panic=-1 reboot=acpi root=/dev/vda rw ip=dhcp".to_string();
     let disk = format!("3,virtio-blk,{}", img.display());
-    let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk, "-s", "4,virtio-net,ltap0"]);
+    // And an AHCI controller with a disk and a CD, for Linux's own drivers.
+    let sata = scratch_disk("sata", 16 << 20);
+    let cd = iso_image("linux-msi", "motd", "capvm\n");
+    let ahci = format!("5,ahci,hd:{},cd:{}", sata.display(), cd.display());
+    let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk, "-s", "4,virtio-net,ltap0", "-s", &ahci]);
     let name = args.last().unwrap().clone();
 
     let boot = watch(ns.spawn_capvm(&args), &name);
@@ -123,11 +121,29 @@ fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() 
     // wall clock from (without one Linux waits a second, then says so).
     at(log, "ACPI: PM-Timer IO Port: 0x408");
     assert!(!log.contains("Unable to read current time from RTC"), "{log}");
-    // Interrupts reached the guest through MSI-X, which Linux prefers.
-    for dev in ["virtio-blk (0:3.0)", "virtio-net (0:4.0)"] {
-        assert!(stat(stats, &format!("{dev}: interrupts")) > 0, "{dev} sent no MSI-X message: {stats:?}");
+    // Interrupts reached the guest through MSI-X (MSI for AHCI), which
+    // Linux prefers.
+    for dev in ["virtio-blk (0:3.0)", "virtio-net (0:4.0)", "ahci (0:5.0)"] {
+        assert!(stat(stats, &format!("{dev}: interrupts")) > 0, "{dev} sent no MSI(-X) message: {stats:?}");
         assert_eq!(stat(stats, &format!("{dev}: intx_interrupts")), 0, "{dev} used INTx#: {stats:?}");
     }
+    // Linux's ahci, libata, sd and sr drivers took both drives, without
+    // error handling on the way.
+    at(log, "ahci 0000:00:05.0: AHCI 0001.0301 32 slots 2 ports 6 Gbps 0x3 impl SATA mode");
+    at(log, "ata1: SATA link up 6.0 Gbps");
+    at(log, "ata1.00: ATA-8: CAPVM SATA DISK, 001, max UDMA/133");
+    at(log, "ata1.00: 32768 sectors, multi 0: LBA48 NCQ (depth 32)");
+    at(log, "ata2.00: ATAPI: CAPVM SATA DVD ROM, 001, max UDMA/133");
+    at(log, "sd 0:0:0:0: [sda] 32768 512-byte logical blocks");
+    at(log, "sr 1:0:0:0: [sr0] scsi3-mmc drive: 4x/4x xa/form2 tray");
+    for bad in ["exception Emask", "failed command", "hard resetting link", "I/O error", "device error ignored"] {
+        assert!(!log.contains(bad), "{bad}:\n{log}");
+    }
+    // The sr driver probes MMC commands a CD-ROM may lack: CHECK CONDITION
+    // for those is the answer; nothing else may have failed.
+    let ahci = |k: &str| stat(stats, &format!("ahci (0:5.0): {k}"));
+    assert_eq!(ahci("command_errors"), ahci("errors_check_condition"), "{stats:?}");
+    assert!(ahci("ncq_commands") >= 1 && ahci("packet_commands") >= 1, "{stats:?}");
     // The lease came before the mount, and the DHCP server handed that
     // address to the NIC's MAC.
     let lease = at(log, &format!("IP-Config: Got DHCP answer from {SERVER_IP}, my address is {GUEST_IP}"));
@@ -145,7 +161,16 @@ fn linux_on_two_cpus_mounts_its_virtio_blk_root_gets_a_dhcp_lease_and_reboots() 
 
     record_times(boot.root_mounted.unwrap(), boot.total);
     std::fs::remove_file(img).unwrap();
+    std::fs::remove_file(sata).unwrap();
+    std::fs::remove_file(cd).unwrap();
     let _ = std::fs::remove_file(leases);
+}
+
+/// A zero-filled image of `size` bytes.
+fn scratch_disk(tag: &str, size: u64) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("capvm-linux-{tag}-{}.img", std::process::id()));
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    p
 }
 
 /// Boot times for the benchmark report (bench/): target/bench/linux-boot.txt.
@@ -171,7 +196,9 @@ fn linux_without_msi_mounts_its_root_through_intx_from_the_prt() {
     let img = root_image("intx");
     let cmdline = "console=ttyS0 panic=-1 reboot=acpi pci=nomsi root=/dev/vda rw".to_string();
     let disk = format!("3,virtio-blk,{}", img.display());
-    let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk]);
+    let cd = iso_image("linux-intx", "motd", "capvm\n");
+    let ahci = format!("5,ahci-cd,{}", cd.display());
+    let args = vm_args(2, "256M", &kernel, &cmdline, &["-s", &disk, "-s", &ahci]);
     let name = args.last().unwrap().clone();
     let boot = watch(spawn(&args), &name);
     let log = &boot.log;
@@ -184,9 +211,15 @@ fn linux_without_msi_mounts_its_root_through_intx_from_the_prt() {
     let blk = "virtio-blk (0:3.0)";
     assert!(stat(&boot.stats, &format!("{blk}: intx_interrupts")) > 0, "no INTx#: {:?}", boot.stats);
     assert_eq!(stat(&boot.stats, &format!("{blk}: interrupts")), 0, "MSI-X was used: {:?}", boot.stats);
+    // The AHCI CD's port interrupts came through its INTx# line too.
+    at(log, "sr 0:0:0:0: [sr0] scsi3-mmc drive");
+    let ahci = "ahci-cd (0:5.0)";
+    assert!(stat(&boot.stats, &format!("{ahci}: intx_interrupts")) > 0, "no INTx#: {:?}", boot.stats);
+    assert_eq!(stat(&boot.stats, &format!("{ahci}: interrupts")), 0, "MSI was used: {:?}", boot.stats);
     assert_eq!(boot.status.code(), Some(0), "{}\n{log}", boot.stderr);
     assert_eq!(mount_count(&img), 1, "the mount count did not go up");
     std::fs::remove_file(img).unwrap();
+    std::fs::remove_file(cd).unwrap();
 }
 
 /// What a Linux boot printed and did.
