@@ -43,10 +43,114 @@ pub struct Platform {
 
 /// The tables laid out from RSDP_ADDR: (guest address, bytes) pairs.
 pub fn tables(p: &Platform) -> Vec<(u64, Vec<u8>)> {
+    // The RSDP comes first at a fixed address; the rest follow.
+    let (mut placed, xsdt, next) = place_tables(p, RSDP_ADDR + 64);
+    assert!(next <= AREA_END, "ACPI tables overflow the BIOS area");
+    placed.push((RSDP_ADDR, bytes(&Rsdp::new(OEM_ID, xsdt))));
+    placed
+}
+
+/// The tables as firmware gets them through fw_cfg: one blob whose
+/// pointers hold offsets into it, the RSDP, and the loader script that
+/// tells the firmware where to put both and how to fix the pointers and
+/// checksums up (QEMU's `etc/table-loader`; docs/firmware.md).
+pub struct LoaderFiles {
+    pub tables: Vec<u8>,
+    pub rsdp: Vec<u8>,
+    pub loader: Vec<u8>,
+}
+
+pub const TABLES_FILE: &str = "etc/acpi/tables";
+pub const RSDP_FILE: &str = "etc/acpi/rsdp";
+
+pub fn loader_files(p: &Platform) -> LoaderFiles {
+    // From offset 64: no table sits at 0, so a pointer field that holds 0
+    // is one the table leaves unset.
+    let (placed, xsdt, end) = place_tables(p, 64);
+    let mut tables = vec![0u8; end as usize];
+    for (at, t) in &placed {
+        tables[*at as usize..*at as usize + t.len()].copy_from_slice(t);
+    }
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt));
+    let mut loader = Loader::default();
+    loader.allocate(RSDP_FILE, 16, ZONE_FSEG);
+    loader.allocate(TABLES_FILE, 64, ZONE_HIGH);
+    for (at, t) in &placed {
+        let at = *at as u32;
+        // The pointer fields: the FADT's FACS and DSDT (32- and 64-bit),
+        // the XSDT's entries.
+        let fields: Vec<(u32, u8)> = match &t[0..4] {
+            b"FACP" => vec![(36, 4), (40, 4), (132, 8), (140, 8)],
+            b"XSDT" => (36..t.len() as u32).step_by(8).map(|o| (o, 8)).collect(),
+            _ => Vec::new(),
+        };
+        for (off, size) in fields {
+            let o = off as usize;
+            if t[o..o + size as usize].iter().any(|&b| b != 0) {
+                loader.add_pointer(TABLES_FILE, TABLES_FILE, at + off, size);
+            }
+        }
+        if &t[0..4] != b"FACS" {
+            loader.add_checksum(TABLES_FILE, at + 9, at, t.len() as u32);
+        }
+    }
+    for (off, size) in [(16u32, 4u8), (24, 8)] {
+        let o = off as usize;
+        if rsdp[o..o + size as usize].iter().any(|&b| b != 0) {
+            loader.add_pointer(RSDP_FILE, TABLES_FILE, off, size);
+        }
+    }
+    loader.add_checksum(RSDP_FILE, 8, 0, 20);
+    loader.add_checksum(RSDP_FILE, 32, 0, rsdp.len() as u32);
+    LoaderFiles { tables, rsdp, loader: loader.0 }
+}
+
+const ZONE_HIGH: u8 = 1;
+const ZONE_FSEG: u8 = 2;
+
+/// QEMU's table-loader commands, 128 bytes each.
+#[derive(Default)]
+struct Loader(Vec<u8>);
+
+impl Loader {
+    fn command(&mut self, kind: u32, fields: &[&[u8]]) {
+        let mut c = vec![0u8; 128];
+        c[0..4].copy_from_slice(&kind.to_le_bytes());
+        let mut at = 4;
+        for f in fields {
+            c[at..at + f.len()].copy_from_slice(f);
+            at += f.len();
+        }
+        self.0.extend(c);
+    }
+
+    fn name(file: &str) -> [u8; 56] {
+        let mut n = [0u8; 56];
+        n[..file.len()].copy_from_slice(file.as_bytes());
+        n
+    }
+
+    fn allocate(&mut self, file: &str, align: u32, zone: u8) {
+        self.command(1, &[&Self::name(file), &align.to_le_bytes(), &[zone]]);
+    }
+
+    /// Adds `src`'s address to the `size`-byte value at `offset` in `dest`.
+    fn add_pointer(&mut self, dest: &str, src: &str, offset: u32, size: u8) {
+        self.command(2, &[&Self::name(dest), &Self::name(src), &offset.to_le_bytes(), &[size]]);
+    }
+
+    /// Sets the byte at `result` so that `[start, start + length)` sums to 0.
+    fn add_checksum(&mut self, file: &str, result: u32, start: u32, length: u32) {
+        self.command(3, &[&Self::name(file), &result.to_le_bytes(), &start.to_le_bytes(), &length.to_le_bytes()]);
+    }
+}
+
+/// Places DSDT, FACS, FADT, MADT, MCFG and XSDT from `first`, 64-byte
+/// aligned (FACS needs it). Returns them, the XSDT's address and where the
+/// last one ends.
+fn place_tables(p: &Platform, first: u64) -> (Vec<(u64, Vec<u8>)>, u64, u64) {
     let mut placed: Vec<(u64, Vec<u8>)> = Vec::new();
-    // The RSDP comes first at a fixed address; the rest follow, 64-byte
-    // aligned (FACS needs it).
-    let mut next = RSDP_ADDR + 64;
+    let mut next = first;
     let mut place = |bytes: Vec<u8>| -> u64 {
         let addr = next;
         next = (addr + bytes.len() as u64).next_multiple_of(64);
@@ -66,9 +170,8 @@ pub fn tables(p: &Platform) -> Vec<(u64, Vec<u8>)> {
         xsdt.add_entry(t);
     }
     let xsdt = place(bytes(&xsdt));
-    assert!(next <= AREA_END, "ACPI tables overflow the BIOS area");
-    placed.push((RSDP_ADDR, bytes(&Rsdp::new(OEM_ID, xsdt))));
-    placed
+    let end = placed.last().map_or(first, |(at, t)| at + t.len() as u64);
+    (placed, xsdt, end.max(next))
 }
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {
@@ -234,6 +337,58 @@ fn dsdt(p: &Platform) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Runs a table-loader script as firmware does, with the tables blob
+    /// at `tables_at` and the RSDP at `rsdp_at`.
+    fn run_loader(f: &LoaderFiles, tables_at: u64, rsdp_at: u64) -> (Vec<u8>, Vec<u8>) {
+        let (mut tables, mut rsdp) = (f.tables.clone(), f.rsdp.clone());
+        let name = |b: &[u8]| String::from_utf8_lossy(b).trim_end_matches('\0').to_string();
+        let le32 = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+        for c in f.loader.chunks_exact(128) {
+            match le32(&c[0..4]) {
+                1 => {}
+                2 => {
+                    let (dest, src) = (name(&c[4..60]), name(&c[60..116]));
+                    let (off, size) = (le32(&c[116..120]), c[120] as usize);
+                    let base = if src == TABLES_FILE { tables_at } else { rsdp_at };
+                    let file = if dest == TABLES_FILE { &mut tables } else { &mut rsdp };
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(&file[off..off + size]);
+                    let new = (u64::from_le_bytes(v) + base).to_le_bytes();
+                    file[off..off + size].copy_from_slice(&new[..size]);
+                }
+                3 => {
+                    let file = if name(&c[4..60]) == TABLES_FILE { &mut tables } else { &mut rsdp };
+                    let (result, start, len) = (le32(&c[60..64]), le32(&c[64..68]), le32(&c[68..72]));
+                    let sum = file[start..start + len].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+                    file[result] = file[result].wrapping_sub(sum);
+                }
+                other => panic!("unknown loader command {other}"),
+            }
+        }
+        (tables, rsdp)
+    }
+
+    #[test]
+    fn acpi_fw_cfg_loader_rebuilds_the_direct_boot_tables_byte_for_byte() {
+        let p = Platform { cpus: 2, ram_top: 256 << 20 };
+        let f = loader_files(&p);
+        // Loaded where a direct boot puts them, the tables come out the same.
+        let (tables, rsdp) = run_loader(&f, RSDP_ADDR, RSDP_ADDR);
+        for (addr, want) in super::tables(&p) {
+            let got = if addr == RSDP_ADDR { &rsdp[..] } else { &tables[(addr - RSDP_ADDR) as usize..][..want.len()] };
+            assert_eq!(got, &want[..], "table at {addr:#x} ({:?})", String::from_utf8_lossy(&want[..4]));
+        }
+        // Anywhere else, every checksum still holds.
+        let (tables, rsdp) = run_loader(&f, 0x7fe_0000, 0xf_5a00);
+        assert_eq!(rsdp[..20].iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
+        assert_eq!(rsdp.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
+        let xsdt_at = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        assert!(xsdt_at > 0x7fe_0000, "{xsdt_at:#x}");
+        let xsdt = &tables[(xsdt_at - 0x7fe_0000) as usize..];
+        assert_eq!(&xsdt[..4], b"XSDT");
+    }
+
     use super::*;
 
     fn checksum_ok(t: &[u8]) -> bool {

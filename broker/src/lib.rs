@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod devices;
+pub mod fwcfg;
 pub mod print_policy;
 pub mod served;
 pub mod spawn;

@@ -233,6 +233,7 @@ fn start_children(
             Some((s.slot, s.func, kind))
         })
         .collect();
+    let fw_cfg = matches!(cfg.boot, Boot::Firmware { .. }).then(|| crate::fwcfg::items(cfg.cpus, &regions));
     let config = RunnerConfig {
         vcpus: cfg.cpus,
         memory: regions,
@@ -242,6 +243,7 @@ fn start_children(
         bridges,
         strict_io: cfg.strict_io,
         wire_memory: cfg.wired,
+        fw_cfg,
         sandbox: sandbox_config(cfg, "vcpu-runner"),
     };
     let stats = stats_page()?;

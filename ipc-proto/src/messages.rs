@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 7;
+pub const PROTO_VERSION: u32 = 8;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -121,7 +121,18 @@ pub struct RunnerConfig {
     pub strict_io: bool,
     /// bhyve `-S`: wire guest memory.
     pub wire_memory: bool,
+    /// What firmware reads through fw_cfg (a firmware boot only).
+    pub fw_cfg: Option<FwCfgItems>,
     pub sandbox: SandboxConfig,
+}
+
+/// fw_cfg's contents: numbered items and named files (whose keys follow
+/// from 0x20 in this order). The runner adds the signature, the ID and the
+/// file directory.
+#[derive(Encode, Decode, Debug, Clone, PartialEq, Default)]
+pub struct FwCfgItems {
+    pub items: Vec<(u16, Vec<u8>)>,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// The platform PCI functions, which have no server.
@@ -351,7 +362,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (7, 0xd9a4_b66b_81ab_db95);
+    const WIRE_FINGERPRINT: (u32, u64) = (8, 0x2514_344c_3389_ccac);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -395,6 +406,7 @@ mod tests {
                 ],
                 strict_io: true,
                 wire_memory: false,
+                fw_cfg: Some(FwCfgItems { items: vec![(5, vec![2, 0])], files: vec![("etc/e820".into(), vec![1])] }),
                 sandbox: sandbox(),
             }),
             ToChild::StartUart(UartConfig {

@@ -43,6 +43,11 @@ impl GuestRam {
         self.fd
     }
 
+    /// Another handle on the same mappings (for fw_cfg's DMA).
+    pub fn memory(&self) -> GuestMemoryMmap {
+        self.mem.clone()
+    }
+
     /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.
     pub fn read(&self, addr: u64, n: usize) -> Vec<u8> {
         let mut out = Vec::new();

@@ -7,6 +7,7 @@ use capvm_ipc::stats::{Counter, CountersByKind};
 use capvm_ipc::{PioRange, VmEvent};
 use capvm_kernel::Vm;
 
+use crate::fwcfg::FwCfg;
 use crate::pci::{PciBus, PioResult, Target};
 use crate::platform::{Outcome, Platform};
 
@@ -35,6 +36,8 @@ pub struct Router {
     pub devices: Vec<Device>,
     pub strict_io: bool,
     pub exits: ExitCounters,
+    /// fw_cfg, on a firmware boot.
+    pub fw_cfg: Option<std::sync::Mutex<FwCfg>>,
 }
 
 /// What the vCPU does after an access.
@@ -47,6 +50,17 @@ impl Router {
     /// Routes one port access from vCPU `vcpu`.
     pub fn pio(&self, vcpu: u32, port: u16, size: u8, write: Option<u64>) -> Routed {
         self.exits.pio.inc();
+        if let (Some(fw), true) = (&self.fw_cfg, FwCfg::owns(port)) {
+            // A vCPU thread that panicked holding it took the process down.
+            let mut fw = fw.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            return Routed::Continue(match write {
+                Some(v) => {
+                    fw.write(port, size, v);
+                    0
+                }
+                None => fw.read(port, size),
+            });
+        }
         let platform = match write {
             Some(v) => self.platform.write(port, size, v),
             None => self.platform.read(port, size),

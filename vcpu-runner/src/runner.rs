@@ -15,6 +15,7 @@ use capvm_kernel::complete::Outcome;
 use capvm_kernel::vm::EventFd;
 use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
 
+use crate::fwcfg::FwCfg;
 use crate::memory::GuestRam;
 use crate::pci::{self, PciBus, ServedFunction};
 use crate::platform::Platform;
@@ -180,7 +181,15 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let has_pci = cfg.devices.iter().any(|d| d.pci.is_some());
     enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, has_pci))?;
     let shared = Arc::new(Shared {
-        router: Router { vm, platform, pci, devices, strict_io: cfg.strict_io, exits },
+        router: Router {
+            vm,
+            platform,
+            pci,
+            devices,
+            strict_io: cfg.strict_io,
+            exits,
+            fw_cfg: cfg.fw_cfg.as_ref().map(|items| std::sync::Mutex::new(FwCfg::new(items, ram.memory()))),
+        },
         ram,
         channel: Channel::from_fd(control),
         status: (0..cfg.vcpus).map(|_| VcpuStatus::default()).collect(),

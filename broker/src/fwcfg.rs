@@ -1,0 +1,48 @@
+//! What a firmware boot's fw_cfg holds (served by the runner,
+//! vcpu-runner/src/fwcfg.rs): the CPU count, the RAM map, the ACPI tables
+//! with their loader script, how long to wait after a failed boot, and
+//! where the firmware's screen goes when there is none.
+
+use capvm_ipc::{FwCfgItems, MemoryRegion};
+
+use crate::acpi;
+
+const KEY_RAM_SIZE: u16 = 0x03;
+const KEY_NB_CPUS: u16 = 0x05;
+const KEY_MAX_CPUS: u16 = 0x0f;
+const E820_RAM: u32 = 1;
+/// Milliseconds SeaBIOS waits before it reboots when nothing booted
+/// (its own default is 60 s).
+const BOOT_FAIL_WAIT_MS: u32 = 5000;
+/// COM1: with no display, SeaBIOS prints its screen there (sercon).
+const SERCON_PORT: u16 = 0x3f8;
+
+/// fw_cfg for `cpus` vCPUs and the RAM in `regions` (the ROM's region is
+/// not RAM and is left out).
+pub fn items(cpus: u32, regions: &[MemoryRegion]) -> FwCfgItems {
+    let ram: Vec<&MemoryRegion> = regions.iter().filter(|r| !r.read_only).collect();
+    let mut e820 = Vec::new();
+    for r in &ram {
+        e820.extend(r.guest_addr.to_le_bytes());
+        e820.extend(r.size.to_le_bytes());
+        e820.extend(E820_RAM.to_le_bytes());
+    }
+    let ram_size: u64 = ram.iter().map(|r| r.size).sum();
+    let ram_top = ram.iter().map(|r| r.guest_addr + r.size).max().unwrap_or(0);
+    let acpi = acpi::loader_files(&acpi::Platform { cpus, ram_top });
+    FwCfgItems {
+        items: vec![
+            (KEY_RAM_SIZE, ram_size.to_le_bytes().to_vec()),
+            (KEY_NB_CPUS, (cpus as u16).to_le_bytes().to_vec()),
+            (KEY_MAX_CPUS, (cpus as u16).to_le_bytes().to_vec()),
+        ],
+        files: vec![
+            ("etc/e820".into(), e820),
+            ("etc/boot-fail-wait".into(), BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()),
+            ("etc/sercon-port".into(), SERCON_PORT.to_le_bytes().to_vec()),
+            (acpi::TABLES_FILE.into(), acpi.tables),
+            (acpi::RSDP_FILE.into(), acpi.rsdp),
+            ("etc/table-loader".into(), acpi.loader),
+        ],
+    }
+}
