@@ -125,7 +125,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect::<Result<_, VmError>>()?;
 
     let mut alloc = crate::served::Allocator::default();
-    let virtio: Vec<ServedHost> =
+    let served: Vec<ServedHost> =
         cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
 
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
@@ -141,7 +141,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect();
 
     let mut children: Vec<Child> = Vec::new();
-    let started = start_children(cfg, kvm, ram, regions, boot_state, host, &coms, &virtio, &mut children);
+    let started = start_children(cfg, kvm, ram, regions, boot_state, host, &coms, &served, &mut children);
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
@@ -170,7 +170,7 @@ fn start_children(
     boot: capvm_ipc::BootState,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
-    virtio: &[ServedHost],
+    served: &[ServedHost],
     children: &mut Vec<Child>,
 ) -> Result<(), VmError> {
     let stats_page =
@@ -196,7 +196,7 @@ fn start_children(
         sent.map_err(|e| send_err(&role, e))?;
     }
 
-    for dev in virtio {
+    for dev in served {
         let mut child = spawn(dev.server, dev.name.clone())?;
         let stats = stats_page()?;
         let start = ToChild::StartDevice(DeviceConfig {
@@ -224,7 +224,7 @@ fn start_children(
             pci: None,
         })
         .collect();
-    devices.extend(virtio.iter().map(ServedHost::route));
+    devices.extend(served.iter().map(ServedHost::route));
     let bridges = cfg
         .slots
         .iter()
@@ -248,7 +248,7 @@ fn start_children(
     };
     let stats = stats_page()?;
     let mut devices: Vec<RouteFds<BorrowedFd>> = coms.iter().map(|(_, _, w)| w.route_fds()).collect();
-    devices.extend(virtio.iter().map(ServedHost::route_fds));
+    devices.extend(served.iter().map(ServedHost::route_fds));
     let fds = StartRunnerFds { kvm: kvm.as_fd(), ram: ram.as_fd(), stats: stats.as_fd(), devices };
     let sent = child.channel.send(&ToChild::StartRunner(config), &fds.flatten());
     child.stats = Some(stats);
