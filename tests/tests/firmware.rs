@@ -84,3 +84,97 @@ fn bad_boot_roms_are_one_line_errors() {
     std::fs::remove_file(odd).unwrap();
     std::fs::remove_file(huge).unwrap();
 }
+
+/// An El Torito ISO from grub-mkrescue (grub-pc-bin, xorriso, mtools):
+/// GRUB on COM1, then the Linux fixture's bzImage with the CD as its root.
+fn grub_iso(bzimage: &Path) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("capvm-grub-iso-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("boot/grub")).unwrap();
+    std::fs::copy(bzimage, dir.join("boot/bzImage")).unwrap();
+    let cfg = "serial --unit=0 --speed=115200\n\
+               terminal_input serial\n\
+               terminal_output serial\n\
+               set timeout=1\n\
+               menuentry 'capvm test Linux' {\n\
+               \x20 linux /boot/bzImage console=ttyS0 panic=-1 reboot=acpi root=/dev/sr0 rootfstype=iso9660 \
+               ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off\n\
+               }\n";
+    std::fs::write(dir.join("boot/grub/grub.cfg"), cfg).unwrap();
+    let iso = dir.with_extension("iso");
+    let out = std::process::Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(&dir)
+        .output()
+        .expect("grub-mkrescue (scripts/setup installs grub-pc-bin, xorriso, mtools)");
+    assert!(out.status.success(), "grub-mkrescue: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(dir).unwrap();
+    iso
+}
+
+/// The bhyve Handbook's installer line, unchanged but for the ROM path
+/// and a CPU count this host can carry: SeaBIOS boots GRUB from the AHCI
+/// CD, GRUB's menu is on COM1, Linux starts, finds both CPUs through the
+/// ACPI tables fw_cfg delivered, the virtio disk and NIC, mounts the CD as
+/// its root, panics for want of init and reboots: status 0.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn the_handbook_firmware_line_boots_linux_from_a_grub_iso_on_an_ahci_cd() {
+    require_kvm();
+    let vmlinux = fixture("CAPVM_LINUX_VMLINUX", "linux/build");
+    let iso = grub_iso(&vmlinux.with_file_name("bzImage"));
+    let disk = std::env::temp_dir().join(format!("capvm-grub-disk-{}.img", std::process::id()));
+    std::fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
+    let ns = Netns::create();
+    ns.add_tap("fwtap0");
+    let name = unique_vm_name();
+    let args: Vec<String> = [
+        "-AHP",
+        "-s",
+        "0:0,hostbridge",
+        "-s",
+        "1:0,lpc",
+        "-s",
+        "2:0,virtio-net,fwtap0",
+        "-s",
+        &format!("3:0,virtio-blk,{}", disk.display()),
+        "-s",
+        &format!("4:0,ahci-cd,{}", iso.display()),
+        "-c",
+        "2",
+        "-m",
+        "1024M",
+        "-l",
+        "com1,stdio",
+        "-l",
+        &format!("bootrom,{SEABIOS}"),
+        &name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let start = Instant::now();
+    let r = {
+        let child = ns.spawn_capvm(&args);
+        finish(child, Duration::from_secs(20 * 60))
+    };
+    let took = start.elapsed();
+    let log = &r.stdout;
+    let at = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("no {needle:?} on COM1:\n{log}\n{}", r.stderr));
+    let grub = at("capvm test Linux");
+    let linux = at("Linux version 6.1");
+    let smp = at("smp: Brought up 1 node, 2 CPUs");
+    let root = at("VFS: Mounted root (iso9660 filesystem) readonly");
+    let panicked = at("Kernel panic - not syncing: No working init found");
+    assert!(grub < linux && linux < smp && smp < root && root < panicked, "{log}");
+    at("ACPI: Using ACPI (MADT) for SMP configuration information");
+    at("virtio_blk virtio");
+    // The NIC: the static address went onto the virtio-net device.
+    at("IP-Config: Complete:");
+    at("device=eth0");
+    at("sr 0:0:0:0: [sr0] scsi3-mmc drive");
+    assert_eq!(r.code(), 0, "{r:?}");
+    eprintln!("capvm_firmware_grub_linux_s {:.0}", took.as_secs_f64());
+    std::fs::remove_file(iso).unwrap();
+    std::fs::remove_file(disk).unwrap();
+}
