@@ -622,7 +622,7 @@ mod tests {
         assert_eq!(a.ports.len(), 2);
         let (hd, cd) = (&a.ports[0], &a.ports[1]);
         assert_eq!((hd.cd, hd.disk.read_only, hd.disk.serial.as_str(), hd.rotation_rate), (false, false, "DISK0", 1));
-        assert_eq!((cd.cd, cd.disk.read_only, cd.disk.sector_size, cd.boot_index), (true, true, 2048, Some(1)));
+        assert_eq!((cd.cd, cd.disk.read_only, cd.disk.sector_size, cd.disk.boot_index), (true, true, 2048, Some(1)));
         assert!(cd.disk.serial.starts_with("CAPVM-") && cd.disk.serial.len() <= 20, "{}", cd.disk.serial);
         assert_eq!(cd.model, "CAPVM SATA DVD ROM");
         for (k, val, want) in [

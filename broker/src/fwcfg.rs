@@ -17,9 +17,10 @@ const BOOT_FAIL_WAIT_MS: u32 = 5000;
 /// COM1: with no display, SeaBIOS prints its screen there (sercon).
 const SERCON_PORT: u16 = 0x3f8;
 
-/// fw_cfg for `cpus` vCPUs and the RAM in `regions` (the ROM's region is
-/// not RAM and is left out).
-pub fn items(cpus: u32, regions: &[MemoryRegion]) -> FwCfgItems {
+/// fw_cfg for `cpus` vCPUs, the RAM in `regions` (the ROM's region is not
+/// RAM and is left out) and the drives with a `bootindex=` (index, the
+/// firmware's device path).
+pub fn items(cpus: u32, regions: &[MemoryRegion], mut boot_order: Vec<(u32, String)>) -> FwCfgItems {
     let ram: Vec<&MemoryRegion> = regions.iter().filter(|r| !r.read_only).collect();
     let mut e820 = Vec::new();
     for r in &ram {
@@ -30,6 +31,11 @@ pub fn items(cpus: u32, regions: &[MemoryRegion]) -> FwCfgItems {
     let ram_size: u64 = ram.iter().map(|r| r.size).sum();
     let ram_top = ram.iter().map(|r| r.guest_addr + r.size).max().unwrap_or(0);
     let acpi = acpi::loader_files(&acpi::Platform { cpus, ram_top });
+    // bootorder: one device path a line, lowest bootindex first; devices
+    // without one follow in the firmware's own order.
+    boot_order.sort();
+    let mut bootorder: Vec<u8> = boot_order.iter().flat_map(|(_, p)| format!("{p}\n").into_bytes()).collect();
+    bootorder.push(0);
     FwCfgItems {
         items: vec![
             (KEY_RAM_SIZE, ram_size.to_le_bytes().to_vec()),
@@ -38,6 +44,7 @@ pub fn items(cpus: u32, regions: &[MemoryRegion]) -> FwCfgItems {
         ],
         files: vec![
             ("etc/e820".into(), e820),
+            ("bootorder".into(), bootorder),
             ("etc/boot-fail-wait".into(), BOOT_FAIL_WAIT_MS.to_le_bytes().to_vec()),
             ("etc/sercon-port".into(), SERCON_PORT.to_le_bytes().to_vec()),
             (acpi::TABLES_FILE.into(), acpi.tables),

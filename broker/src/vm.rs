@@ -233,7 +233,10 @@ fn start_children(
             Some((s.slot, s.func, kind))
         })
         .collect();
-    let fw_cfg = matches!(cfg.boot, Boot::Firmware { .. }).then(|| crate::fwcfg::items(cfg.cpus, &regions));
+    let fw_cfg = matches!(cfg.boot, Boot::Firmware { .. }).then(|| {
+        let boot_order = cfg.served.iter().flat_map(|d| d.device.boot_order(d.slot, d.func)).collect();
+        crate::fwcfg::items(cfg.cpus, &regions, boot_order)
+    });
     let config = RunnerConfig {
         vcpus: cfg.cpus,
         memory: regions,

@@ -178,3 +178,48 @@ fn the_handbook_firmware_line_boots_linux_from_a_grub_iso_on_an_ahci_cd() {
     std::fs::remove_file(iso).unwrap();
     std::fs::remove_file(disk).unwrap();
 }
+
+/// A grub-mkrescue ISO whose GRUB says which it is on COM1 and reboots.
+fn naming_iso(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("capvm-grub-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("boot/grub")).unwrap();
+    let cfg = format!("serial --unit=0 --speed=115200\nterminal_output serial\necho \"capvm boot: {tag}\"\nreboot\n");
+    std::fs::write(dir.join("boot/grub/grub.cfg"), cfg).unwrap();
+    let iso = dir.with_extension("iso");
+    let out =
+        std::process::Command::new("grub-mkrescue").arg("-o").arg(&iso).arg(&dir).output().expect("grub-mkrescue");
+    assert!(out.status.success(), "grub-mkrescue: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(dir).unwrap();
+    iso
+}
+
+/// `bootindex=` decides which of two bootable devices SeaBIOS boots (fw_cfg
+/// `bootorder`); the grub-mkrescue ISO is a hybrid image, so it boots as
+/// an `ahci-hd` too.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn bootindex_picks_the_boot_device_and_a_hybrid_iso_boots_as_a_disk() {
+    require_kvm();
+    let (cd, hd) = (naming_iso("cd"), naming_iso("hd"));
+    for (cd_index, hd_index, want, not) in
+        [(2, 1, "capvm boot: hd", "capvm boot: cd"), (1, 2, "capvm boot: cd", "capvm boot: hd")]
+    {
+        let args = firmware_args(
+            SEABIOS,
+            &[
+                "-s",
+                &format!("4,ahci-cd,{},bootindex={cd_index}", cd.display()),
+                "-s",
+                &format!("5,ahci-hd,{},ro,bootindex={hd_index}", hd.display()),
+            ],
+        );
+        let r = {
+            let child = spawn(&args);
+            finish(child, Duration::from_secs(300))
+        };
+        assert!(r.stdout.contains(want) && !r.stdout.contains(not), "{want}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.code(), 0, "GRUB's reboot ends the run with status 0: {r:?}");
+    }
+    std::fs::remove_file(cd).unwrap();
+    std::fs::remove_file(hd).unwrap();
+}

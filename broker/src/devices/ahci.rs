@@ -47,8 +47,6 @@ pub struct PortConfig {
     pub model: String,
     pub revision: String,
     pub rotation_rate: u16,
-    /// Where firmware puts it in its boot order (fw_cfg `bootorder`).
-    pub boot_index: Option<u32>,
 }
 
 /// A controller: its ports in order.
@@ -117,17 +115,12 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
                 )?
             }
         };
-        let boot_index = match p.get("bootindex") {
-            None => None,
-            Some(v) => Some(v.parse::<u32>().map_err(|_| ConfigError(format!("{at}: bootindex={v}: not a number")))?),
-        };
         out.push(PortConfig {
             port: n,
             cd,
             model: text("model", if cd { "CAPVM SATA DVD ROM" } else { "CAPVM SATA DISK" }, 40)?,
             revision: text("rev", "001", 8)?,
             rotation_rate,
-            boot_index,
             disk,
         });
     }
@@ -155,6 +148,12 @@ impl ServedDevice for AhciConfig {
 
     fn backend_fd_count(&self) -> usize {
         self.ports.len()
+    }
+
+    fn boot_order(&self, slot: u8, func: u8) -> Vec<(u32, String)> {
+        let pci = super::firmware_pci_path(slot, func);
+        let path = |port: u8| format!("{pci}/drive@{port:x}/disk@0");
+        self.ports.iter().filter_map(|p| Some((p.disk.boot_index?, path(p.port)))).collect()
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {

@@ -94,6 +94,11 @@ pub trait ServedDevice: std::fmt::Debug {
     /// Its backend fds' rights and the syscalls its data path adds, given
     /// the numbers those fds will have in the server.
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>);
+    /// Its bootable drives with a `bootindex=`: (index, the firmware's
+    /// device path) for fw_cfg's `bootorder`, given its PCI slot.
+    fn boot_order(&self, _slot: u8, _func: u8) -> Vec<(u32, String)> {
+        Vec::new()
+    }
     /// For tests and diagnostics that need the concrete options.
     fn as_any(&self) -> &dyn Any;
 }
@@ -123,7 +128,7 @@ pub const EMULATIONS: &[Emulation] = &[
     Emulation {
         name: "virtio-blk",
         help:
-            "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID][,nolock]",
+            "virtio disk in its own process: PATH[,ro][,nocache][,sync|direct][,sectorsize=L[/P]][,nodelete][,ser=ID][,nolock][,bootindex=N]",
         options: virtio_blk::OPTIONS,
         conf: Conf::Flat { first: "path" },
         kind: Kind::Served(Served {
@@ -243,6 +248,15 @@ impl SlotOptions<'_> {
             Some(n) => format!("{} port {n}", slot_name(self.emulation, self.slot, self.func)),
             None => slot_name(self.emulation, self.slot, self.func),
         }
+    }
+}
+
+/// A PCI function's path as SeaBIOS names it in `bootorder`:
+/// `/pci@i0cf8/*@4` (`*@4,1` for function 1).
+pub fn firmware_pci_path(slot: u8, func: u8) -> String {
+    match func {
+        0 => format!("/pci@i0cf8/*@{slot:x}"),
+        f => format!("/pci@i0cf8/*@{slot:x},{f:x}"),
     }
 }
 

@@ -14,7 +14,8 @@ use super::{DeviceError, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
 
 /// bhyve's block-device options.
-pub const OPTIONS: &[&str] = &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser", "nolock"];
+pub const OPTIONS: &[&str] =
+    &["path", "ro", "nocache", "sync", "direct", "sectorsize", "nodelete", "ser", "nolock", "bootindex"];
 
 /// A disk, as its slot's options configure it.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,8 @@ pub struct DiskConfig {
     pub serial: String,
     /// `nolock`: take no image lock (shared storage that locks elsewhere).
     pub no_lock: bool,
+    /// Where firmware puts it in its boot order (fw_cfg `bootorder`).
+    pub boot_index: Option<u32>,
 }
 
 pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
@@ -72,6 +75,10 @@ impl DiskConfig {
             no_delete: o.flag("nodelete")?,
             serial: o.get("ser").map_or(serial, str::to_string),
             no_lock: o.flag("nolock")?,
+            boot_index: match o.get("bootindex") {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|_| ConfigError(format!("{at}: bootindex={v}: not a number")))?),
+            },
         })
     }
 
@@ -128,6 +135,10 @@ impl ServedDevice for DiskConfig {
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {
         roles::virtio_blk_backend(fds[0], self.read_only)
+    }
+
+    fn boot_order(&self, slot: u8, func: u8) -> Vec<(u32, String)> {
+        self.boot_index.map(|i| (i, super::firmware_pci_path(slot, func))).into_iter().collect()
     }
 
     fn as_any(&self) -> &dyn Any {
