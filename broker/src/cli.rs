@@ -7,7 +7,8 @@ use crate::devices::{self, Conf, EMULATIONS};
 
 pub const USAGE: &str = "\
 usage: capvm [--print-policy] [-ADeHhPSuw] [-c [[cpus=]numcpus][,sockets=n][,cores=n][,threads=n]]
-             [-k config_file] [-l help|lpc_device,conf] [-m memsize[K|k|M|m|G|g|T|t]]
+             [-f name,string=VALUE|file=PATH] [-k config_file] [-l help|lpc_device,conf]
+             [-m memsize[K|k|M|m|G|g|T|t]]
              [-o var=value] [-s help|[bus:]slot[:func],emulation[,conf]] vmname
 
   -A  create ACPI tables (accepted; tables arrive with the PCI platform)
@@ -24,6 +25,9 @@ capvm boots a kernel directly (the role of bhyveload):
   -o boot.kernel=PATH    a Linux bzImage or an ELF64 kernel (PVH note honoured)
   -o boot.initrd=PATH    an initial ramdisk
   -o boot.cmdline=STRING the kernel command line
+or firmware (bhyve's bootrom):
+  -l bootrom,ROMFILE     e.g. /usr/share/seabios/bios-256k.bin, from its reset vector
+  -f name,string=VALUE|file=PATH   a file the firmware finds in fw_cfg (name it opt/...)
 
 sandbox (every child process; see capvmctl --audit):
   --print-policy               print each child's manifest for this command line, start nothing
@@ -73,7 +77,7 @@ pub fn parse(args: &[String]) -> Result<Action, ConfigError> {
         };
         // Flags cluster (-AHP); an option taking an argument ends the cluster.
         for (pos, flag) in flags.char_indices() {
-            let needs_arg = matches!(flag, 'c' | 'k' | 'l' | 'm' | 'o' | 's');
+            let needs_arg = matches!(flag, 'c' | 'f' | 'k' | 'l' | 'm' | 'o' | 's');
             if needs_arg {
                 let optarg = if pos + 1 < flags.len() {
                     flags[pos + 1..].to_string()
@@ -85,6 +89,7 @@ pub fn parse(args: &[String]) -> Result<Action, ConfigError> {
                 };
                 match flag {
                     'c' => parse_cpus(&mut tree, &optarg)?,
+                    'f' => parse_fw_cfg_file(&mut tree, &optarg)?,
                     'k' => tree.read_file(&PathBuf::from(&optarg))?,
                     'l' if optarg == "help" => return Ok(Action::ListLpc),
                     'l' => parse_lpc(&mut tree, &optarg)?,
@@ -130,6 +135,25 @@ fn parse_cpus(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
             _ => return err(format!("-c {arg}: expected [[cpus=]n][,sockets=n][,cores=n][,threads=n]")),
         }
     }
+    Ok(())
+}
+
+/// `-f name,string=VALUE` or `-f name,file=PATH`: a file firmware finds in
+/// fw_cfg (`fw_cfg.user.N.{name,string,file}`).
+fn parse_fw_cfg_file(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
+    let (name, data) = arg.split_once(',').unwrap_or((arg, ""));
+    let Some((kind @ ("string" | "file"), value)) = data.split_once('=') else {
+        return err(format!("-f {arg}: expected name,string=VALUE or name,file=PATH"));
+    };
+    if name.is_empty() || name.len() > 55 {
+        return err(format!("-f {arg}: a fw_cfg file name has 1 to 55 bytes"));
+    }
+    if name.starts_with("etc/") || name == "bootorder" {
+        return err(format!("-f {arg}: etc/ and bootorder are capvm's own; name yours opt/..."));
+    }
+    let n = tree.keys_under("fw_cfg.user.").filter(|k| k.ends_with(".name")).count();
+    tree.set(&format!("fw_cfg.user.{n}.name"), name);
+    tree.set(&format!("fw_cfg.user.{n}.{kind}"), value);
     Ok(())
 }
 
@@ -281,6 +305,17 @@ mod tests {
         assert!(t.get("pci.0.4.0.port.1.ro").is_none(), "ro belongs to port 0 only");
         let args: Vec<String> = ["-s", "4,ahci,ro", "vm"].iter().map(|s| s.to_string()).collect();
         assert!(parse(&args).unwrap_err().0.contains("start each port with hd:PATH or cd:PATH"));
+    }
+
+    #[test]
+    fn cli_fw_cfg_files_keep_their_order() {
+        let t = run(&["-f", "opt/a,string=hello", "-f", "opt/b,file=/x.bin", "vm"]);
+        assert_eq!(t.get("fw_cfg.user.0.name"), Some("opt/a"));
+        assert_eq!(t.get("fw_cfg.user.0.string"), Some("hello"));
+        assert_eq!(t.get("fw_cfg.user.1.name"), Some("opt/b"));
+        assert_eq!(t.get("fw_cfg.user.1.file"), Some("/x.bin"));
+        let args: Vec<String> = ["-f", "opt/a,blob=1", "vm"].iter().map(|s| s.to_string()).collect();
+        assert!(parse(&args).unwrap_err().0.contains("expected name,string=VALUE or name,file=PATH"));
     }
 
     #[test]

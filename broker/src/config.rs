@@ -179,13 +179,27 @@ impl ServedConfig {
     }
 }
 
+/// A file firmware finds in fw_cfg (bhyve's `-f`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FwCfgFile {
+    pub name: String,
+    pub data: FwCfgData,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FwCfgData {
+    String(String),
+    File(PathBuf),
+}
+
 /// What the vCPUs run first.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Boot {
     /// A kernel loaded by capvm (`-o boot.kernel`).
     Kernel(BootConfig),
-    /// Firmware from its reset vector (`-l bootrom,ROMFILE`).
-    Firmware { rom: PathBuf },
+    /// Firmware from its reset vector (`-l bootrom,ROMFILE`), with the
+    /// user's fw_cfg files (`-f`).
+    Firmware { rom: PathBuf, files: Vec<FwCfgFile> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +254,10 @@ const DEFAULT_MEMORY: &str = "256M";
 impl VmConfig {
     pub fn from_tree(tree: &ConfigTree) -> Result<VmConfig, ConfigError> {
         for key in tree.vars.keys() {
-            let known = KNOWN_VARS.contains(&key.as_str()) || key.starts_with("pci.") || key.starts_with("lpc.");
+            let known = KNOWN_VARS.contains(&key.as_str())
+                || key.starts_with("pci.")
+                || key.starts_with("lpc.")
+                || key.starts_with("fw_cfg.user.");
             if !known {
                 return err(format!("unknown configuration variable '{key}'"));
             }
@@ -350,7 +367,23 @@ impl VmConfig {
                 if ["boot.initrd", "boot.cmdline"].iter().any(|k| tree.get(k).is_some()) {
                     return err("boot.initrd and boot.cmdline go with boot.kernel; firmware finds its own");
                 }
-                Boot::Firmware { rom: PathBuf::from(rom) }
+                let mut files = Vec::new();
+                for n in 0.. {
+                    let Some(name) = tree.get(&format!("fw_cfg.user.{n}.name")) else { break };
+                    let data = match (
+                        tree.get(&format!("fw_cfg.user.{n}.string")),
+                        tree.get(&format!("fw_cfg.user.{n}.file")),
+                    ) {
+                        (Some(s), None) => FwCfgData::String(s.to_string()),
+                        (None, Some(f)) => FwCfgData::File(PathBuf::from(f)),
+                        _ => return err(format!("-f {name}: give string=VALUE or file=PATH, once")),
+                    };
+                    files.push(FwCfgFile { name: name.to_string(), data });
+                }
+                Boot::Firmware { rom: PathBuf::from(rom), files }
+            }
+            (Some(_), None) | (None, None) if tree.get("fw_cfg.user.0.name").is_some() => {
+                return err("-f adds a file for firmware: it needs -l bootrom");
             }
             (Some(kernel), None) => Boot::Kernel(BootConfig {
                 kernel: PathBuf::from(kernel),

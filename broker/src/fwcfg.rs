@@ -20,7 +20,13 @@ const SERCON_PORT: u16 = 0x3f8;
 /// fw_cfg for `cpus` vCPUs, the RAM in `regions` (the ROM's region is not
 /// RAM and is left out) and the drives with a `bootindex=` (index, the
 /// firmware's device path).
-pub fn items(cpus: u32, regions: &[MemoryRegion], mut boot_order: Vec<(u32, String)>) -> FwCfgItems {
+/// `user` holds the files of bhyve's `-f`.
+pub fn items(
+    cpus: u32,
+    regions: &[MemoryRegion],
+    mut boot_order: Vec<(u32, String)>,
+    user: Vec<(String, Vec<u8>)>,
+) -> FwCfgItems {
     let ram: Vec<&MemoryRegion> = regions.iter().filter(|r| !r.read_only).collect();
     let mut e820 = Vec::new();
     for r in &ram {
@@ -36,7 +42,7 @@ pub fn items(cpus: u32, regions: &[MemoryRegion], mut boot_order: Vec<(u32, Stri
     boot_order.sort();
     let mut bootorder: Vec<u8> = boot_order.iter().flat_map(|(_, p)| format!("{p}\n").into_bytes()).collect();
     bootorder.push(0);
-    FwCfgItems {
+    let mut fw = FwCfgItems {
         items: vec![
             (KEY_RAM_SIZE, ram_size.to_le_bytes().to_vec()),
             (KEY_NB_CPUS, (cpus as u16).to_le_bytes().to_vec()),
@@ -51,5 +57,29 @@ pub fn items(cpus: u32, regions: &[MemoryRegion], mut boot_order: Vec<(u32, Stri
             (acpi::RSDP_FILE.into(), acpi.rsdp),
             ("etc/table-loader".into(), acpi.loader),
         ],
+    };
+    fw.files.extend(user);
+    fw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fw_cfg_items_hold_the_ram_map_boot_order_and_user_files() {
+        let regions = [
+            MemoryRegion { guest_addr: 0, size: 256 << 20, offset: 0, read_only: false },
+            MemoryRegion { guest_addr: (1 << 32) - (256 << 10), size: 256 << 10, offset: 256 << 20, read_only: true },
+        ];
+        let order = vec![(2, "/pci@i0cf8/*@3".to_string()), (1, "/pci@i0cf8/*@4/drive@0/disk@0".to_string())];
+        let fw = items(2, &regions, order, vec![("opt/capvm/hello".into(), b"hi".to_vec())]);
+        let file = |n: &str| &fw.files.iter().find(|(name, _)| name == n).unwrap_or_else(|| panic!("no {n}")).1;
+        let e820 = file("etc/e820");
+        assert_eq!(e820.len(), 20, "RAM only, not the ROM");
+        assert_eq!(u64::from_le_bytes(e820[8..16].try_into().unwrap()), 256 << 20);
+        assert_eq!(file("bootorder"), b"/pci@i0cf8/*@4/drive@0/disk@0\n/pci@i0cf8/*@3\n\0", "lowest bootindex first");
+        assert_eq!(file("opt/capvm/hello"), b"hi");
+        assert!(fw.items.contains(&(KEY_NB_CPUS, vec![2, 0])));
     }
 }

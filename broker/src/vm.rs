@@ -16,7 +16,7 @@ use nix::sys::signal::SigmaskHow;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::boot;
-use crate::config::{Boot, ComPort, VmConfig};
+use crate::config::{Boot, ComPort, FwCfgData, VmConfig};
 use crate::console::{ComHost, RawTerminal};
 use crate::devices::Kind;
 use crate::served::ServedHost;
@@ -98,7 +98,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     // or the boot ROM (which lives in the same memfd, past the RAM).
     let image = match &cfg.boot {
         Boot::Kernel(k) => boot::Image::Kernel(k),
-        Boot::Firmware { rom } => boot::Image::Rom(boot::Rom::read(rom)?),
+        Boot::Firmware { rom, .. } => boot::Image::Rom(boot::Rom::read(rom)?),
     };
     let rom = match &image {
         boot::Image::Rom(rom) => Some(rom),
@@ -116,6 +116,27 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
             boot::Image::Kernel(k) => boot::load(&mem, &regions, k, cfg.cpus)?,
             boot::Image::Rom(rom) => rom.load(&mem)?,
         }
+    };
+
+    // What firmware reads through fw_cfg; the user's files (-f) are read now.
+    let fw_cfg = match &cfg.boot {
+        Boot::Firmware { files, .. } => {
+            let mut user = Vec::new();
+            for f in files {
+                let data = match &f.data {
+                    FwCfgData::String(s) => s.as_bytes().to_vec(),
+                    FwCfgData::File(p) => std::fs::read(p).map_err(|err| boot::BootError::Open {
+                        what: "-f",
+                        path: p.display().to_string(),
+                        err,
+                    })?,
+                };
+                user.push((f.name.clone(), data));
+            }
+            let boot_order = cfg.served.iter().flat_map(|d| d.device.boot_order(d.slot, d.func)).collect();
+            Some(crate::fwcfg::items(cfg.cpus, &regions, boot_order, user))
+        }
+        Boot::Kernel(_) => None,
     };
 
     let coms: Vec<(ComPort, ComHost, DeviceWires)> = cfg
@@ -141,7 +162,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect();
 
     let mut children: Vec<Child> = Vec::new();
-    let started = start_children(cfg, kvm, ram, regions, boot_state, host, &coms, &served, &mut children);
+    let started = start_children(cfg, kvm, ram, regions, boot_state, fw_cfg, host, &coms, &served, &mut children);
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
@@ -168,6 +189,7 @@ fn start_children(
     ram: OwnedFd,
     regions: Vec<capvm_ipc::MemoryRegion>,
     boot: capvm_ipc::BootState,
+    fw_cfg: Option<capvm_ipc::FwCfgItems>,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
     served: &[ServedHost],
@@ -233,10 +255,6 @@ fn start_children(
             Some((s.slot, s.func, kind))
         })
         .collect();
-    let fw_cfg = matches!(cfg.boot, Boot::Firmware { .. }).then(|| {
-        let boot_order = cfg.served.iter().flat_map(|d| d.device.boot_order(d.slot, d.func)).collect();
-        crate::fwcfg::items(cfg.cpus, &regions, boot_order)
-    });
     let config = RunnerConfig {
         vcpus: cfg.cpus,
         memory: regions,

@@ -74,6 +74,9 @@ fn bad_boot_roms_are_one_line_errors() {
             firmware_args(SEABIOS, &["-o", &format!("boot.kernel={}", guest().display())]),
             "-o boot.kernel and -l bootrom both say what to boot",
         ),
+        (firmware_args(SEABIOS, &["-f", "opt/x,file=/nonexistent/x"]), "cannot open -f /nonexistent/x"),
+        (firmware_args(SEABIOS, &["-f", "etc/e820,string=x"]), "etc/ and bootorder are capvm's own"),
+        (guest_args("hello", &["-f", "opt/x,string=y"]), "-f adds a file for firmware: it needs -l bootrom"),
     ];
     for (args, want) in cases {
         let r = run(&args);
