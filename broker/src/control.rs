@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -26,7 +26,22 @@ pub fn socket_path(name: &str) -> PathBuf {
 pub struct ControlSocket {
     pub listener: UnixListener,
     _path: SocketPath,
+    /// Connections whose request has not arrived whole yet. They are
+    /// polled with the children, so a silent client delays nothing.
+    pub clients: Vec<Client>,
 }
+
+/// A capvmctl connection waiting for its one-line request.
+pub struct Client {
+    pub stream: UnixStream,
+    since: Instant,
+    request: Vec<u8>,
+}
+
+/// How long a client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request line.
+const MAX_REQUEST: usize = 64;
 
 /// The control socket could not be set up or reached.
 #[derive(Debug, thiserror::Error)]
@@ -67,27 +82,63 @@ impl ControlSocket {
             Ok(listener)
         };
         let listener = bind(&path).map_err(|source| ControlError::Bind { path: path.clone(), source })?;
-        Ok(ControlSocket { listener, _path: SocketPath(path) })
+        Ok(ControlSocket { listener, _path: SocketPath(path), clients: Vec::new() })
     }
 
-    /// Serves one pending connection, if any.
-    pub fn serve(&self, children: &[Child], vm: &str) -> Request {
-        let Ok((mut conn, _)) = self.listener.accept() else { return Request::Answered };
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 64];
-        let n = conn.read(&mut buf).unwrap_or(0);
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let (answer, request) = match line.trim() {
+    /// Takes every pending connection; each waits, non-blocking, for its
+    /// request among the supervisor's poll fds.
+    pub fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                self.clients.push(Client { stream, since: Instant::now(), request: Vec::new() });
+            }
+        }
+    }
+
+    /// Drops the clients that sent nothing whole in time.
+    pub fn expire(&mut self) {
+        self.clients.retain(|c| c.since.elapsed() < CLIENT_TIMEOUT);
+    }
+
+    /// Client `k` can be read: once its request line is whole (or it hung
+    /// up, or sent too much), answers it and lets it go.
+    pub fn on_readable(&mut self, k: usize, children: &[Child], vm: &str) -> Request {
+        let Some(c) = self.clients.get_mut(k) else { return Request::Answered };
+        let mut buf = [0u8; MAX_REQUEST];
+        let done = match c.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                c.request.extend_from_slice(&buf[..n]);
+                c.request.contains(&b'\n') || c.request.len() >= MAX_REQUEST
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        };
+        if !done {
+            return Request::Answered;
+        }
+        let mut c = self.clients.swap_remove(k);
+        let line = String::from_utf8_lossy(&c.request[..c.request.len().min(MAX_REQUEST)]).into_owned();
+        let (answer, request) = answer(&line, children, vm);
+        // A client that does not read its answer costs at most this.
+        let _ = c.stream.set_nonblocking(false);
+        let _ = c.stream.set_write_timeout(Some(Duration::from_millis(200)));
+        let _ = c.stream.write_all(answer.as_bytes());
+        request
+    }
+}
+
+/// The answer to one request line, and what it asks of the supervisor.
+fn answer(line: &str, children: &[Child], vm: &str) -> (String, Request) {
+    {
+        match line.trim() {
             "status" => (format!("{vm} {}\n", std::process::id()), Request::Answered),
             "destroy" => ("destroying\n".to_string(), Request::Destroy),
             "audit json" => (audit_json(children), Request::Answered),
             "audit" => (audit_text(children), Request::Answered),
             "stats" => (stats_text(children), Request::Answered),
             other => (format!("error: unknown request '{other}'\n"), Request::Answered),
-        };
-        let _ = conn.write_all(answer.as_bytes());
-        request
+        }
     }
 }
 

@@ -78,10 +78,15 @@ impl Supervisor {
             let watched: Vec<usize> = (0..self.children.len()).filter(|&i| self.children[i].connected).collect();
             let mut pfds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
             pfds.extend(watched.iter().map(|&i| PollFd::new(self.children[i].channel.as_fd(), PollFlags::POLLIN)));
+            let mut clients = 0;
             if let Some(c) = &self.control {
                 pfds.push(PollFd::new(c.listener.as_fd(), PollFlags::POLLIN));
+                pfds.extend(c.clients.iter().map(|cl| PollFd::new(cl.stream.as_fd(), PollFlags::POLLIN)));
+                clients = c.clients.len();
             }
-            if let Err(e) = poll(&mut pfds, PollTimeout::NONE) {
+            // With clients waiting, wake up now and then to drop the silent ones.
+            let timeout = if clients > 0 { PollTimeout::from(1000u16) } else { PollTimeout::NONE };
+            if let Err(e) = poll(&mut pfds, timeout) {
                 if e != nix::Error::EINTR {
                     eprintln!("capvm: poll: {e}");
                     return EXIT_ERROR;
@@ -102,12 +107,20 @@ impl Supervisor {
                     return status;
                 }
             }
-            if let Some(c) = &self.control {
-                if ready[watched.len() + 1] {
-                    if let crate::control::Request::Destroy = c.serve(&self.children, &self.name) {
-                        eprintln!("capvm: destroyed by capvmctl");
-                        return EXIT_POWEROFF;
+            if let Some(c) = &mut self.control {
+                let first_client = watched.len() + 2;
+                // Highest index first: answering a client removes it.
+                for k in (0..clients).rev() {
+                    if ready[first_client + k] {
+                        if let crate::control::Request::Destroy = c.on_readable(k, &self.children, &self.name) {
+                            eprintln!("capvm: destroyed by capvmctl");
+                            return EXIT_POWEROFF;
+                        }
                     }
+                }
+                c.expire();
+                if ready[watched.len() + 1] {
+                    c.accept();
                 }
             }
         }

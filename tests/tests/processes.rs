@@ -155,3 +155,28 @@ fn an_idle_vm_with_every_device_costs_under_one_percent_of_a_core() {
     assert_eq!(r.code(), 1, "{r:?}");
     assert!(share < 0.01, "an idle VM used {:.2}% of a core", share * 100.0);
 }
+
+/// capvmctl clients that connect and say nothing delay nothing: requests
+/// from others are answered and a dead child is noticed at once (each
+/// silent client used to hold the supervisor for up to a second).
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn silent_control_clients_hold_up_neither_requests_nor_the_supervisor() {
+    let (child, kids, name) = spinning_vm();
+    let sock = runtime_dir().join(format!("{name}.sock"));
+    let silent: Vec<std::os::unix::net::UnixStream> =
+        (0..5).map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = std::time::Instant::now();
+    let stats = get_stats(&name);
+    assert!(stats.iter().any(|(k, _)| k.starts_with("vcpu-runner:")), "{stats:?}");
+    // Five silent clients at a second each would be five seconds.
+    assert!(asked.elapsed() < Duration::from_millis(2500), "answered after {:?}", asked.elapsed());
+    let (uart, _) = kids.iter().find(|(_, n)| n == "capvm-uart").expect("uart child").clone();
+    let killed = std::time::Instant::now();
+    signal(uart, libc::SIGKILL);
+    let r = finish(child, Duration::from_secs(10));
+    assert!(killed.elapsed() < Duration::from_millis(2500), "noticed after {:?}", killed.elapsed());
+    assert_eq!(r.code(), 4, "{r:?}");
+    drop(silent);
+}
