@@ -153,10 +153,18 @@ impl FwCfg {
             let start = self.offset.min(item.len());
             let n = length.min(item.len() - start);
             let written = control & CTL_READ == 0 || {
-                // Past the item's end the guest's buffer gets zeros.
-                let mut chunk = item[start..start + n].to_vec();
-                chunk.resize(length, 0);
-                self.mem.write_slice(&chunk, GuestAddress(target)).is_ok()
+                // Past the item's end the guest's buffer gets zeros, a page
+                // at a time (the length is the guest's: up to 4 GiB).
+                let data = item[start..start + n].to_vec();
+                let mut ok = self.mem.write_slice(&data, GuestAddress(target)).is_ok();
+                let zeros = [0u8; 4096];
+                let mut at = n;
+                while ok && at < length {
+                    let k = (length - at).min(zeros.len());
+                    ok = self.mem.write_slice(&zeros[..k], GuestAddress(target.wrapping_add(at as u64))).is_ok();
+                    at += k;
+                }
+                ok
             };
             self.offset += length;
             written
@@ -230,6 +238,9 @@ mod tests {
         // Writes, and a target outside RAM, set the error bit.
         assert_eq!(dma(&mut f, CTL_WRITE, 4, 0x2000), CTL_ERROR);
         assert_eq!(dma(&mut f, 0x20 << 16 | CTL_SELECT | CTL_READ, 4, 1 << 40), CTL_ERROR);
+        // A read of 4 GiB into 64 KiB of RAM fails at the end of RAM; no
+        // 4 GiB buffer is made on the way.
+        assert_eq!(dma(&mut f, 0x20 << 16 | CTL_SELECT | CTL_READ, u32::MAX, 0x2000), CTL_ERROR);
         // A descriptor outside RAM is ignored (nothing to write back to).
         f.write(DMA, 4, 0x0100_0000u32.to_be() as u64);
         f.write(DMA_LOW, 4, 0);
