@@ -189,6 +189,17 @@ pub fn spawn(args: &[String]) -> Child {
 
 /// Starts `cmd` (capvm, or a wrapper that execs it) with `args` and piped stdio.
 pub fn spawn_with(mut cmd: Command, args: &[String]) -> Child {
+    // A test that fails before it waits for its VM must not leave it
+    // running: the VM gets SIGTERM (and stops its children) when the
+    // test's thread ends.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     cmd.env("CAPVM_RUNTIME_DIR", runtime_dir())
         .args(args)
         .stdin(Stdio::piped())
