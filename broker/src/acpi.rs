@@ -146,8 +146,8 @@ impl Loader {
 }
 
 /// Places DSDT, FACS, FADT, MADT, MCFG and XSDT from `first`, 64-byte
-/// aligned (FACS needs it). Returns them, the XSDT's address and where the
-/// last one ends.
+/// aligned (FACS needs it). Returns them, the XSDT's address and the
+/// aligned end of the last one.
 fn place_tables(p: &Platform, first: u64) -> (Vec<(u64, Vec<u8>)>, u64, u64) {
     let mut placed: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut next = first;
@@ -170,8 +170,7 @@ fn place_tables(p: &Platform, first: u64) -> (Vec<(u64, Vec<u8>)>, u64, u64) {
         xsdt.add_entry(t);
     }
     let xsdt = place(bytes(&xsdt));
-    let end = placed.last().map_or(first, |(at, t)| at + t.len() as u64);
-    (placed, xsdt, end.max(next))
+    (placed, xsdt, next)
 }
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {

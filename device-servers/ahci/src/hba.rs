@@ -63,7 +63,6 @@ const CMD_WRITABLE: u32 = CMD_ST | CMD_CLO | CMD_FRE | CMD_ATAPI | 0xf << 28 | 3
 pub const IS_DHRS: u32 = 1 << 0;
 pub const IS_PSS: u32 = 1 << 1;
 pub const IS_SDBS: u32 = 1 << 3;
-pub const IS_DPS: u32 = 1 << 5;
 pub const IS_TFES: u32 = 1 << 30;
 const IS_VALID: u32 = 0xfdc0_007f;
 

@@ -81,34 +81,6 @@ impl Image {
         Ok(())
     }
 
-    /// Reads into a buffer of our own (a CD's sector for a packet reply).
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
-        let mut done = 0;
-        while done < buf.len() {
-            // SAFETY: reads into our own buffer.
-            let n = unsafe {
-                libc::pread(
-                    self.fd.as_raw_fd(),
-                    buf[done..].as_mut_ptr().cast(),
-                    buf.len() - done,
-                    (offset + done as u64) as libc::off_t,
-                )
-            };
-            match n {
-                n if n > 0 => done += n as usize,
-                0 => {
-                    buf[done..].fill(0);
-                    return Ok(());
-                }
-                _ => match ImageError::last_os_error() {
-                    ImageError::Io(libc::EINTR) => {}
-                    e => return Err(e),
-                },
-            }
-        }
-        Ok(())
-    }
-
     /// Punches a hole (`discard`) or zeroes the range, by fallocate where
     /// the backend can and by writing zeros where not.
     pub fn clear(&self, offset: u64, len: u64, discard: bool) -> Result<(), ImageError> {
