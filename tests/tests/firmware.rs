@@ -88,33 +88,6 @@ fn bad_boot_roms_are_one_line_errors() {
     std::fs::remove_file(huge).unwrap();
 }
 
-/// An El Torito ISO from grub-mkrescue (grub-pc-bin, xorriso, mtools):
-/// GRUB on COM1, then the Linux fixture's bzImage with the CD as its root.
-fn grub_iso(bzimage: &Path) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("capvm-grub-iso-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("boot/grub")).unwrap();
-    std::fs::copy(bzimage, dir.join("boot/bzImage")).unwrap();
-    let cfg = "serial --unit=0 --speed=115200\n\
-               terminal_input serial\n\
-               terminal_output serial\n\
-               set timeout=1\n\
-               menuentry 'capvm test Linux' {\n\
-               \x20 linux /boot/bzImage console=ttyS0 panic=-1 reboot=acpi root=/dev/sr0 rootfstype=iso9660 \
-               ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off\n\
-               }\n";
-    std::fs::write(dir.join("boot/grub/grub.cfg"), cfg).unwrap();
-    let iso = dir.with_extension("iso");
-    let out = std::process::Command::new("grub-mkrescue")
-        .arg("-o")
-        .arg(&iso)
-        .arg(&dir)
-        .output()
-        .expect("grub-mkrescue (scripts/setup installs grub-pc-bin, xorriso, mtools)");
-    assert!(out.status.success(), "grub-mkrescue: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::remove_dir_all(dir).unwrap();
-    iso
-}
-
 /// The bhyve Handbook's installer line, unchanged but for the ROM path
 /// and a CPU count this host can carry: SeaBIOS boots GRUB from the AHCI
 /// CD, GRUB's menu is on COM1, Linux starts, finds both CPUs through the
@@ -124,8 +97,8 @@ fn grub_iso(bzimage: &Path) -> std::path::PathBuf {
 #[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn the_handbook_firmware_line_boots_linux_from_a_grub_iso_on_an_ahci_cd() {
     require_kvm();
-    let vmlinux = fixture("CAPVM_LINUX_VMLINUX", "linux/build");
-    let iso = grub_iso(&vmlinux.with_file_name("bzImage"));
+    // tests/linux/iso: grub-mkrescue's ISO of the fixture's bzImage.
+    let iso = fixture("CAPVM_LINUX_ISO", "linux/iso");
     let disk = std::env::temp_dir().join(format!("capvm-grub-disk-{}.img", std::process::id()));
     std::fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
     let ns = Netns::create();
@@ -178,7 +151,6 @@ fn the_handbook_firmware_line_boots_linux_from_a_grub_iso_on_an_ahci_cd() {
     at("sr 0:0:0:0: [sr0] scsi3-mmc drive");
     assert_eq!(r.code(), 0, "{r:?}");
     eprintln!("capvm_firmware_grub_linux_s {:.0}", took.as_secs_f64());
-    std::fs::remove_file(iso).unwrap();
     std::fs::remove_file(disk).unwrap();
 }
 
