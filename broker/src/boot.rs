@@ -74,6 +74,10 @@ pub enum BootError {
     InitrdTooBig { path: String, size: u64 },
     #[error("-l bootrom: {path} is {size} bytes; a boot ROM is whole 64 KiB blocks, at most 16 MiB")]
     RomSize { path: String, size: u64 },
+    #[error("-l bootrom: the variable store {path} is {size} bytes; it must be whole 4 KiB blocks and fit beside the ROM in 16 MiB")]
+    VarsSize { path: String, size: u64 },
+    #[error("-l bootrom: the variable store {path} is in use by {holder}")]
+    VarsLocked { path: String, holder: String },
     #[error("writing boot structures to guest RAM: {0}")]
     Memory(String),
 }
@@ -149,7 +153,35 @@ impl Rom {
     }
 }
 
-/// Loads the guest described by `cfg` into `mem`.
+/// The firmware's variable store (`-l bootrom,ROM,VARFILE`): a file the
+/// runner maps as a flash just below the ROM. Opened read-write and locked
+/// like a disk image, so two VMs cannot both write one.
+pub struct VarStore {
+    pub file: File,
+    pub size: u64,
+}
+
+impl VarStore {
+    pub fn open(path: &Path, rom: &Rom) -> Result<VarStore, BootError> {
+        let shown = path.display().to_string();
+        let open_err = |err| BootError::Open { what: "-l bootrom variable store", path: shown.clone(), err };
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let size = meta.len();
+        if !meta.is_file() || size == 0 || !size.is_multiple_of(4096) || size + rom.size() > ROM_MAX {
+            return Err(BootError::VarsSize { path: shown, size });
+        }
+        crate::devices::image_lock::lock(&file, false)
+            .map_err(|holder| BootError::VarsLocked { path: shown.clone(), holder })?;
+        Ok(VarStore { file, size })
+    }
+
+    /// Where the flash sits: right below the ROM, as bhyve places it.
+    pub fn spec(&self, rom: &Rom) -> capvm_ipc::FlashSpec {
+        capvm_ipc::FlashSpec { guest_addr: (1 << 32) - rom.size() - self.size, size: self.size }
+    }
+}
+
 /// Loads the kernel, its command line and initrd, and the ACPI tables for
 /// `cpus` vCPUs, and says where to start.
 pub fn load(

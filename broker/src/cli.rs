@@ -26,7 +26,8 @@ capvm boots a kernel directly (the role of bhyveload):
   -o boot.initrd=PATH    an initial ramdisk
   -o boot.cmdline=STRING the kernel command line
 or firmware (bhyve's bootrom):
-  -l bootrom,ROMFILE     e.g. /usr/share/seabios/bios-256k.bin, from its reset vector
+  -l bootrom,ROMFILE[,VARFILE]  e.g. /usr/share/seabios/bios-256k.bin, from its reset vector;
+                         VARFILE: a flash below the ROM where UEFI firmware keeps its variables
   -f name,string=VALUE|file=PATH   a file the firmware finds in fw_cfg (name it opt/...)
 
 sandbox (every child process; see capvmctl --audit):

@@ -197,9 +197,9 @@ pub enum FwCfgData {
 pub enum Boot {
     /// A kernel loaded by capvm (`-o boot.kernel`).
     Kernel(BootConfig),
-    /// Firmware from its reset vector (`-l bootrom,ROMFILE`), with the
-    /// user's fw_cfg files (`-f`).
-    Firmware { rom: PathBuf, files: Vec<FwCfgFile> },
+    /// Firmware from its reset vector (`-l bootrom,ROMFILE[,VARFILE]`),
+    /// its variable store, and the user's fw_cfg files (`-f`).
+    Firmware { rom: PathBuf, vars: Option<PathBuf>, files: Vec<FwCfgFile> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -361,9 +361,6 @@ impl VmConfig {
                 if !has_lpc {
                     return err("-l bootrom needs an LPC bridge: add -s 31,lpc");
                 }
-                if tree.get("lpc.bootvars").is_some() {
-                    return err("-l bootrom,ROM,VARFILE: a variable store (for OVMF) is not supported yet");
-                }
                 if ["boot.initrd", "boot.cmdline"].iter().any(|k| tree.get(k).is_some()) {
                     return err("boot.initrd and boot.cmdline go with boot.kernel; firmware finds its own");
                 }
@@ -380,7 +377,7 @@ impl VmConfig {
                     };
                     files.push(FwCfgFile { name: name.to_string(), data });
                 }
-                Boot::Firmware { rom: PathBuf::from(rom), files }
+                Boot::Firmware { rom: PathBuf::from(rom), vars: tree.get("lpc.bootvars").map(PathBuf::from), files }
             }
             (Some(_), None) | (None, None) if tree.get("fw_cfg.user.0.name").is_some() => {
                 return err("-f adds a file for firmware: it needs -l bootrom");

@@ -90,9 +90,14 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         .collect();
     all_routes.extend(routes);
     let mut fds = Fds::child();
-    let start = StartRunnerFds::take_from(&all_routes, fds.received())?;
+    let has_flash = matches!(cfg.boot, crate::config::Boot::Firmware { vars: Some(_), .. });
+    let start = StartRunnerFds::take_from(&all_routes, has_flash, fds.received())?;
     let vm = fds.alloc();
     fds.free(start.stats);
+    // The variable store is mapped and its fd closed before the sandbox.
+    if let Some(flash) = start.flash {
+        fds.free(flash);
+    }
     let mut irqfds = Vec::new();
     let mut notify = Vec::new();
     for d in &start.devices {
@@ -116,6 +121,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         irqfds,
         pci: all_routes.iter().any(|r| r.pci.is_some()),
         notify,
+        flash: has_flash,
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));

@@ -104,6 +104,11 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         boot::Image::Rom(rom) => Some(rom),
         boot::Image::Kernel(_) => None,
     };
+    let vars = match (&cfg.boot, rom) {
+        (Boot::Firmware { vars: Some(path), .. }, Some(rom)) => Some(boot::VarStore::open(path, rom)?),
+        _ => None,
+    };
+    let flash = vars.as_ref().zip(rom).map(|(v, rom)| (v.spec(rom), &v.file));
     let memfd_size = cfg.memory + rom.map_or(0, boot::Rom::size);
     let ram =
         shm::sealed_memfd("capvm-guest-ram", memfd_size).map_err(|source| VmError::Ram { size: cfg.memory, source })?;
@@ -162,7 +167,8 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect();
 
     let mut children: Vec<Child> = Vec::new();
-    let started = start_children(cfg, kvm, ram, regions, boot_state, fw_cfg, host, &coms, &served, &mut children);
+    let started =
+        start_children(cfg, kvm, ram, regions, boot_state, fw_cfg, flash, host, &coms, &served, &mut children);
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
@@ -190,6 +196,7 @@ fn start_children(
     regions: Vec<capvm_ipc::MemoryRegion>,
     boot: capvm_ipc::BootState,
     fw_cfg: Option<capvm_ipc::FwCfgItems>,
+    flash: Option<(capvm_ipc::FlashSpec, &File)>,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
     served: &[ServedHost],
@@ -265,12 +272,19 @@ fn start_children(
         strict_io: cfg.strict_io,
         wire_memory: cfg.wired,
         fw_cfg,
+        flash: flash.map(|(spec, _)| spec),
         sandbox: sandbox_config(cfg, "vcpu-runner"),
     };
     let stats = stats_page()?;
     let mut devices: Vec<RouteFds<BorrowedFd>> = coms.iter().map(|(_, _, w)| w.route_fds()).collect();
     devices.extend(served.iter().map(ServedHost::route_fds));
-    let fds = StartRunnerFds { kvm: kvm.as_fd(), ram: ram.as_fd(), stats: stats.as_fd(), devices };
+    let fds = StartRunnerFds {
+        kvm: kvm.as_fd(),
+        ram: ram.as_fd(),
+        stats: stats.as_fd(),
+        devices,
+        flash: flash.map(|(_, file)| file.as_fd()),
+    };
     let sent = child.channel.send(&ToChild::StartRunner(config), &fds.flatten());
     child.stats = Some(stats);
     children.push(child);

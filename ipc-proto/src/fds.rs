@@ -208,6 +208,8 @@ pub struct StartRunnerFds<F> {
     pub stats: F,
     /// One per `RunnerConfig::devices`, in order.
     pub devices: Vec<RouteFds<F>>,
+    /// The variable store's file, if `RunnerConfig::flash`.
+    pub flash: Option<F>,
 }
 
 impl<F> StartRunnerFds<F> {
@@ -220,22 +222,27 @@ impl<F> StartRunnerFds<F> {
                 pci.flatten_into(&mut v);
             }
         }
+        v.extend(self.flash);
         v
     }
 
-    pub fn unflatten(routes: &[DeviceRoute], fds: impl IntoIterator<Item = F>) -> Result<Self, FdLayoutError> {
+    pub fn unflatten(
+        routes: &[DeviceRoute],
+        flash: bool,
+        fds: impl IntoIterator<Item = F>,
+    ) -> Result<Self, FdLayoutError> {
         let mut t = Take { fds: fds.into_iter(), message: "StartRunner" };
-        let s = Self::take(&mut t, routes)?;
+        let s = Self::take(&mut t, routes, flash)?;
         t.end()?;
         Ok(s)
     }
 
     /// As `unflatten`, from a list that may go on (fd numbers to come).
-    pub fn take_from(routes: &[DeviceRoute], fds: impl Iterator<Item = F>) -> Result<Self, FdLayoutError> {
-        Self::take(&mut Take { fds, message: "StartRunner" }, routes)
+    pub fn take_from(routes: &[DeviceRoute], flash: bool, fds: impl Iterator<Item = F>) -> Result<Self, FdLayoutError> {
+        Self::take(&mut Take { fds, message: "StartRunner" }, routes, flash)
     }
 
-    fn take(t: &mut Take<impl Iterator<Item = F>>, routes: &[DeviceRoute]) -> Result<Self, FdLayoutError> {
+    fn take(t: &mut Take<impl Iterator<Item = F>>, routes: &[DeviceRoute], flash: bool) -> Result<Self, FdLayoutError> {
         let (kvm, ram, stats) = (t.one("/dev/kvm")?, t.one("guest RAM")?, t.one("stats page")?);
         let mut devices = Vec::with_capacity(routes.len());
         for r in routes {
@@ -252,7 +259,8 @@ impl<F> StartRunnerFds<F> {
                 },
             });
         }
-        Ok(StartRunnerFds { kvm, ram, stats, devices })
+        let flash = if flash { Some(t.one("variable store")?) } else { None };
+        Ok(StartRunnerFds { kvm, ram, stats, devices, flash })
     }
 }
 
@@ -304,12 +312,16 @@ mod tests {
             DeviceRoute { name: "blk".into(), pio: vec![], irq_gsi: None, pci: Some(function(1, true)) },
         ];
         // kvm, ram, stats; com1: ring, doorbell, irq; blk: ring, doorbell, 1 notify, 3 MSI-X, 2 INTx.
-        let fds = StartRunnerFds::unflatten(&routes, 0..14).unwrap();
+        let fds = StartRunnerFds::unflatten(&routes, false, 0..14).unwrap();
         assert_eq!(fds.devices[0].irq, Some(5));
         assert!(fds.devices[0].pci.is_none());
         let blk = fds.devices[1].pci.as_ref().unwrap();
         assert_eq!((fds.devices[1].ring, blk.notify[0], blk.intx), (6, 8, Some([12, 13])));
         assert_eq!(fds.flatten(), (0..14).collect::<Vec<_>>());
-        assert!(StartRunnerFds::take_from(&routes, 4..).is_ok(), "an open-ended list of fd numbers");
+        assert!(StartRunnerFds::take_from(&routes, false, 4..).is_ok(), "an open-ended list of fd numbers");
+        // The variable store's file comes last.
+        let fds = StartRunnerFds::unflatten(&routes, true, 0..15).unwrap();
+        assert_eq!(fds.flash, Some(14));
+        assert_eq!(fds.flatten(), (0..15).collect::<Vec<_>>());
     }
 }

@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 8;
+pub const PROTO_VERSION: u32 = 9;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -123,7 +123,18 @@ pub struct RunnerConfig {
     pub wire_memory: bool,
     /// What firmware reads through fw_cfg (a firmware boot only).
     pub fw_cfg: Option<FwCfgItems>,
+    /// The firmware's variable store (`-l bootrom,ROM,VARFILE`): a flash
+    /// beside the ROM, its file among the runner's fds.
+    pub flash: Option<FlashSpec>,
     pub sandbox: SandboxConfig,
+}
+
+/// Where the variable store's flash sits: `size` bytes of its file at
+/// `guest_addr`. Every access exits (it speaks CFI commands).
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashSpec {
+    pub guest_addr: u64,
+    pub size: u64,
 }
 
 /// fw_cfg's contents: numbered items and named files (whose keys follow
@@ -362,7 +373,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (8, 0x2514_344c_3389_ccac);
+    const WIRE_FINGERPRINT: (u32, u64) = (9, 0x86c0_47b4_2ea3_c955);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -407,6 +418,7 @@ mod tests {
                 strict_io: true,
                 wire_memory: false,
                 fw_cfg: Some(FwCfgItems { items: vec![(5, vec![2, 0])], files: vec![("etc/e820".into(), vec![1])] }),
+                flash: Some(FlashSpec { guest_addr: 0xffbe_0000, size: 0x2_0000 }),
                 sandbox: sandbox(),
             }),
             ToChild::StartUart(UartConfig {
@@ -484,7 +496,10 @@ mod tests {
             .flatten(),
         );
         let route = RouteFds { ring: "ring", doorbell: "doorbell", irq: Some("irq"), pci: Some(pci()) };
-        v.extend(StartRunnerFds { kvm: "kvm", ram: "ram", stats: "stats", devices: vec![route] }.flatten());
+        v.extend(
+            StartRunnerFds { kvm: "kvm", ram: "ram", stats: "stats", devices: vec![route], flash: Some("flash") }
+                .flatten(),
+        );
         v
     }
 

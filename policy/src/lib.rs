@@ -118,6 +118,9 @@ pub struct Manifest {
     pub syscalls: Vec<SyscallRule>,
     /// (resource, limit): RLIMIT_NOFILE and RLIMIT_CORE.
     pub rlimits: Vec<(&'static str, u64)>,
+    /// Host memory it keeps mapped after closing the fd it came from: a
+    /// right the fd list alone would not show.
+    pub mappings: Vec<&'static str>,
 }
 
 impl Manifest {
@@ -171,6 +174,9 @@ impl fmt::Display for Manifest {
                 let names: Vec<&str> = g.ioctls.iter().map(|i| i.name).collect();
                 writeln!(f, "         ioctls: {}", names.join(" "))?;
             }
+        }
+        for m in &self.mappings {
+            writeln!(f, "  mapped, fd closed: {m}")?;
         }
         writeln!(f, "  syscalls ({}; anything else traps and is audited):", self.syscalls.len())?;
         for s in &self.syscalls {

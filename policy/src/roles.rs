@@ -92,6 +92,8 @@ pub struct RunnerFds {
     pub notify: Vec<i32>,
     /// The VM has PCI functions: BAR moves and MSI-X routes need VM ioctls.
     pub pci: bool,
+    /// It maps the firmware's variable store (-l bootrom,ROM,VARFILE).
+    pub flash: bool,
 }
 
 /// The VM ioctls a runner with PCI functions keeps: moving queue-notify
@@ -143,7 +145,8 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
         r("tgkill", Args::Arg0In(vec![own_pid as u64]), "kick its own vCPU threads out of KVM_RUN"),
     ]);
     let rlimits = rlimits(&fds);
-    Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits }
+    let mappings = if f.flash { vec!["the firmware variable store VARFILE (read-write, shared)"] } else { vec![] };
+    Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits, mappings }
 }
 
 /// Where a UART's bytes go, as fds.
@@ -194,7 +197,7 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
         });
     }
     let rlimits = rlimits(&fds);
-    Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits }
+    Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits, mappings: vec![] }
 }
 
 /// The fds every PCI device server (virtio, AHCI) holds besides its backend's.
@@ -233,7 +236,7 @@ pub fn pci_device(name: &str, f: &PciDeviceFds, backend: Vec<FdGrant>, backend_s
     let mut syscalls = common();
     syscalls.extend(backend_syscalls);
     let rlimits = rlimits(&fds);
-    Manifest { role: name.to_string(), fds, syscalls, rlimits }
+    Manifest { role: name.to_string(), fds, syscalls, rlimits, mappings: vec![] }
 }
 
 /// A virtio-blk server's disk, with the rights its mode needs: pread needs
@@ -299,6 +302,7 @@ pub fn test_runner_fds() -> RunnerFds {
         irqfds: vec![11],
         notify: vec![],
         pci: false,
+        flash: false,
     }
 }
 

@@ -69,7 +69,10 @@ fn bad_boot_roms_are_one_line_errors() {
         (firmware_args("/nonexistent/bios.bin", &[]), "cannot open -l bootrom /nonexistent/bios.bin"),
         (firmware_args(odd.to_str().unwrap(), &[]), "whole 64 KiB blocks, at most 16 MiB"),
         (firmware_args(huge.to_str().unwrap(), &[]), "whole 64 KiB blocks, at most 16 MiB"),
-        (firmware_args(&format!("{SEABIOS},vars.fd"), &[]), "a variable store (for OVMF) is not supported yet"),
+        (firmware_args(&format!("{SEABIOS},/nonexistent/vars.fd"), &[]), "cannot open -l bootrom variable store"),
+        (firmware_args(&format!("{SEABIOS},{}", dir.display()), &[]), "cannot open -l bootrom variable store"),
+        (firmware_args(&format!("{SEABIOS},{}", odd.display()), &[]), "whole 4 KiB blocks"),
+        (firmware_args(&format!("{SEABIOS},{}", huge.display()), &[]), "whole 4 KiB blocks"),
         (
             firmware_args(SEABIOS, &["-o", &format!("boot.kernel={}", guest().display())]),
             "-o boot.kernel and -l bootrom both say what to boot",
@@ -197,4 +200,217 @@ fn bootindex_picks_the_boot_device_and_a_hybrid_iso_boots_as_a_disk() {
     }
     std::fs::remove_file(cd).unwrap();
     std::fs::remove_file(hd).unwrap();
+}
+
+/// The quick firmware test's boot sector (GNU as, real mode, then 32-bit
+/// protected mode): prints on COM1, reads fw_cfg's signature, drives the
+/// variable store's flash at FLASH through CFI commands (what it reads is
+/// printed, in hex where it is not text), and powers off through PM1a.
+const BOOT_SECTOR: &str = r#"
+    .code16
+    .globl start
+start:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    movw %ax, %ss
+    movw $0x7c00, %sp
+    movw $hello, %si
+1:  lodsb
+    testb %al, %al
+    jz 2f
+    call putc16
+    jmp 1b
+2:  movw $0x510, %dx            # fw_cfg selector: signature
+    xorw %ax, %ax
+    outw %ax, %dx
+    movw $0x511, %dx
+    movw $4, %cx
+3:  inb %dx, %al
+    call putc16
+    loop 3b
+    lgdt gdtr
+    movl %cr0, %eax
+    orb $1, %al
+    movl %eax, %cr0
+    ljmp $0x08, $pm
+putc16:
+    pushw %dx
+    movw $0x3f8, %dx
+    outb %al, %dx
+    popw %dx
+    ret
+
+    .code32
+pm:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl $0x7c00, %esp
+    movl $FLASH, %ebx
+    movb $' ', %al
+    call putc
+    movl $0, %esi                # the array: "VARS" and what is at 16
+    movl $4, %ecx
+    call chars
+    movl $16, %esi
+    movl $5, %ecx
+    call chars
+    movb $0x50, (%ebx)           # clear status: reads the array again
+    movb (%ebx), %al
+    call hex
+    movb $0x70, (%ebx)           # read status: ready
+    movb (%ebx), %al
+    call hex
+    movb $0x90, (%ebx)           # read identifier: Intel
+    movb (%ebx), %al
+    call hex
+    movl $16, %esi               # program "capvm" at 16, byte by byte
+    movl $word, %edi
+4:  movb $0x10, (%ebx,%esi)
+    movb (%edi), %al
+    movb %al, (%ebx,%esi)
+    incl %esi
+    incl %edi
+    cmpl $21, %esi
+    jne 4b
+    movb $0xff, (%ebx)
+    movl $16, %esi
+    movl $5, %ecx
+    call chars
+    movb $0x20, 0x1000(%ebx)     # erase block 1
+    movb $0xd0, 0x1000(%ebx)
+    movb (%ebx), %al
+    call hex
+    movb $0xff, (%ebx)
+    movb 0x1000(%ebx), %al
+    call hex
+    movb $'\n', %al
+    call putc
+    movw $0x404, %dx             # PM1a control: S5
+    movw $0x3400, %ax
+    outw %ax, %dx
+5:  hlt
+    jmp 5b
+chars:                           # ecx bytes of the array at esi, as text
+    movb (%ebx,%esi), %al
+    call putc
+    incl %esi
+    loop chars
+    movb $' ', %al
+    jmp putc
+hex:                             # al as two hex digits and a space
+    pushl %eax
+    shrb $4, %al
+    call nibble
+    popl %eax
+    andb $0xf, %al
+    call nibble
+    movb $' ', %al
+    jmp putc
+nibble:
+    cmpb $10, %al
+    jb 6f
+    addb $39, %al
+6:  addb $'0', %al
+putc:
+    pushl %edx
+    movw $0x3f8, %dx
+    outb %al, %dx
+    popl %edx
+    ret
+
+hello:
+    .asciz "capvm boot sector: "
+word:
+    .ascii "capvm"
+    .p2align 3
+gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff
+    .quad 0x00cf92000000ffff
+gdtr:
+    .word 23
+    .long gdt
+    .org 510
+    .word 0xaa55
+"#;
+
+/// A 1 MiB disk whose boot sector is `BOOT_SECTOR`, with the flash at `flash`.
+fn boot_sector_disk(flash: u64) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("capvm-bootsector-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bs.S"), BOOT_SECTOR).unwrap();
+    let sh = |cmd: &mut std::process::Command| {
+        let out = cmd.current_dir(&dir).output().expect("binutils (as, ld)");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh(std::process::Command::new("as").args(["--32", "--defsym", &format!("FLASH={flash:#x}"), "-o", "bs.o", "bs.S"]));
+    sh(std::process::Command::new("ld").args([
+        "-m",
+        "elf_i386",
+        "-Ttext=0x7c00",
+        "--oformat=binary",
+        "-e",
+        "start",
+        "-o",
+        "bs.bin",
+        "bs.o",
+    ]));
+    let mut sector = std::fs::read(dir.join("bs.bin")).unwrap();
+    assert_eq!(sector.len(), 512, "the boot sector is one sector");
+    sector.resize(1 << 20, 0);
+    let disk = dir.with_extension("img");
+    std::fs::write(&disk, sector).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    disk
+}
+
+/// Issue 16's quick firmware test and the variable store: SeaBIOS boots a
+/// virtio disk whose boot sector prints on COM1, reads fw_cfg's signature,
+/// programs and erases the VARFILE's flash (`-l bootrom,ROM,VARFILE`) and
+/// powers off: status 1. What it wrote is in the file, and the next boot
+/// reads it back.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn seabios_boots_a_boot_sector_that_keeps_bytes_in_the_variable_store() {
+    require_kvm();
+    const VARS: u64 = 128 << 10;
+    let rom_size = std::fs::metadata(SEABIOS).unwrap().len();
+    let flash = (1u64 << 32) - rom_size - VARS;
+    let disk = boot_sector_disk(flash);
+    let vars = std::env::temp_dir().join(format!("capvm-vars-{}.fd", std::process::id()));
+    let mut initial = vec![b'Z'; VARS as usize];
+    initial[..4].copy_from_slice(b"VARS");
+    std::fs::write(&vars, &initial).unwrap();
+    let args = || {
+        firmware_args(&format!("{SEABIOS},{}", vars.display()), &["-s", &format!("3,virtio-blk,{},ro", disk.display())])
+    };
+    let first = finish(spawn(&args()), Duration::from_secs(120));
+    assert_eq!(first.code(), 1, "PM1a S5 is a poweroff: {first:?}");
+    // From the sector's first word to the end of its line (SeaBIOS's
+    // "Booting from Hard Disk..." comes before it on the same line).
+    let line = |r: &Run| {
+        let at = r.stdout.find("capvm boot sector:")?;
+        r.stdout[at..].lines().next().map(str::to_string)
+    };
+    // fw_cfg's signature; the array; clear status reads the array ('V'),
+    // read status says ready, the identifier is Intel's; the programmed
+    // word; ready after the erase; the erased block reads 0xff.
+    assert_eq!(line(&first).as_deref(), Some("capvm boot sector: QEMU VARS ZZZZZ 56 80 89 capvm 80 ff "), "{first:?}");
+    let after = std::fs::read(&vars).unwrap();
+    assert_eq!(after.len(), VARS as usize, "the store keeps its size");
+    assert_eq!(&after[..16], &initial[..16]);
+    assert_eq!(&after[16..21], b"capvm");
+    assert!(after[0x1000..0x2000].iter().all(|&b| b == 0xff), "block 1 erased");
+    assert_eq!(&after[21..0x1000], &initial[21..0x1000]);
+    assert_eq!(&after[0x2000..], &initial[0x2000..]);
+
+    // The next boot finds the word where the last one left it.
+    let second = finish(spawn(&args()), Duration::from_secs(120));
+    assert_eq!(second.code(), 1, "{second:?}");
+    assert!(line(&second).unwrap_or_default().contains("QEMU VARS capvm 56"), "{second:?}");
+    std::fs::remove_file(vars).unwrap();
+    std::fs::remove_file(disk).unwrap();
 }

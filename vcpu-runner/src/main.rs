@@ -4,6 +4,7 @@
 //! Started by the broker with its control socket at fd 3; everything else
 //! (/dev/kvm, RAM, rings, eventfds) arrives in the `StartRunner` message.
 
+mod flash;
 mod fwcfg;
 mod memory;
 mod pci;

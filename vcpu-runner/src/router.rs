@@ -7,6 +7,7 @@ use capvm_ipc::stats::{Counter, CountersByKind};
 use capvm_ipc::{PioRange, VmEvent};
 use capvm_kernel::Vm;
 
+use crate::flash::Flash;
 use crate::fwcfg::FwCfg;
 use crate::pci::{PciBus, PioResult, Target};
 use crate::platform::{Outcome, Platform};
@@ -38,6 +39,8 @@ pub struct Router {
     pub exits: ExitCounters,
     /// fw_cfg, on a firmware boot.
     pub fw_cfg: Option<std::sync::Mutex<FwCfg>>,
+    /// The firmware's variable store, if it has one.
+    pub flash: Option<Flash>,
 }
 
 /// What the vCPU does after an access.
@@ -88,10 +91,20 @@ impl Router {
         Routed::Continue(u64::MAX)
     }
 
-    /// Routes one MMIO access: ECAM or a mapped BAR; anything else reads
-    /// all-ones and drops writes.
+    /// Routes one MMIO access: the variable store, ECAM or a mapped BAR;
+    /// anything else (the boot ROM's writes among it) reads all-ones and
+    /// drops writes.
     pub fn mmio(&self, vcpu: u32, addr: u64, size: u8, write: Option<u64>) -> u64 {
         self.exits.mmio.inc();
+        if let Some(flash) = self.flash.as_ref().filter(|f| f.owns(addr)) {
+            return match write {
+                Some(v) => {
+                    flash.write(addr, size, v);
+                    0
+                }
+                None => flash.read(addr, size),
+            };
+        }
         match self.pci.mmio(addr) {
             Some(Target::Config { slot, func, offset }) => self.config(vcpu, slot, func, offset, size, write),
             Some(Target::Bar { function, bar, offset }) => {

@@ -1,5 +1,6 @@
 //! Start-up and the vCPU threads.
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use capvm_kernel::complete::Outcome;
 use capvm_kernel::vm::EventFd;
 use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
 
+use crate::flash::{Flash, FlashCounters};
 use crate::fwcfg::FwCfg;
 use crate::memory::GuestRam;
 use crate::pci::{self, PciBus, ServedFunction};
@@ -81,8 +83,8 @@ impl Shared {
 
 pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let (cfg, fds) = crate::receive_start(channel)?;
-    let StartRunnerFds { kvm, ram: ram_fd, stats: stats_fd, devices: device_fds } =
-        StartRunnerFds::unflatten(&cfg.devices, fds)?;
+    let StartRunnerFds { kvm, ram: ram_fd, stats: stats_fd, devices: device_fds, flash: flash_fd } =
+        StartRunnerFds::unflatten(&cfg.devices, cfg.flash.is_some(), fds)?;
     let host = if cfg.hide_unemulated_cpuid { HostKvm::Emulated } else { HostKvm::HardwareAssisted };
     let mut vm = Vm::create(kvm, host)?;
     if cfg.vcpus == 0 || cfg.vcpus as usize > vm.max_vcpus() {
@@ -101,6 +103,21 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         mmio: stats.counter("mmio_exits"),
         completed: CountersByKind::new(&mut stats, "completed_", capvm_kernel::complete::KINDS),
         emulation_retries: stats.counter("emulation_retries"),
+    };
+    // The variable store is mapped now and its fd closed: the sandbox
+    // leaves the runner no file but what it had.
+    let flash = match (cfg.flash, flash_fd) {
+        (Some(spec), Some(fd)) => {
+            let counters = FlashCounters {
+                bytes_programmed: stats.counter("flash_bytes_programmed"),
+                blocks_erased: stats.counter("flash_blocks_erased"),
+                unknown_commands: stats.counter("flash_unknown_commands"),
+            };
+            let flash = Flash::map(File::from(fd), spec.guest_addr, spec.size, counters)
+                .map_err(|e| RunnerError::Config(e.to_string()))?;
+            Some(flash)
+        }
+        _ => None,
     };
 
     let mut devices = Vec::new();
@@ -178,8 +195,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     let platform = Platform::new(ram_end(false), ram_end(true).saturating_sub(1 << 32), cfg.vcpus);
     install_kick_handler();
     let control = channel_dup(channel)?;
-    let has_pci = cfg.devices.iter().any(|d| d.pci.is_some());
-    enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, has_pci))?;
+    enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, &cfg))?;
     let shared = Arc::new(Shared {
         router: Router {
             vm,
@@ -189,6 +205,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
             strict_io: cfg.strict_io,
             exits,
             fw_cfg: cfg.fw_cfg.as_ref().map(|items| std::sync::Mutex::new(FwCfg::new(items, ram.memory()))),
+            flash,
         },
         ram,
         channel: Channel::from_fd(control),
@@ -215,7 +232,7 @@ fn runner_fds(
     devices: &[Device],
     control_dup: &OwnedFd,
     notify: Vec<i32>,
-    pci: bool,
+    cfg: &capvm_ipc::RunnerConfig,
 ) -> capvm_policy::roles::RunnerFds {
     let (kvm_fd, vm_fd) = vm.raw_fds();
     capvm_policy::roles::RunnerFds {
@@ -226,8 +243,9 @@ fn runner_fds(
         ram: ram.fd(),
         control_dup: control_dup.as_raw_fd(),
         irqfds: vm.eventfd_numbers(),
-        pci,
+        pci: cfg.devices.iter().any(|d| d.pci.is_some()),
         notify,
+        flash: cfg.flash.is_some(),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::served::Allocator;
 use crate::vm::VmError;
 
 pub mod ahci;
-mod image_lock;
+pub(crate) mod image_lock;
 pub mod virtio_blk;
 pub mod virtio_net;
 
