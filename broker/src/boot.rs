@@ -49,9 +49,10 @@ const KERNEL_LOADER_OTHER: u8 = 0xff;
 /// Offset of the 64-bit entry point in a bzImage's protected-mode kernel.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
-/// Boot ROM sizes: whole 64 KiB blocks, at most 16 MiB (it sits below
-/// 4 GiB, above the LAPIC).
-const ROM_BLOCK: u64 = 64 << 10;
+/// Boot ROM sizes: whole 4 KiB pages, as bhyve asks (Debian's
+/// OVMF_CODE_4M.fd is not whole 64 KiB blocks), at most 16 MiB with the
+/// variable store (it sits below 4 GiB, above the LAPIC).
+const ROM_BLOCK: u64 = 4 << 10;
 const ROM_MAX: u64 = 16 << 20;
 /// The top of the ROM that also sits below 1 MiB, as RAM: the legacy BIOS
 /// area SeaBIOS runs from and writes during POST. QEMU aliases only the
@@ -72,7 +73,7 @@ pub enum BootError {
     CmdlineTooLong(usize),
     #[error("boot.initrd {path} ({size} bytes) does not fit in guest RAM below the kernel's limit; give more memory")]
     InitrdTooBig { path: String, size: u64 },
-    #[error("-l bootrom: {path} is {size} bytes; a boot ROM is whole 64 KiB blocks, at most 16 MiB")]
+    #[error("-l bootrom: {path} is {size} bytes; a boot ROM is whole 4 KiB pages, at most 16 MiB")]
     RomSize { path: String, size: u64 },
     #[error("-l bootrom: the variable store {path} is {size} bytes; it must be whole 4 KiB blocks and fit beside the ROM in 16 MiB")]
     VarsSize { path: String, size: u64 },

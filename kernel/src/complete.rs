@@ -25,7 +25,7 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "int3",
     "int",
     "fwait",
@@ -40,12 +40,15 @@ pub const KINDS: [&str; 14] = [
     "cmpxchg16b",
     "ldmxcsr",
     "stmxcsr",
+    "fldcw",
 ];
 
 /// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
 pub const XSAVE_AREA: usize = 4096;
 /// Where the XSAVE header starts, and the legacy region's fields.
 const HEADER: usize = 512;
+/// The x87 control word (FCW) and MXCSR in the legacy region.
+const FCW: usize = 0;
 const MXCSR: usize = 24;
 const MXCSR_MASK: usize = 28;
 /// What MXCSR_MASK means when the area says 0 (SDM vol. 1, 11.6.6).
@@ -219,6 +222,7 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         Mnemonic::Cmpxchg16b => cmpxchg16b(m, &insn),
         Mnemonic::Ldmxcsr | Mnemonic::Vldmxcsr => ldmxcsr(m, &insn),
         Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => stmxcsr(m, &insn),
+        Mnemonic::Fldcw => fldcw(m, &insn),
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => count_bits(m, &insn),
         other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
@@ -250,6 +254,28 @@ fn ldmxcsr(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Out
     m.set_xsave_area(area);
     m.set_rip(insn.next_ip());
     Ok("ldmxcsr")
+}
+
+/// FLDCW m16 (firmware's FPU set-up, OVMF's first instructions): the x87
+/// control word into the vCPU's state, with the x87 bit in XSTATE_BV so
+/// KVM_SET_XSAVE takes it. (FNSTCW, FNINIT and FNSTSW the host's
+/// emulator runs itself.) Unmasking an exception that is pending would
+/// raise #MF at the next x87 instruction; KVM keeps FSW as it was.
+fn fldcw(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let linear = memory_address(m, insn, 0)?;
+    let mut value = [0u8; 2];
+    if !m.read(linear, &mut value) {
+        return Err(Outcome::Fault(linear));
+    }
+    let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("fldcw (no KVM_GET_XSAVE)".into()))?;
+    // As the CPU keeps it: bit 6 reads as one, bits 7 and 13-15 as zero.
+    let fcw = u16::from_le_bytes(value) & 0x1f3f | 0x0040;
+    area[FCW..FCW + 2].copy_from_slice(&fcw.to_le_bytes());
+    let bv = le64(&area, HEADER) | 0b01;
+    area[HEADER..HEADER + 8].copy_from_slice(&bv.to_le_bytes());
+    m.set_xsave_area(area);
+    m.set_rip(insn.next_ip());
+    Ok("fldcw")
 }
 
 /// STMXCSR m32: the SSE control word from the vCPU's state into memory.
@@ -1097,6 +1123,35 @@ mod tests {
             assert_eq!(complete(&mut f, &st), Outcome::Completed("stmxcsr"));
             assert_eq!(le32(&f.mem, 8), back);
             assert_eq!(f.rip, rip + 4);
+        }
+    }
+
+    #[test]
+    fn fldcw_loads_what_the_host_cpu_loads() {
+        // fldcw [rbx+6]
+        let ld = [0xd9, 0x6b, 0x06];
+        for value in [0x037fu16, 0x027f, 0x0f7f, 0x1f3f, 0xffff, 0] {
+            let mut f = Fake::new();
+            f.gpr[3] = MEM;
+            f.mem[6..8].copy_from_slice(&value.to_le_bytes());
+            assert_eq!(complete(&mut f, &ld), Outcome::Completed("fldcw"));
+            assert_eq!(f.rip, 0x1000 + 3);
+            let (mut saved, mut back) = (0u16, 0u16);
+            // SAFETY: saves FCW, loads the test value (all exceptions
+            // masked in each), reads it back and restores it.
+            unsafe {
+                std::arch::asm!(
+                    "fnstcw [{s}]",
+                    "fldcw [{v}]",
+                    "fnstcw [{b}]",
+                    "fldcw [{s}]",
+                    s = in(reg) &mut saved,
+                    v = in(reg) &value,
+                    b = in(reg) &mut back,
+                );
+            }
+            assert_eq!(u16::from_le_bytes([f.area[FCW], f.area[FCW + 1]]), back, "{value:#x}");
+            assert_ne!(le64(&f.area, HEADER) & 0b01, 0, "x87 in XSTATE_BV, or KVM_SET_XSAVE ignores FCW");
         }
     }
 }

@@ -67,8 +67,8 @@ fn bad_boot_roms_are_one_line_errors() {
     std::fs::File::create(&huge).unwrap().set_len(32 << 20).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (firmware_args("/nonexistent/bios.bin", &[]), "cannot open -l bootrom /nonexistent/bios.bin"),
-        (firmware_args(odd.to_str().unwrap(), &[]), "whole 64 KiB blocks, at most 16 MiB"),
-        (firmware_args(huge.to_str().unwrap(), &[]), "whole 64 KiB blocks, at most 16 MiB"),
+        (firmware_args(odd.to_str().unwrap(), &[]), "whole 4 KiB pages, at most 16 MiB"),
+        (firmware_args(huge.to_str().unwrap(), &[]), "whole 4 KiB pages, at most 16 MiB"),
         (firmware_args(&format!("{SEABIOS},/nonexistent/vars.fd"), &[]), "cannot open -l bootrom variable store"),
         (firmware_args(&format!("{SEABIOS},{}", dir.display()), &[]), "cannot open -l bootrom variable store"),
         (firmware_args(&format!("{SEABIOS},{}", odd.display()), &[]), "whole 4 KiB blocks"),
