@@ -216,7 +216,7 @@ fn parse_slot(tree: &mut ConfigTree, arg: &str) -> Result<(), ConfigError> {
             for (i, opt) in conf.split(',').filter(|o| !o.is_empty()).enumerate() {
                 let (k, v) = match opt.split_once('=') {
                     Some(kv) => kv,
-                    None if i == 0 => (first, opt),
+                    None if i == 0 && !first.is_empty() => (first, opt),
                     None => (opt, "true"),
                 };
                 tree.set(&format!("{prefix}.{k}"), v);

@@ -69,14 +69,27 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         fds.free(start.ring);
         fds.free(start.stats);
         let (grants, syscalls) = d.device.backend_policy(&start.backend);
+        let ram = if d.device.needs_guest_ram() {
+            Some(start.ram)
+        } else {
+            fds.free(start.ram);
+            None
+        };
         let f = roles::PciDeviceFds {
             doorbell: start.doorbell,
-            ram: start.ram,
+            ram,
             notify: start.pci.notify,
             interrupts: start.pci.interrupts,
             intx: start.pci.intx.map(|[t, r]| (t, r)),
         };
         out.push(roles::pci_device(&d.name(), &f, grants, syscalls));
+        // A display's VNC server: listener, VRAM, state page, stats page;
+        // all but the listener mapped and closed.
+        if d.device.as_any().is::<crate::devices::fbuf::FbufConfig>() {
+            let mut vnc = Fds::child();
+            let listener = vnc.alloc();
+            out.push(roles::vnc(&d.name(), listener));
+        }
         routes.push(DeviceRoute { name: d.name(), pio: Vec::new(), irq_gsi: None, pci: Some(function) });
     }
 
@@ -102,6 +115,10 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
     let mut notify = Vec::new();
     for d in &start.devices {
         fds.free(d.ring);
+        // BAR memory is mapped and its fd closed before the sandbox.
+        if let Some(m) = d.memory {
+            fds.free(m);
+        }
         irqfds.extend(d.irq);
         if let Some(pci) = &d.pci {
             notify.extend(&pci.notify);
@@ -122,6 +139,11 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         pci: all_routes.iter().any(|r| r.pci.is_some()),
         notify,
         flash: has_flash,
+        memory_bars: all_routes
+            .iter()
+            .filter(|r| r.pci.as_ref().is_some_and(|f| f.memory_bar.is_some()))
+            .map(|r| r.name.clone())
+            .collect(),
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));

@@ -9,6 +9,8 @@ use capvm_ipc::{memmap, DeviceBackend, DeviceRoute, PciFds, PciFunction, RouteFd
 use capvm_virtio::layout;
 
 use crate::config::ServedConfig;
+use crate::devices::fbuf::DisplayHost;
+use crate::devices::Opened;
 use crate::vm::{eventfd, VmError};
 
 /// One virtio function: its layout, backend and the fds both sides get.
@@ -28,6 +30,10 @@ pub struct ServedHost {
     interrupts: Vec<OwnedFd>,
     /// INTx#: the trigger and resample eventfds of its irqfd.
     intx: Option<[OwnedFd; 2]>,
+    /// A display's framebuffer and VNC server's part.
+    pub display: Option<DisplayHost>,
+    /// Its server reaches guest RAM.
+    pub dma: bool,
 }
 
 /// Hands out BAR addresses and MSI GSIs in order.
@@ -73,10 +79,11 @@ impl ServedHost {
         emulation: &'static str,
         server: &'static str,
         function: PciFunction,
-        backend: DeviceBackend,
-        backend_fds: Vec<OwnedFd>,
+        opened: Opened,
+        dma: bool,
         vcpus: u32,
     ) -> Result<ServedHost, VmError> {
+        let Opened { backend, fds: backend_fds, display } = opened;
         let vectors = function.msix.map_or(0, |m| m.vectors) + u16::from(function.msi.is_some());
         Ok(ServedHost {
             name,
@@ -93,6 +100,8 @@ impl ServedHost {
                 None => None,
             },
             function,
+            display,
+            dma,
         })
     }
 
@@ -110,7 +119,13 @@ impl ServedHost {
 
     /// The runner's fds for this device.
     pub fn route_fds(&self) -> RouteFds<BorrowedFd<'_>> {
-        RouteFds { ring: self.ring.as_fd(), doorbell: self.doorbell.as_fd(), irq: None, pci: Some(self.pci_fds()) }
+        RouteFds {
+            ring: self.ring.as_fd(),
+            doorbell: self.doorbell.as_fd(),
+            irq: None,
+            pci: Some(self.pci_fds()),
+            memory: self.display.as_ref().map(|d| d.vram.as_fd()),
+        }
     }
 
     /// The eventfds both sides hold.
@@ -129,7 +144,7 @@ impl ServedHost {
 
 /// Opens a served device's host resources and lays its function out.
 pub fn open(d: &ServedConfig, alloc: &mut Allocator, vcpus: u32) -> Result<ServedHost, VmError> {
-    let (backend, fds) = d.device.open().map_err(|source| VmError::Device { at: d.at(), source })?;
+    let opened = d.device.open().map_err(|source| VmError::Device { at: d.at(), source })?;
     let function = (d.served.layout)(d.slot, d.func, alloc)?;
-    ServedHost::new(d.name(), d.emulation, d.served.server, function, backend, fds, vcpus)
+    ServedHost::new(d.name(), d.emulation, d.served.server, function, opened, d.device.needs_guest_ram(), vcpus)
 }

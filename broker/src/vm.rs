@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::{
     shm, DeviceConfig, DeviceRoute, PioRange, RouteFds, RunnerConfig, SandboxConfig, StartRunnerFds, StartUartFds,
-    ToChild, UartBackendKind, UartConfig,
+    StartVncFds, ToChild, UartBackendKind, UartConfig, VncConfig,
 };
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -77,7 +77,13 @@ impl DeviceWires {
 
     /// The runner's side: ring, doorbell, the irqfd on the port's GSI.
     fn route_fds(&self) -> RouteFds<BorrowedFd<'_>> {
-        RouteFds { ring: self.ring.as_fd(), doorbell: self.doorbell.as_fd(), irq: Some(self.irq.as_fd()), pci: None }
+        RouteFds {
+            ring: self.ring.as_fd(),
+            doorbell: self.doorbell.as_fd(),
+            irq: Some(self.irq.as_fd()),
+            pci: None,
+            memory: None,
+        }
     }
 }
 
@@ -230,13 +236,39 @@ fn start_children(
         let stats = stats_page()?;
         let start = ToChild::StartDevice(DeviceConfig {
             name: dev.name.clone(),
-            // RAM only: a device cannot DMA into the boot ROM.
-            memory: regions.iter().filter(|r| !r.read_only).copied().collect(),
+            // RAM only: a device cannot DMA into the boot ROM. A server
+            // without DMA (a display's registers) gets none.
+            memory: regions.iter().filter(|r| !r.read_only && dev.dma).copied().collect(),
             function: dev.function.clone(),
             backend: dev.backend.clone(),
             sandbox: sandbox_config(cfg, dev.emulation),
         });
         let sent = child.channel.send(&start, &dev.server_fds(ram.as_fd(), stats.as_fd()).flatten());
+        child.stats = Some(stats);
+        let role = child.role.clone();
+        children.push(child);
+        sent.map_err(|e| send_err(&role, e))?;
+    }
+
+    // Each display's VNC server: the socket bound, VRAM and the state page.
+    for (dev, display) in served.iter().filter_map(|d| Some((d, d.display.as_ref()?))) {
+        let child = spawn("capvm-vnc", format!("vnc ({})", dev.name))?;
+        let stats = stats_page()?;
+        let fds = StartVncFds {
+            listener: display.listener.as_fd(),
+            vram: display.vram.as_fd(),
+            state: display.state.as_fd(),
+            stats: stats.as_fd(),
+        };
+        let start = ToChild::StartVnc(VncConfig {
+            name: dev.name.clone(),
+            width: display.width,
+            height: display.height,
+            password: display.password.clone(),
+            sandbox: sandbox_config(cfg, "vnc"),
+        });
+        let sent = child.channel.send(&start, &fds.flatten());
+        let mut child = child;
         child.stats = Some(stats);
         let role = child.role.clone();
         children.push(child);

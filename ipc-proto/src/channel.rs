@@ -9,8 +9,10 @@ use nix::sys::socket::{
 
 /// Largest message either side sends; a larger one is a protocol error.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Most fds one message may carry.
-pub const MAX_FDS: usize = 32;
+/// Most fds one message may carry: the kernel's own limit (SCM_MAX_FD).
+/// The runner's start message carries every device's eventfds; a VM with
+/// two COM ports, a disk, a NIC, an AHCI controller and a display needs 33.
+pub const MAX_FDS: usize = 253;
 
 /// A failure to send or receive a control message.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +166,17 @@ mod tests {
         let mut s = String::new();
         std::fs::File::from(r).read_to_string(&mut s).unwrap();
         assert_eq!(s, "x");
+    }
+
+    #[test]
+    fn a_message_carries_many_fds() {
+        // A runner start message for a VM with many devices: more than 32.
+        let (a, b) = Channel::pair().unwrap();
+        let fds: Vec<OwnedFd> = (0..64).map(|_| nix::sys::eventfd::EventFd::new().unwrap().into()).collect();
+        let borrowed: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
+        a.send(&Msg::Text("many".into()), &borrowed).unwrap();
+        let (_, got): (Msg, _) = b.recv().unwrap();
+        assert_eq!(got.len(), 64);
     }
 
     #[test]

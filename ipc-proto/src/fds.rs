@@ -139,7 +139,7 @@ pub struct StartDeviceFds<F> {
 impl DeviceBackend {
     pub fn fd_count(&self) -> usize {
         match self {
-            DeviceBackend::Blk(_) | DeviceBackend::Net(_) => 1,
+            DeviceBackend::Blk(_) | DeviceBackend::Net(_) | DeviceBackend::Fbuf(_) => 1,
             DeviceBackend::Ahci(drives) => drives.len(),
         }
     }
@@ -198,6 +198,38 @@ pub struct RouteFds<F> {
     pub irq: Option<F>,
     /// If the route is a PCI function.
     pub pci: Option<PciFds<F>>,
+    /// The memory behind the function's `memory_bar`, if it has one.
+    pub memory: Option<F>,
+}
+
+/// `StartVnc`'s fds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartVncFds<F> {
+    /// The listening TCP socket the broker bound.
+    pub listener: F,
+    /// VRAM (mapped read-only, then closed).
+    pub vram: F,
+    /// The display state page (mapped, then closed).
+    pub state: F,
+    pub stats: F,
+}
+
+impl<F> StartVncFds<F> {
+    pub fn flatten(self) -> Vec<F> {
+        vec![self.listener, self.vram, self.state, self.stats]
+    }
+
+    pub fn unflatten(fds: impl IntoIterator<Item = F>) -> Result<Self, FdLayoutError> {
+        let mut t = Take { fds: fds.into_iter(), message: "StartVnc" };
+        let s = StartVncFds {
+            listener: t.one("listening socket")?,
+            vram: t.one("VRAM")?,
+            state: t.one("display state")?,
+            stats: t.one("stats page")?,
+        };
+        t.end()?;
+        Ok(s)
+    }
 }
 
 /// `StartRunner`'s fds.
@@ -221,6 +253,7 @@ impl<F> StartRunnerFds<F> {
             if let Some(pci) = d.pci {
                 pci.flatten_into(&mut v);
             }
+            v.extend(d.memory);
         }
         v.extend(self.flash);
         v
@@ -257,6 +290,10 @@ impl<F> StartRunnerFds<F> {
                     Some(f) => Some(PciFds::take(t, f)?),
                     None => None,
                 },
+                memory: match r.pci.as_ref().and_then(|f| f.memory_bar) {
+                    Some(_) => Some(t.one("BAR memory")?),
+                    None => None,
+                },
             });
         }
         let flash = if flash { Some(t.one("variable store")?) } else { None };
@@ -278,6 +315,7 @@ mod tests {
             msix: Some(MsixSpec { bar: 0, table_offset: 0x3000, pba_offset: 0x3800, vectors: 3, first_gsi: 24 }),
             msi: None,
             intx_gsi: intx.then_some(19),
+            memory_bar: None,
         }
     }
 

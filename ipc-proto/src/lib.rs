@@ -18,6 +18,7 @@
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod channel;
+pub mod display;
 pub mod fds;
 pub mod memmap;
 pub mod messages;
@@ -26,7 +27,7 @@ pub mod shm;
 pub mod stats;
 
 pub use channel::{Channel, ChannelError};
-pub use fds::{FdLayoutError, PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds};
+pub use fds::{FdLayoutError, PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds, StartVncFds};
 pub use messages::*;
 pub use ring::{ExitRing, RingError};
 

@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 9;
+pub const PROTO_VERSION: u32 = 11;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -15,8 +15,10 @@ pub enum ToChild {
     StartRunner(RunnerConfig),
     /// Start a UART server; fds: [`crate::StartUartFds`].
     StartUart(UartConfig),
-    /// Start a PCI device server (virtio, AHCI); fds: [`crate::StartDeviceFds`].
+    /// Start a PCI device server (virtio, AHCI, fbuf); fds: [`crate::StartDeviceFds`].
     StartDevice(DeviceConfig),
+    /// Start the VNC server of a display; fds: [`crate::StartVncFds`].
+    StartVnc(VncConfig),
     /// Flush what is pending and exit.
     Shutdown,
 }
@@ -208,6 +210,10 @@ pub struct PciFunction {
     /// has a legacy interrupt: a level-triggered IOAPIC pin, raised
     /// through a resample irqfd.
     pub intx_gsi: Option<u32>,
+    /// A BAR the runner backs with memory it maps into the guest (a
+    /// framebuffer) rather than routing its accesses to the server; the
+    /// memfd is among the runner's fds for this route.
+    pub memory_bar: Option<u8>,
 }
 
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +278,30 @@ pub enum DeviceBackend {
     Net(NetOptions),
     /// One fd per port, in port order: an AHCI controller's drives.
     Ahci(Vec<AhciDrive>),
+    /// One fd: the display state page (crate::display).
+    Fbuf(FbufOptions),
+}
+
+/// A display's preferred mode (its EDID says so; the guest may pick another).
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FbufOptions {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The VNC server of a display.
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct VncConfig {
+    /// "fbuf (0:29.0)".
+    pub name: String,
+    /// What viewers see while the guest has set no mode: black at the
+    /// display's preferred size.
+    pub width: u32,
+    pub height: u32,
+    /// VNC Authentication with this password (its first 8 bytes count, as
+    /// in every VNC server); None: no authentication.
+    pub password: Option<String>,
+    pub sandbox: SandboxConfig,
 }
 
 /// One AHCI port's drive.
@@ -368,12 +398,12 @@ pub enum UartBackendKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds};
+    use crate::{PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds, StartVncFds};
 
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (9, 0x86c0_47b4_2ea3_c955);
+    const WIRE_FINGERPRINT: (u32, u64) = (11, 0xee28_f5c4_8178_74e6);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -384,6 +414,7 @@ mod tests {
             msix: Some(MsixSpec { bar: 0, table_offset: 0x3000, pba_offset: 0x3800, vectors: 3, first_gsi: 24 }),
             msi: None,
             intx_gsi: Some(19),
+            memory_bar: Some(0),
         }
     }
 
@@ -449,6 +480,20 @@ mod tests {
                 backend: DeviceBackend::Net(NetOptions { mac: [2, 0, 0, 0, 0, 1], mtu: 9000 }),
                 sandbox: SandboxConfig::default(),
             }),
+            ToChild::StartDevice(DeviceConfig {
+                name: "fbuf (0:29.0)".into(),
+                memory: vec![],
+                function: function(),
+                backend: DeviceBackend::Fbuf(FbufOptions { width: 1024, height: 768 }),
+                sandbox: SandboxConfig::default(),
+            }),
+            ToChild::StartVnc(VncConfig {
+                name: "fbuf (0:29.0)".into(),
+                width: 800,
+                height: 600,
+                password: Some("secret".into()),
+                sandbox: sandbox(),
+            }),
             ToChild::Shutdown,
         ];
         let to_broker = vec![
@@ -495,11 +540,13 @@ mod tests {
             }
             .flatten(),
         );
-        let route = RouteFds { ring: "ring", doorbell: "doorbell", irq: Some("irq"), pci: Some(pci()) };
+        let route =
+            RouteFds { ring: "ring", doorbell: "doorbell", irq: Some("irq"), pci: Some(pci()), memory: Some("memory") };
         v.extend(
             StartRunnerFds { kvm: "kvm", ram: "ram", stats: "stats", devices: vec![route], flash: Some("flash") }
                 .flatten(),
         );
+        v.extend(StartVncFds { listener: "listener", vram: "vram", state: "state", stats: "stats" }.flatten());
         v
     }
 

@@ -52,17 +52,15 @@ unsafe impl Sync for SharedPage {}
 
 impl SharedPage {
     pub(crate) fn new(fd: BorrowedFd) -> Result<SharedPage, nix::Error> {
+        Self::map(fd, true)
+    }
+
+    /// `writable`: false for a reader whose peer writes (atomics are only
+    /// loaded through it).
+    pub(crate) fn map(fd: BorrowedFd, writable: bool) -> Result<SharedPage, nix::Error> {
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh shared mapping of a page of the memfd; no aliasing Rust refs.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), PAGE, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
         if p == libc::MAP_FAILED {
             return Err(nix::Error::last());
         }

@@ -89,6 +89,15 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")
     }
 
+    /// Removes memory slot `slot` (a BAR's memory, when the guest moves or
+    /// disables the BAR): its accesses exit again.
+    pub fn unmap_memory(&self, slot: u32) -> Result<()> {
+        let region =
+            kvm_userspace_memory_region { slot, flags: 0, guest_phys_addr: 0, memory_size: 0, userspace_addr: 0 };
+        // SAFETY: a zero-sized region deletes the slot; no host memory is named.
+        unsafe { self.fd.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION (delete)")
+    }
+
     /// Raises `gsi` whenever `fd` (an eventfd) is written.
     pub fn register_irqfd(&mut self, fd: OwnedFd, gsi: u32) -> Result<()> {
         // SAFETY: fd is an eventfd we own; EventFd takes ownership.

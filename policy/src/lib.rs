@@ -120,7 +120,7 @@ pub struct Manifest {
     pub rlimits: Vec<(&'static str, u64)>,
     /// Host memory it keeps mapped after closing the fd it came from: a
     /// right the fd list alone would not show.
-    pub mappings: Vec<&'static str>,
+    pub mappings: Vec<String>,
 }
 
 impl Manifest {

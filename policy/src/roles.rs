@@ -94,6 +94,8 @@ pub struct RunnerFds {
     pub pci: bool,
     /// It maps the firmware's variable store (-l bootrom,ROM,VARFILE).
     pub flash: bool,
+    /// The devices whose BAR memory (a framebuffer) it maps into the guest.
+    pub memory_bars: Vec<String>,
 }
 
 /// The VM ioctls a runner with PCI functions keeps: moving queue-notify
@@ -111,6 +113,10 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
     if f.pci {
         let mut g = FdGrant::new(vm, "KVM VM", &[Ioctl]);
         g.ioctls = vm_ioctls();
+        if !f.memory_bars.is_empty() {
+            // A framebuffer's memory slot follows its BAR when the guest moves it.
+            g.ioctls.push(Ioctl { name: "KVM_SET_USER_MEMORY_REGION", cmd: 0x4020_ae46 });
+        }
         fds.push(g);
     } else {
         fds.push(FdGrant::new(vm, "KVM VM", &[]));
@@ -145,7 +151,14 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
         r("tgkill", Args::Arg0In(vec![own_pid as u64]), "kick its own vCPU threads out of KVM_RUN"),
     ]);
     let rlimits = rlimits(&fds);
-    let mappings = if f.flash { vec!["the firmware variable store VARFILE (read-write, shared)"] } else { vec![] };
+    let mut mappings: Vec<String> = f
+        .memory_bars
+        .iter()
+        .map(|d| format!("{d}'s framebuffer memory (read-write, shared; the guest's BAR)"))
+        .collect();
+    if f.flash {
+        mappings.push("the firmware variable store VARFILE (read-write, shared)".into());
+    }
     Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits, mappings }
 }
 
@@ -203,7 +216,8 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
 /// The fds every PCI device server (virtio, AHCI) holds besides its backend's.
 pub struct PciDeviceFds {
     pub doorbell: i32,
-    pub ram: i32,
+    /// None for a server without DMA (the display's registers).
+    pub ram: Option<i32>,
     /// One per queue: KVM signals it when the guest writes the queue's
     /// notify register.
     pub notify: Vec<i32>,
@@ -221,7 +235,9 @@ pub struct PciDeviceFds {
 pub fn pci_device(name: &str, f: &PciDeviceFds, backend: Vec<FdGrant>, backend_syscalls: Vec<SyscallRule>) -> Manifest {
     let mut fds = base_fds();
     fds.push(FdGrant::new(f.doorbell, "exit-ring doorbell (eventfd)", &[Read, Event]));
-    fds.push(FdGrant::new(f.ram, "guest RAM (sealed memfd, mapped)", &[Mmap]));
+    if let Some(ram) = f.ram {
+        fds.push(FdGrant::new(ram, "guest RAM (sealed memfd, mapped)", &[Mmap]));
+    }
     for (q, &fd) in f.notify.iter().enumerate() {
         fds.push(FdGrant::new(fd, format!("queue {q} notify (ioeventfd)"), &[Read, Event]));
     }
@@ -285,6 +301,30 @@ pub fn virtio_net_backend(tap: i32) -> (Vec<FdGrant>, Vec<SyscallRule>) {
 }
 
 /// The lowest fd number not in `fds`: where the kernel puts the next new fd.
+/// How many viewers a VNC server serves at once (its reserved fds, and so
+/// its RLIMIT_NOFILE, bound it).
+pub const VNC_MAX_CLIENTS: usize = 8;
+
+/// A display's VNC server, the one process that parses bytes from the
+/// network: its listening socket, the viewers it accepts, the framebuffer
+/// and the display state page mapped read-only (their fds closed), and no
+/// other fd: no guest RAM, no exit ring, nothing of the host.
+pub fn vnc(name: &str, listener: i32) -> Manifest {
+    let mut fds = base_fds();
+    fds.push(FdGrant::new(listener, "VNC listening socket", &[Accept, Event]));
+    for i in 0..VNC_MAX_CLIENTS {
+        let mut g = FdGrant::new(first_free(&fds), format!("viewer {i} (when connected)"), &[Read, Write, Event]);
+        g.reserved = true;
+        fds.push(g);
+    }
+    let mut syscalls = common();
+    syscalls.push(SyscallRule { name: "accept4", args: Args::FdWith(&[Accept]), why: "take the next viewer" });
+    let rlimits = rlimits(&fds);
+    let mappings =
+        vec![format!("{name}'s framebuffer (read-only)"), format!("{name}'s display state page (read-only)")];
+    Manifest { role: format!("vnc ({name})"), fds, syscalls, rlimits, mappings }
+}
+
 fn first_free(fds: &[FdGrant]) -> i32 {
     (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")
 }
@@ -303,6 +343,7 @@ pub fn test_runner_fds() -> RunnerFds {
         notify: vec![],
         pci: false,
         flash: false,
+        memory_bars: vec![],
     }
 }
 

@@ -66,13 +66,18 @@ fn ro_disk(tag: &str) -> PathBuf {
 }
 
 /// Two COM ports (stdio and a socket), a read-only disk, a NIC on a tap
-/// capvm creates, an AHCI controller with the same disk as a CD, and two
-/// vCPUs, spinning.
+/// capvm creates, an AHCI controller with the same disk as a CD, a display
+/// (its registers' server and its VNC server, on a port the kernel picks;
+/// 0.0.0.0: the test's network namespace has no loopback up),
+/// and two vCPUs, spinning.
 fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> Vec<String> {
     let com2 = format!("com2,{}", sock.display());
     let blk = format!("4,virtio-blk,{},ro", disk.display());
     let ahci = format!("6,ahci-cd,{}", disk.display());
-    let mut args = guest_args("spin", &["-c", "2", "-l", &com2, "-s", &blk, "-s", "5,virtio-net,sbtap0", "-s", &ahci]);
+    let mut args = guest_args(
+        "spin",
+        &["-c", "2", "-l", &com2, "-s", &blk, "-s", "5,virtio-net,sbtap0", "-s", &ahci, "-s", "7,fbuf,tcp=0.0.0.0:0"],
+    );
     *args.last_mut().unwrap() = name.to_string();
     args
 }
@@ -90,7 +95,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let policy = run(&pp);
     assert_eq!(policy.code(), 0, "{policy:?}");
     let manifests = policy_fds(&policy.stdout);
-    assert_eq!(manifests.len(), 6, "{}", policy.stdout);
+    assert_eq!(manifests.len(), 8, "{}", policy.stdout);
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
     let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
@@ -104,14 +109,25 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let ahci = ahci.split("role ").next().unwrap();
     assert!(ahci.contains("disk (opened read-only)") && !ahci.contains("pwrite64"), "{ahci}");
     assert!(ahci.contains("MSI/MSI-X vector 0 (irqfd)") && ahci.contains("INTx# (irqfd, level)"), "{ahci}");
+    // The display's registers reach no guest RAM; its VNC server holds a
+    // listening socket and its viewers, the picture read-only, no more.
+    let fbuf = policy.stdout.split("role fbuf").nth(1).expect("an fbuf manifest");
+    let fbuf = fbuf.split("role ").next().unwrap();
+    assert!(!fbuf.contains("guest RAM") && fbuf.contains("display state page"), "{fbuf}");
+    let vnc = policy.stdout.split("role vnc").nth(1).expect("a vnc manifest");
+    let vnc = vnc.split("role ").next().unwrap();
+    assert!(!vnc.contains("guest RAM") && !vnc.contains("exit-ring") && vnc.contains("accept4"), "{vnc}");
+    assert!(vnc.contains("framebuffer (read-only)") && !vnc.contains("pwrite64"), "{vnc}");
+    let runner = policy.stdout.split("role vcpu-runner").nth(1).expect("a runner manifest");
+    assert!(runner.contains("KVM_SET_USER_MEMORY_REGION") && runner.contains("framebuffer memory"), "{runner}");
 
     let netns = Netns::create();
     let child = netns.spawn_capvm(&args);
     // `ip netns exec` execs capvm: same pid.
     let broker = child.id();
-    let kids = wait_for_children(broker, 6, Duration::from_secs(10));
-    assert_eq!(kids.len(), 6, "{kids:?}");
-    let audit = wait_sandboxed(&name, 6);
+    let kids = wait_for_children(broker, 8, Duration::from_secs(10));
+    assert_eq!(kids.len(), 8, "{kids:?}");
+    let audit = wait_sandboxed(&name, 8);
     for (pid, comm) in &kids {
         let pid = *pid;
         assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
@@ -185,7 +201,7 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
     let blk = format!("4,virtio-blk,{},ro", disk.display());
     let ahci = format!("6,ahci,hd:{},ro", disk.display());
     let netns = Netns::create();
-    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net", "ahci"] {
+    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net", "ahci", "fbuf", "vnc"] {
         for (op, syscall) in MATRIX {
             let log = audit_log(&format!("{role}-{op}"));
             let _ = std::fs::remove_file(&log);
@@ -206,6 +222,8 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
                     "5,virtio-net,mxtap0",
                     "-s",
                     &ahci,
+                    "-s",
+                    "7,fbuf,tcp=0.0.0.0:0",
                 ],
             ));
             // Denied, recorded, and the VM went on to run the guest to its halt.

@@ -65,6 +65,15 @@ pub struct ServedFunction {
     pub device: usize,
     /// One per `layout.notify`; KVM signals them while the BAR is mapped.
     pub notify: Vec<EventFd>,
+    /// The memory behind `layout.memory_bar` (host address, mapped for the
+    /// runner's life) and the KVM slot it takes while the BAR decodes.
+    pub memory: Option<BarMemory>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BarMemory {
+    pub host_addr: u64,
+    pub slot: u32,
 }
 
 enum Owner {
@@ -299,6 +308,16 @@ impl PciBus {
                 let detached = old.is_none_or(|o| vm.detach_ioeventfd(fd, IoEventAddress::Mmio(o + n.offset)).is_ok());
                 let attached = new.is_none_or(|a| vm.attach_ioeventfd(fd, IoEventAddress::Mmio(a + n.offset)).is_ok());
                 if !(detached && attached) {
+                    self.counters.routing_errors.inc();
+                }
+            }
+            if let (Some(m), true) = (f.memory, f.layout.memory_bar == Some(bar.index)) {
+                // The BAR is memory: its slot follows the BAR, or goes.
+                let unmapped = old.is_none() || vm.unmap_memory(m.slot).is_ok();
+                // SAFETY: host_addr maps bar.size bytes for the runner's life.
+                let mapped =
+                    new.is_none_or(|a| unsafe { vm.map_memory(m.slot, a, bar.size, m.host_addr, false) }.is_ok());
+                if !(unmapped && mapped) {
                     self.counters.routing_errors.inc();
                 }
             }

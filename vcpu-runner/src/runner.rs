@@ -148,7 +148,17 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
                 }
                 vm.register_irqfd_with_resample(trigger, resample, gsi)?;
             }
-            served.push(ServedFunction { layout: layout.clone(), device: devices.len(), notify });
+            // A memory BAR (a framebuffer): mapped now, its fd closed; the
+            // KVM slot follows the BAR (pci::PciBus::remap).
+            let memory = match (layout.memory_bar, wires.memory) {
+                (Some(index), Some(fd)) => {
+                    let size = layout.bars.iter().find(|b| b.index == index).map_or(0, |b| b.size);
+                    let host_addr = map_bar_memory(fd, size)?;
+                    Some(pci::BarMemory { host_addr, slot: BAR_MEMORY_SLOTS + served.len() as u32 })
+                }
+                _ => None,
+            };
+            served.push(ServedFunction { layout: layout.clone(), device: devices.len(), notify, memory });
         }
         devices.push(Device { name: d.name.clone(), pio: d.pio.clone(), ring });
     }
@@ -246,7 +256,29 @@ fn runner_fds(
         pci: cfg.devices.iter().any(|d| d.pci.is_some()),
         notify,
         flash: cfg.flash.is_some(),
+        memory_bars: cfg
+            .devices
+            .iter()
+            .filter(|d| d.pci.as_ref().is_some_and(|f| f.memory_bar.is_some()))
+            .map(|d| d.name.clone())
+            .collect(),
     }
+}
+
+/// KVM memory slots for BAR memory start here, above guest RAM's and the ROM's.
+const BAR_MEMORY_SLOTS: u32 = 32;
+
+/// Maps a BAR's memfd read-write, shared, for the runner's life, and
+/// closes it; the host address.
+fn map_bar_memory(fd: OwnedFd, size: u64) -> Result<u64, RunnerError> {
+    let len = std::num::NonZeroUsize::new(size as usize)
+        .ok_or_else(|| RunnerError::Protocol("a memory BAR of size 0".into()))?;
+    let prot = nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE;
+    // SAFETY: a new shared mapping of a memfd the broker sized (sealed) to
+    // the BAR; never unmapped, so KVM's slot never outlives it.
+    let addr = unsafe { nix::sys::mman::mmap(None, len, prot, nix::sys::mman::MapFlags::MAP_SHARED, &fd, 0) }
+        .map_err(|e| RunnerError::Os { what: "map BAR memory", source: e.into() })?;
+    Ok(addr.as_ptr() as u64)
 }
 
 /// Confines this process before any vCPU runs (single-threaded still).

@@ -4,14 +4,13 @@
 
 use std::any::Any;
 use std::hash::{Hash, Hasher};
-use std::os::fd::OwnedFd;
 
 use capvm_ahci::layout;
 use capvm_ipc::{AhciDrive, DeviceBackend};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
 use super::virtio_blk::DiskConfig;
-use super::{DeviceError, Served, ServedDevice, SlotOptions};
+use super::{DeviceError, Opened, Served, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
 
 /// A port's options: bhyve's block-device options and AHCI's own.
@@ -129,7 +128,7 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
 
 impl ServedDevice for AhciConfig {
     /// Opens each port's image (read-only for a CD) and measures it.
-    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
+    fn open(&self) -> Result<Opened, DeviceError> {
         let mut drives = Vec::new();
         let mut fds = Vec::new();
         for p in &self.ports {
@@ -143,7 +142,7 @@ impl ServedDevice for AhciConfig {
             });
             fds.push(fd);
         }
-        Ok((DeviceBackend::Ahci(drives), fds))
+        Ok(Opened::server(DeviceBackend::Ahci(drives), fds))
     }
 
     fn backend_fd_count(&self) -> usize {

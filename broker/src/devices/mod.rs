@@ -18,6 +18,7 @@ use crate::served::Allocator;
 use crate::vm::VmError;
 
 pub mod ahci;
+pub mod fbuf;
 pub(crate) mod image_lock;
 pub mod virtio_blk;
 pub mod virtio_net;
@@ -80,13 +81,36 @@ pub enum DeviceError {
     Locked { path: String, holder: String },
     #[error("tap {name}: {source}")]
     Tap { name: String, source: virtio_net::TapError },
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Os { what: &'static str, source: std::io::Error },
+}
+
+/// A device's host resources, opened.
+pub struct Opened {
+    /// What the server is told about them.
+    pub backend: DeviceBackend,
+    /// The server's backend fds.
+    pub fds: Vec<OwnedFd>,
+    /// A display's framebuffer and VNC server (fbuf only).
+    pub display: Option<fbuf::DisplayHost>,
+}
+
+impl Opened {
+    pub fn server(backend: DeviceBackend, fds: Vec<OwnedFd>) -> Opened {
+        Opened { backend, fds, display: None }
+    }
 }
 
 /// One configured device server's own part: options checked, ready to open.
 pub trait ServedDevice: std::fmt::Debug {
-    /// Opens its host resources (an image, a tap): what the server is told
-    /// about them and the fds it gets.
-    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError>;
+    /// Opens its host resources (an image, a tap, a listening socket).
+    fn open(&self) -> Result<Opened, DeviceError>;
+    /// Whether its server reaches guest RAM (DMA); a display's registers do not.
+    fn needs_guest_ram(&self) -> bool {
+        true
+    }
     /// How many backend fds `open` gives its server.
     fn backend_fd_count(&self) -> usize {
         1
@@ -149,6 +173,13 @@ pub const EMULATIONS: &[Emulation] = &[
         }),
     },
     Emulation {
+        name: "fbuf",
+        help: "display (bochs-display registers in their own process) and VNC server in another: [tcp=[IP:]PORT][,w=W][,h=H][,password=P][,vga=off]",
+        options: fbuf::OPTIONS,
+        conf: Conf::Flat { first: "" },
+        kind: Kind::Served(fbuf::SERVED),
+    },
+    Emulation {
         name: "ahci",
         help: "AHCI controller in its own process, up to 32 ports: hd:PATH[,opts],cd:PATH[,opts],...",
         options: &[],
@@ -190,7 +221,7 @@ pub fn is_lpc(e: &Emulation) -> bool {
 /// The roles `-o sandbox.test_violation=ROLE:OP` can name: the runner, the
 /// uart servers and every served emulation.
 pub fn hostile_roles() -> Vec<&'static str> {
-    let mut roles = vec!["uart", "vcpu-runner"];
+    let mut roles = vec!["uart", "vcpu-runner", "vnc"];
     roles.extend(EMULATIONS.iter().filter(|e| matches!(e.kind, Kind::Served(_))).map(|e| e.name));
     roles
 }
@@ -280,7 +311,7 @@ mod tests {
             assert!(EMULATIONS[..i].iter().all(|o| o.name != e.name), "{} twice", e.name);
             if let Kind::Served(s) = &e.kind {
                 if let Conf::Flat { first } = e.conf {
-                    assert!(e.options.contains(&first), "{}: first option not an option", e.name);
+                    assert!(first.is_empty() || e.options.contains(&first), "{}: first option not an option", e.name);
                 }
                 assert!(s.server.starts_with("capvm-"), "{}", s.server);
             }

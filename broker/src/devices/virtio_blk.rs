@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use capvm_ipc::{BlkOptions, DeviceBackend};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
-use super::{DeviceError, ServedDevice, SlotOptions};
+use super::{DeviceError, Opened, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
 
 /// bhyve's block-device options.
@@ -128,9 +128,9 @@ impl DiskConfig {
 }
 
 impl ServedDevice for DiskConfig {
-    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
+    fn open(&self) -> Result<Opened, DeviceError> {
         let (opts, fd) = self.open_image()?;
-        Ok((DeviceBackend::Blk(opts), vec![fd]))
+        Ok(Opened::server(DeviceBackend::Blk(opts), vec![fd]))
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {

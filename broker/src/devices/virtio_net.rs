@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use capvm_ipc::{DeviceBackend, NetOptions};
 use capvm_policy::{roles, FdGrant, SyscallRule};
 
-use super::{DeviceError, ServedDevice, SlotOptions};
+use super::{DeviceError, Opened, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
 
 /// bhyve's network-backend options.
@@ -55,9 +55,9 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
 
 impl ServedDevice for NicConfig {
     /// Opens (or creates) the tap.
-    fn open(&self) -> Result<(DeviceBackend, Vec<OwnedFd>), DeviceError> {
+    fn open(&self) -> Result<Opened, DeviceError> {
         let tap = open_tap(&self.tap).map_err(|source| DeviceError::Tap { name: self.tap.clone(), source })?;
-        Ok((DeviceBackend::Net(NetOptions { mac: self.mac, mtu: self.mtu }), vec![tap]))
+        Ok(Opened::server(DeviceBackend::Net(NetOptions { mac: self.mac, mtu: self.mtu }), vec![tap]))
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {

@@ -25,5 +25,6 @@ pub fn function(slot: u8, func: u8, abar: u64, msi_gsi: u32) -> PciFunction {
         msix: None,
         msi: Some(MsiSpec { cap_offset: MSI_CAP, gsi: msi_gsi }),
         intx_gsi: Some(memmap::pci_intx_gsi(slot, INTX_PIN)),
+        memory_bar: None,
     }
 }

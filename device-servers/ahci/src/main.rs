@@ -97,7 +97,7 @@ fn run(channel: &Channel) -> Result<(), ServerError> {
     let disks: Vec<(i32, bool)> =
         started.backend.iter().zip(&drives).map(|(fd, d)| (fd.as_raw_fd(), d.disk.read_only)).collect();
     let (grants, syscalls) = capvm_policy::roles::disks_backend(&disks);
-    started.confine(channel, grants, syscalls)?;
+    started.confine(channel, grants, syscalls, Vec::new())?;
 
     let Started { config, ring, mem, interrupts, intx, resample, backend, .. } = started;
     let [msi]: [OwnedFd; 1] =

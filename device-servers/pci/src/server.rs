@@ -38,8 +38,9 @@ pub struct Started {
     pub config: DeviceConfig,
     pub ring: ExitRing,
     pub mem: GuestMemoryMmap,
-    /// The RAM memfd's number (the mapping holds it open).
-    ram_fd: i32,
+    /// The RAM memfd's number (the mapping holds it open); None for a
+    /// server that reaches no guest memory (its `memory` is empty).
+    ram_fd: Option<i32>,
     pub stats: Stats,
     /// Queue-notify eventfds (virtio), one per `function.notify`.
     pub notify: Vec<OwnedFd>,
@@ -67,8 +68,13 @@ pub fn start(channel: &Channel) -> Result<Started, ServerError> {
     };
     let ring = ExitRing::attach(ring_fd.as_fd(), doorbell)?;
     drop(ring_fd);
-    let ram_fd = ram.as_raw_fd();
-    let mem = capvm_ipc::shm::map_guest_ram(File::from(ram), &config.memory)?;
+    let (mem, ram_fd) = if config.memory.is_empty() {
+        // No DMA: the RAM fd is closed before the sandbox.
+        (GuestMemoryMmap::new(), None)
+    } else {
+        let fd = ram.as_raw_fd();
+        (capvm_ipc::shm::map_guest_ram(File::from(ram), &config.memory)?, Some(fd))
+    };
     let stats = Stats::attach(stats_fd.as_fd()).map_err(ServerError::Stats)?;
     drop(stats_fd);
     Ok(Started { config, ring, mem, ram_fd, stats, notify, interrupts, intx, resample, backend })
@@ -76,7 +82,8 @@ pub fn start(channel: &Channel) -> Result<Started, ServerError> {
 
 impl Started {
     /// Enters the sandbox: the fds a PCI device server holds plus
-    /// `backend`'s, and `syscalls` beyond the common ones. Reports to the
+    /// `backend`'s, `syscalls` beyond the common ones, and the `mappings`
+    /// it keeps without an fd. Reports to the
     /// broker, then runs the hostile-test hook if this role is its target
     /// (against the first backend fd: a read-only disk has neither
     /// CAP_WRITE nor CAP_IOCTL).
@@ -85,10 +92,11 @@ impl Started {
         channel: &Channel,
         backend: Vec<FdGrant>,
         syscalls: Vec<SyscallRule>,
+        mappings: Vec<String>,
     ) -> Result<(), ServerError> {
         let raw = |fds: &[OwnedFd]| fds.iter().map(|f| f.as_raw_fd()).collect();
         let hook_fd = backend.first().map_or(self.ring.doorbell().as_raw_fd(), |g| g.fd);
-        let manifest = capvm_policy::roles::pci_device(
+        let mut manifest = capvm_policy::roles::pci_device(
             &self.config.name,
             &PciDeviceFds {
                 doorbell: self.ring.doorbell().as_raw_fd(),
@@ -100,6 +108,7 @@ impl Started {
             backend,
             syscalls,
         );
+        manifest.mappings = mappings;
         let report = capvm_policy::enforce::enter(&manifest, (&self.config.sandbox).into())?;
         channel.send(&ToBroker::Sandboxed(report), &[])?;
         capvm_policy::hostile::run_hook(&self.config.sandbox, hook_fd, hook_fd);

@@ -55,5 +55,6 @@ pub fn function(slot: u8, func: u8, queues: usize, bar_addr: u64, first_gsi: u32
         }),
         msi: None,
         intx_gsi: Some(memmap::pci_intx_gsi(slot, INTX_PIN)),
+        memory_bar: None,
     }
 }

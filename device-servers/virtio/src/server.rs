@@ -71,7 +71,7 @@ pub fn run<D: Backend>(
     let notifies = stats.counter("ioeventfd_notifies");
     let backend_fds = std::mem::take(&mut started.backend);
     let (device, sandbox) = make(Setup { config: &started.config, backend_fds, stats: &mut started.stats })?;
-    started.confine(channel, sandbox.fds, sandbox.syscalls)?;
+    started.confine(channel, sandbox.fds, sandbox.syscalls, Vec::new())?;
     let Started { config, ring, mem, notify, interrupts, intx, resample, .. } = started;
     let mut transport = Transport::new(device, &config.function, interrupts, intx, counters);
     transport.set_memory(mem);

@@ -21,6 +21,7 @@
 mod ahci;
 mod blk;
 mod entry;
+mod fbuf;
 mod io;
 mod net;
 mod user;
@@ -201,6 +202,7 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"blk-ro" => blk::ro(),
         b"blk-fuzz" => blk::fuzz(),
         b"ahci" => ahci::run(),
+        b"fbuf" => user::enter(fbuf::run),
         b"net" => net::run(),
         b"net-fuzz" => net::fuzz(),
         b"net-bench" => {

@@ -1,0 +1,132 @@
+//! `-s N,fbuf,tcp=[IP:]PORT,w=W,h=H[,password=P]`: a display. Three
+//! processes share it: `capvm-fbuf` answers its registers (bochs-display)
+//! and publishes the guest's mode in the display state page; the runner
+//! maps the framebuffer (VRAM) at its BAR 0; `capvm-vnc` serves the
+//! picture to viewers from the socket the broker bound here. The VNC
+//! server is the one process that parses bytes from the network: it holds
+//! the listening socket, VRAM and the state page read-only, and nothing
+//! of the guest.
+
+use std::any::Any;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+
+use capvm_fbuf::layout;
+use capvm_ipc::display::{self, MAX_SIZE, MIN_SIZE};
+use capvm_ipc::{DeviceBackend, FbufOptions};
+use capvm_policy::{FdGrant, SyscallRule};
+
+use super::{DeviceError, Opened, Served, ServedDevice, SlotOptions};
+use crate::config::ConfigError;
+
+/// bhyve's fbuf options.
+pub const OPTIONS: &[&str] = &["tcp", "rfb", "w", "h", "vga", "wait", "password"];
+
+pub const SERVED: Served = Served {
+    server: "capvm-fbuf",
+    layout: |slot, func, alloc| {
+        let vram = alloc.bar(display::VRAM_SIZE)?;
+        Ok(layout::function(slot, func, vram, alloc.bar(layout::MMIO_SIZE)?))
+    },
+    parse,
+};
+
+/// bhyve's defaults: 1024x768 on 127.0.0.1:5900.
+const DEFAULT_ADDRESS: &str = "127.0.0.1:5900";
+const DEFAULT_SIZE: (u32, u32) = (1024, 768);
+/// RFB's VNC Authentication uses the first 8 bytes of the password.
+const PASSWORD_MAX: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FbufConfig {
+    pub address: SocketAddr,
+    pub width: u32,
+    pub height: u32,
+    pub password: Option<String>,
+}
+
+/// What the VNC server gets, opened: the listening socket, VRAM and the
+/// state page (the runner gets VRAM too, the fbuf server the state page).
+pub struct DisplayHost {
+    pub listener: OwnedFd,
+    pub vram: OwnedFd,
+    pub state: OwnedFd,
+    pub password: Option<String>,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
+    let at = o.at();
+    let bad = |what: String| ConfigError(format!("{at}: {what}"));
+    let address = match (o.get("tcp"), o.get("rfb")) {
+        (Some(_), Some(_)) => return Err(bad("give tcp= or rfb=, not both".into())),
+        (Some(a), None) | (None, Some(a)) => parse_address(a)
+            .ok_or_else(|| bad(format!("'{a}' is not [IP:]PORT (e.g. 0.0.0.0:5900, [::1]:5901, 5900)")))?,
+        (None, None) => DEFAULT_ADDRESS.parse().map_err(|_| bad("default address".into()))?,
+    };
+    let size = |key: &str, default: u32, (min, max): (u32, u32)| match o.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| bad(format!("{key}={v}: give {min} to {max}"))),
+    };
+    let width = size("w", DEFAULT_SIZE.0, (MIN_SIZE.0, MAX_SIZE.0))?;
+    let height = size("h", DEFAULT_SIZE.1, (MIN_SIZE.1, MAX_SIZE.1))?;
+    match o.get("vga") {
+        None | Some("off") => {}
+        Some(v) => return Err(bad(format!("vga={v}: capvm's display has no VGA (legacy VGA modes); give vga=off"))),
+    }
+    if o.get("wait").is_some() {
+        return Err(bad("wait (hold the vCPUs until a viewer connects) is not supported yet".into()));
+    }
+    let password = o.get("password").map(str::to_string);
+    if password.as_ref().is_some_and(|p| p.is_empty() || p.len() > PASSWORD_MAX) {
+        return Err(bad(format!("password: give 1 to {PASSWORD_MAX} characters (VNC Authentication uses 8)")));
+    }
+    Ok(Box::new(FbufConfig { address, width, height, password }))
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `PORT` (on 127.0.0.1).
+fn parse_address(s: &str) -> Option<SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().ok()
+}
+
+impl ServedDevice for FbufConfig {
+    /// Binds the VNC socket, makes VRAM and the state page.
+    fn open(&self) -> Result<Opened, DeviceError> {
+        let os = |what| move |e: nix::Error| DeviceError::Os { what, source: e.into() };
+        let listener = TcpListener::bind(self.address)
+            .map_err(|source| DeviceError::Listen { address: self.address.to_string(), source })?;
+        let state = display::create_state().map_err(os("cannot create the display state page"))?;
+        let vram = display::create_vram().map_err(os("cannot create the framebuffer"))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| DeviceError::Os { what: "dup", source });
+        let host = DisplayHost {
+            listener: listener.into(),
+            vram,
+            state: dup(&state)?,
+            password: self.password.clone(),
+            width: self.width,
+            height: self.height,
+        };
+        let backend = DeviceBackend::Fbuf(FbufOptions { width: self.width, height: self.height });
+        Ok(Opened { backend, fds: vec![state], display: Some(host) })
+    }
+
+    fn needs_guest_ram(&self) -> bool {
+        false
+    }
+
+    fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {
+        (vec![FdGrant::new(fds[0], "display state page (memfd, mapped)", &[])], Vec::new())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

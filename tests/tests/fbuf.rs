@@ -1,0 +1,167 @@
+//! The display (`-s N,fbuf`): the test guest drives the bochs-display
+//! registers and draws; a real VNC viewer (vncdotool, from PyPI; installed
+//! by scripts/setup) captures exactly those pixels, sees the guest's mode
+//! change, is refused a wrong password; viewers that send garbage are
+//! closed without disturbing the guest or the others.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use capvm_tests::*;
+
+/// The guest's picture `k` (tests/guests/src/fbuf.rs), as R, G, B.
+fn pixel(x: u32, y: u32, k: u32) -> [u8; 3] {
+    let r = (x.wrapping_mul(7) + k * 50) & 0xff;
+    let g = y.wrapping_mul(3) & 0xff;
+    let b = ((x ^ y).wrapping_mul(k)) & 0xff;
+    [r as u8, g as u8, b as u8]
+}
+
+/// A viewer made with vncdotool's API: captures, then (after a line on
+/// its stdin) asks for a full refresh and captures again; each capture is
+/// written as raw RGB beside its size.
+const VIEWER: &str = r#"
+import sys
+from vncdotool import api
+address, password, out = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+c = api.connect(address, password=password)
+try:
+    for n in (1, 2):
+        if n == 2:
+            sys.stdin.readline()
+            c.refreshScreen(incremental=False)
+        c.captureScreen(f"{out}-{n}.png")
+        im = c.screen.convert("RGB")
+        open(f"{out}-{n}.rgb", "wb").write(im.tobytes())
+        print(f"capture {n} {im.size[0]} {im.size[1]}", flush=True)
+finally:
+    c.disconnect()
+    api.shutdown()
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Checks a capture against picture `k` at `w` x `h`.
+fn assert_picture(path: &std::path::Path, w: u32, h: u32, k: u32) {
+    let rgb = std::fs::read(path).unwrap();
+    assert_eq!(rgb.len(), (w * h * 3) as usize, "{}", path.display());
+    let wrong = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .filter(|&(x, y)| rgb[((y * w + x) * 3) as usize..][..3] != pixel(x, y, k))
+        .count();
+    assert_eq!(wrong, 0, "{wrong} pixels differ from picture {k} in {}", path.display());
+}
+
+/// A viewer that speaks RFB up to ServerInit, then sends `then`.
+fn hostile_viewer(port: u16, then: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).unwrap();
+    assert_eq!(&version, b"RFB 003.008\n");
+    s.write_all(then).unwrap();
+    s
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn a_vnc_viewer_sees_what_the_guest_draws_and_its_mode_changes() {
+    require_kvm();
+    let port = free_port();
+    let args = guest_args("fbuf", &["-s", &format!("29,fbuf,tcp=127.0.0.1:{port},w=1280,h=720,password=capvm1")]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    read_until(&mut out, &mut seen, "fbuf: drawn 640 480", deadline);
+    let console = String::from_utf8_lossy(&seen).to_string();
+    // The DISPI ID and the EDID, whose preferred mode is w x h.
+    assert!(console.contains("fbuf: id 0x000000000000b0c5 edid 0x00ffffffffffff00 preferred 1280x720"), "{console}");
+
+    // Viewers that misbehave: a web browser, an unknown message after a
+    // proper handshake, one that says nothing; none may disturb the rest.
+    let _http = hostile_viewer(port, b"GET / HTTP/1.1\r\n\r\n");
+    let _silent = hostile_viewer(port, b"");
+    let mut bad = hostile_viewer(port, b"RFB 003.003\n");
+    let mut auth = [0u8; 4 + 16];
+    bad.read_exact(&mut auth).unwrap();
+    assert_eq!(&auth[..4], &[0, 0, 0, 2], "VNC Authentication is required");
+    bad.write_all(&[0u8; 16]).unwrap();
+    let mut result = [0u8; 4];
+    bad.read_exact(&mut result).unwrap();
+    assert_eq!(result, [0, 0, 0, 1], "a wrong answer is refused");
+
+    // vncdotool with a wrong password gets nothing.
+    let work = std::env::temp_dir().join(format!("capvm-vnc-{}", std::process::id()));
+    let wrong = Command::new("timeout")
+        .args(["30", "vncdo", "-s", &format!("127.0.0.1::{port}"), "-p", "wrong", "capture"])
+        .arg(work.with_extension("wrong.png"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("vncdo (scripts/setup installs vncdotool)");
+    assert!(!wrong.success() || !work.with_extension("wrong.png").exists(), "a wrong password must not capture");
+
+    // The real viewer: picture 1 at 640x480, then the guest's mode change.
+    let mut viewer = Command::new("python3")
+        .args(["-c", VIEWER, &format!("127.0.0.1::{port}"), "capvm1"])
+        .arg(&work)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with vncdotool");
+    let mut viewer_out = BufReader::new(viewer.stdout.take().unwrap());
+    let mut line = String::new();
+    viewer_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "capture 1 640 480");
+    assert_picture(&std::path::PathBuf::from(format!("{}-1.rgb", work.display())), 640, 480, 1);
+
+    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    read_until(&mut out, &mut seen, "fbuf: drawn 800 600", deadline);
+    viewer.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    line.clear();
+    viewer_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "capture 2 800 600", "DesktopSize told the viewer");
+    assert_picture(&std::path::PathBuf::from(format!("{}-2.rgb", work.display())), 800, 600, 2);
+    assert!(viewer.wait().unwrap().success());
+
+    let stats = get_stats(&name);
+    let vnc = |k: &str| stat(&stats, &format!("vnc (fbuf (0:29.0)): {k}"));
+    assert_eq!(vnc("closed_bad_version"), 1, "{stats:?}");
+    assert!(vnc("closed_auth_failed") >= 2, "{stats:?}");
+    assert!(vnc("viewers") >= 5, "{stats:?}");
+    assert_eq!(stat(&stats, "fbuf (0:29.0): unsupported_modes"), 0);
+
+    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    child.stdout = Some(out);
+    let r = finish(child, Duration::from_secs(30));
+    assert_eq!(r.code(), 1, "the guest powers off: {}", r.stderr);
+    for n in 1..=2 {
+        let _ = std::fs::remove_file(format!("{}-{n}.rgb", work.display()));
+        let _ = std::fs::remove_file(format!("{}-{n}.png", work.display()));
+    }
+}
+
+/// Bad fbuf options are one line each, status 4, before anything starts.
+#[test]
+fn bad_fbuf_options_are_one_line_errors() {
+    for (opts, want) in [
+        ("tcp=nowhere", "is not [IP:]PORT"),
+        ("w=100", "w=100: give 640 to 3840"),
+        ("h=5000", "h=5000: give 480 to 2160"),
+        ("password=waytoolongpassword", "password: give 1 to 8 characters"),
+        ("vga=on", "has no VGA"),
+        ("tcp=1,rfb=2", "give tcp= or rfb=, not both"),
+        ("bogus=1", "bogus"),
+    ] {
+        let r = run(&guest_args("hello", &["-s", &format!("29,fbuf,{opts}")]));
+        assert_eq!(r.code(), 4, "{opts}: {r:?}");
+        assert!(r.stderr.contains(want), "{opts}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{opts}: {}", r.stderr);
+    }
+}
