@@ -39,6 +39,8 @@ pub struct Platform {
     pub cpus: u32,
     /// First address above guest RAM: where the 64-bit BAR window starts.
     pub ram_top: u64,
+    /// An i8042 with a PS/2 keyboard and mouse (a VM with a display).
+    pub i8042: bool,
 }
 
 /// The tables laid out from RSDP_ADDR: (guest address, bytes) pairs.
@@ -160,7 +162,7 @@ fn place_tables(p: &Platform, first: u64) -> (Vec<(u64, Vec<u8>)>, u64, u64) {
 
     let dsdt = place(dsdt(p));
     let facs = place(bytes(&FACS::new()));
-    let fadt = place(fadt(dsdt, facs));
+    let fadt = place(fadt(dsdt, facs, p.i8042));
     let madt = place(madt(p));
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE, OEM_REVISION);
     mcfg.add_ecam(memmap::ECAM_BASE, 0, 0, 0);
@@ -179,7 +181,7 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
+fn fadt(dsdt: u64, facs: u64, i8042: bool) -> Vec<u8> {
     let io = |port: u16, bits: u8| GAS::new(gas::AddressSpace::SystemIo, bits, 0, AccessSize::Undefined, port as u64);
     let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE, OEM_REVISION)
         .dsdt_64(dsdt)
@@ -204,10 +206,10 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     f.century = CMOS_CENTURY;
     f.reset_reg = GAS::new(gas::AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, memmap::RESET_PORT.into());
     f.reset_value = RESET_VALUE;
-    // IA-PC boot architecture: no legacy devices (bit 0), no 8042 (bit
-    // 1), so the guest does not probe what is not there; MSI works (bit 3
-    // clear).
-    f.iapc_boot_arch = 0u16.into();
+    // IA-PC boot architecture: no legacy devices (bit 0); an 8042 (bit 1)
+    // only with a display, so the guest does not probe what is not there
+    // (Linux believes a revision-2+ FADT without it); MSI works (bit 3 clear).
+    f.iapc_boot_arch = if i8042 { 2u16 } else { 0 }.into();
     bytes(&f.finalize())
 }
 
@@ -322,12 +324,28 @@ fn dsdt(p: &Platform) -> Vec<u8> {
     let rtc_hid = aml::EISAName::new("PNP0B00");
     let rtc_names = [aml::Name::new("_HID".into(), &rtc_hid), aml::Name::new("_CRS".into(), &rtc_crs)];
     let rtc = aml::Device::new("_SB_.RTC_".into(), rtc_names.iter().map(|n| n as &dyn Aml).collect());
+    // The i8042's keyboard (ports 0x60/0x64, IRQ 1) and mouse (IRQ 12),
+    // for guests that find them through ACPI (Linux's i8042 PnP probe).
+    let kbd_ports = [aml::IO::new(0x60, 0x60, 1, 1), aml::IO::new(0x64, 0x64, 1, 1)];
+    let irq = |n| aml::Interrupt::new(true, true, false, false, n);
+    let (kbd_irq, mou_irq) = (irq(1), irq(12));
+    let kbd_crs = aml::ResourceTemplate::new(vec![&kbd_ports[0], &kbd_ports[1], &kbd_irq]);
+    let mou_crs = aml::ResourceTemplate::new(vec![&mou_irq]);
+    let (kbd_hid, mou_hid) = (aml::EISAName::new("PNP0303"), aml::EISAName::new("PNP0F13"));
+    let kbd_names = [aml::Name::new("_HID".into(), &kbd_hid), aml::Name::new("_CRS".into(), &kbd_crs)];
+    let mou_names = [aml::Name::new("_HID".into(), &mou_hid), aml::Name::new("_CRS".into(), &mou_crs)];
+    let kbd = aml::Device::new("_SB_.KBD_".into(), kbd_names.iter().map(|n| n as &dyn Aml).collect());
+    let mou = aml::Device::new("_SB_.MOU_".into(), mou_names.iter().map(|n| n as &dyn Aml).collect());
     let s5 = aml::Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5, &aml::ZERO, &aml::ZERO]);
     let s5 = aml::Name::new("_S5_".into(), &s5);
     let mut body = Vec::new();
     pci0.to_aml_bytes(&mut body);
     motherboard.to_aml_bytes(&mut body);
     rtc.to_aml_bytes(&mut body);
+    if p.i8042 {
+        kbd.to_aml_bytes(&mut body);
+        mou.to_aml_bytes(&mut body);
+    }
     s5.to_aml_bytes(&mut body);
     let mut sdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE, OEM_REVISION);
     sdt.append_slice(&body);
@@ -370,7 +388,7 @@ mod tests {
 
     #[test]
     fn acpi_fw_cfg_loader_rebuilds_the_direct_boot_tables_byte_for_byte() {
-        let p = Platform { cpus: 2, ram_top: 256 << 20 };
+        let p = Platform { cpus: 2, ram_top: 256 << 20, i8042: true };
         let f = loader_files(&p);
         // Loaded where a direct boot puts them, the tables come out the same.
         let (tables, rsdp) = run_loader(&f, RSDP_ADDR, RSDP_ADDR);
@@ -400,7 +418,7 @@ mod tests {
 
     #[test]
     fn tables_checksum_link_up_and_fit_the_bios_area() {
-        let t = tables(&Platform { cpus: 2, ram_top: 256 << 20 });
+        let t = tables(&Platform { cpus: 2, ram_top: 256 << 20, i8042: false });
         let (rsdp_at, rsdp) = find(&t, b"RSD PTR ");
         assert_eq!(*rsdp_at, RSDP_ADDR);
         assert!(checksum_ok(&rsdp[..20]) && checksum_ok(rsdp));

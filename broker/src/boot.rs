@@ -190,6 +190,7 @@ pub fn load(
     regions: &[MemoryRegion],
     cfg: &BootConfig,
     cpus: u32,
+    i8042: bool,
 ) -> Result<BootState, BootError> {
     let kpath = cfg.kernel.display().to_string();
     let mut kernel =
@@ -215,7 +216,7 @@ pub fn load(
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64)).map_err(mem_err)?;
     }
     let ram_top = regions.iter().map(|r| r.guest_addr + r.size).max().unwrap_or(0);
-    for (addr, table) in crate::acpi::tables(&crate::acpi::Platform { cpus, ram_top }) {
+    for (addr, table) in crate::acpi::tables(&crate::acpi::Platform { cpus, ram_top, i8042 }) {
         mem.write_slice(&table, GuestAddress(addr)).map_err(mem_err)?;
     }
 

@@ -252,6 +252,12 @@ const MIN_MEMORY: u64 = 2 << 20;
 const DEFAULT_MEMORY: &str = "256M";
 
 impl VmConfig {
+    /// A display (fbuf) is configured: then there is an i8042 too, fed by
+    /// its viewers.
+    pub fn has_display(&self) -> bool {
+        self.served.iter().any(|d| d.device.as_any().is::<devices::fbuf::FbufConfig>())
+    }
+
     pub fn from_tree(tree: &ConfigTree) -> Result<VmConfig, ConfigError> {
         for key in tree.vars.keys() {
             let known = KNOWN_VARS.contains(&key.as_str())
@@ -316,6 +322,13 @@ impl VmConfig {
             }
         }
         let has_lpc = slots.iter().any(|s| devices::is_lpc(s.emulation));
+        let displays = served.iter().filter(|d| d.device.as_any().is::<devices::fbuf::FbufConfig>()).count();
+        if displays > 1 {
+            return err("one fbuf per VM: a VM has one screen, keyboard and mouse");
+        }
+        if displays == 1 && !has_lpc {
+            return err("-s fbuf needs an LPC bridge for its keyboard and mouse (the i8042): add -s 31,lpc");
+        }
         let mut coms = Vec::new();
         for (com, base, irq) in COM_PORTS {
             let Some(path) = tree.get(&format!("lpc.{com}.path")) else { continue };

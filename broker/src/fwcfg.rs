@@ -26,6 +26,7 @@ pub fn items(
     regions: &[MemoryRegion],
     mut boot_order: Vec<(u32, String)>,
     user: Vec<(String, Vec<u8>)>,
+    i8042: bool,
 ) -> FwCfgItems {
     let ram: Vec<&MemoryRegion> = regions.iter().filter(|r| !r.read_only).collect();
     let mut e820 = Vec::new();
@@ -36,7 +37,7 @@ pub fn items(
     }
     let ram_size: u64 = ram.iter().map(|r| r.size).sum();
     let ram_top = ram.iter().map(|r| r.guest_addr + r.size).max().unwrap_or(0);
-    let acpi = acpi::loader_files(&acpi::Platform { cpus, ram_top });
+    let acpi = acpi::loader_files(&acpi::Platform { cpus, ram_top, i8042 });
     // bootorder: one device path a line, lowest bootindex first; devices
     // without one follow in the firmware's own order.
     boot_order.sort();
@@ -73,7 +74,7 @@ mod tests {
             MemoryRegion { guest_addr: (1 << 32) - (256 << 10), size: 256 << 10, offset: 256 << 20, read_only: true },
         ];
         let order = vec![(2, "/pci@i0cf8/*@3".to_string()), (1, "/pci@i0cf8/*@4/drive@0/disk@0".to_string())];
-        let fw = items(2, &regions, order, vec![("opt/capvm/hello".into(), b"hi".to_vec())]);
+        let fw = items(2, &regions, order, vec![("opt/capvm/hello".into(), b"hi".to_vec())], false);
         let file = |n: &str| &fw.files.iter().find(|(name, _)| name == n).unwrap_or_else(|| panic!("no {n}")).1;
         let e820 = file("etc/e820");
         assert_eq!(e820.len(), 20, "RAM only, not the ROM");

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use capvm_ipc::{DeviceRoute, StartDeviceFds, StartRunnerFds, StartUartFds, UartBackendKind};
+use capvm_ipc::{DeviceRoute, StartDeviceFds, StartPs2Fds, StartRunnerFds, StartUartFds, StartVncFds, UartBackendKind};
 use capvm_policy::roles::{self, RunnerFds, UartBackendFds};
 use capvm_policy::Manifest;
 
@@ -61,6 +61,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
 
     // Each server maps its ring and stats page, then closes them.
     let mut alloc = Allocator::default();
+    let mut has_display = false;
     let mut routes = Vec::new();
     for d in &cfg.served {
         let function = (d.served.layout)(d.slot, d.func, &mut alloc)?;
@@ -87,20 +88,32 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         // all but the listener mapped and closed.
         if d.device.as_any().is::<crate::devices::fbuf::FbufConfig>() {
             let mut vnc = Fds::child();
-            let listener = vnc.alloc();
-            out.push(roles::vnc(&d.name(), listener));
+            let start = StartVncFds::unflatten(vnc.received().take(5))?;
+            out.push(roles::vnc(&d.name(), start.listener, start.input));
+            has_display = true;
         }
-        routes.push(DeviceRoute { name: d.name(), pio: Vec::new(), irq_gsi: None, pci: Some(function) });
+        routes.push(DeviceRoute { name: d.name(), pio: Vec::new(), irq_gsis: Vec::new(), pci: Some(function) });
     }
 
     // The runner: what StartRunner brings, then the VM fd; stats page and
     // rings are mapped and closed; then one fd per vCPU and a dup of its
     // control socket.
+    // With a display, the i8042 server: ring and stats page mapped and closed.
+    if has_display {
+        let mut ps2 = Fds::child();
+        let start = StartPs2Fds::unflatten(ps2.received().take(6))?;
+        out.push(roles::ps2(start.doorbell, start.keyboard_irq, start.mouse_irq, start.input));
+    }
+
     let mut all_routes: Vec<DeviceRoute> = cfg
         .coms
         .iter()
-        .map(|c| DeviceRoute { name: c.name.into(), pio: Vec::new(), irq_gsi: Some(c.irq), pci: None })
+        .map(|c| DeviceRoute { name: c.name.into(), pio: Vec::new(), irq_gsis: vec![c.irq], pci: None })
         .collect();
+    if has_display {
+        let name = crate::vm::PS2_NAME.into();
+        all_routes.push(DeviceRoute { name, pio: Vec::new(), irq_gsis: crate::vm::PS2_IRQS.to_vec(), pci: None });
+    }
     all_routes.extend(routes);
     let mut fds = Fds::child();
     let has_flash = matches!(cfg.boot, crate::config::Boot::Firmware { vars: Some(_), .. });
@@ -119,7 +132,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
         if let Some(m) = d.memory {
             fds.free(m);
         }
-        irqfds.extend(d.irq);
+        irqfds.extend(&d.irqs);
         if let Some(pci) = &d.pci {
             notify.extend(&pci.notify);
             irqfds.extend(&pci.interrupts);

@@ -122,7 +122,7 @@ impl ServedHost {
         RouteFds {
             ring: self.ring.as_fd(),
             doorbell: self.doorbell.as_fd(),
-            irq: None,
+            irqs: Vec::new(),
             pci: Some(self.pci_fds()),
             memory: self.display.as_ref().map(|d| d.vram.as_fd()),
         }
@@ -138,7 +138,7 @@ impl ServedHost {
     }
 
     pub fn route(&self) -> DeviceRoute {
-        DeviceRoute { name: self.name.clone(), pio: Vec::new(), irq_gsi: None, pci: Some(self.function.clone()) }
+        DeviceRoute { name: self.name.clone(), pio: Vec::new(), irq_gsis: Vec::new(), pci: Some(self.function.clone()) }
     }
 }
 

@@ -7,8 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::{
-    shm, DeviceConfig, DeviceRoute, PioRange, RouteFds, RunnerConfig, SandboxConfig, StartRunnerFds, StartUartFds,
-    StartVncFds, ToChild, UartBackendKind, UartConfig, VncConfig,
+    shm, DeviceConfig, DeviceRoute, PioRange, Ps2Config, RouteFds, RunnerConfig, SandboxConfig, StartPs2Fds,
+    StartRunnerFds, StartUartFds, StartVncFds, ToChild, UartBackendKind, UartConfig, VncConfig,
 };
 use capvm_kernel::HostKvm;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -62,30 +62,54 @@ pub fn eventfd() -> Result<OwnedFd, VmError> {
         .map_err(|e| VmError::Os { what: "cannot create an eventfd", source: e.into() })
 }
 
-/// The fds shared between the runner and one device server.
+/// The fds shared between the runner and one platform device's server.
 struct DeviceWires {
     ring: OwnedFd,
     doorbell: OwnedFd,
-    irq: OwnedFd,
+    /// One per interrupt line.
+    irqs: Vec<OwnedFd>,
 }
 
 impl DeviceWires {
-    fn new(vcpus: u32) -> Result<DeviceWires, VmError> {
+    fn new(vcpus: u32, lines: usize) -> Result<DeviceWires, VmError> {
         let ring = ExitRing::create(vcpus)?;
-        Ok(DeviceWires { ring, doorbell: eventfd()?, irq: eventfd()? })
+        Ok(DeviceWires { ring, doorbell: eventfd()?, irqs: (0..lines).map(|_| eventfd()).collect::<Result<_, _>>()? })
     }
 
-    /// The runner's side: ring, doorbell, the irqfd on the port's GSI.
+    /// The runner's side: ring, doorbell, an irqfd on each line's GSI.
     fn route_fds(&self) -> RouteFds<BorrowedFd<'_>> {
         RouteFds {
             ring: self.ring.as_fd(),
             doorbell: self.doorbell.as_fd(),
-            irq: Some(self.irq.as_fd()),
+            irqs: self.irqs.iter().map(|f| f.as_fd()).collect(),
             pci: None,
             memory: None,
         }
     }
 }
+
+/// The i8042 server's part (a VM with a display: its viewers are where
+/// keys and motion come from): its wires and the read end of the input
+/// socket the display's VNC server writes.
+struct Ps2Host {
+    wires: DeviceWires,
+    input: OwnedFd,
+}
+
+impl Ps2Host {
+    fn route(&self) -> DeviceRoute {
+        DeviceRoute {
+            name: PS2_NAME.to_string(),
+            pio: vec![PioRange { base: 0x60, len: 1 }, PioRange { base: 0x64, len: 1 }],
+            irq_gsis: PS2_IRQS.to_vec(),
+            pci: None,
+        }
+    }
+}
+
+/// How the i8042 server is named, and its lines: the keyboard's, the mouse's.
+pub const PS2_NAME: &str = "i8042";
+pub const PS2_IRQS: [u32; 2] = [1, 12];
 
 /// Runs the VM to its end; returns bhyve's exit status.
 pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
@@ -124,7 +148,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         let file = File::from(ram.try_clone().map_err(|source| VmError::Os { what: "dup the RAM fd", source })?);
         let mem = shm::map_guest_ram(file, &regions)?;
         match &image {
-            boot::Image::Kernel(k) => boot::load(&mem, &regions, k, cfg.cpus)?,
+            boot::Image::Kernel(k) => boot::load(&mem, &regions, k, cfg.cpus, cfg.has_display())?,
             boot::Image::Rom(rom) => rom.load(&mem)?,
         }
     };
@@ -145,7 +169,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
                 user.push((f.name.clone(), data));
             }
             let boot_order = cfg.served.iter().flat_map(|d| d.device.boot_order(d.slot, d.func)).collect();
-            Some(crate::fwcfg::items(cfg.cpus, &regions, boot_order, user))
+            Some(crate::fwcfg::items(cfg.cpus, &regions, boot_order, user, cfg.has_display()))
         }
         Boot::Kernel(_) => None,
     };
@@ -153,12 +177,19 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let coms: Vec<(ComPort, ComHost, DeviceWires)> = cfg
         .coms
         .iter()
-        .map(|c| Ok((c.clone(), ComHost::open(c)?, DeviceWires::new(cfg.cpus)?)))
+        .map(|c| Ok((c.clone(), ComHost::open(c)?, DeviceWires::new(cfg.cpus, 1)?)))
         .collect::<Result<_, VmError>>()?;
 
     let mut alloc = crate::served::Allocator::default();
     let served: Vec<ServedHost> =
         cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    let ps2 = match served.iter().find_map(|d| d.display.as_ref()) {
+        Some(display) => Some(Ps2Host {
+            wires: DeviceWires::new(cfg.cpus, PS2_IRQS.len())?,
+            input: display.input_rx.try_clone().map_err(|source| VmError::Os { what: "dup", source })?,
+        }),
+        None => None,
+    };
 
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();
@@ -173,8 +204,20 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .collect();
 
     let mut children: Vec<Child> = Vec::new();
-    let started =
-        start_children(cfg, kvm, ram, regions, boot_state, fw_cfg, flash, host, &coms, &served, &mut children);
+    let started = start_children(
+        cfg,
+        kvm,
+        ram,
+        regions,
+        boot_state,
+        fw_cfg,
+        flash,
+        host,
+        &coms,
+        ps2.as_ref(),
+        &served,
+        &mut children,
+    );
     let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
@@ -205,6 +248,7 @@ fn start_children(
     flash: Option<(capvm_ipc::FlashSpec, &File)>,
     host: HostKvm,
     coms: &[(ComPort, ComHost, DeviceWires)],
+    ps2: Option<&Ps2Host>,
     served: &[ServedHost],
     children: &mut Vec<Child>,
 ) -> Result<(), VmError> {
@@ -216,7 +260,7 @@ fn start_children(
         let fds = StartUartFds {
             ring: wires.ring.as_fd(),
             doorbell: wires.doorbell.as_fd(),
-            irq: wires.irq.as_fd(),
+            irq: wires.irqs[0].as_fd(),
             backend: backend.fds.iter().map(|f| f.as_fd()).collect(),
         };
         let start = ToChild::StartUart(UartConfig {
@@ -250,6 +294,25 @@ fn start_children(
         sent.map_err(|e| send_err(&role, e))?;
     }
 
+    if let Some(p) = ps2 {
+        let mut child = spawn("capvm-ps2", PS2_NAME.to_string())?;
+        let stats = stats_page()?;
+        let fds = StartPs2Fds {
+            ring: p.wires.ring.as_fd(),
+            doorbell: p.wires.doorbell.as_fd(),
+            keyboard_irq: p.wires.irqs[0].as_fd(),
+            mouse_irq: p.wires.irqs[1].as_fd(),
+            input: p.input.as_fd(),
+            stats: stats.as_fd(),
+        };
+        let start = ToChild::StartPs2(Ps2Config { sandbox: sandbox_config(cfg, "i8042") });
+        let sent = child.channel.send(&start, &fds.flatten());
+        child.stats = Some(stats);
+        let role = child.role.clone();
+        children.push(child);
+        sent.map_err(|e| send_err(&role, e))?;
+    }
+
     // Each display's VNC server: the socket bound, VRAM and the state page.
     for (dev, display) in served.iter().filter_map(|d| Some((d, d.display.as_ref()?))) {
         let child = spawn("capvm-vnc", format!("vnc ({})", dev.name))?;
@@ -258,6 +321,7 @@ fn start_children(
             listener: display.listener.as_fd(),
             vram: display.vram.as_fd(),
             state: display.state.as_fd(),
+            input: display.input_tx.as_fd(),
             stats: stats.as_fd(),
         };
         let start = ToChild::StartVnc(VncConfig {
@@ -281,10 +345,11 @@ fn start_children(
         .map(|(com, _, _)| DeviceRoute {
             name: com.name.to_string(),
             pio: vec![PioRange { base: com.port_base, len: 8 }],
-            irq_gsi: Some(com.irq),
+            irq_gsis: vec![com.irq],
             pci: None,
         })
         .collect();
+    devices.extend(ps2.map(Ps2Host::route));
     devices.extend(served.iter().map(ServedHost::route));
     let bridges = cfg
         .slots
@@ -309,6 +374,7 @@ fn start_children(
     };
     let stats = stats_page()?;
     let mut devices: Vec<RouteFds<BorrowedFd>> = coms.iter().map(|(_, _, w)| w.route_fds()).collect();
+    devices.extend(ps2.map(|p| p.wires.route_fds()));
     devices.extend(served.iter().map(ServedHost::route_fds));
     let fds = StartRunnerFds {
         kvm: kvm.as_fd(),

@@ -194,8 +194,8 @@ impl<F> StartDeviceFds<F> {
 pub struct RouteFds<F> {
     pub ring: F,
     pub doorbell: F,
-    /// If the route has an `irq_gsi`.
-    pub irq: Option<F>,
+    /// One per `irq_gsis` entry.
+    pub irqs: Vec<F>,
     /// If the route is a PCI function.
     pub pci: Option<PciFds<F>>,
     /// The memory behind the function's `memory_bar`, if it has one.
@@ -211,12 +211,14 @@ pub struct StartVncFds<F> {
     pub vram: F,
     /// The display state page (mapped, then closed).
     pub state: F,
+    /// Where viewers' keys and motion go: the i8042 server (crate::input).
+    pub input: F,
     pub stats: F,
 }
 
 impl<F> StartVncFds<F> {
     pub fn flatten(self) -> Vec<F> {
-        vec![self.listener, self.vram, self.state, self.stats]
+        vec![self.listener, self.vram, self.state, self.input, self.stats]
     }
 
     pub fn unflatten(fds: impl IntoIterator<Item = F>) -> Result<Self, FdLayoutError> {
@@ -225,6 +227,41 @@ impl<F> StartVncFds<F> {
             listener: t.one("listening socket")?,
             vram: t.one("VRAM")?,
             state: t.one("display state")?,
+            input: t.one("input socket")?,
+            stats: t.one("stats page")?,
+        };
+        t.end()?;
+        Ok(s)
+    }
+}
+
+/// `StartPs2`'s fds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartPs2Fds<F> {
+    pub ring: F,
+    pub doorbell: F,
+    /// IRQ 1's eventfd (an irqfd in the runner).
+    pub keyboard_irq: F,
+    /// IRQ 12's.
+    pub mouse_irq: F,
+    /// The read end of the VNC server's input socket.
+    pub input: F,
+    pub stats: F,
+}
+
+impl<F> StartPs2Fds<F> {
+    pub fn flatten(self) -> Vec<F> {
+        vec![self.ring, self.doorbell, self.keyboard_irq, self.mouse_irq, self.input, self.stats]
+    }
+
+    pub fn unflatten(fds: impl IntoIterator<Item = F>) -> Result<Self, FdLayoutError> {
+        let mut t = Take { fds: fds.into_iter(), message: "StartPs2" };
+        let s = StartPs2Fds {
+            ring: t.one("exit ring")?,
+            doorbell: t.one("doorbell")?,
+            keyboard_irq: t.one("keyboard interrupt")?,
+            mouse_irq: t.one("mouse interrupt")?,
+            input: t.one("input socket")?,
             stats: t.one("stats page")?,
         };
         t.end()?;
@@ -249,7 +286,7 @@ impl<F> StartRunnerFds<F> {
         let mut v = vec![self.kvm, self.ram, self.stats];
         for d in self.devices {
             v.extend([d.ring, d.doorbell]);
-            v.extend(d.irq);
+            v.extend(d.irqs);
             if let Some(pci) = d.pci {
                 pci.flatten_into(&mut v);
             }
@@ -282,10 +319,7 @@ impl<F> StartRunnerFds<F> {
             devices.push(RouteFds {
                 ring: t.one("exit ring")?,
                 doorbell: t.one("doorbell")?,
-                irq: match r.irq_gsi {
-                    Some(_) => Some(t.one("interrupt")?),
-                    None => None,
-                },
+                irqs: r.irq_gsis.iter().map(|_| t.one("interrupt")).collect::<Result<_, _>>()?,
                 pci: match &r.pci {
                     Some(f) => Some(PciFds::take(t, f)?),
                     None => None,
@@ -346,12 +380,12 @@ mod tests {
     #[test]
     fn runner_fds_follow_each_route() {
         let routes = [
-            DeviceRoute { name: "com1".into(), pio: vec![], irq_gsi: Some(4), pci: None },
-            DeviceRoute { name: "blk".into(), pio: vec![], irq_gsi: None, pci: Some(function(1, true)) },
+            DeviceRoute { name: "com1".into(), pio: vec![], irq_gsis: vec![4], pci: None },
+            DeviceRoute { name: "blk".into(), pio: vec![], irq_gsis: vec![], pci: Some(function(1, true)) },
         ];
         // kvm, ram, stats; com1: ring, doorbell, irq; blk: ring, doorbell, 1 notify, 3 MSI-X, 2 INTx.
         let fds = StartRunnerFds::unflatten(&routes, false, 0..14).unwrap();
-        assert_eq!(fds.devices[0].irq, Some(5));
+        assert_eq!(fds.devices[0].irqs, [5]);
         assert!(fds.devices[0].pci.is_none());
         let blk = fds.devices[1].pci.as_ref().unwrap();
         assert_eq!((fds.devices[1].ring, blk.notify[0], blk.intx), (6, 8, Some([12, 13])));

@@ -20,6 +20,7 @@
 pub mod channel;
 pub mod display;
 pub mod fds;
+pub mod input;
 pub mod memmap;
 pub mod messages;
 pub mod ring;
@@ -27,7 +28,9 @@ pub mod shm;
 pub mod stats;
 
 pub use channel::{Channel, ChannelError};
-pub use fds::{FdLayoutError, PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds, StartVncFds};
+pub use fds::{
+    FdLayoutError, PciFds, RouteFds, StartDeviceFds, StartPs2Fds, StartRunnerFds, StartUartFds, StartVncFds,
+};
 pub use messages::*;
 pub use ring::{ExitRing, RingError};
 

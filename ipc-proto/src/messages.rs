@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 11;
+pub const PROTO_VERSION: u32 = 12;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -19,6 +19,8 @@ pub enum ToChild {
     StartDevice(DeviceConfig),
     /// Start the VNC server of a display; fds: [`crate::StartVncFds`].
     StartVnc(VncConfig),
+    /// Start the i8042 server (PS/2 keyboard and mouse); fds: [`crate::StartPs2Fds`].
+    StartPs2(Ps2Config),
     /// Flush what is pending and exit.
     Shutdown,
 }
@@ -186,8 +188,8 @@ pub struct DeviceRoute {
     /// For messages, e.g. "com1".
     pub name: String,
     pub pio: Vec<PioRange>,
-    /// The GSI the server's interrupt eventfd raises, if any.
-    pub irq_gsi: Option<u32>,
+    /// The GSIs its interrupt eventfds raise, in order (a UART's one, the i8042's keyboard and mouse lines).
+    pub irq_gsis: Vec<u32>,
     /// The PCI function the server owns, if it is one.
     pub pci: Option<PciFunction>,
 }
@@ -287,6 +289,13 @@ pub enum DeviceBackend {
 pub struct FbufOptions {
     pub width: u32,
     pub height: u32,
+}
+
+/// The i8042 server: ports 0x60 and 0x64, IRQ 1 and 12; its input comes
+/// from the display's VNC server (crate::input).
+#[derive(Encode, Decode, Debug, Clone, PartialEq)]
+pub struct Ps2Config {
+    pub sandbox: SandboxConfig,
 }
 
 /// The VNC server of a display.
@@ -398,12 +407,12 @@ pub enum UartBackendKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PciFds, RouteFds, StartDeviceFds, StartRunnerFds, StartUartFds, StartVncFds};
+    use crate::{PciFds, RouteFds, StartDeviceFds, StartPs2Fds, StartRunnerFds, StartUartFds, StartVncFds};
 
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (11, 0xee28_f5c4_8178_74e6);
+    const WIRE_FINGERPRINT: (u32, u64) = (12, 0x1a6e_83bb_4663_dc14);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -429,10 +438,10 @@ mod tests {
             DeviceRoute {
                 name: "com1".into(),
                 pio: vec![PioRange { base: 0x3f8, len: 8 }],
-                irq_gsi: Some(4),
+                irq_gsis: vec![4],
                 pci: None,
             },
-            DeviceRoute { name: "virtio-blk (0:3.1)".into(), pio: vec![], irq_gsi: None, pci: Some(function()) },
+            DeviceRoute { name: "virtio-blk (0:3.1)".into(), pio: vec![], irq_gsis: vec![], pci: Some(function()) },
         ];
         let to_child = vec![
             ToChild::StartRunner(RunnerConfig {
@@ -494,6 +503,7 @@ mod tests {
                 password: Some("secret".into()),
                 sandbox: sandbox(),
             }),
+            ToChild::StartPs2(Ps2Config { sandbox: sandbox() }),
             ToChild::Shutdown,
         ];
         let to_broker = vec![
@@ -540,13 +550,32 @@ mod tests {
             }
             .flatten(),
         );
-        let route =
-            RouteFds { ring: "ring", doorbell: "doorbell", irq: Some("irq"), pci: Some(pci()), memory: Some("memory") };
+        let route = RouteFds {
+            ring: "ring",
+            doorbell: "doorbell",
+            irqs: vec!["irq"],
+            pci: Some(pci()),
+            memory: Some("memory"),
+        };
         v.extend(
             StartRunnerFds { kvm: "kvm", ram: "ram", stats: "stats", devices: vec![route], flash: Some("flash") }
                 .flatten(),
         );
-        v.extend(StartVncFds { listener: "listener", vram: "vram", state: "state", stats: "stats" }.flatten());
+        v.extend(
+            StartVncFds { listener: "listener", vram: "vram", state: "state", input: "input", stats: "stats" }
+                .flatten(),
+        );
+        v.extend(
+            StartPs2Fds {
+                ring: "ring",
+                doorbell: "doorbell",
+                keyboard_irq: "kbd",
+                mouse_irq: "aux",
+                input: "input",
+                stats: "stats",
+            }
+            .flatten(),
+        );
         v
     }
 

@@ -301,17 +301,33 @@ pub fn virtio_net_backend(tap: i32) -> (Vec<FdGrant>, Vec<SyscallRule>) {
 }
 
 /// The lowest fd number not in `fds`: where the kernel puts the next new fd.
+/// The i8042 server (PS/2 keyboard and mouse): its exit ring's doorbell,
+/// IRQ 1's and IRQ 12's eventfds, the read end of the display's input
+/// socket; no guest RAM, nothing of the host.
+pub fn ps2(doorbell: i32, keyboard_irq: i32, mouse_irq: i32, input: i32) -> Manifest {
+    let mut fds = base_fds();
+    fds.push(FdGrant::new(doorbell, "exit-ring doorbell (eventfd)", &[Read, Event]));
+    fds.push(FdGrant::new(keyboard_irq, "keyboard interrupt, IRQ 1 (irqfd)", &[Write]));
+    fds.push(FdGrant::new(mouse_irq, "mouse interrupt, IRQ 12 (irqfd)", &[Write]));
+    fds.push(FdGrant::new(input, "viewers' keys and motion (from the VNC server)", &[Read, Event]));
+    let syscalls = common();
+    let rlimits = rlimits(&fds);
+    Manifest { role: "i8042".into(), fds, syscalls, rlimits, mappings: vec![] }
+}
+
 /// How many viewers a VNC server serves at once (its reserved fds, and so
 /// its RLIMIT_NOFILE, bound it).
 pub const VNC_MAX_CLIENTS: usize = 8;
 
 /// A display's VNC server, the one process that parses bytes from the
-/// network: its listening socket, the viewers it accepts, the framebuffer
-/// and the display state page mapped read-only (their fds closed), and no
-/// other fd: no guest RAM, no exit ring, nothing of the host.
-pub fn vnc(name: &str, listener: i32) -> Manifest {
+/// network: its listening socket, the viewers it accepts, the write end of
+/// the i8042 server's input socket, the framebuffer and the display state
+/// page mapped read-only (their fds closed), and no other fd: no guest
+/// RAM, no exit ring, nothing of the host.
+pub fn vnc(name: &str, listener: i32, input: i32) -> Manifest {
     let mut fds = base_fds();
     fds.push(FdGrant::new(listener, "VNC listening socket", &[Accept, Event]));
+    fds.push(FdGrant::new(input, "keys and motion to the i8042 server", &[Write]));
     for i in 0..VNC_MAX_CLIENTS {
         let mut g = FdGrant::new(first_free(&fds), format!("viewer {i} (when connected)"), &[Read, Write, Event]);
         g.reserved = true;

@@ -21,9 +21,10 @@ fn pixel(x: u32, y: u32, k: u32) -> [u8; 3] {
 
 /// A viewer made with vncdotool's API: captures, then (after a line on
 /// its stdin) asks for a full refresh and captures again; each capture is
-/// written as raw RGB beside its size.
+/// written as raw RGB beside its size. After a third line it moves the
+/// pointer and clicks, waits, types keys and ends with Escape.
 const VIEWER: &str = r#"
-import sys
+import sys, time
 from vncdotool import api
 address, password, out = sys.argv[1], sys.argv[2] or None, sys.argv[3]
 c = api.connect(address, password=password)
@@ -36,10 +37,29 @@ try:
         im = c.screen.convert("RGB")
         open(f"{out}-{n}.rgb", "wb").write(im.tobytes())
         print(f"capture {n} {im.size[0]} {im.size[1]}", flush=True)
+    sys.stdin.readline()
+    c.mouseMove(100, 100)
+    c.mouseMove(110, 95)
+    c.mousePress(1)
+    time.sleep(1)
+    for key in ("a", "f12", "lsuper", "sysrq", "esc"):
+        c.keyPress(key)
+    print("typed", flush=True)
 finally:
     c.disconnect()
     api.shutdown()
 "#;
+
+/// What the guest prints for a key press and release in set 1 (the
+/// i8042 translates), and for pointer motion, in the order sent.
+const INPUT: &[&str] = &[
+    // mouseMove(100, 100): the first position moves nothing.
+    "aux 08", "aux 00", "aux 00", // mouseMove(110, 95): right 10, up 5 (PS/2's y points up).
+    "aux 08", "aux 0a", "aux 05", // mousePress(1): left down, then up.
+    "aux 09", "aux 00", "aux 00", "aux 08", "aux 00", "aux 00",
+    // a, F12, left Windows (E0), Alt+SysRq (Sys_Req's own code), Escape.
+    "kbd 1e", "kbd 9e", "kbd 58", "kbd d8", "kbd e0", "kbd 5b", "kbd e0", "kbd db", "kbd 54", "kbd d4", "kbd 01",
+];
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -128,19 +148,38 @@ fn a_vnc_viewer_sees_what_the_guest_draws_and_its_mode_changes() {
     viewer_out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "capture 2 800 600", "DesktopSize told the viewer");
     assert_picture(&std::path::PathBuf::from(format!("{}-2.rgb", work.display())), 800, 600, 2);
-    assert!(viewer.wait().unwrap().success());
 
+    // Keys and pointer from the viewer reach the guest's i8042 as PS/2 bytes.
+    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    read_until(&mut out, &mut seen, "fbuf: input ready", deadline);
+    let console = String::from_utf8_lossy(&seen).to_string();
+    assert!(console.contains("fbuf: mouse ack fa"), "{console}");
+    viewer.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    line.clear();
+    viewer_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "typed");
+    assert!(viewer.wait().unwrap().success());
+    read_until(&mut out, &mut seen, "fbuf: escape", deadline);
     let stats = get_stats(&name);
+    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    let r = {
+        child.stdout = Some(out);
+        finish(child, Duration::from_secs(30))
+    };
+    assert_eq!(r.code(), 1, "the guest powers off after Escape: {}", r.stderr);
+    let console = String::from_utf8_lossy(&seen).to_string() + &r.stdout;
+    let got: Vec<&str> =
+        console.lines().map(str::trim).filter(|l| l.starts_with("kbd ") || l.starts_with("aux ")).collect();
+    assert_eq!(got, INPUT, "{console}");
+
     let vnc = |k: &str| stat(&stats, &format!("vnc (fbuf (0:29.0)): {k}"));
     assert_eq!(vnc("closed_bad_version"), 1, "{stats:?}");
     assert!(vnc("closed_auth_failed") >= 2, "{stats:?}");
     assert!(vnc("viewers") >= 5, "{stats:?}");
     assert_eq!(stat(&stats, "fbuf (0:29.0): unsupported_modes"), 0);
-
-    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
-    child.stdout = Some(out);
-    let r = finish(child, Duration::from_secs(30));
-    assert_eq!(r.code(), 1, "the guest powers off: {}", r.stderr);
+    assert_eq!(vnc("key_events"), 10, "{stats:?}");
+    assert_eq!(stat(&stats, "i8042: key_events"), 10, "{stats:?}");
+    assert_eq!(stat(&stats, "i8042: bad_input_records"), 0, "{stats:?}");
     for n in 1..=2 {
         let _ = std::fs::remove_file(format!("{}-{n}.rgb", work.display()));
         let _ = std::fs::remove_file(format!("{}-{n}.png", work.display()));
@@ -158,10 +197,13 @@ fn bad_fbuf_options_are_one_line_errors() {
         ("vga=on", "has no VGA"),
         ("tcp=1,rfb=2", "give tcp= or rfb=, not both"),
         ("bogus=1", "bogus"),
+        ("wait", "not supported yet"),
     ] {
         let r = run(&guest_args("hello", &["-s", &format!("29,fbuf,{opts}")]));
         assert_eq!(r.code(), 4, "{opts}: {r:?}");
         assert!(r.stderr.contains(want), "{opts}: {}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{opts}: {}", r.stderr);
     }
+    let r = run(&guest_args("hello", &["-s", "29,fbuf,tcp=0", "-s", "30,fbuf,tcp=0"]));
+    assert!(r.code() == 4 && r.stderr.contains("one fbuf per VM"), "{r:?}");
 }

@@ -67,7 +67,8 @@ fn ro_disk(tag: &str) -> PathBuf {
 
 /// Two COM ports (stdio and a socket), a read-only disk, a NIC on a tap
 /// capvm creates, an AHCI controller with the same disk as a CD, a display
-/// (its registers' server and its VNC server, on a port the kernel picks;
+/// (its registers' server, its VNC server on a port the kernel picks, and
+/// the i8042 server for its keyboard and mouse;
 /// 0.0.0.0: the test's network namespace has no loopback up),
 /// and two vCPUs, spinning.
 fn two_port_args(name: &str, sock: &std::path::Path, disk: &std::path::Path) -> Vec<String> {
@@ -95,7 +96,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let policy = run(&pp);
     assert_eq!(policy.code(), 0, "{policy:?}");
     let manifests = policy_fds(&policy.stdout);
-    assert_eq!(manifests.len(), 8, "{}", policy.stdout);
+    assert_eq!(manifests.len(), 9, "{}", policy.stdout);
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
     let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
@@ -118,6 +119,10 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let vnc = vnc.split("role ").next().unwrap();
     assert!(!vnc.contains("guest RAM") && !vnc.contains("exit-ring") && vnc.contains("accept4"), "{vnc}");
     assert!(vnc.contains("framebuffer (read-only)") && !vnc.contains("pwrite64"), "{vnc}");
+    // The i8042 reads viewers' input and raises its two lines; no more.
+    let ps2 = policy.stdout.split("role i8042").nth(1).expect("an i8042 manifest");
+    let ps2 = ps2.split("role ").next().unwrap();
+    assert!(ps2.contains("IRQ 1") && ps2.contains("IRQ 12") && !ps2.contains("guest RAM"), "{ps2}");
     let runner = policy.stdout.split("role vcpu-runner").nth(1).expect("a runner manifest");
     assert!(runner.contains("KVM_SET_USER_MEMORY_REGION") && runner.contains("framebuffer memory"), "{runner}");
 
@@ -125,9 +130,9 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let child = netns.spawn_capvm(&args);
     // `ip netns exec` execs capvm: same pid.
     let broker = child.id();
-    let kids = wait_for_children(broker, 8, Duration::from_secs(10));
-    assert_eq!(kids.len(), 8, "{kids:?}");
-    let audit = wait_sandboxed(&name, 8);
+    let kids = wait_for_children(broker, 9, Duration::from_secs(10));
+    assert_eq!(kids.len(), 9, "{kids:?}");
+    let audit = wait_sandboxed(&name, 9);
     for (pid, comm) in &kids {
         let pid = *pid;
         assert_eq!(status_field(pid, "Seccomp:"), "2", "{comm}");
@@ -201,7 +206,7 @@ fn hostile_matrix_every_role_every_operation_denied_and_audited() {
     let blk = format!("4,virtio-blk,{},ro", disk.display());
     let ahci = format!("6,ahci,hd:{},ro", disk.display());
     let netns = Netns::create();
-    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net", "ahci", "fbuf", "vnc"] {
+    for role in ["uart", "vcpu-runner", "virtio-blk", "virtio-net", "ahci", "fbuf", "vnc", "i8042"] {
         for (op, syscall) in MATRIX {
             let log = audit_log(&format!("{role}-{op}"));
             let _ = std::fs::remove_file(&log);

@@ -44,6 +44,9 @@ pub struct Platform {
     /// One index register for all vCPUs, as on a PC: guests serialise
     /// their CMOS accesses themselves.
     rtc: Mutex<Rtc>,
+    /// An i8042 server answers ports 0x60 and 0x64 (a VM with a display);
+    /// the runner keeps only the controller's pulse reset.
+    pub i8042_served: bool,
 }
 
 impl Default for Platform {
@@ -54,6 +57,7 @@ impl Default for Platform {
             pm1_cnt: AtomicU16::new(0),
             start: Instant::now(),
             rtc: Mutex::new(Rtc::default()),
+            i8042_served: false,
         }
     }
 }
@@ -95,7 +99,7 @@ impl Platform {
             (RTC_DATA, 1) => Outcome::Done(self.rtc().read(host_now()) as u64),
             (RESET_CONTROL, 1) => Outcome::Done(self.reset_control.load(Ordering::Relaxed) as u64),
             // No keyboard: status says output buffer empty, input buffer empty.
-            (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
+            (I8042_DATA | I8042_COMMAND, 1) if !self.i8042_served => Outcome::Done(0),
             (PM1A_EN, 2) => Outcome::Done(self.pm1_en.load(Ordering::Relaxed) as u64),
             (PM1A_EVT_BLK..=0x403, _) => Outcome::Done(0),
             (PM1A_CNT_BLK, 2) => Outcome::Done((self.pm1_cnt.load(Ordering::Relaxed) | PM1_SCI_EN) as u64),
@@ -124,7 +128,7 @@ impl Platform {
                 Outcome::Done(0)
             }
             (I8042_COMMAND, 1) if value as u8 == I8042_CMD_PULSE_RESET => Outcome::Stop(VmEvent::Reboot),
-            (I8042_DATA | I8042_COMMAND, 1) => Outcome::Done(0),
+            (I8042_DATA | I8042_COMMAND, 1) if !self.i8042_served => Outcome::Done(0),
             (PM1A_EN, 2) => {
                 self.pm1_en.store(value as u16, Ordering::Relaxed);
                 Outcome::Done(0)
@@ -161,6 +165,11 @@ mod tests {
         let p = Platform::default();
         assert!(matches!(p.write(I8042_COMMAND, 1, 0xfe), Outcome::Stop(VmEvent::Reboot)));
         assert!(matches!(p.write(I8042_COMMAND, 1, 0xaa), Outcome::Done(_)));
+        // With an i8042 server, everything but the reset goes to it.
+        let p = Platform { i8042_served: true, ..Platform::default() };
+        assert!(matches!(p.write(I8042_COMMAND, 1, 0xfe), Outcome::Stop(VmEvent::Reboot)));
+        assert!(matches!(p.write(I8042_COMMAND, 1, 0xaa), Outcome::NotMine));
+        assert!(matches!(p.read(I8042_DATA, 1), Outcome::NotMine));
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         if ring.slots() < cfg.vcpus {
             return Err(RunnerError::Protocol(format!("{}'s exit ring has fewer slots than vCPUs", d.name)));
         }
-        if let (Some(gsi), Some(irq)) = (d.irq_gsi, wires.irq) {
+        for (&gsi, irq) in d.irq_gsis.iter().zip(wires.irqs) {
             vm.register_irqfd(irq, gsi)?;
         }
         if let (Some(layout), Some(pci_fds)) = (&d.pci, wires.pci) {
@@ -202,7 +202,8 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         let ends = cfg.memory.iter().filter(|r| !r.read_only && (r.guest_addr >= 1 << 32) == high);
         ends.map(|r| r.guest_addr + r.size).max().unwrap_or(0)
     };
-    let platform = Platform::new(ram_end(false), ram_end(true).saturating_sub(1 << 32), cfg.vcpus);
+    let mut platform = Platform::new(ram_end(false), ram_end(true).saturating_sub(1 << 32), cfg.vcpus);
+    platform.i8042_served = cfg.devices.iter().any(|d| d.pio.iter().any(|r| r.contains(crate::platform::I8042_DATA)));
     install_kick_handler();
     let control = channel_dup(channel)?;
     enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, &cfg))?;

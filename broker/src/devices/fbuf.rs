@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use capvm_fbuf::layout;
 use capvm_ipc::display::{self, MAX_SIZE, MIN_SIZE};
@@ -51,6 +51,10 @@ pub struct DisplayHost {
     pub listener: OwnedFd,
     pub vram: OwnedFd,
     pub state: OwnedFd,
+    /// The input socket (SOCK_SEQPACKET): the VNC server writes viewers'
+    /// keys and motion, the i8042 server reads them.
+    pub input_tx: OwnedFd,
+    pub input_rx: OwnedFd,
     pub password: Option<String>,
     pub width: u32,
     pub height: u32,
@@ -106,10 +110,26 @@ impl ServedDevice for FbufConfig {
         let state = display::create_state().map_err(os("cannot create the display state page"))?;
         let vram = display::create_vram().map_err(os("cannot create the framebuffer"))?;
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| DeviceError::Os { what: "dup", source });
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (input_tx, input_rx) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .map_err(os("cannot create the input socket"))?;
+        // One way only: the VNC server can write events, never read what
+        // the i8042 side could send.
+        nix::sys::socket::shutdown(input_tx.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+            .map_err(os("input socket"))?;
+        nix::sys::socket::shutdown(input_rx.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(os("input socket"))?;
         let host = DisplayHost {
             listener: listener.into(),
             vram,
             state: dup(&state)?,
+            input_tx,
+            input_rx,
             password: self.password.clone(),
             width: self.width,
             height: self.height,

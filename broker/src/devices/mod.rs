@@ -221,7 +221,7 @@ pub fn is_lpc(e: &Emulation) -> bool {
 /// The roles `-o sandbox.test_violation=ROLE:OP` can name: the runner, the
 /// uart servers and every served emulation.
 pub fn hostile_roles() -> Vec<&'static str> {
-    let mut roles = vec!["uart", "vcpu-runner", "vnc"];
+    let mut roles = vec!["uart", "vcpu-runner", "vnc", "i8042"];
     roles.extend(EMULATIONS.iter().filter(|e| matches!(e.kind, Kind::Served(_))).map(|e| e.name));
     roles
 }

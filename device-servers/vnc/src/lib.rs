@@ -2,5 +2,6 @@
 //! guest's picture ([`screen`]), VNC Authentication ([`auth`]).
 
 pub mod auth;
+pub mod keys;
 pub mod rfb;
 pub mod screen;

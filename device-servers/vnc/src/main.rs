@@ -9,10 +9,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use capvm_ipc::display::{DisplayState, Vram};
+use capvm_ipc::input::InputEvent;
 use capvm_ipc::stats::{Counter, CountersByKind, Stats};
 use capvm_ipc::{Channel, ChannelError, StartVncFds, ToBroker, ToChild, VncConfig, PROTO_VERSION};
 use capvm_policy::roles::VNC_MAX_CLIENTS;
-use capvm_vnc::rfb::{Client, Closed, Input};
+use capvm_vnc::keys;
+use capvm_vnc::rfb::{Client, Closed, Input as ViewerInput};
 use capvm_vnc::screen::{Refresh, Screen};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -57,7 +59,9 @@ struct Counters {
     refused_full: Counter,
     updates_bytes: Counter,
     key_events: Counter,
+    unmapped_keys: Counter,
     pointer_events: Counter,
+    dropped_input: Counter,
 }
 
 /// A viewer's socket, closed with a plain close(2) (std's OwnedFd checks
@@ -92,11 +96,12 @@ fn run(channel: &Channel) -> Result<(), VncError> {
         (ToChild::StartVnc(cfg), fds) => (cfg, fds),
         (other, _) => return Err(VncError::Protocol(format!("expected StartVnc, got {other:?}"))),
     };
-    let StartVncFds { listener, vram, state, stats } = StartVncFds::unflatten(fds)?;
+    let StartVncFds { listener, vram: vram_fd, state: state_fd, input, stats: stats_fd } = StartVncFds::unflatten(fds)?;
     // Mapped read-only, then closed: the fds are not kept.
-    let vram = Vram::map_read_only(vram.as_fd()).map_err(|e| VncError::Os("map the framebuffer", e))?;
-    let state = DisplayState::attach_read_only(state.as_fd()).map_err(|e| VncError::Os("map the state page", e))?;
-    let mut stats = Stats::attach(stats.as_fd()).map_err(|e| VncError::Os("stats page", e))?;
+    let vram = Vram::map_read_only(vram_fd.as_fd()).map_err(|e| VncError::Os("map the framebuffer", e))?;
+    let state = DisplayState::attach_read_only(state_fd.as_fd()).map_err(|e| VncError::Os("map the state page", e))?;
+    let mut stats = Stats::attach(stats_fd.as_fd()).map_err(|e| VncError::Os("stats page", e))?;
+    drop((vram_fd, state_fd, stats_fd));
     let counters = Counters {
         viewers: stats.counter("viewers"),
         closed: CountersByKind::new(&mut stats, "", Closed::KINDS),
@@ -105,14 +110,68 @@ fn run(channel: &Channel) -> Result<(), VncError> {
         refused_full: stats.counter("refused_server_full"),
         updates_bytes: stats.counter("update_bytes"),
         key_events: stats.counter("key_events"),
+        unmapped_keys: stats.counter("unmapped_keys"),
         pointer_events: stats.counter("pointer_events"),
+        dropped_input: stats.counter("dropped_input"),
     };
-    let manifest = capvm_policy::roles::vnc(&cfg.name, listener.as_raw_fd());
+    let manifest = capvm_policy::roles::vnc(&cfg.name, listener.as_raw_fd(), input.as_raw_fd());
     let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
     channel.send(&ToBroker::Sandboxed(report), &[])?;
     capvm_policy::hostile::run_hook(&cfg.sandbox, listener.as_raw_fd(), listener.as_raw_fd());
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
-    serve(channel, &cfg, &listener, &vram, &state, &counters)
+    serve(channel, &cfg, &listener, &vram, &state, &Input::new(input), &counters)
+}
+
+/// Where viewers' keys and motion go: the i8042 server.
+struct Input {
+    socket: OwnedFd,
+    /// The pointer's last position (viewers report it absolute; a PS/2
+    /// mouse moves by deltas).
+    last: std::cell::Cell<Option<(u16, u16)>>,
+}
+
+impl Input {
+    fn new(socket: OwnedFd) -> Input {
+        Input { socket, last: std::cell::Cell::new(None) }
+    }
+
+    fn send(&self, e: InputEvent, counters: &Counters) {
+        // A full socket (the guest is not reading) drops the event.
+        match nix::unistd::write(&self.socket, &e.encode()) {
+            Ok(_) => {}
+            Err(_) => counters.dropped_input.inc(),
+        }
+    }
+
+    fn forward(&self, e: ViewerInput, counters: &Counters) {
+        match e {
+            ViewerInput::Key { down, keysym } => match keys::qnum(keysym) {
+                Some(qnum) => {
+                    counters.key_events.inc();
+                    self.send(InputEvent::Key { qnum, down }, counters);
+                }
+                None => counters.unmapped_keys.inc(),
+            },
+            ViewerInput::ExtendedKey { down, keysym, keycode } => {
+                match keys::from_keycode(keycode).or_else(|| keys::qnum(keysym)) {
+                    Some(qnum) => {
+                        counters.key_events.inc();
+                        self.send(InputEvent::Key { qnum, down }, counters);
+                    }
+                    None => counters.unmapped_keys.inc(),
+                }
+            }
+            ViewerInput::Pointer { buttons, x, y } => {
+                counters.pointer_events.inc();
+                let (dx, dy) = match self.last.replace(Some((x, y))) {
+                    Some((lx, ly)) => (x as i16 - lx as i16, y as i16 - ly as i16),
+                    None => (0, 0),
+                };
+                let (buttons, wheel) = keys::buttons(buttons);
+                self.send(InputEvent::Mouse { dx, dy, wheel, buttons }, counters);
+            }
+        }
+    }
 }
 
 fn serve(
@@ -121,6 +180,7 @@ fn serve(
     listener: &OwnedFd,
     vram: &Vram,
     state: &DisplayState,
+    input: &Input,
     counters: &Counters,
 ) -> Result<(), VncError> {
     let blank = (cfg.width, cfg.height);
@@ -167,10 +227,7 @@ fn serve(
                     Err(_) => v.gone = true,
                 }
                 for e in v.client.input_events.drain(..) {
-                    match e {
-                        Input::Key { .. } | Input::ExtendedKey { .. } => counters.key_events.inc(),
-                        Input::Pointer { .. } => counters.pointer_events.inc(),
-                    }
+                    input.forward(e, counters);
                 }
             }
         }

@@ -2,10 +2,13 @@
 //! would, from user mode so the drawing runs natively: reads the DISPI ID
 //! and the EDID's preferred mode, sets 640x480x32 and draws picture 1,
 //! waits for a byte on COM1 (the host captures the screen meanwhile), sets
-//! 800x600 and draws picture 2, waits again, and powers off. The host
-//! computes the same pictures (`pixel`) to compare.
+//! 800x600 and draws picture 2, waits again. Then it turns on the i8042's
+//! keyboard and mouse (polled, translation on) and prints every byte they
+//! send, `kbd XX` or `aux XX`, until Escape; after one more byte on COM1
+//! it powers off. The host
+//! computes the same pictures (`pixel`) and scancodes to compare.
 
-use crate::io::{getc, poweroff, print, print_dec, print_hex};
+use crate::io::{getc, inb, outb, poweroff, print, print_dec, print_hex};
 use crate::virtio::{self, cfg_read32, cfg_write32, mmio_r, mmio_w};
 
 const DISPI: u64 = 0x500;
@@ -81,5 +84,50 @@ pub extern "C" fn run() -> ! {
     getc();
     set_mode_and_draw(vram, mmio, 800, 600, 2);
     getc();
-    poweroff()
+    input()
+}
+
+const I8042_DATA: u16 = 0x60;
+const I8042_STATUS: u16 = 0x64;
+
+fn i8042_command(cmd: u8) {
+    outb(I8042_STATUS, cmd);
+}
+
+/// Reads what the keyboard and mouse send until Escape's make code.
+fn input() -> ! {
+    // Command byte: system flag, translation, no interrupts (polled).
+    i8042_command(0x60);
+    outb(I8042_DATA, 0x44);
+    i8042_command(0xa8);
+    i8042_command(0xd4);
+    outb(I8042_DATA, 0xf4);
+    // The mouse's ACK.
+    while inb(I8042_STATUS) & 1 == 0 {}
+    let ack = inb(I8042_DATA);
+    print(b"fbuf: mouse ack ");
+    hex2(ack);
+    print(b"\nfbuf: input ready\n");
+    loop {
+        let status = inb(I8042_STATUS);
+        if status & 1 == 0 {
+            continue;
+        }
+        let byte = inb(I8042_DATA);
+        let aux = status & 0x20 != 0;
+        print(if aux { b"aux " } else { b"kbd " });
+        hex2(byte);
+        print(b"\n");
+        if !aux && byte == 0x01 {
+            // The host reads the counters, then lets the guest power off.
+            print(b"fbuf: escape\n");
+            getc();
+            poweroff()
+        }
+    }
+}
+
+fn hex2(b: u8) {
+    let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };
+    print(&[digit(b >> 4), digit(b & 0xf)]);
 }
