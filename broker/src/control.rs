@@ -4,10 +4,12 @@
 //! (0700); the socket is removed when the VM ends.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::MsgFlags;
 use serde::Serialize;
 
 use crate::console::SocketPath;
@@ -29,6 +31,16 @@ pub struct ControlSocket {
     /// Connections whose request has not arrived whole yet. They are
     /// polled with the children, so a silent client delays nothing.
     pub clients: Vec<Client>,
+    /// The display's framebuffer and state page, for `capvmctl --screenshot`.
+    pub display: Option<DisplayFds>,
+}
+
+/// What a screenshot needs: VRAM, the state page (both handed to capvmctl,
+/// which maps them read-only) and the size shown while no mode is set.
+pub struct DisplayFds {
+    pub vram: OwnedFd,
+    pub state: OwnedFd,
+    pub blank: (u32, u32),
 }
 
 /// A capvmctl connection waiting for its one-line request.
@@ -82,7 +94,7 @@ impl ControlSocket {
             Ok(listener)
         };
         let listener = bind(&path).map_err(|source| ControlError::Bind { path: path.clone(), source })?;
-        Ok(ControlSocket { listener, _path: SocketPath(path), clients: Vec::new() })
+        Ok(ControlSocket { listener, _path: SocketPath(path), clients: Vec::new(), display: None })
     }
 
     /// Takes every pending connection; each waits, non-blocking, for its
@@ -119,12 +131,30 @@ impl ControlSocket {
         }
         let mut c = self.clients.swap_remove(k);
         let line = String::from_utf8_lossy(&c.request[..c.request.len().min(MAX_REQUEST)]).into_owned();
-        let (answer, request) = answer(&line, children, vm);
         // A client that does not read its answer costs at most this.
         let _ = c.stream.set_nonblocking(false);
         let _ = c.stream.set_write_timeout(Some(Duration::from_millis(200)));
+        if line.trim() == "screenshot" {
+            self.send_display(&mut c.stream);
+            return Request::Answered;
+        }
+        let (answer, request) = answer(&line, children, vm);
         let _ = c.stream.write_all(answer.as_bytes());
         request
+    }
+
+    /// `screenshot`: the display's size line with VRAM and the state page
+    /// attached (SCM_RIGHTS); capvmctl reads the picture itself.
+    fn send_display(&self, stream: &mut UnixStream) {
+        let Some(d) = &self.display else {
+            let _ = stream.write_all(b"error: this VM has no display (add -s N,fbuf)\n");
+            return;
+        };
+        let line = format!("display {} {}\n", d.blank.0, d.blank.1);
+        let fds = [d.vram.as_raw_fd(), d.state.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(line.as_bytes())];
+        let _ = nix::sys::socket::sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None);
     }
 }
 
@@ -319,6 +349,30 @@ fn audit_text(children: &[Child]) -> String {
 pub fn request(name: &str, what: &str) -> Result<String, ControlError> {
     let path = socket_path(name);
     ask(&path, what).map_err(|source| ControlError::NoAnswer { name: name.to_string(), path, source })
+}
+
+/// `capvmctl --screenshot`'s side: the display's blank size, its VRAM and
+/// its state page.
+pub fn display(name: &str) -> Result<(String, Vec<OwnedFd>), ControlError> {
+    let path = socket_path(name);
+    let no_answer = |source| ControlError::NoAnswer { name: name.to_string(), path: path.clone(), source };
+    let mut s = UnixStream::connect(&path).map_err(no_answer)?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(no_answer)?;
+    s.write_all(b"screenshot\n").map_err(no_answer)?;
+    let mut buf = [0u8; 256];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| no_answer(e.into()))?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| no_answer(e.into()))? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: fds the kernel just installed for us.
+            fds.extend(raw.into_iter().map(|f| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(f) }));
+        }
+    }
+    let n = msg.bytes;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), fds))
 }
 
 pub fn ask(path: &Path, what: &str) -> std::io::Result<String> {

@@ -122,7 +122,7 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map_err(VmError::Kvm)?
         .into();
 
-    let control = crate::control::ControlSocket::bind(&cfg.name)?;
+    let mut control = crate::control::ControlSocket::bind(&cfg.name)?;
 
     // Guest RAM: a sealed memfd; the broker maps it only to load the kernel
     // or the boot ROM (which lives in the same memfd, past the RAM).
@@ -183,6 +183,11 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let mut alloc = crate::served::Allocator::default();
     let served: Vec<ServedHost> =
         cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| VmError::Os { what: "dup", source });
+    if let Some(d) = served.iter().find_map(|d| d.display.as_ref()) {
+        control.display =
+            Some(crate::control::DisplayFds { vram: dup(&d.vram)?, state: dup(&d.state)?, blank: (d.width, d.height) });
+    }
     let ps2 = match served.iter().find_map(|d| d.display.as_ref()) {
         Some(display) => Some(Ps2Host {
             wires: DeviceWires::new(cfg.cpus, PS2_IRQS.len())?,

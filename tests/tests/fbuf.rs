@@ -140,6 +140,19 @@ fn a_vnc_viewer_sees_what_the_guest_draws_and_its_mode_changes() {
     viewer_out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "capture 1 640 480");
     assert_picture(&std::path::PathBuf::from(format!("{}-1.rgb", work.display())), 640, 480, 1);
+    // capvmctl --screenshot reads the same picture.
+    let shot = work.with_extension("shot.png");
+    capvmctl(&[&format!("--vm={name}"), &format!("--screenshot={}", shot.display())]);
+    let png = png::Decoder::new(std::fs::File::open(&shot).unwrap());
+    let mut reader = png.read_info().unwrap();
+    let mut rgb = vec![0u8; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgb).unwrap();
+    assert_eq!((info.width, info.height, info.color_type), (640, 480, png::ColorType::Rgb));
+    let raw = work.with_extension("shot.rgb");
+    std::fs::write(&raw, &rgb[..info.buffer_size()]).unwrap();
+    assert_picture(&raw, 640, 480, 1);
+    std::fs::remove_file(raw).unwrap();
+    std::fs::remove_file(shot).unwrap();
 
     child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
     read_until(&mut out, &mut seen, "fbuf: drawn 800 600", deadline);
@@ -206,4 +219,25 @@ fn bad_fbuf_options_are_one_line_errors() {
     }
     let r = run(&guest_args("hello", &["-s", "29,fbuf,tcp=0", "-s", "30,fbuf,tcp=0"]));
     assert!(r.code() == 4 && r.stderr.contains("one fbuf per VM"), "{r:?}");
+}
+
+/// A VM without a display says so to `capvmctl --screenshot`.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn a_screenshot_of_a_vm_without_a_display_is_a_clear_error() {
+    require_kvm();
+    let args = guest_args("idle", &[]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    let mut seen = Vec::new();
+    read_until(child.stdout.as_mut().unwrap(), &mut seen, "idle", Instant::now() + Duration::from_secs(30));
+    let out = Command::new(bin_dir().join("capvmctl"))
+        .env("CAPVM_RUNTIME_DIR", runtime_dir())
+        .args([&format!("--vm={name}"), "--screenshot=/nonexistent/x.png"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "capvmctl: this VM has no display (add -s N,fbuf)\n");
+    destroy(&name);
+    finish(child, Duration::from_secs(30));
 }
