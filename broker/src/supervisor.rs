@@ -43,6 +43,8 @@ pub struct Supervisor {
     audit: crate::audit::AuditLog,
     control: Option<crate::control::ControlSocket>,
     name: String,
+    /// fbuf's `wait` was released (a VNC server may say so once).
+    viewer_connected: bool,
 }
 
 impl Supervisor {
@@ -58,6 +60,7 @@ impl Supervisor {
             audit: crate::audit::AuditLog::new(&cfg.name, &cfg.sandbox.audit_log),
             control,
             name: cfg.name.clone(),
+            viewer_connected: false,
         }
     }
 
@@ -173,6 +176,9 @@ impl Supervisor {
                 return lie("sent a second sandbox report")
             }
             ToBroker::Ready { .. } if child.ready => return lie("said it was ready twice"),
+            ToBroker::ViewerConnected if !child.role.starts_with("vnc (") || self.viewer_connected => {
+                return lie("said a viewer connected, which only a display's VNC server may say, once")
+            }
             _ => {}
         }
         match msg {
@@ -194,6 +200,16 @@ impl Supervisor {
             ToBroker::Event(event) => Some(event_status(&event)),
             ToBroker::Sandboxed(report) => {
                 child.sandbox = Some(report);
+                None
+            }
+            // fbuf's `wait`: the first viewer is in; the vCPUs may run.
+            ToBroker::ViewerConnected => {
+                self.viewer_connected = true;
+                let runner = self.children.iter().find(|c| c.may_send_events());
+                if runner.is_none_or(|r| r.channel.send(&ToChild::Go, &[]).is_err()) {
+                    eprintln!("capvm: cannot tell the vCPU runner to start");
+                    return Some(EXIT_ERROR);
+                }
                 None
             }
             ToBroker::Violation(v) if child.violations.len() >= MAX_VIOLATION_RECORDS && !v.killed => {

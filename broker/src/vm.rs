@@ -334,6 +334,7 @@ fn start_children(
             width: display.width,
             height: display.height,
             password: display.password.clone(),
+            wait: display.wait,
             sandbox: sandbox_config(cfg, "vnc"),
         });
         let sent = child.channel.send(&start, &fds.flatten());
@@ -374,6 +375,7 @@ fn start_children(
         strict_io: cfg.strict_io,
         wire_memory: cfg.wired,
         fw_cfg,
+        hold_vcpus: served.iter().any(|d| d.display.as_ref().is_some_and(|d| d.wait)),
         flash: flash.map(|(spec, _)| spec),
         sandbox: sandbox_config(cfg, "vcpu-runner"),
     };

@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 12;
+pub const PROTO_VERSION: u32 = 13;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -21,6 +21,8 @@ pub enum ToChild {
     StartVnc(VncConfig),
     /// Start the i8042 server (PS/2 keyboard and mouse); fds: [`crate::StartPs2Fds`].
     StartPs2(Ps2Config),
+    /// To a runner started with `hold_vcpus`: run them now.
+    Go,
     /// Flush what is pending and exit.
     Shutdown,
 }
@@ -39,6 +41,8 @@ pub enum ToBroker {
     /// The child made a syscall its manifest does not allow (sent from its
     /// SIGSYS handler, so plain integers only).
     Violation(ViolationRecord),
+    /// From a VNC server started with `wait`: the first viewer is in.
+    ViewerConnected,
 }
 
 /// What a sandboxed child reports about itself, for the audit.
@@ -127,6 +131,8 @@ pub struct RunnerConfig {
     pub wire_memory: bool,
     /// What firmware reads through fw_cfg (a firmware boot only).
     pub fw_cfg: Option<FwCfgItems>,
+    /// fbuf's `wait`: the vCPUs start at the broker's Go, not at once.
+    pub hold_vcpus: bool,
     /// The firmware's variable store (`-l bootrom,ROM,VARFILE`): a flash
     /// beside the ROM, its file among the runner's fds.
     pub flash: Option<FlashSpec>,
@@ -310,6 +316,8 @@ pub struct VncConfig {
     /// VNC Authentication with this password (its first 8 bytes count, as
     /// in every VNC server); None: no authentication.
     pub password: Option<String>,
+    /// bhyve's `wait`: say when the first viewer is in (the vCPUs wait).
+    pub wait: bool,
     pub sandbox: SandboxConfig,
 }
 
@@ -412,7 +420,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (12, 0x1a6e_83bb_4663_dc14);
+    const WIRE_FINGERPRINT: (u32, u64) = (13, 0xb1ce_e87b_53e7_cbc0);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -459,6 +467,7 @@ mod tests {
                 wire_memory: false,
                 fw_cfg: Some(FwCfgItems { items: vec![(5, vec![2, 0])], files: vec![("etc/e820".into(), vec![1])] }),
                 flash: Some(FlashSpec { guest_addr: 0xffbe_0000, size: 0x2_0000 }),
+                hold_vcpus: true,
                 sandbox: sandbox(),
             }),
             ToChild::StartUart(UartConfig {
@@ -501,9 +510,11 @@ mod tests {
                 width: 800,
                 height: 600,
                 password: Some("secret".into()),
+                wait: true,
                 sandbox: sandbox(),
             }),
             ToChild::StartPs2(Ps2Config { sandbox: sandbox() }),
+            ToChild::Go,
             ToChild::Shutdown,
         ];
         let to_broker = vec![
@@ -522,6 +533,7 @@ mod tests {
             })),
             ToBroker::Event(VmEvent::UnhandledIo { vcpu: 0, port: 0x80, write: true }),
             ToBroker::Fatal("why".into()),
+            ToBroker::ViewerConnected,
             ToBroker::Sandboxed(SandboxReport {
                 role: "uart".into(),
                 allowed_syscalls: 30,

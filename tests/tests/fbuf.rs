@@ -78,7 +78,18 @@ fn assert_picture(path: &std::path::Path, w: u32, h: u32, k: u32) {
 
 /// A viewer that speaks RFB up to ServerInit, then sends `then`.
 fn hostile_viewer(port: u16, then: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The broker binds the socket while the VM starts: try for a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot connect to the VNC server on {port}: {e}"),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut version = [0u8; 12];
     s.read_exact(&mut version).unwrap();
@@ -210,7 +221,6 @@ fn bad_fbuf_options_are_one_line_errors() {
         ("vga=on", "has no VGA"),
         ("tcp=1,rfb=2", "give tcp= or rfb=, not both"),
         ("bogus=1", "bogus"),
-        ("wait", "not supported yet"),
     ] {
         let r = run(&guest_args("hello", &["-s", &format!("29,fbuf,{opts}")]));
         assert_eq!(r.code(), 4, "{opts}: {r:?}");
@@ -219,6 +229,34 @@ fn bad_fbuf_options_are_one_line_errors() {
     }
     let r = run(&guest_args("hello", &["-s", "29,fbuf,tcp=0", "-s", "30,fbuf,tcp=0"]));
     assert!(r.code() == 4 && r.stderr.contains("one fbuf per VM"), "{r:?}");
+}
+
+/// `wait`: the guest runs only once a viewer has finished its handshake.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn wait_holds_the_guest_until_a_viewer_connects() {
+    require_kvm();
+    let port = free_port();
+    let args = guest_args("hello", &["-s", &format!("29,fbuf,tcp=127.0.0.1:{port},wait")]);
+    let mut child = spawn(&args);
+    let mut out = child.stdout.take().unwrap();
+    // Connected but not through the handshake: still held.
+    let mut viewer = hostile_viewer(port, b"RFB 003.008\n");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "the guest must not have run to its halt yet");
+    let mut security = [0u8; 2];
+    viewer.read_exact(&mut security).unwrap();
+    assert_eq!(security, [1, 1], "security None is offered");
+    viewer.write_all(&[1]).unwrap();
+    let mut result = [0u8; 4];
+    viewer.read_exact(&mut result).unwrap();
+    assert_eq!(result, [0; 4]);
+    viewer.write_all(&[1]).unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, "Hello from a capvm guest", Instant::now() + Duration::from_secs(30));
+    child.stdout = Some(out);
+    let r = finish(child, Duration::from_secs(30));
+    assert_eq!(r.code(), 2, "hello halts: {r:?}");
 }
 
 /// A VM without a display says so to `capvmctl --screenshot`.

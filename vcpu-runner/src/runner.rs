@@ -207,6 +207,15 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
     install_kick_handler();
     let control = channel_dup(channel)?;
     enter_sandbox(channel, &cfg.sandbox, &runner_fds(&vm, &vcpus, &ram, &devices, &control, notify_fds, &cfg))?;
+    if cfg.hold_vcpus {
+        // fbuf's `wait`: nothing runs until the first viewer is in.
+        match channel.recv::<ToChild>() {
+            Ok((ToChild::Go, _)) => {}
+            Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => std::process::exit(0),
+            Ok((other, _)) => return Err(RunnerError::Protocol(format!("expected Go, got {other:?}"))),
+            Err(e) => return Err(e.into()),
+        }
+    }
     let shared = Arc::new(Shared {
         router: Router {
             vm,

@@ -43,6 +43,8 @@ pub struct FbufConfig {
     pub width: u32,
     pub height: u32,
     pub password: Option<String>,
+    /// bhyve's `wait`: the vCPUs start when the first viewer is in.
+    pub wait: bool,
 }
 
 /// What the VNC server gets, opened: the listening socket, VRAM and the
@@ -56,6 +58,7 @@ pub struct DisplayHost {
     pub input_tx: OwnedFd,
     pub input_rx: OwnedFd,
     pub password: Option<String>,
+    pub wait: bool,
     pub width: u32,
     pub height: u32,
 }
@@ -83,14 +86,12 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
         None | Some("off") => {}
         Some(v) => return Err(bad(format!("vga={v}: capvm's display has no VGA (legacy VGA modes); give vga=off"))),
     }
-    if o.get("wait").is_some() {
-        return Err(bad("wait (hold the vCPUs until a viewer connects) is not supported yet".into()));
-    }
+    let wait = o.flag("wait")?;
     let password = o.get("password").map(str::to_string);
     if password.as_ref().is_some_and(|p| p.is_empty() || p.len() > PASSWORD_MAX) {
         return Err(bad(format!("password: give 1 to {PASSWORD_MAX} characters (VNC Authentication uses 8)")));
     }
-    Ok(Box::new(FbufConfig { address, width, height, password }))
+    Ok(Box::new(FbufConfig { address, width, height, password, wait }))
 }
 
 /// `IP:PORT`, `[IPv6]:PORT` or `PORT` (on 127.0.0.1).
@@ -131,6 +132,7 @@ impl ServedDevice for FbufConfig {
             input_tx,
             input_rx,
             password: self.password.clone(),
+            wait: self.wait,
             width: self.width,
             height: self.height,
         };

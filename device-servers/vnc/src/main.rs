@@ -188,6 +188,8 @@ fn serve(
     let mut viewers: Vec<Viewer> = Vec::new();
     let mut last_refresh = Instant::now() - REFRESH;
     let mut buf = vec![0u8; 64 << 10];
+    // fbuf's `wait`: the broker holds the vCPUs until a viewer is in.
+    let mut waiting_for_viewer = cfg.wait;
     loop {
         let waiting = viewers.iter().any(|v| v.client.wants_update());
         let timeout = if waiting { REFRESH } else { Duration::from_secs(1) };
@@ -252,6 +254,10 @@ fn serve(
                     Refresh::Tiles(t) => v.client.changed(&screen, Some(t)),
                 }
             }
+        }
+        if waiting_for_viewer && viewers.iter().any(|v| v.client.ready()) {
+            waiting_for_viewer = false;
+            channel.send(&ToBroker::ViewerConnected, &[])?;
         }
         for v in &mut viewers {
             v.client.update(&screen);
