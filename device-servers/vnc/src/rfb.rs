@@ -521,26 +521,32 @@ impl Client {
             self.size = (screen.width, screen.height);
         }
         let (vw, vh) = self.size;
-        let tiles: Vec<usize> = (0..screen.tile_count())
-            .filter(|&t| self.dirty.get(t).copied().unwrap_or(true))
-            .filter(|&t| {
-                let (x, y, _, _) = screen.tile_rect(t);
-                x < vw && y < vh
-            })
-            .collect();
-        if tiles.is_empty() && !tell && req.incremental {
+        // Dirty tiles the viewer can show, merged into runs along each row
+        // of tiles: (x, y, w, h) clipped to its size.
+        let across = screen.tiles_across() as usize;
+        let mut rects: Vec<(u32, u32, u32, u32)> = Vec::new();
+        for t in 0..screen.tile_count() {
+            let (x, y, w, h) = screen.tile_rect(t);
+            if !self.dirty.get(t).copied().unwrap_or(true) || x >= vw || y >= vh {
+                continue;
+            }
+            let (w, h) = (w.min(vw - x), h.min(vh - y));
+            match rects.last_mut() {
+                Some(r) if t % across != 0 && r.1 == y && r.0 + r.2 == x => r.2 += w,
+                _ => rects.push((x, y, w, h)),
+            }
+        }
+        if rects.is_empty() && !tell && req.incremental {
             return;
         }
         self.pending = None;
-        let rects = tiles.len() + usize::from(tell);
+        let count = rects.len() + usize::from(tell);
         self.output.extend_from_slice(&[0, 0]);
-        self.output.extend_from_slice(&(rects as u16).to_be_bytes());
+        self.output.extend_from_slice(&(count as u16).to_be_bytes());
         if tell {
             self.rect_header(0, 0, screen.width, screen.height, ENCODING_DESKTOP_SIZE);
         }
-        for &t in &tiles {
-            let (x, y, w, h) = screen.tile_rect(t);
-            let (w, h) = (w.min(vw - x), h.min(vh - y));
+        for (x, y, w, h) in rects {
             self.rect_header(x, y, w, h, ENCODING_RAW);
             for row in y..y + h {
                 let start = (row * screen.width + x) as usize * 4;
@@ -654,10 +660,10 @@ mod tests {
         // Nothing asked, nothing sent.
         c.update(&s);
         assert!(c.output.is_empty());
-        // A full request: 4 tiles (2 x 2), raw, the picture itself.
+        // A full request: 2 x 2 tiles, sent as one run per row of tiles.
         c.receive(&request(false, 100, 70), &s);
         c.update(&s);
-        assert_eq!(&c.output[..4], &[0, 0, 0, 4]);
+        assert_eq!(&c.output[..4], &[0, 0, 0, 2]);
         let header = |x: u16, y: u16, w: u16, h: u16| {
             let mut v = Vec::new();
             for n in [x, y, w, h] {
@@ -666,9 +672,9 @@ mod tests {
             v.extend_from_slice(&ENCODING_RAW.to_be_bytes());
             v
         };
-        assert_eq!(&c.output[4..16], &header(0, 0, 64, 64)[..]);
+        assert_eq!(&c.output[4..16], &header(0, 0, 100, 64)[..]);
         assert_eq!(&c.output[16..20], &s.pixels[..4]);
-        let total = 4 + 4 * 12 + 100 * 70 * 4;
+        let total = 4 + 2 * 12 + 100 * 70 * 4;
         assert_eq!(c.output.len(), total);
         c.output.clear();
         // Incremental with nothing new: held until something changes.
@@ -694,8 +700,8 @@ mod tests {
         let bigger = screen(130, 70);
         c.changed(&bigger, None);
         c.update(&bigger);
-        // DesktopSize first, then the 6 tiles of the new size.
-        assert_eq!(&c.output[..4], &[0, 0, 0, 7]);
+        // DesktopSize first, then the new size's two rows of tiles.
+        assert_eq!(&c.output[..4], &[0, 0, 0, 3]);
         assert_eq!(&c.output[4..16], &[0, 0, 0, 0, 0, 130, 0, 70, 0xff, 0xff, 0xff, 0x21]);
     }
 
