@@ -37,6 +37,19 @@ pub use ring::{ExitRing, RingError};
 /// The fd number at which every child finds its control socket after exec.
 pub const CHILD_CONTROL_FD: std::os::fd::RawFd = 3;
 
+/// A child's `main`: runs `run` on its control channel; an error goes to
+/// the broker as Fatal (which prints it once, with the child's role and
+/// pid), or to stderr if the broker is gone, and the child exits with 4.
+pub fn child_main<E: std::fmt::Display>(name: &str, run: impl FnOnce(&Channel) -> Result<(), E>) {
+    let channel = child_channel();
+    if let Err(e) = run(&channel) {
+        if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
+            eprintln!("{name}: {e}");
+        }
+        std::process::exit(4);
+    }
+}
+
 /// A child's end of its control socket, taken over once at start-up.
 pub fn child_channel() -> Channel {
     // SAFETY: the broker dup2()s the child's socket to CHILD_CONTROL_FD

@@ -18,13 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vm_memory::GuestMemoryMmap;
 
 fn main() {
-    let channel = capvm_ipc::child_channel();
-    if let Err(e) = run(&channel) {
-        if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
-            eprintln!("capvm-ahci: {e}");
-        }
-        std::process::exit(4);
-    }
+    capvm_ipc::child_main("capvm-ahci", run);
 }
 
 /// What the guest made the controller do.

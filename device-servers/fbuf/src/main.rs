@@ -18,13 +18,7 @@ use capvm_pci::{ConfigSpace, Identity};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 fn main() {
-    let channel = capvm_ipc::child_channel();
-    if let Err(e) = run(&channel) {
-        if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
-            eprintln!("capvm-fbuf: {e}");
-        }
-        std::process::exit(4);
-    }
+    capvm_ipc::child_main("capvm-fbuf", run);
 }
 
 struct Counters {

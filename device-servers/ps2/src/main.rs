@@ -30,13 +30,7 @@ enum Ps2Error {
 }
 
 fn main() {
-    let channel = capvm_ipc::child_channel();
-    if let Err(e) = run(&channel) {
-        if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
-            eprintln!("capvm-ps2: {e}");
-        }
-        std::process::exit(4);
-    }
+    capvm_ipc::child_main("capvm-ps2", run);
 }
 
 struct Counters {

@@ -9,11 +9,5 @@ mod backend;
 mod server;
 
 fn main() {
-    let channel = capvm_ipc::child_channel();
-    if let Err(e) = server::run(&channel) {
-        if channel.send(&capvm_ipc::ToBroker::Fatal(e.to_string()), &[]).is_err() {
-            eprintln!("capvm-uart: {e}");
-        }
-        std::process::exit(4);
-    }
+    capvm_ipc::child_main("capvm-uart", server::run);
 }

@@ -42,13 +42,7 @@ enum VncError {
 }
 
 fn main() {
-    let channel = capvm_ipc::child_channel();
-    if let Err(e) = run(&channel) {
-        if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
-            eprintln!("capvm-vnc: {e}");
-        }
-        std::process::exit(4);
-    }
+    capvm_ipc::child_main("capvm-vnc", run);
 }
 
 struct Counters {
