@@ -22,6 +22,7 @@ fn common() -> Vec<SyscallRule> {
         r("mmap", Args::NoExec, "heap and thread stacks; never executable"),
         r("mprotect", Args::NoExec, "guard pages; never executable"),
         r("munmap", Args::Any, "free memory"),
+        r("mremap", Args::Any, "glibc's realloc moves large buffers (a VNC update) with it; protections stay"),
         r("madvise", Args::Any, "return freed memory"),
         r("brk", Args::Any, "heap"),
         r("rt_sigreturn", Args::Any, "return from the SIGSYS/kick handlers"),

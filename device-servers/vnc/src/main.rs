@@ -116,6 +116,12 @@ fn run(channel: &Channel) -> Result<(), VncError> {
     serve(channel, &cfg, &listener, &vram, &state, &Input::new(input), &counters)
 }
 
+/// How far the pointer moved along one axis (positions are 0-65535; a
+/// viewer may jump across the whole range).
+fn delta(now: u16, last: u16) -> i16 {
+    (now as i32 - last as i32).clamp(i16::MIN.into(), i16::MAX.into()) as i16
+}
+
 /// Where viewers' keys and motion go: the i8042 server.
 struct Input {
     socket: OwnedFd,
@@ -158,7 +164,7 @@ impl Input {
             ViewerInput::Pointer { buttons, x, y } => {
                 counters.pointer_events.inc();
                 let (dx, dy) = match self.last.replace(Some((x, y))) {
-                    Some((lx, ly)) => (x as i16 - lx as i16, y as i16 - ly as i16),
+                    Some((lx, ly)) => (delta(x, lx), delta(y, ly)),
                     None => (0, 0),
                 };
                 let (buttons, wheel) = keys::buttons(buttons);
@@ -284,5 +290,19 @@ fn serve(
             }
             true
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delta;
+
+    #[test]
+    fn pointer_deltas_saturate() {
+        assert_eq!(delta(110, 100), 10);
+        assert_eq!(delta(95, 100), -5);
+        // Found by the fuzzing viewer: a jump across the range overflowed.
+        assert_eq!(delta(65535, 0), i16::MAX);
+        assert_eq!(delta(0, 65535), i16::MIN);
     }
 }

@@ -770,4 +770,37 @@ mod tests {
         c.update(&s);
         assert!(c.closed.is_none());
     }
+
+    #[test]
+    fn random_messages_never_panic() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut s = screen(130, 70);
+        for round in 0..2000 {
+            let mut c = connected(&s);
+            for _ in 0..50 {
+                let kinds = [0u8, 2, 3, 4, 5, 6, 255, next() as u8];
+                let mut m = vec![kinds[(next() % kinds.len() as u64) as usize]];
+                for _ in 0..next() % 24 {
+                    m.push(next() as u8);
+                }
+                c.receive(&m, &s);
+                if round % 3 == 0 {
+                    c.update(&s);
+                }
+                c.output.clear();
+            }
+            if round % 100 == 0 {
+                // The screen changes size under the viewers too.
+                s = screen(64 + (next() % 200) as u32, 1 + (next() % 150) as u32);
+                c.changed(&s, None);
+                c.update(&s);
+            }
+        }
+    }
 }
