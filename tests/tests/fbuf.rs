@@ -231,6 +231,69 @@ fn bad_fbuf_options_are_one_line_errors() {
     assert!(r.code() == 4 && r.stderr.contains("one fbuf per VM"), "{r:?}");
 }
 
+/// Fuzzing viewers: each completes the handshake (no password) and then
+/// sends random bytes, which the message parser must survive; the guest
+/// and an honest viewer see nothing of it.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn fuzzing_viewers_crash_nothing() {
+    require_kvm();
+    let port = free_port();
+    let args = guest_args("fbuf", &["-s", &format!("29,fbuf,tcp=127.0.0.1:{port}")]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, "fbuf: drawn 640 480", Instant::now() + Duration::from_secs(60));
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..60 {
+        let mut v = hostile_viewer(port, b"RFB 003.008\n");
+        // Security None, its result, ClientInit; then the server's init.
+        v.write_all(&[1]).unwrap();
+        let mut result = [0u8; 4];
+        v.read_exact(&mut result).unwrap();
+        v.write_all(&[1]).unwrap();
+        let mut init = [0u8; 24];
+        v.read_exact(&mut init).unwrap();
+        // Random messages: a valid type byte most of the time, random bodies.
+        let mut junk = Vec::new();
+        for _ in 0..200 {
+            let kinds = [0u8, 2, 3, 4, 5, 6, 255, (next() % 256) as u8];
+            junk.push(kinds[(next() % kinds.len() as u64) as usize]);
+            for _ in 0..next() % 24 {
+                junk.push(next() as u8);
+            }
+        }
+        let _ = v.write_all(&junk);
+        if round % 10 == 0 {
+            // Let the server work through some before the next.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // An honest viewer still gets the guest's picture.
+    let shot = std::env::temp_dir().join(format!("capvm-fuzzed-{}.png", std::process::id()));
+    let capture = Command::new("timeout")
+        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}"), "capture"])
+        .arg(&shot)
+        .status()
+        .unwrap();
+    assert!(capture.success());
+    let stats = get_stats(&name);
+    let vnc = |k: &str| stat(&stats, &format!("vnc (fbuf (0:29.0)): {k}"));
+    assert!(vnc("viewers") >= 61, "{stats:?}");
+    std::fs::remove_file(shot).unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the VM runs on");
+    destroy(&name);
+    child.stdout = Some(out);
+    finish(child, Duration::from_secs(30));
+}
+
 /// `wait`: the guest runs only once a viewer has finished its handshake.
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
@@ -278,4 +341,85 @@ fn a_screenshot_of_a_vm_without_a_display_is_a_clear_error() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "capvmctl: this VM has no display (add -s N,fbuf)\n");
     destroy(&name);
     finish(child, Duration::from_secs(30));
+}
+
+/// Reads a capture (raw RGB, `w` x `h`) with tesseract: grey, inverted
+/// (dark text on light), scaled up twice, as one block of text.
+fn ocr(png: &std::path::Path) -> String {
+    let prep = png.with_extension("ocr.png");
+    let script = "import sys\nfrom PIL import Image, ImageOps\n\
+                  im = Image.open(sys.argv[1]).convert('L')\n\
+                  ImageOps.invert(im).resize((im.width * 2, im.height * 2)).save(sys.argv[2])\n";
+    let ok = Command::new("python3").args(["-c", script]).arg(png).arg(&prep).status().unwrap();
+    assert!(ok.success());
+    let out = Command::new("tesseract")
+        .arg(&prep)
+        .args(["-", "--psm", "6"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("tesseract (scripts/setup installs tesseract-ocr)");
+    std::fs::remove_file(prep).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Linux fixture (bochs DRM, framebuffer console, i8042 and PS/2
+/// drivers) boots with `console=tty0`: its boot log is readable on a VNC
+/// capture, and Alt+SysRq+H typed in the viewer reaches the kernel's
+/// keyboard driver, which answers on every console.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn linux_shows_its_boot_log_on_the_display_and_takes_a_key_from_the_viewer() {
+    require_kvm();
+    let vmlinux = fixture("CAPVM_LINUX_VMLINUX", "linux/build");
+    let port = free_port();
+    // 640x480 (the EDID's preferred mode, which bochs-drm takes): every
+    // console scroll is emulated CPL0 code moving the whole picture here.
+    let fbuf = format!("29,fbuf,tcp=127.0.0.1:{port},w=640,h=480");
+    // No disk: rootwait keeps the kernel alive, interrupts on.
+    let args =
+        vm_args(2, "256M", &vmlinux, "console=tty0 console=ttyS0 panic=-1 root=/dev/vda rootwait", &["-s", &fbuf]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    // The PS/2 devices are probed asynchronously: either may come last.
+    for line in
+        ["Waiting for root device /dev/vda", "input: AT Translated Set 2 keyboard", "input: ImPS/2 Generic Wheel Mouse"]
+    {
+        read_until(&mut out, &mut seen, line, deadline);
+    }
+    let serial = String::from_utf8_lossy(&seen).to_string();
+    for want in [
+        "[drm] Found EDID data blob.",
+        "Console: switching to colour frame buffer device 80x30",
+        "i8042: PNP: PS/2 Controller [PNP0303:KBD,PNP0f13:MOU] at 0x60,0x64 irq 1,12",
+    ] {
+        assert!(serial.contains(want), "no {want:?} on COM1:\n{serial}");
+    }
+    // The screen, through a VNC viewer, read back as text.
+    let shot = std::env::temp_dir().join(format!("capvm-linux-screen-{}.png", std::process::id()));
+    let capture = Command::new("timeout")
+        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}"), "capture"])
+        .arg(&shot)
+        .status()
+        .unwrap();
+    assert!(capture.success());
+    let text = ocr(&shot);
+    assert!(text.contains("bochs-drm"), "the boot log is not on the screen:\n{text}");
+    assert!(text.contains("serio: i8042 KBD port"), "the boot log is not on the screen:\n{text}");
+    std::fs::remove_file(shot).unwrap();
+    // Alt+SysRq+H from the viewer: the kernel prints its SysRq help.
+    let keys = Command::new("timeout")
+        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}")])
+        .args(["keydown", "alt", "keydown", "sysrq", "key", "h", "keyup", "sysrq", "keyup", "alt"])
+        .status()
+        .unwrap();
+    assert!(keys.success());
+    read_until(&mut out, &mut seen, "sysrq: HELP", Instant::now() + Duration::from_secs(120));
+    let stats = get_stats(&name);
+    assert!(stat(&stats, "i8042: key_events") >= 6, "{stats:?}");
+    destroy(&name);
+    child.stdout = Some(out);
+    finish(child, Duration::from_secs(60));
 }
