@@ -183,18 +183,15 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
     let mut alloc = crate::served::Allocator::default();
     let served: Vec<ServedHost> =
         cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    // A display: capvmctl --screenshot reads it; the i8042 reads its viewers.
+    let display = served.iter().find_map(|d| d.display.as_ref());
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| VmError::Os { what: "dup", source });
-    if let Some(d) = served.iter().find_map(|d| d.display.as_ref()) {
+    let mut ps2 = None;
+    if let Some(d) = display {
         control.display =
             Some(crate::control::DisplayFds { vram: dup(&d.vram)?, state: dup(&d.state)?, blank: (d.width, d.height) });
+        ps2 = Some(Ps2Host { wires: DeviceWires::new(cfg.cpus, PS2_IRQS.len())?, input: dup(&d.input_rx)? });
     }
-    let ps2 = match served.iter().find_map(|d| d.display.as_ref()) {
-        Some(display) => Some(Ps2Host {
-            wires: DeviceWires::new(cfg.cpus, PS2_IRQS.len())?,
-            input: display.input_rx.try_clone().map_err(|source| VmError::Os { what: "dup", source })?,
-        }),
-        None => None,
-    };
 
     // From here on SIGCHLD/SIGTERM/SIGINT/SIGHUP arrive through the signalfd.
     let signals = handled_signals();

@@ -186,7 +186,7 @@ fn serve(
     let blank = (cfg.width, cfg.height);
     let mut screen = Screen::blank(blank.0, blank.1);
     let mut viewers: Vec<Viewer> = Vec::new();
-    let mut last_refresh = Instant::now() - REFRESH;
+    let mut last_refresh = Instant::now().checked_sub(REFRESH).unwrap_or_else(Instant::now);
     let mut buf = vec![0u8; 64 << 10];
     // fbuf's `wait`: the broker holds the vCPUs until a viewer is in.
     let mut waiting_for_viewer = cfg.wait;
