@@ -9,8 +9,9 @@ pub const IOCTL_OP: &str = "ioctl";
 /// Lies a compromised child could tell the broker on its control channel,
 /// which the broker must not believe: a lifecycle event from a device
 /// server (a forged "reboot"), a second sandbox report, a flood of
-/// violation records meant to fill the host's disk with the audit log.
-pub const LIES: [&str; 3] = ["forge-event", "resend-report", "flood-violations"];
+/// violation records meant to fill the host's disk with the audit log, a
+/// "viewer connected" (fbuf's `wait`) from anyone but the VNC server.
+pub const LIES: [&str; 4] = ["forge-event", "resend-report", "flood-violations", "viewer-connected"];
 /// How many violation records "flood-violations" sends.
 pub const FLOOD: usize = 1000;
 
@@ -31,6 +32,7 @@ fn lie(op: &str) {
     match op {
         "forge-event" => drop(channel.send(&ToBroker::Event(VmEvent::Reboot), &[])),
         "resend-report" => drop(channel.send(&ToBroker::Sandboxed(report()), &[])),
+        "viewer-connected" => drop(channel.send(&ToBroker::ViewerConnected, &[])),
         "flood-violations" => {
             let v = ViolationRecord { nr: libc::SYS_getpid as u64, args: [0; 6], ip: 0, killed: false };
             for _ in 0..FLOOD {

@@ -350,15 +350,16 @@ fn the_broker_believes_no_lie_a_device_server_tells() {
         ("uart", "forge-event", "uart server (com1) (pid"),
         ("virtio-blk", "forge-event", "virtio-blk (0:4.0) (pid"),
         ("virtio-blk", "resend-report", "virtio-blk (0:4.0) (pid"),
+        ("uart", "viewer-connected", "uart server (com1) (pid"),
     ] {
         let hook = format!("sandbox.test_violation={role}:{op}");
         let r = run(&guest_args("idle", &["-o", &hook, "-s", &blk]));
         assert_eq!(r.code(), 4, "{role}:{op}: {r:?}");
         assert!(r.stderr.contains(said), "{role}:{op}: {r:?}");
-        let why = if op == "forge-event" {
-            "sent a lifecycle event, which only the vCPU runner may send; stopping the VM"
-        } else {
-            "sent a second sandbox report; stopping the VM"
+        let why = match op {
+            "forge-event" => "sent a lifecycle event, which only the vCPU runner may send; stopping the VM",
+            "viewer-connected" => "said a viewer connected, which only a display's VNC server may say, once",
+            _ => "sent a second sandbox report; stopping the VM",
         };
         assert!(r.stderr.contains(why), "{role}:{op}: {r:?}");
     }
