@@ -161,11 +161,12 @@ impl Vram {
         if start + len > VRAM_LEN {
             return;
         }
-        for (i, b) in out[..len].iter_mut().enumerate() {
-            // SAFETY: inside the mapping (checked above); a volatile read
-            // because another process writes it.
-            *b = unsafe { std::ptr::read_volatile(self.base.as_ptr().add(start + i)) };
-        }
+        // SAFETY: `len` bytes at `start` are inside the mapping (checked
+        // above), which lives as long as self; vm-memory's volatile copy
+        // (word-sized where aligned) because another process writes it.
+        // Nothing writes through the slice: the mapping is read-only.
+        let row = unsafe { vm_memory::volatile_memory::VolatileSlice::new(self.base.as_ptr().add(start), len) };
+        row.copy_to(&mut out[..len]);
     }
 }
 
