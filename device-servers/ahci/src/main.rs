@@ -11,10 +11,9 @@ use capvm_ahci::layout::{self, ABAR, INTX_PIN, MAX_PORTS, MSI_CAP};
 use capvm_block::Image;
 use capvm_ipc::ring::{ring_eventfd, ExitRing, Op};
 use capvm_ipc::stats::{Counter, CountersByKind};
-use capvm_ipc::{Channel, ChannelError, DeviceBackend, DeviceConfig, ToBroker, ToChild, PROTO_VERSION};
-use capvm_pci::server::{ServerError, Started};
+use capvm_ipc::{Channel, DeviceBackend, DeviceConfig, ToBroker, PROTO_VERSION};
+use capvm_pci::server::{ServerError, Started, Wake};
 use capvm_pci::{ConfigSpace, Identity, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, INTERRUPT_LINE};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vm_memory::GuestMemoryMmap;
 
 fn main() {
@@ -203,60 +202,49 @@ fn serve(
     c: &mut Controller,
 ) -> Result<(), ServerError> {
     let mut buf = [0u8; 8];
-    loop {
-        let ready: Vec<bool> = {
-            let mut pfds =
-                vec![PollFd::new(ring.doorbell(), PollFlags::POLLIN), PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
-            pfds.extend(resample.map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN)));
-            match poll(&mut pfds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(ServerError::Poll(e)),
+    let extra: Vec<_> = resample.iter().map(|f| f.as_fd()).collect();
+    capvm_pci::server::serve(channel, ring, &extra, |wake| {
+        match wake {
+            Wake::Extra(_) => {
+                if let Some(fd) = resample {
+                    let _ = nix::unistd::read(fd, &mut buf);
+                }
+                c.intx_resample();
             }
-            pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect()
-        };
-        if let (Some(fd), true) = (resample, ready.get(2).copied().unwrap_or(false)) {
-            let _ = nix::unistd::read(fd, &mut buf);
-            c.intx_resample();
-        }
-        if ready[0] {
-            // Commands run after the vCPU that issued them has its answer.
-            let mut kicks = Vec::new();
-            ring.serve_polling(|_, req| match req.op {
-                Op::ConfigRead => {
-                    c.counters.config_accesses.inc();
-                    c.config.read(req.addr, req.size)
-                }
-                Op::ConfigWrite => {
-                    c.counters.config_accesses.inc();
-                    c.config.write(req.addr, req.size, req.data);
-                    kicks.push(Kick::Interrupts);
-                    0
-                }
-                Op::MmioRead if req.region == ABAR => {
-                    c.counters.mmio_accesses.inc();
-                    c.hba.read(req.addr, req.size)
-                }
-                Op::MmioWrite if req.region == ABAR => {
-                    c.counters.mmio_accesses.inc();
-                    kicks.push(c.hba.write(req.addr, req.size, req.data, Some(&c.mem)));
-                    0
-                }
-                _ => u64::MAX,
-            });
-            for kick in kicks {
-                match kick {
-                    Kick::Port(n) => c.run_port(n),
-                    Kick::Interrupts => c.interrupt(false),
-                    Kick::None => {}
+            Wake::Ring => {
+                // Commands run after the vCPU that issued them has its answer.
+                let mut kicks = Vec::new();
+                ring.serve_polling(|_, req| match req.op {
+                    Op::ConfigRead => {
+                        c.counters.config_accesses.inc();
+                        c.config.read(req.addr, req.size)
+                    }
+                    Op::ConfigWrite => {
+                        c.counters.config_accesses.inc();
+                        c.config.write(req.addr, req.size, req.data);
+                        kicks.push(Kick::Interrupts);
+                        0
+                    }
+                    Op::MmioRead if req.region == ABAR => {
+                        c.counters.mmio_accesses.inc();
+                        c.hba.read(req.addr, req.size)
+                    }
+                    Op::MmioWrite if req.region == ABAR => {
+                        c.counters.mmio_accesses.inc();
+                        kicks.push(c.hba.write(req.addr, req.size, req.data, Some(&c.mem)));
+                        0
+                    }
+                    _ => u64::MAX,
+                });
+                for kick in kicks {
+                    match kick {
+                        Kick::Port(n) => c.run_port(n),
+                        Kick::Interrupts => c.interrupt(false),
+                        Kick::None => {}
+                    }
                 }
             }
         }
-        if ready[1] {
-            match channel.recv::<ToChild>() {
-                Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => return Ok(()),
-                Ok((other, _)) => return Err(ServerError::Protocol(format!("unexpected {other:?}"))),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
+        Ok(())
+    })
 }

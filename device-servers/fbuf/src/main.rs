@@ -12,10 +12,9 @@ use capvm_fbuf::layout::{self, DISPI_OFFSET, DISPI_SIZE, EDID_OFFSET, EDID_SIZE,
 use capvm_ipc::display::DisplayState;
 use capvm_ipc::ring::{ExitRing, Op};
 use capvm_ipc::stats::Counter;
-use capvm_ipc::{Channel, ChannelError, DeviceBackend, DeviceConfig, ToBroker, ToChild, PROTO_VERSION};
+use capvm_ipc::{Channel, DeviceBackend, DeviceConfig, ToBroker, PROTO_VERSION};
 use capvm_pci::server::ServerError;
 use capvm_pci::{ConfigSpace, Identity};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 fn main() {
     capvm_ipc::child_main("capvm-fbuf", run);
@@ -120,45 +119,28 @@ impl Display {
 }
 
 fn serve(channel: &Channel, ring: &ExitRing, d: &mut Display) -> Result<(), ServerError> {
-    loop {
-        let ready: Vec<bool> = {
-            let mut pfds =
-                [PollFd::new(ring.doorbell(), PollFlags::POLLIN), PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut pfds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(ServerError::Poll(e)),
+    capvm_pci::server::serve(channel, ring, &[], |_| {
+        ring.serve_polling(|_, req| match req.op {
+            Op::ConfigRead => {
+                d.counters.config_accesses.inc();
+                d.config.read(req.addr, req.size)
             }
-            pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect()
-        };
-        if ready[0] {
-            ring.serve_polling(|_, req| match req.op {
-                Op::ConfigRead => {
-                    d.counters.config_accesses.inc();
-                    d.config.read(req.addr, req.size)
-                }
-                Op::ConfigWrite => {
-                    d.counters.config_accesses.inc();
-                    d.config.write(req.addr, req.size, req.data);
-                    0
-                }
-                Op::MmioRead if req.region == MMIO_BAR => {
-                    d.counters.mmio_accesses.inc();
-                    d.mmio_read(req.addr, req.size)
-                }
-                Op::MmioWrite if req.region == MMIO_BAR => {
-                    d.counters.mmio_accesses.inc();
-                    d.mmio_write(req.addr, req.size, req.data);
-                    0
-                }
-                _ => u64::MAX,
-            });
-        }
-        if ready[1] {
-            match channel.recv::<ToChild>() {
-                Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => return Ok(()),
-                Ok((other, _)) => return Err(ServerError::Protocol(format!("unexpected {other:?}"))),
-                Err(e) => return Err(e.into()),
+            Op::ConfigWrite => {
+                d.counters.config_accesses.inc();
+                d.config.write(req.addr, req.size, req.data);
+                0
             }
-        }
-    }
+            Op::MmioRead if req.region == MMIO_BAR => {
+                d.counters.mmio_accesses.inc();
+                d.mmio_read(req.addr, req.size)
+            }
+            Op::MmioWrite if req.region == MMIO_BAR => {
+                d.counters.mmio_accesses.inc();
+                d.mmio_write(req.addr, req.size, req.data);
+                0
+            }
+            _ => u64::MAX,
+        });
+        Ok(())
+    })
 }

@@ -4,7 +4,7 @@
 //! of a PCI device server plus the backend's own rights.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::Stats;
@@ -113,5 +113,52 @@ impl Started {
         channel.send(&ToBroker::Sandboxed(report), &[])?;
         capvm_policy::hostile::run_hook(&self.config.sandbox, hook_fd, hook_fd);
         Ok(())
+    }
+}
+
+/// What woke a server's loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// `extra[i]` is readable.
+    Extra(usize),
+    /// The exit ring's doorbell rang.
+    Ring,
+}
+
+/// A PCI server's wait loop: its exit ring's doorbell, the broker's
+/// channel and `extra` fds (an INTx# resample eventfd). Each wake-up calls
+/// `on` for every ready extra fd in order, then for the ring; the loop ends
+/// when the broker says Shutdown or hangs up.
+pub fn serve(
+    channel: &Channel,
+    ring: &ExitRing,
+    extra: &[BorrowedFd],
+    mut on: impl FnMut(Wake) -> Result<(), ServerError>,
+) -> Result<(), ServerError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let ready: Vec<bool> = {
+            let mut pfds =
+                vec![PollFd::new(ring.doorbell(), PollFlags::POLLIN), PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+            pfds.extend(extra.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
+            match poll(&mut pfds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(ServerError::Poll(e)),
+            }
+            pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect()
+        };
+        for i in (0..extra.len()).filter(|&i| ready[2 + i]) {
+            on(Wake::Extra(i))?;
+        }
+        if ready[0] {
+            on(Wake::Ring)?;
+        }
+        if ready[1] {
+            match channel.recv::<ToChild>() {
+                Ok((ToChild::Shutdown, _)) | Err(ChannelError::Closed) => return Ok(()),
+                Ok((other, _)) => return Err(ServerError::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
