@@ -61,6 +61,15 @@ const INPUT: &[&str] = &[
     "kbd 1e", "kbd 9e", "kbd 58", "kbd d8", "kbd e0", "kbd 5b", "kbd e0", "kbd db", "kbd 54", "kbd d4", "kbd 01",
 ];
 
+/// vncdotool's command line against the VM's VNC port (at most a minute).
+fn vncdo(port: u16, args: &[&str]) -> std::process::ExitStatus {
+    Command::new("timeout")
+        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}")])
+        .args(args)
+        .status()
+        .expect("vncdo (scripts/setup installs vncdotool)")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -278,12 +287,7 @@ fn fuzzing_viewers_crash_nothing() {
     }
     // An honest viewer still gets the guest's picture.
     let shot = std::env::temp_dir().join(format!("capvm-fuzzed-{}.png", std::process::id()));
-    let capture = Command::new("timeout")
-        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}"), "capture"])
-        .arg(&shot)
-        .status()
-        .unwrap();
-    assert!(capture.success());
+    assert!(vncdo(port, &["capture", shot.to_str().unwrap()]).success());
     let stats = get_stats(&name);
     let vnc = |k: &str| stat(&stats, &format!("vnc (fbuf (0:29.0)): {k}"));
     assert!(vnc("viewers") >= 61, "{stats:?}");
@@ -399,23 +403,14 @@ fn linux_shows_its_boot_log_on_the_display_and_takes_a_key_from_the_viewer() {
     }
     // The screen, through a VNC viewer, read back as text.
     let shot = std::env::temp_dir().join(format!("capvm-linux-screen-{}.png", std::process::id()));
-    let capture = Command::new("timeout")
-        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}"), "capture"])
-        .arg(&shot)
-        .status()
-        .unwrap();
-    assert!(capture.success());
+    assert!(vncdo(port, &["capture", shot.to_str().unwrap()]).success());
     let text = ocr(&shot);
     assert!(text.contains("bochs-drm"), "the boot log is not on the screen:\n{text}");
     assert!(text.contains("serio: i8042 KBD port"), "the boot log is not on the screen:\n{text}");
     std::fs::remove_file(shot).unwrap();
     // Alt+SysRq+H from the viewer: the kernel prints its SysRq help.
-    let keys = Command::new("timeout")
-        .args(["60", "vncdo", "-s", &format!("127.0.0.1::{port}")])
-        .args(["keydown", "alt", "keydown", "sysrq", "key", "h", "keyup", "sysrq", "keyup", "alt"])
-        .status()
-        .unwrap();
-    assert!(keys.success());
+    let keys = ["keydown", "alt", "keydown", "sysrq", "key", "h", "keyup", "sysrq", "keyup", "alt"];
+    assert!(vncdo(port, &keys).success());
     read_until(&mut out, &mut seen, "sysrq: HELP", Instant::now() + Duration::from_secs(120));
     let stats = get_stats(&name);
     assert!(stat(&stats, "i8042: key_events") >= 6, "{stats:?}");
