@@ -5,6 +5,7 @@
 //! with CAPVM_TESTS_WITHOUT_KVM=1 (then KVM tests return early, saying so).
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -158,15 +159,36 @@ pub fn stat(stats: &[(String, u64)], key: &str) -> u64 {
 }
 
 /// Reads capvm's output into `seen` until it holds `needle`; fails when
-/// capvm ends first or `deadline` passes (checked between reads).
-pub fn read_until(out: &mut impl Read, seen: &mut Vec<u8>, needle: &str, deadline: Instant) {
+/// capvm ends first or `deadline` passes.
+pub fn read_until(out: &mut (impl Read + AsFd), seen: &mut Vec<u8>, needle: &str, deadline: Instant) {
+    assert!(
+        try_read_until(out, seen, needle, deadline),
+        "guest did not get to {needle:?}: {}",
+        String::from_utf8_lossy(seen)
+    );
+}
+
+/// As `read_until`, but says whether `needle` came before `deadline`. A
+/// guest that prints nothing more cannot hold it past the deadline: each
+/// read waits (poll) only for the time left.
+pub fn try_read_until(out: &mut (impl Read + AsFd), seen: &mut Vec<u8>, needle: &str, deadline: Instant) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(seen).contains(needle) {
-        assert!(Instant::now() < deadline, "guest did not get to {needle:?}: {}", String::from_utf8_lossy(seen));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = [PollFd::new(out.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(left.min(Duration::from_secs(60))).unwrap_or(PollTimeout::NONE);
+        if poll(&mut pfd, ms).unwrap_or(0) == 0 {
+            continue;
+        }
         let n = out.read(&mut buf).unwrap();
         assert!(n > 0, "capvm ended early: {}", String::from_utf8_lossy(seen));
         seen.extend_from_slice(&buf[..n]);
     }
+    true
 }
 
 /// Asks VM `name` to stop (capvmctl --destroy); a VM already gone is fine.

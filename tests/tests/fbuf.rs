@@ -409,9 +409,18 @@ fn linux_shows_its_boot_log_on_the_display_and_takes_a_key_from_the_viewer() {
     assert!(text.contains("serio: i8042 KBD port"), "the boot log is not on the screen:\n{text}");
     std::fs::remove_file(shot).unwrap();
     // Alt+SysRq+H from the viewer: the kernel prints its SysRq help.
+    // The keyboard driver may still be settling (the mouse probe shares
+    // the controller): a viewer's user types it again, and so do we.
     let keys = ["keydown", "alt", "keydown", "sysrq", "key", "h", "keyup", "sysrq", "keyup", "alt"];
-    assert!(vncdo(port, &keys).success());
-    read_until(&mut out, &mut seen, "sysrq: HELP", Instant::now() + Duration::from_secs(120));
+    let mut helped = false;
+    for _ in 0..3 {
+        assert!(vncdo(port, &keys).success());
+        if try_read_until(&mut out, &mut seen, "sysrq: HELP", Instant::now() + Duration::from_secs(90)) {
+            helped = true;
+            break;
+        }
+    }
+    assert!(helped, "no SysRq help on COM1:\n{}", String::from_utf8_lossy(&seen));
     let stats = get_stats(&name);
     assert!(stat(&stats, "i8042: key_events") >= 6, "{stats:?}");
     destroy(&name);
