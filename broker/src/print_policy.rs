@@ -157,6 +157,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
             .filter(|r| r.pci.as_ref().is_some_and(|f| f.memory_bar.is_some()))
             .map(|r| r.name.clone())
             .collect(),
+        native_pages: capvm_kernel::HostKvm::detect() == capvm_kernel::HostKvm::Emulated,
     };
     // The runner is its pid namespace's init: it sees itself as pid 1.
     out.push(roles::vcpu_runner(&runner, 1));

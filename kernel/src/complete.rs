@@ -11,7 +11,12 @@
 //! the same instruction. On a VT-x/AMD-V host none of this runs: the
 //! hardware executes these instructions itself.
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, CpuidFeature, Decoder, DecoderOptions, Encoder, EncodingKind, FlowControl, Instruction,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+};
+
+use crate::native::{self, NativeCpu};
 
 /// RFLAGS bits.
 const CF: u64 = 1 << 0;
@@ -25,7 +30,7 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 15] = [
+pub const KINDS: [&str; 16] = [
     "int3",
     "int",
     "fwait",
@@ -41,6 +46,7 @@ pub const KINDS: [&str; 15] = [
     "ldmxcsr",
     "stmxcsr",
     "fldcw",
+    "simd",
 ];
 
 /// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
@@ -55,8 +61,22 @@ const MXCSR_MASK: usize = 28;
 const DEFAULT_MXCSR_MASK: u32 = 0xffbf;
 const X87_STATE: [std::ops::Range<usize>; 2] = [0..24, 32..160];
 const SSE_STATE: std::ops::Range<usize> = 160..416;
-/// #GP.
+/// #UD, #NM, #GP.
+const UD: u8 = 6;
+const NM: u8 = 7;
 const GP: u8 = 13;
+/// The XSAVE header's XSTATE_BV, and the rest of the header (XCOMP_BV and
+/// reserved bytes, which XRSTOR of a standard area wants zero).
+const XSTATE_BV: usize = HEADER;
+const HEADER_REST: std::ops::Range<usize> = HEADER + 8..HEADER + 64;
+/// CR0.EM, CR0.TS, CR4.OSFXSR, CR4.OSXSAVE.
+const CR0_EM: u64 = 1 << 2;
+const CR0_TS: u64 = 1 << 3;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// The x87 status word's exception summary (a pending x87 exception).
+const FSW: usize = 2;
+const FSW_ES: u16 = 1 << 7;
 
 /// What became of a refused instruction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +124,10 @@ pub trait Machine {
     /// `linear` with `expected` and, if equal, stores `new`. Returns the
     /// value found; None if the address does not translate writable.
     fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128>;
+    /// CR0 and CR4 (which SIMD instructions may run, and what they raise).
+    fn control_registers(&self) -> (u64, u64);
+    /// Where instructions run natively (`simd`); None where there is none.
+    fn native(&mut self) -> Option<&mut NativeCpu>;
 }
 
 /// Offset and size of XSAVE state component `i` (2-62) in the standard
@@ -224,6 +248,7 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => stmxcsr(m, &insn),
         Mnemonic::Fldcw => fldcw(m, &insn),
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => count_bits(m, &insn),
+        _ if simd_features(&insn).is_some() => simd(m, &insn),
         other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
     done.map_or_else(|outcome| outcome, Outcome::Completed)
@@ -483,6 +508,215 @@ fn count_bits(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, 
     Ok(kind)
 }
 
+/// Whether `insn` belongs to the instruction sets that run natively: SIMD
+/// (MMX to AVX2, with AES, SHA, CLMUL, GFNI) and the bit-manipulation
+/// extensions crypto code uses. Some(true) when it uses SIMD state, and
+/// whether the host CPU has every set it needs (it raises #UD otherwise,
+/// as the guest, which sees the host's CPUID, would expect).
+fn simd_features(insn: &Instruction) -> Option<(bool, bool)> {
+    use CpuidFeature as F;
+    let (mut simd, mut host) = (false, true);
+    for &f in insn.cpuid_features() {
+        let (state, has) = match f {
+            F::MMX => (true, is_x86_feature_detected!("mmx")),
+            F::SSE | F::SSE2 => (true, true),
+            F::SSE3 => (true, is_x86_feature_detected!("sse3")),
+            F::SSSE3 => (true, is_x86_feature_detected!("ssse3")),
+            F::SSE4_1 => (true, is_x86_feature_detected!("sse4.1")),
+            F::SSE4_2 => (true, is_x86_feature_detected!("sse4.2")),
+            F::AVX => (true, is_x86_feature_detected!("avx")),
+            F::AVX2 => (true, is_x86_feature_detected!("avx2")),
+            F::FMA => (true, is_x86_feature_detected!("fma")),
+            F::F16C => (true, is_x86_feature_detected!("f16c")),
+            F::AES => (true, is_x86_feature_detected!("aes")),
+            F::PCLMULQDQ => (true, is_x86_feature_detected!("pclmulqdq")),
+            F::VAES => (true, is_x86_feature_detected!("vaes")),
+            F::VPCLMULQDQ => (true, is_x86_feature_detected!("vpclmulqdq")),
+            F::SHA => (true, is_x86_feature_detected!("sha")),
+            F::GFNI => (true, is_x86_feature_detected!("gfni")),
+            F::BMI1 => (false, is_x86_feature_detected!("bmi1")),
+            F::BMI2 => (false, is_x86_feature_detected!("bmi2")),
+            F::ADX => (false, is_x86_feature_detected!("adx")),
+            _ => return None,
+        };
+        simd |= state;
+        host &= has;
+    }
+    Some((simd, host))
+}
+
+/// Legacy SSE instructions with a 16-byte memory operand raise #GP when it
+/// is not 16-aligned, but for the unaligned moves and the string compares;
+/// VEX ones only for the explicitly aligned moves (SDM vol. 2, 2.4-2.5).
+fn needs_alignment(insn: &Instruction) -> Option<u64> {
+    use Mnemonic as M;
+    match insn.mnemonic() {
+        M::Movaps | M::Movapd | M::Movdqa | M::Movntps | M::Movntpd | M::Movntdq | M::Movntdqa => Some(16),
+        M::Vmovaps | M::Vmovapd | M::Vmovdqa | M::Vmovntps | M::Vmovntpd | M::Vmovntdq | M::Vmovntdqa => {
+            Some(insn.memory_size().size() as u64)
+        }
+        M::Movups | M::Movupd | M::Movdqu | M::Lddqu | M::Pcmpestri | M::Pcmpestrm | M::Pcmpistri | M::Pcmpistrm => {
+            None
+        }
+        _ if insn.encoding() == EncodingKind::Legacy && insn.memory_size().size() == 16 => Some(16),
+        _ => None,
+    }
+}
+
+/// An instruction of `simd_features` runs natively (`native`): the guest's
+/// general-purpose registers, arithmetic flags and SIMD state loaded, its
+/// memory operand copied in and out. What the CPU would raise first (#UD,
+/// #NM, #GP for alignment) is raised here and nothing runs; what cannot be
+/// made certain (unmasked SIMD exceptions, a pending x87 one) stops the VM.
+fn simd(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let unsupported = |why: &str| Err(Outcome::Unsupported(format!("{:?} {why}", insn.mnemonic()).to_lowercase()));
+    let Some((uses_state, host_has)) = simd_features(insn) else { return unsupported("") };
+    let xcr0 = m.xcr0().unwrap_or(1);
+    let (cr0, cr4) = m.control_registers();
+    let vex = matches!(insn.encoding(), EncodingKind::VEX | EncodingKind::EVEX);
+    // A fault: RIP stays on the instruction.
+    fn raise(m: &mut impl Machine, vector: u8, error_code: Option<u32>) -> Result<&'static str, Outcome> {
+        m.inject(vector, error_code);
+        Ok("simd")
+    }
+    if !host_has || (uses_state && !vex && (cr0 & CR0_EM != 0 || cr4 & CR4_OSFXSR == 0)) {
+        return raise(m, UD, None);
+    }
+    if vex && (cr4 & CR4_OSXSAVE == 0 || xcr0 & 0b110 != 0b110) {
+        return raise(m, UD, None);
+    }
+    if uses_state && cr0 & CR0_TS != 0 {
+        return raise(m, NM, None);
+    }
+    // The operands: general-purpose registers but RSP, vector registers,
+    // at most one plain memory operand (no string forms, no VSIB).
+    let mut memory = None;
+    for n in 0..insn.op_count() {
+        match insn.op_kind(n) {
+            OpKind::Register if insn.op_register(n).full_register() == Register::RSP => {
+                return unsupported("names rsp")
+            }
+            OpKind::Register
+            | OpKind::Immediate8
+            | OpKind::Immediate8_2nd
+            | OpKind::Immediate16
+            | OpKind::Immediate32 => {}
+            OpKind::Memory if !insn.memory_index().is_vector_register() => memory = Some(n),
+            _ => return unsupported("has an operand that is not a register or plain memory"),
+        }
+    }
+    if insn.flow_control() != FlowControl::Next {
+        return unsupported("changes control flow");
+    }
+    let Some(mut area) = m.xsave_area() else { return unsupported("(no XSAVE area)") };
+    let mxcsr = le32(&area, MXCSR);
+    if uses_state && mxcsr & 0x1f80 != 0x1f80 {
+        return unsupported("with unmasked SIMD exceptions");
+    }
+    if insn.cpuid_features().contains(&CpuidFeature::MMX)
+        && u16::from_le_bytes([area[FSW], area[FSW + 1]]) & FSW_ES != 0
+    {
+        return unsupported("with an x87 exception pending");
+    }
+
+    // The memory operand's bytes, and whether they are written back.
+    let mut operand = [0u8; native::MAX_OPERAND];
+    let mut native_insn = *insn;
+    let mut write_back = None;
+    if let Some(n) = memory {
+        let size = insn.memory_size().size();
+        if size == 0 || size > native::MAX_OPERAND {
+            return unsupported("has a memory operand of an unexpected size");
+        }
+        let linear = memory_address(m, insn, n)?;
+        if needs_alignment(insn).is_some_and(|align| linear % align != 0) {
+            return raise(m, GP, Some(0));
+        }
+        if !m.read(linear, &mut operand[..size]) {
+            return Err(Outcome::Fault(linear));
+        }
+        let access = InstructionInfoFactory::new().info(insn).op_access(n);
+        if matches!(access, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite) {
+            write_back = Some((linear, size));
+        }
+    }
+    let host_xcr0 = native::host_xcr0();
+    let mask = host_xcr0 & 0b11 | host_xcr0 & xcr0 & 0xe4;
+    let mut ctx = native::Context::new();
+    ctx.guest.copy_from_slice(&area);
+    let xstate_bv = le64(&area, XSTATE_BV);
+    ctx.guest[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(xstate_bv & mask).to_le_bytes());
+    ctx.guest[HEADER_REST].fill(0);
+    ctx.mask = mask;
+    for (i, slot) in ctx.gprs.iter_mut().enumerate() {
+        *slot = m.gpr64(GPRS[i]);
+    }
+    ctx.rflags = m.rflags() & ARITHMETIC | 2;
+    let Some(cpu) = m.native() else { return unsupported("(no native page)") };
+    if memory.is_some() {
+        native_insn.set_memory_base(Register::RIP);
+        native_insn.set_memory_index(Register::None);
+        native_insn.set_memory_index_scale(1);
+        native_insn.set_memory_displacement64(cpu.operand_address());
+        native_insn.set_memory_displ_size(8);
+        native_insn.set_segment_prefix(Register::None);
+    }
+    let mut encoder = Encoder::new(64);
+    if encoder.encode(&native_insn, cpu.code_address()).is_err() {
+        return unsupported("does not encode for 64-bit mode");
+    }
+    let code = encoder.take_buffer();
+
+    cpu.operand()[..].copy_from_slice(&operand);
+    // SAFETY: simd_features and the operand checks above admit only
+    // instructions on registers and the one operand copy, with no control
+    // flow; #UD, #NM and alignment #GP were raised instead of running;
+    // exceptions are masked in MXCSR and none is pending for x87; the
+    // area's header is one XRSTOR accepts for `mask`.
+    unsafe { cpu.run(&code, &mut ctx) };
+    operand.copy_from_slice(&cpu.operand()[..]);
+
+    if let Some((linear, size)) = write_back {
+        if !m.write(linear, &operand[..size]) {
+            return Err(Outcome::Fault(linear));
+        }
+    }
+    let new_bv = le64(&ctx.guest, XSTATE_BV);
+    let header = area[HEADER_REST].to_vec();
+    area.copy_from_slice(&ctx.guest);
+    area[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(xstate_bv & !mask | new_bv & mask).to_le_bytes());
+    area[HEADER_REST].copy_from_slice(&header);
+    m.set_xsave_area(area);
+    for (i, &value) in ctx.gprs.iter().enumerate() {
+        if GPRS[i] != Register::RSP {
+            m.set_gpr64(GPRS[i], value);
+        }
+    }
+    m.set_rflags(m.rflags() & !ARITHMETIC | ctx.rflags & ARITHMETIC);
+    m.set_rip(insn.next_ip());
+    Ok("simd")
+}
+
+/// The general-purpose registers in encoding order (`native::Context`).
+const GPRS: [Register; 16] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RBX,
+    Register::RSP,
+    Register::RBP,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
 /// The value of operand `n` (a register or memory), `width` bits.
 fn operand_value(m: &mut impl Machine, insn: &Instruction, n: u32, width: u64) -> Result<u64, Outcome> {
     match insn.op_kind(n) {
@@ -550,6 +784,31 @@ mod tests {
         injected: Vec<(u8, Option<u32>)>,
         xcr0: u64,
         area: Vec<u8>,
+        cr0: u64,
+        cr4: u64,
+        native: Native,
+    }
+
+    /// A NativeCpu for the Fake (every Fake gets its own pages; states
+    /// compare equal whatever they hold).
+    struct Native(Option<NativeCpu>);
+
+    impl std::fmt::Debug for Native {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("NativeCpu")
+        }
+    }
+
+    impl Clone for Native {
+        fn clone(&self) -> Native {
+            Native(NativeCpu::new().ok())
+        }
+    }
+
+    impl PartialEq for Native {
+        fn eq(&self, _: &Native) -> bool {
+            true
+        }
     }
 
     const MEM: u64 = 0x10_0000;
@@ -564,6 +823,9 @@ mod tests {
                 injected: Vec::new(),
                 xcr0: 0b111,
                 area: vec![0; XSAVE_AREA],
+                cr0: 0x8000_0033,
+                cr4: CR4_OSFXSR | CR4_OSXSAVE | 1 << 10,
+                native: Native(NativeCpu::new().ok()),
             }
         }
         fn index(reg: Register) -> usize {
@@ -641,6 +903,12 @@ mod tests {
                 self.write(linear, &new.to_le_bytes());
             }
             Some(found)
+        }
+        fn control_registers(&self) -> (u64, u64) {
+            (self.cr0, self.cr4)
+        }
+        fn native(&mut self) -> Option<&mut NativeCpu> {
+            self.native.0.as_mut()
         }
     }
 
@@ -771,13 +1039,7 @@ mod tests {
     #[repr(C, align(64))]
     struct Area([u8; XSAVE_AREA]);
 
-    /// The host's XCR0 (the components its OS enabled).
-    fn host_xcr0() -> u64 {
-        let (lo, hi): (u32, u32);
-        // SAFETY: xgetbv(0) reads XCR0; the OS enabled XSAVE (checked by the caller).
-        unsafe { std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi) };
-        u64::from(hi) << 32 | u64::from(lo)
-    }
+    use crate::native::host_xcr0;
 
     /// Native XSAVE of the whole state into `full` and of `rfbm` into
     /// `partial`, back to back (nothing runs between them).
@@ -1153,5 +1415,178 @@ mod tests {
             assert_eq!(u16::from_le_bytes([f.area[FCW], f.area[FCW + 1]]), back, "{value:#x}");
             assert_ne!(le64(&f.area, HEADER) & 0b01, 0, "x87 in XSTATE_BV, or KVM_SET_XSAVE ignores FCW");
         }
+    }
+
+    /// The host CPU running `$insn` itself from the XSAVE state `$area`,
+    /// RSI pointing at `$mem`, RCX and RDX as given: (state, RCX, RDX, flags).
+    macro_rules! reference {
+        ($insn:literal, $area:expr, $mem:expr, $rcx:expr, $rdx:expr) => {{
+            let mut area = Area($area.0);
+            let (mut rcx, mut rdx): (u64, u64) = ($rcx, $rdx);
+            let flags: u64;
+            let mask = host_xcr0() & 0b111;
+            // SAFETY: XRSTOR of an area XSAVE wrote (the state's MXCSR and
+            // FCW are defaults), one instruction on registers and `$mem`,
+            // XSAVE back; every register it may change is an operand or
+            // clobbered by the ABI.
+            unsafe {
+                std::arch::asm!(
+                    "xrstor64 [rdi]",
+                    "mov rdx, r8",
+                    "push r11",
+                    "popfq",
+                    $insn,
+                    "pushfq",
+                    "pop r9",
+                    "mov r8, rdx",
+                    "mov eax, r10d",
+                    "xor edx, edx",
+                    "xsave64 [rdi]",
+                    in("rdi") area.0.as_mut_ptr(),
+                    in("rsi") $mem.0.as_mut_ptr(),
+                    inout("rcx") rcx,
+                    inout("r8") rdx,
+                    in("r10") mask,
+                    in("eax") mask as u32,
+                    in("edx") 0,
+                    lateout("r9") flags,
+                    in("r11") 0x2 | ARITHMETIC,
+                    clobber_abi("sysv64"),
+                );
+            }
+            (area, rcx, rdx, flags)
+        }};
+    }
+
+    /// The SSE and AVX state of an area as the CPU would load it (a
+    /// component whose XSTATE_BV bit is clear is in its initial state).
+    fn vector_state(area: &[u8]) -> (Vec<u8>, Vec<u8>, u32) {
+        let bv = le64(area, XSTATE_BV);
+        let get = |bit: u64, r: std::ops::Range<usize>| if bv & bit != 0 { area[r].to_vec() } else { vec![0; r.len()] };
+        (get(0b10, SSE_STATE), get(0b100, component(2)), le32(area, MXCSR))
+    }
+
+    fn simd_state() -> Area {
+        let mut state = distinctive_state(host_xcr0() & 0b111);
+        state.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        state
+    }
+
+    /// 64 bytes, aligned as the guest's are (MEM), so alignment rules
+    /// apply alike.
+    #[repr(align(64))]
+    struct Memory([u8; 64]);
+
+    fn simd_memory() -> Memory {
+        Memory(std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x6b))
+    }
+
+    /// The engine running `bytes` on a Fake with the same state, RSI = MEM.
+    fn completed(bytes: &[u8], state: &Area, mem: &Memory, rcx: u64, rdx: u64) -> Fake {
+        let mut f = Fake::new();
+        f.area = state.0.to_vec();
+        f.xcr0 = host_xcr0() & 0b111;
+        f.mem[..64].copy_from_slice(&mem.0);
+        f.gpr[Register::RCX.number()] = rcx;
+        f.gpr[Register::RDX.number()] = rdx;
+        f.gpr[Register::RSI.number()] = MEM;
+        f.rflags = 0x2 | ARITHMETIC;
+        assert_eq!(complete(&mut f, bytes), Outcome::Completed("simd"), "{bytes:02x?}");
+        assert!(f.injected.is_empty(), "{:?}", f.injected);
+        assert_eq!(f.rip, 0x1000 + bytes.len() as u64);
+        f
+    }
+
+    macro_rules! simd_matches_the_host {
+        ($insn:literal, $bytes:expr) => {{
+            // RCX is also an index (8 * 2 + 16 stays within the 64 bytes).
+            let (state, mut mem, rcx, rdx) = (simd_state(), simd_memory(), 8u64, 0x0fed_cba9_8765_4321u64);
+            let f = completed(&$bytes, &state, &mem, rcx, rdx);
+            let (want, want_rcx, want_rdx, want_flags) = reference!($insn, state, mem, rcx, rdx);
+            assert_eq!(vector_state(&f.area), vector_state(&want.0), $insn);
+            assert_eq!(&f.mem[..64], &mem.0[..], $insn);
+            assert_eq!(f.gpr[Register::RCX.number()], want_rcx, $insn);
+            assert_eq!(f.gpr[Register::RDX.number()], want_rdx, $insn);
+            assert_eq!(f.gpr[Register::RSI.number()], MEM, $insn);
+            assert_eq!(f.rflags & ARITHMETIC, want_flags & ARITHMETIC, $insn);
+        }};
+    }
+
+    #[test]
+    fn simd_instructions_run_natively_give_what_the_host_cpu_gives() {
+        if NativeCpu::new().is_err() || !is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: the host CPU lacks XSAVE or AVX2");
+            return;
+        }
+        simd_matches_the_host!("movd xmm15, ecx", [0x66, 0x44, 0x0f, 0x6e, 0xf9]);
+        simd_matches_the_host!("pshufb xmm3, [rsi]", [0x66, 0x0f, 0x38, 0x00, 0x1e]);
+        simd_matches_the_host!("paddd xmm1, xmm2", [0x66, 0x0f, 0xfe, 0xca]);
+        simd_matches_the_host!("ptest xmm1, [rsi]", [0x66, 0x0f, 0x38, 0x17, 0x0e]);
+        simd_matches_the_host!("pcmpistri xmm2, [rsi+3], 0x0c", [0x66, 0x0f, 0x3a, 0x63, 0x56, 0x03, 0x0c]);
+        simd_matches_the_host!("movdqu [rsi+16], xmm4", [0xf3, 0x0f, 0x7f, 0x66, 0x10]);
+        simd_matches_the_host!("vpxor ymm5, ymm6, [rsi]", [0xc5, 0xcd, 0xef, 0x2e]);
+        simd_matches_the_host!("vpshufb ymm9, ymm10, ymm11", [0xc4, 0x42, 0x2d, 0x00, 0xcb]);
+        simd_matches_the_host!("pextrd [rsi+4], xmm5, 2", [0x66, 0x0f, 0x3a, 0x16, 0x6e, 0x04, 0x02]);
+        simd_matches_the_host!("crc32 ecx, dword ptr [rsi]", [0xf2, 0x0f, 0x38, 0xf1, 0x0e]);
+        simd_matches_the_host!("pxor xmm0, [rsi+rcx*2+16]", [0x66, 0x0f, 0xef, 0x44, 0x4e, 0x10]);
+        if is_x86_feature_detected!("aes") {
+            simd_matches_the_host!("aesenc xmm7, xmm8", [0x66, 0x41, 0x0f, 0x38, 0xdc, 0xf8]);
+        }
+        if is_x86_feature_detected!("sha") {
+            simd_matches_the_host!("sha256rnds2 xmm1, xmm2, xmm0", [0x0f, 0x38, 0xcb, 0xca]);
+        }
+        if is_x86_feature_detected!("bmi1") {
+            simd_matches_the_host!("andn rcx, rdx, [rsi]", [0xc4, 0xe2, 0xe8, 0xf2, 0x0e]);
+        }
+    }
+
+    #[test]
+    fn simd_raises_what_the_cpu_raises_and_refuses_what_it_cannot_be_sure_of() {
+        let Ok(_) = NativeCpu::new() else { return };
+        let state = simd_state();
+        let fresh = || {
+            let mut f = Fake::new();
+            f.area = state.0.to_vec();
+            f.xcr0 = host_xcr0() & 0b111;
+            f.gpr[Register::RSI.number()] = MEM;
+            f
+        };
+        // movdqa from an address that is not 16-aligned: #GP(0), nothing runs.
+        let movdqa = [0x66, 0x0f, 0x6f, 0x46, 0x08];
+        let mut f = fresh();
+        let before = f.clone();
+        assert_eq!(complete(&mut f, &movdqa), Outcome::Completed("simd"));
+        assert_eq!(f.injected, [(GP, Some(0))]);
+        assert_eq!((f.rip, &f.area), (before.rip, &before.area));
+        // SSE with CR4.OSFXSR clear, AVX without AVX state in XCR0: #UD.
+        let mut f = fresh();
+        f.cr4 &= !CR4_OSFXSR;
+        assert_eq!(complete(&mut f, &[0x66, 0x0f, 0xfe, 0xca]), Outcome::Completed("simd"));
+        assert_eq!(f.injected, [(UD, None)]);
+        let mut f = fresh();
+        f.xcr0 = 0b11;
+        assert_eq!(complete(&mut f, &[0xc5, 0xcd, 0xef, 0x2e]), Outcome::Completed("simd"));
+        assert_eq!(f.injected, [(UD, None)]);
+        // CR0.TS: #NM.
+        let mut f = fresh();
+        f.cr0 |= CR0_TS;
+        assert_eq!(complete(&mut f, &[0x66, 0x0f, 0xfe, 0xca]), Outcome::Completed("simd"));
+        assert_eq!(f.injected, [(NM, None)]);
+        // Unmasked SIMD exceptions, RSP as an operand: not run, named.
+        let mut f = fresh();
+        f.area[MXCSR..MXCSR + 4].copy_from_slice(&0x1f00u32.to_le_bytes());
+        assert!(
+            matches!(complete(&mut f, &[0x66, 0x0f, 0xfe, 0xca]), Outcome::Unsupported(w) if w.contains("unmasked"))
+        );
+        let mut f = fresh();
+        assert!(
+            matches!(complete(&mut f, &[0x66, 0x48, 0x0f, 0x6e, 0xc4]), Outcome::Unsupported(w) if w.contains("rsp"))
+        );
+        // A memory operand that does not translate: a fault, nothing changed.
+        let mut f = fresh();
+        f.gpr[Register::RSI.number()] = 0x4000_0000;
+        let before = f.clone();
+        assert_eq!(complete(&mut f, &[0x66, 0x0f, 0x38, 0x00, 0x1e]), Outcome::Fault(0x4000_0000));
+        assert_eq!((f.rip, &f.area, &f.gpr), (before.rip, &before.area, &before.gpr));
     }
 }

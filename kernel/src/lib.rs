@@ -9,6 +9,7 @@ pub mod boot;
 pub mod complete;
 pub mod cpuid;
 pub mod host;
+pub mod native;
 pub mod vcpu;
 pub mod vm;
 

@@ -10,6 +10,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use iced_x86::Register;
 
 use crate::boot::{BootRegs, EntryMode, GDT, GDT_ADDR, PML4_ADDR, SEL_CODE32, SEL_CODE64, SEL_DATA, SEL_TSS};
+use crate::native::NativeCpu;
 use crate::{complete, Context, Result};
 
 const X86_CR0_PE: u64 = 1 << 0;
@@ -59,15 +60,22 @@ pub struct Vcpu {
     /// KVM's XSAVE area fits `kvm_xsave` (4096 bytes; XSAVE2 says so):
     /// KVM_SET_XSAVE reads exactly that much then.
     xsave_fits: bool,
+    /// Where refused SIMD instructions run (an emulated host only).
+    native: Option<NativeCpu>,
 }
 
 impl Vcpu {
-    pub(crate) fn new(id: u32, fd: VcpuFd, xsave_fits: bool) -> Vcpu {
-        Vcpu { id, fd, xsave_fits }
+    pub(crate) fn new(id: u32, fd: VcpuFd, xsave_fits: bool, native: Option<NativeCpu>) -> Vcpu {
+        Vcpu { id, fd, xsave_fits, native }
     }
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// It has a page where refused SIMD instructions run (an emulated host).
+    pub fn runs_natively(&self) -> bool {
+        self.native.is_some()
     }
 
     /// The vCPU fd number, for the sandbox manifest.
@@ -211,10 +219,22 @@ impl Vcpu {
     /// (`complete::complete`): `insn` holds the bytes at RIP, `ram` is
     /// guest-physical memory. Registers change only when the instruction
     /// was completed.
-    pub fn complete_refused(&self, insn: &[u8], ram: &impl PhysicalMemory) -> Result<complete::Outcome> {
+    pub fn complete_refused(&mut self, insn: &[u8], ram: &impl PhysicalMemory) -> Result<complete::Outcome> {
+        let mut native = self.native.take();
+        let outcome = self.complete_with(insn, ram, native.as_mut());
+        self.native = native;
+        outcome
+    }
+
+    fn complete_with(
+        &self,
+        insn: &[u8],
+        ram: &impl PhysicalMemory,
+        native: Option<&mut NativeCpu>,
+    ) -> Result<complete::Outcome> {
         let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
         let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
-        let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None };
+        let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None, native };
         let outcome = complete::complete(&mut m, insn);
         if let complete::Outcome::Completed(_) = outcome {
             if let Some(area) = &m.xsave {
@@ -268,6 +288,7 @@ struct VcpuMachine<'a, M> {
     ram: &'a M,
     inject: Option<(u8, Option<u32>)>,
     xsave: Option<Vec<u8>>,
+    native: Option<&'a mut NativeCpu>,
 }
 
 /// Where KVM keeps a 64-bit general-purpose register (or RIP).
@@ -389,6 +410,12 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
     }
     fn set_xsave_area(&mut self, area: Vec<u8>) {
         self.xsave = Some(area);
+    }
+    fn control_registers(&self) -> (u64, u64) {
+        (self.sregs.cr0, self.sregs.cr4)
+    }
+    fn native(&mut self) -> Option<&mut NativeCpu> {
+        self.native.as_deref_mut()
     }
     fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128> {
         // 16-aligned (checked by the caller), so within one page.

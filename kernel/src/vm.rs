@@ -162,7 +162,10 @@ impl Vm {
         // KVM_CAP_XSAVE2 is the size of KVM's XSAVE area (0: kvm_xsave's).
         let xsave_size = self.fd.check_extension_int(kvm_ioctls::Cap::Xsave2);
         let xsave_fits = xsave_size <= crate::complete::XSAVE_AREA as i32;
-        let vcpu = Vcpu::new(id, fd, xsave_fits);
+        // Refused SIMD instructions run natively (complete::simd); without
+        // the page they stop the VM as any other refused instruction.
+        let native = (self.host == HostKvm::Emulated).then(|| crate::native::NativeCpu::new().ok()).flatten();
+        let vcpu = Vcpu::new(id, fd, xsave_fits, native);
         vcpu.setup_lapic()?;
         vcpu.setup_msrs()?;
         Ok(vcpu)

@@ -97,6 +97,9 @@ pub struct RunnerFds {
     pub flash: bool,
     /// The devices whose BAR memory (a framebuffer) it maps into the guest.
     pub memory_bars: Vec<String>,
+    /// It runs refused guest SIMD instructions natively (an emulated host:
+    /// capvm_kernel::native), in pages of its own.
+    pub native_pages: bool,
 }
 
 /// The VM ioctls a runner with PCI functions keeps: moving queue-notify
@@ -159,6 +162,13 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
         .collect();
     if f.flash {
         mappings.push("the firmware variable store VARFILE (read-write, shared)".into());
+    }
+    if f.native_pages {
+        mappings.push(
+            "per vCPU, a code page written through one mapping and run through another (read-execute; \
+             a memfd mapped twice, fd closed): refused guest SIMD instructions run there, one at a time"
+                .into(),
+        );
     }
     Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits, mappings }
 }
@@ -361,6 +371,7 @@ pub fn test_runner_fds() -> RunnerFds {
         pci: false,
         flash: false,
         memory_bars: vec![],
+        native_pages: false,
     }
 }
 

@@ -37,3 +37,35 @@ fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
         eprintln!("one completion (with its emulation-failure exit) ~ {per:?}");
     }
 }
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn sse_at_cpl0_runs_natively_in_the_runner_with_the_right_results() {
+    require_kvm();
+    const ROUNDS: u64 = 200;
+    let args = guest_args(&format!("simd {ROUNDS}"), &[]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    drop(child.stdin.take());
+    let mut out = child.stdout.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, "bench: go", deadline);
+    let go = Instant::now();
+    read_until(&mut out, &mut seen, "bench: end", deadline);
+    let end = Instant::now();
+    read_until(&mut out, &mut seen, "rounds right", deadline);
+    let stats = get_stats(&name);
+    destroy(&name);
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains(&format!("simd: {ROUNDS} of {ROUNDS} rounds right")), "{text}");
+    if host_is_emulated() {
+        // paddd, pshufb, pxor and ptest at least are refused by the
+        // emulator (it runs some moves itself); each ran natively.
+        let simd = stat(&stats, "vcpu-runner: completed_simd");
+        assert!(simd >= 4 * ROUNDS, "{stats:?}");
+        let per = end.duration_since(go) / simd as u32;
+        eprintln!("{simd} SIMD completions, one (with its emulation-failure exit) ~ {per:?}");
+    }
+}

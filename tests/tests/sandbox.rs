@@ -154,6 +154,22 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
             .replace("uart server", "uart");
         let want = &manifests.iter().find(|(r, _)| *r == role).unwrap_or_else(|| panic!("no manifest for {role}")).1;
         assert_eq!(&open_fds(pid), want, "{role} holds other fds than its manifest lists");
+        // No page of any child is writable and executable at once; the
+        // runner's native-instruction pages are executable through one
+        // mapping only, read-only there (emulated hosts).
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains("wx"))),
+            "{role}:\n{maps}"
+        );
+        let native: Vec<_> = maps.lines().filter(|l| l.contains("memfd:capvm-native")).collect();
+        if role == "vcpu-runner" && host_is_emulated() {
+            let code: Vec<_> = native.iter().filter(|l| l.contains(" r-xs ")).collect();
+            assert_eq!(code.len(), 2, "a code page per vCPU:\n{maps}");
+            assert!(runner.contains("refused guest SIMD instructions run there"), "{runner}");
+        } else {
+            assert!(native.is_empty(), "{role}:\n{maps}");
+        }
     }
     assert!(audit.contains("seccomp: filter"), "{audit}");
     assert!(audit.contains("landlock: enforced"), "{audit}");

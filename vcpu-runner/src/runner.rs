@@ -272,6 +272,7 @@ fn runner_fds(
             .filter(|d| d.pci.as_ref().is_some_and(|f| f.memory_bar.is_some()))
             .map(|d| d.name.clone())
             .collect(),
+        native_pages: vcpus.iter().any(Vcpu::runs_natively),
     }
 }
 
@@ -388,7 +389,7 @@ impl Refused {
     /// patching). Err: the VM stops; what was tried, for its last line.
     fn complete(
         &mut self,
-        vcpu: &Vcpu,
+        vcpu: &mut Vcpu,
         ram: &GuestRam,
         exits: &ExitCounters,
         r: &InternalErrorReport,
@@ -475,7 +476,7 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
                 if report.suberror != EMULATION_FAILURE {
                     Routed::Stop(VmEvent::InternalError(report))
                 } else {
-                    match refused.complete(&vcpu, &shared.ram, &shared.router.exits, &report) {
+                    match refused.complete(&mut vcpu, &shared.ram, &shared.router.exits, &report) {
                         Ok(()) => Routed::Continue(0),
                         Err(tried) => {
                             report.tried = tried;
