@@ -67,6 +67,23 @@ impl AuditLog {
         record
     }
 
+    /// Appends that `device` kept vCPU `vcpu` waiting `waited_ms` (the
+    /// runner's exit-ring watchdog): a server wedged or stopped on purpose.
+    pub fn note_late(&mut self, device: &str, vcpu: u32, waited_ms: u64) {
+        let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let line = serde_json::json!({
+            "time": time,
+            "vm": self.vm,
+            "role": device,
+            "event": "late",
+            "vcpu": vcpu,
+            "waited_ms": waited_ms,
+        });
+        if let Err(e) = self.append(&line.to_string()) {
+            eprintln!("capvm: cannot write the audit log {}: {e}", self.path.display());
+        }
+    }
+
     fn append(&self, line: &str) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;

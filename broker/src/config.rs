@@ -45,7 +45,14 @@ const KNOWN_VARS: &[&str] = &[
     "sandbox.violations",
     "sandbox.audit_log",
     "sandbox.test_violation",
+    "exit_ring.report",
+    "exit_ring.deadline",
 ];
+
+/// How long a vCPU waits for a device server before the server is named
+/// (stderr, audit log, stats) and before the VM stops with status 4.
+const DEFAULT_RING_REPORT: &str = "2";
+const DEFAULT_RING_DEADLINE: &str = "30";
 
 impl ConfigTree {
     pub fn set(&mut self, key: &str, value: &str) {
@@ -91,6 +98,16 @@ impl ConfigTree {
     /// What follows `prefix` in every variable that starts with it.
     pub(crate) fn keys_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.vars.range(prefix.to_string()..).map_while(move |(k, _)| k.strip_prefix(prefix))
+    }
+
+    /// A duration in seconds (fractions allowed), as milliseconds.
+    pub(crate) fn seconds_as_ms(&self, key: &str, default: &str) -> Result<u64, ConfigError> {
+        let v = self.get(key).unwrap_or(default);
+        match v.parse::<f64>() {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "0 to 86 400 000")]
+            Ok(s) if (0.0..=86_400.0).contains(&s) => Ok((s * 1000.0).round() as u64),
+            _ => err(format!("{key}={v}: give seconds, 0 to 86400 (0 waits forever)")),
+        }
     }
 
     pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -242,6 +259,7 @@ pub struct VmConfig {
     pub coms: Vec<ComPort>,
     pub boot: Boot,
     pub sandbox: SandboxSettings,
+    pub ring_deadlines: capvm_ipc::RingDeadlines,
 }
 
 /// Most vCPUs: what one exit ring page serves.
@@ -450,6 +468,10 @@ impl VmConfig {
             memory,
             wired: tree.bool("memory.wired", false)?,
             strict_io: tree.bool("x86.strictio", false)?,
+            ring_deadlines: capvm_ipc::RingDeadlines {
+                report_ms: tree.seconds_as_ms("exit_ring.report", DEFAULT_RING_REPORT)?,
+                stop_ms: tree.seconds_as_ms("exit_ring.deadline", DEFAULT_RING_DEADLINE)?,
+            },
             slots,
             served,
             coms,
@@ -532,6 +554,22 @@ mod tests {
         assert_eq!(parse_memsize("2G").unwrap(), 2 << 30);
         assert_eq!(parse_memsize("4096k").unwrap(), 4 << 20);
         assert_eq!(parse_memsize("1T").unwrap(), 1 << 40);
+    }
+
+    #[test]
+    fn exit_ring_deadlines_default_take_seconds_and_refuse_garbage() {
+        let c = VmConfig::from_tree(&tree(&base())).unwrap();
+        assert_eq!(c.ring_deadlines, capvm_ipc::RingDeadlines { report_ms: 2000, stop_ms: 30_000 });
+        let mut vars = base();
+        vars.extend([("exit_ring.report", "0.25"), ("exit_ring.deadline", "0")]);
+        let c = VmConfig::from_tree(&tree(&vars)).unwrap();
+        assert_eq!(c.ring_deadlines, capvm_ipc::RingDeadlines { report_ms: 250, stop_ms: 0 });
+        for bad in ["-1", "soon", "1e9", "NaN", ""] {
+            let mut vars = base();
+            vars.push(("exit_ring.deadline", bad));
+            let e = VmConfig::from_tree(&tree(&vars)).unwrap_err().to_string();
+            assert!(e.contains("exit_ring.deadline") && e.contains("seconds"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Supervisor {
     pub children: Vec<Child>,
     pub signals: SignalFd,
     audit: crate::audit::AuditLog,
+    /// Late-server reports logged (capped like violation records).
+    late_reports: usize,
     control: Option<crate::control::ControlSocket>,
     name: String,
     /// fbuf's `wait` was released (a VNC server may say so once).
@@ -58,6 +60,7 @@ impl Supervisor {
             children,
             signals,
             audit: crate::audit::AuditLog::new(&cfg.name, &cfg.sandbox.audit_log),
+            late_reports: 0,
             control,
             name: cfg.name.clone(),
             viewer_connected: false,
@@ -176,6 +179,9 @@ impl Supervisor {
                 return lie("sent a second sandbox report")
             }
             ToBroker::Ready { .. } if child.ready => return lie("said it was ready twice"),
+            ToBroker::Late { .. } if !child.may_send_events() => {
+                return lie("reported a late device server, which only the vCPU runner may report")
+            }
             ToBroker::ViewerConnected if !child.role.starts_with("vnc (") || self.viewer_connected => {
                 return lie("said a viewer connected, which only a display's VNC server may say, once")
             }
@@ -209,6 +215,19 @@ impl Supervisor {
                 if runner.is_none_or(|r| r.channel.send(&ToChild::Go, &[]).is_err()) {
                     eprintln!("capvm: cannot tell the vCPU runner to start");
                     return Some(EXIT_ERROR);
+                }
+                None
+            }
+            // A vCPU waits on a server past exit_ring.report: name it; the
+            // runner stops the VM at exit_ring.deadline.
+            ToBroker::Late { device, vcpu, waited_ms } => {
+                if self.late_reports < MAX_VIOLATION_RECORDS {
+                    self.late_reports += 1;
+                    eprintln!(
+                        "capvm: device server {device} has not answered vCPU {vcpu} for {:.1} s (exit_ring.report)",
+                        waited_ms as f64 / 1000.0
+                    );
+                    self.audit.note_late(&device, vcpu, waited_ms);
                 }
                 None
             }

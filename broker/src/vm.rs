@@ -374,6 +374,7 @@ fn start_children(
         fw_cfg,
         hold_vcpus: served.iter().any(|d| d.display.as_ref().is_some_and(|d| d.wait)),
         flash: flash.map(|(spec, _)| spec),
+        ring_deadlines: cfg.ring_deadlines,
         sandbox: sandbox_config(cfg, "vcpu-runner"),
     };
     let stats = stats_page()?;

@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 13;
+pub const PROTO_VERSION: u32 = 14;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -43,6 +43,9 @@ pub enum ToBroker {
     Violation(ViolationRecord),
     /// From a VNC server started with `wait`: the first viewer is in.
     ViewerConnected,
+    /// From the runner: a device server has not answered a vCPU's access
+    /// for `waited_ms` (past `exit_ring.report`); said once per wait.
+    Late { device: String, vcpu: u32, waited_ms: u64 },
 }
 
 /// What a sandboxed child reports about itself, for the audit.
@@ -136,7 +139,17 @@ pub struct RunnerConfig {
     /// The firmware's variable store (`-l bootrom,ROM,VARFILE`): a flash
     /// beside the ROM, its file among the runner's fds.
     pub flash: Option<FlashSpec>,
+    /// How long a vCPU waits for a device server's answer before the
+    /// server is reported, and before the VM stops (milliseconds; 0: never).
+    pub ring_deadlines: RingDeadlines,
     pub sandbox: SandboxConfig,
+}
+
+/// `exit_ring.report` and `exit_ring.deadline`, in milliseconds (0: never).
+#[derive(Encode, Decode, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingDeadlines {
+    pub report_ms: u64,
+    pub stop_ms: u64,
 }
 
 /// Where the variable store's flash sits: `size` bytes of its file at
@@ -420,7 +433,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (13, 0xb1ce_e87b_53e7_cbc0);
+    const WIRE_FINGERPRINT: (u32, u64) = (14, 0xc920_ce77_6bf7_b89a);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -467,6 +480,7 @@ mod tests {
                 wire_memory: false,
                 fw_cfg: Some(FwCfgItems { items: vec![(5, vec![2, 0])], files: vec![("etc/e820".into(), vec![1])] }),
                 flash: Some(FlashSpec { guest_addr: 0xffbe_0000, size: 0x2_0000 }),
+                ring_deadlines: RingDeadlines { report_ms: 2000, stop_ms: 30_000 },
                 hold_vcpus: true,
                 sandbox: sandbox(),
             }),
@@ -534,6 +548,7 @@ mod tests {
             ToBroker::Event(VmEvent::UnhandledIo { vcpu: 0, port: 0x80, write: true }),
             ToBroker::Fatal("why".into()),
             ToBroker::ViewerConnected,
+            ToBroker::Late { device: "uart (com1)".into(), vcpu: 1, waited_ms: 2000 },
             ToBroker::Sandboxed(SandboxReport {
                 role: "uart".into(),
                 allowed_syscalls: 30,

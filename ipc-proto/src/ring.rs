@@ -141,6 +141,16 @@ pub struct ExitRing {
     map: Mapping,
     slots: u32,
     doorbell: OwnedFd,
+    /// Client side, in our own memory (the peer cannot touch it): per
+    /// slot, when its call started (nanoseconds since `epoch`, plus one;
+    /// 0 while no call waits), so a watchdog can name a server that does
+    /// not answer.
+    calls: Box<[AtomicU64]>,
+    epoch: Instant,
+    /// The first state word the server left that was neither REQUEST nor
+    /// DONE (plus one; 0: none): the call returned all-ones instead of
+    /// spinning on it.
+    bad_state: AtomicU64,
 }
 
 impl ExitRing {
@@ -182,7 +192,29 @@ impl ExitRing {
         let fl = nix::fcntl::fcntl(&doorbell, nix::fcntl::FcntlArg::F_GETFL)?;
         let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&doorbell, nix::fcntl::FcntlArg::F_SETFL(fl))?;
-        Ok(ExitRing { map, slots, doorbell })
+        let calls = (0..slots).map(|_| AtomicU64::new(0)).collect();
+        Ok(ExitRing { map, slots, doorbell, calls, epoch: Instant::now(), bad_state: AtomicU64::new(0) })
+    }
+
+    /// Client side: how long the call in `slot` has waited for its answer,
+    /// if one is waiting.
+    pub fn waiting(&self, slot: u32) -> Option<Duration> {
+        let started = self.calls.get(slot as usize)?.load(Ordering::Relaxed);
+        let now = self.since_epoch();
+        (started != 0).then(|| Duration::from_nanos(now.saturating_sub(started)))
+    }
+
+    /// Nanoseconds since the ring was attached, plus one (never 0): 584
+    /// years fit.
+    fn since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Client side: the unexpected state word a server left in a slot, if
+    /// it ever did (a broken or hostile server).
+    pub fn bad_state(&self) -> Option<u32> {
+        #[allow(clippy::cast_possible_truncation, reason = "stored from a u32 plus one")]
+        self.bad_state.load(Ordering::Relaxed).checked_sub(1).map(|v| v as u32)
     }
 
     pub fn slots(&self) -> u32 {
@@ -206,10 +238,15 @@ impl ExitRing {
     }
 
     /// Client side: hands `req` to the server through slot `slot` and waits
-    /// for the answer (the value read, for reads).
+    /// for the answer (the value read, for reads). It waits as long as the
+    /// server takes: the runner's watchdog reads `waiting` and stops the VM
+    /// past its deadline. A state word that is neither the request nor the
+    /// answer ends the wait with all-ones and is kept for `bad_state`.
     pub fn call(&self, slot: u32, req: Request) -> u64 {
         let s = self.slot(slot);
         let me = current_cpu();
+        let started = &self.calls[slot as usize];
+        started.store(self.since_epoch(), Ordering::Relaxed);
         s.op.store(req.op as u32, Ordering::Relaxed);
         s.size.store(req.size as u32, Ordering::Relaxed);
         s.region.store(req.region as u32, Ordering::Relaxed);
@@ -226,8 +263,15 @@ impl ExitRing {
         }
         let spin_until = Instant::now() + CLIENT_SPIN;
         loop {
-            if s.state.load(Ordering::Acquire) == DONE {
-                break;
+            match s.state.load(Ordering::Acquire) {
+                DONE => break,
+                REQUEST => {}
+                other => {
+                    let _ =
+                        self.bad_state.compare_exchange(0, u64::from(other) + 1, Ordering::Relaxed, Ordering::Relaxed);
+                    started.store(0, Ordering::Relaxed);
+                    return u64::MAX;
+                }
             }
             // A server polling on this very CPU is not running while we
             // spin; one we just woke may well get a CPU of its own.
@@ -248,6 +292,7 @@ impl ExitRing {
         }
         let data = s.data.load(Ordering::Relaxed);
         s.state.store(IDLE, Ordering::Relaxed);
+        started.store(0, Ordering::Relaxed);
         data
     }
 
@@ -503,5 +548,46 @@ mod tests {
     fn ring_create_rejects_bad_slot_counts() {
         assert!(ExitRing::create(0).is_err());
         assert!(ExitRing::create(MAX_SLOTS + 1).is_err());
+    }
+
+    #[test]
+    fn a_server_that_scribbles_a_state_ends_the_call_instead_of_a_spin() {
+        let fd = ExitRing::create(1).unwrap();
+        let bell = doorbell();
+        let client = ExitRing::attach(fd.as_fd(), bell.try_clone().unwrap()).unwrap();
+        let server = ExitRing::attach(fd.as_fd(), bell).unwrap();
+        let t = std::thread::spawn(move || {
+            while !server.pending() {
+                std::thread::yield_now();
+            }
+            server.slot(0).state.store(7, Ordering::Release);
+            futex_wake(&server.slot(0).state);
+        });
+        let v = client.call(0, Request { op: Op::PioRead, region: 0, addr: 0x3f8, size: 1, data: 0 });
+        t.join().unwrap();
+        assert_eq!((v, client.bad_state()), (u64::MAX, Some(7)));
+        assert_eq!(client.waiting(0), None);
+    }
+
+    #[test]
+    fn a_call_that_waits_says_since_when() {
+        let fd = ExitRing::create(2).unwrap();
+        let bell = doorbell();
+        let client = std::sync::Arc::new(ExitRing::attach(fd.as_fd(), bell.try_clone().unwrap()).unwrap());
+        let server = ExitRing::attach(fd.as_fd(), bell).unwrap();
+        assert_eq!(client.waiting(1), None);
+        let c = client.clone();
+        let t =
+            std::thread::spawn(move || c.call(1, Request { op: Op::PioRead, region: 0, addr: 0x60, size: 1, data: 0 }));
+        while !server.pending() {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let waited = client.waiting(1).expect("a call is waiting");
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert_eq!(client.waiting(0), None);
+        server.serve(&mut |_, _| 0x42);
+        assert_eq!(t.join().unwrap(), 0x42);
+        assert_eq!((client.waiting(1), client.bad_state()), (None, None));
     }
 }

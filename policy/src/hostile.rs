@@ -11,7 +11,7 @@ pub const IOCTL_OP: &str = "ioctl";
 /// server (a forged "reboot"), a second sandbox report, a flood of
 /// violation records meant to fill the host's disk with the audit log, a
 /// "viewer connected" (fbuf's `wait`) from anyone but the VNC server.
-pub const LIES: [&str; 4] = ["forge-event", "resend-report", "flood-violations", "viewer-connected"];
+pub const LIES: [&str; 5] = ["forge-event", "resend-report", "flood-violations", "viewer-connected", "report-late"];
 /// How many violation records "flood-violations" sends.
 pub const FLOOD: usize = 1000;
 
@@ -33,6 +33,9 @@ fn lie(op: &str) {
         "forge-event" => drop(channel.send(&ToBroker::Event(VmEvent::Reboot), &[])),
         "resend-report" => drop(channel.send(&ToBroker::Sandboxed(report()), &[])),
         "viewer-connected" => drop(channel.send(&ToBroker::ViewerConnected, &[])),
+        "report-late" => {
+            drop(channel.send(&ToBroker::Late { device: "virtio-blk".into(), vcpu: 0, waited_ms: 1 }, &[]))
+        }
         "flood-violations" => {
             let v = ViolationRecord { nr: libc::SYS_getpid as u64, args: [0; 6], ip: 0, killed: false };
             for _ in 0..FLOOD {

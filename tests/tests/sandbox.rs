@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capvm_tests::*;
 
@@ -48,10 +48,10 @@ fn policy_fds(text: &str) -> Vec<(String, BTreeSet<i32>)> {
 
 /// Polls `capvmctl --audit` until `n` children have entered their sandbox.
 fn wait_sandboxed(name: &str, n: usize) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let audit = capvmctl(&[&format!("--vm={name}"), "--audit"]);
-        if audit.matches("sandbox entered in").count() >= n || std::time::Instant::now() > deadline {
+        if audit.matches("sandbox entered in").count() >= n || Instant::now() > deadline {
             return audit;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -367,6 +367,7 @@ fn the_broker_believes_no_lie_a_device_server_tells() {
         ("virtio-blk", "forge-event", "virtio-blk (0:4.0) (pid"),
         ("virtio-blk", "resend-report", "virtio-blk (0:4.0) (pid"),
         ("uart", "viewer-connected", "uart server (com1) (pid"),
+        ("uart", "report-late", "uart server (com1) (pid"),
     ] {
         let hook = format!("sandbox.test_violation={role}:{op}");
         let r = run(&guest_args("idle", &["-o", &hook, "-s", &blk]));
@@ -375,6 +376,7 @@ fn the_broker_believes_no_lie_a_device_server_tells() {
         let why = match op {
             "forge-event" => "sent a lifecycle event, which only the vCPU runner may send; stopping the VM",
             "viewer-connected" => "said a viewer connected, which only a display's VNC server may say, once",
+            "report-late" => "reported a late device server, which only the vCPU runner may report",
             _ => "sent a second sandbox report; stopping the VM",
         };
         assert!(r.stderr.contains(why), "{role}:{op}: {r:?}");
@@ -391,4 +393,47 @@ fn the_broker_believes_no_lie_a_device_server_tells() {
     assert_eq!(records.lines().count(), 64, "{records}");
     std::fs::remove_file(&log).unwrap();
     std::fs::remove_file(disk).unwrap();
+}
+
+/// A device server that stops answering (SIGSTOP, as a wedged or hostile
+/// one would) is named once its vCPU has waited `exit_ring.report`, and
+/// ends the VM with status 4 at `exit_ring.deadline`.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn a_stopped_server_is_reported_then_ends_the_vm_naming_it() {
+    require_kvm();
+    let log = audit_log("late");
+    let audit = format!("sandbox.audit_log={}", log.display());
+    // COM1's interrupt-enable register, written from guest user mode in a
+    // loop: every write waits for the uart server.
+    let args = guest_args(
+        "pio-loop 4000000000 0x3f9",
+        &["-o", "exit_ring.report=0.3", "-o", "exit_ring.deadline=1.5", "-o", &audit],
+    );
+    let mut child = spawn(&args);
+    drop(child.stdin.take());
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, "bench: go", Instant::now() + Duration::from_secs(20));
+    let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
+    let (uart, _) = kids.iter().find(|(_, comm)| comm.contains("uart")).unwrap_or_else(|| panic!("{kids:?}"));
+    let stopped = Instant::now();
+    // SAFETY: kill(2) on our VM's own child.
+    assert_eq!(unsafe { libc::kill(*uart as i32, libc::SIGSTOP) }, 0);
+    child.stdout = Some(out);
+    let r = finish(child, Duration::from_secs(20));
+    let took = stopped.elapsed();
+    assert_eq!(r.code(), 4, "{r:?}");
+    let late =
+        r.stderr.find("device server com1 has not answered vCPU 0 for").unwrap_or_else(|| panic!("{}", r.stderr));
+    let stop = r
+        .stderr
+        .find("device server com1 did not answer vCPU 0 within 1.5 s")
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(late < stop, "{}", r.stderr);
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(10), "{took:?}");
+    let audit = std::fs::read_to_string(&log).unwrap();
+    assert!(audit.contains("\"event\":\"late\"") && audit.contains("\"role\":\"com1\""), "{audit}");
+    std::fs::remove_file(log).unwrap();
+    assert!(!pid_exists(*uart), "the stopped server was left behind");
 }

@@ -28,6 +28,8 @@ pub struct ExitCounters {
     pub completed: CountersByKind,
     /// Emulation failures run again because the code at RIP had changed.
     pub emulation_retries: Counter,
+    /// Device-server answers a vCPU waited for past `exit_ring.report`.
+    pub late_answers: Counter,
 }
 
 pub struct Router {

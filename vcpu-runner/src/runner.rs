@@ -4,12 +4,13 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::{CountersByKind, Stats};
 use capvm_ipc::{
-    memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingError, StartRunnerFds, ToBroker, ToChild,
-    VmEvent,
+    memmap, BridgeKind, Channel, ChannelError, InternalErrorReport, RingDeadlines, RingError, StartRunnerFds, ToBroker,
+    ToChild, VmEvent,
 };
 use capvm_kernel::boot::{BootRegs, EntryMode};
 use capvm_kernel::complete::Outcome;
@@ -103,6 +104,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         mmio: stats.counter("mmio_exits"),
         completed: CountersByKind::new(&mut stats, "completed_", capvm_kernel::complete::KINDS),
         emulation_retries: stats.counter("emulation_retries"),
+        late_answers: stats.counter("late_answers"),
     };
     // The variable store is mapped now and its fd closed: the sandbox
     // leaves the runner no file but what it had.
@@ -241,7 +243,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
             .map_err(|source| RunnerError::Os { what: "cannot start a vCPU thread", source })?;
         threads.push(t);
     }
-    supervise(channel, &shared, &threads)
+    supervise(channel, &shared, &threads, cfg.ring_deadlines)
 }
 
 /// What the runner holds once set up, as its manifest names it.
@@ -319,11 +321,13 @@ fn supervise(
     channel: &Channel,
     shared: &Shared,
     threads: &[std::thread::JoinHandle<Never>],
+    deadlines: RingDeadlines,
 ) -> Result<Never, RunnerError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::unix::thread::JoinHandleExt;
 
     let mut last_exits: Vec<u64> = vec![u64::MAX; threads.len()];
+    let mut late = Vec::new();
     loop {
         let mut pfd = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
         let ready = poll(&mut pfd, PollTimeout::from(HALT_CHECK_PERIOD_MS)).unwrap_or(0);
@@ -347,6 +351,43 @@ fn supervise(
         }
         if shared.status.iter().all(|s| s.stopped.load(Ordering::Relaxed)) {
             shared.report(ToBroker::Event(VmEvent::Halt));
+        }
+        watch_rings(shared, deadlines, &mut late);
+    }
+}
+
+/// The exit rings' watchdog: a server that leaves a vCPU waiting past
+/// `exit_ring.report` is named to the broker (once a wait), past
+/// `exit_ring.deadline` the VM stops naming it; a server that scribbled an
+/// unexpected state into a slot stops it at once. `late` holds the
+/// (device, vCPU) waits already reported.
+fn watch_rings(shared: &Shared, deadlines: RingDeadlines, late: &mut Vec<(usize, u32)>) {
+    let ms = |d: Duration| d.as_millis() as u64;
+    for (d, device) in shared.router.devices.iter().enumerate() {
+        if let Some(state) = device.ring.bad_state() {
+            shared.report(ToBroker::Fatal(format!(
+                "device server {} left the state {state:#x} in its exit ring (neither a request nor an answer); stopping the VM",
+                device.name
+            )));
+        }
+        for vcpu in 0..device.ring.slots() {
+            let Some(waited) = device.ring.waiting(vcpu) else {
+                late.retain(|&k| k != (d, vcpu));
+                continue;
+            };
+            if deadlines.stop_ms != 0 && ms(waited) >= deadlines.stop_ms {
+                shared.report(ToBroker::Fatal(format!(
+                    "device server {} did not answer vCPU {vcpu} within {:.1} s (exit_ring.deadline); stopping the VM",
+                    device.name,
+                    deadlines.stop_ms as f64 / 1000.0
+                )));
+            } else if deadlines.report_ms != 0 && ms(waited) >= deadlines.report_ms && !late.contains(&(d, vcpu)) {
+                late.push((d, vcpu));
+                shared.router.exits.late_answers.inc();
+                let _ = shared
+                    .channel
+                    .send(&ToBroker::Late { device: device.name.clone(), vcpu, waited_ms: ms(waited) }, &[]);
+            }
         }
     }
 }
