@@ -438,7 +438,8 @@ impl VmConfig {
                     let role = *roles.iter().find(|r| **r == role)?;
                     let known = capvm_policy::hostile::OPS.contains(&op)
                         || op == capvm_policy::hostile::IOCTL_OP
-                        || capvm_policy::hostile::LIES.contains(&op);
+                        || capvm_policy::hostile::LIES.contains(&op)
+                        || capvm_policy::hostile::EVASIONS.contains(&op);
                     known.then(|| TestViolation { role, op: op.to_string() })
                 });
                 let Some(parsed) = parsed else {
@@ -446,7 +447,7 @@ impl VmConfig {
                         "sandbox.test_violation={t}: use ROLE:OP with ROLE one of {} and OP one of {}, ioctl, {}",
                         roles.join(", "),
                         capvm_policy::hostile::OPS.join(", "),
-                        capvm_policy::hostile::LIES.join(", ")
+                        [capvm_policy::hostile::LIES.join(", "), capvm_policy::hostile::EVASIONS.join(", ")].join(", ")
                     ));
                 };
                 Some(parsed)

@@ -314,7 +314,7 @@ fn audit_text(children: &[Child]) -> String {
         match &c.sandbox {
             Some(r) => {
                 out += &format!(
-                    "  seccomp: {} ({} syscalls allowed, anything else traps)\n",
+                    "  seccomp: {} ({} syscalls allowed, anything else reported by the kernel)\n",
                     o.seccomp, r.allowed_syscalls
                 );
                 out += &format!("  namespaces (new): {}\n", o.new_namespaces.join(", "));

@@ -11,6 +11,7 @@ pub mod control;
 pub mod devices;
 pub mod fwcfg;
 pub mod print_policy;
+pub mod seccomp_notify;
 pub mod served;
 pub mod spawn;
 pub mod supervisor;

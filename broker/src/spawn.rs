@@ -49,9 +49,12 @@ pub struct Child {
     pub stats: Option<OwnedFd>,
     /// It said Ready: no sandbox report is believed after that.
     pub ready: bool,
-    /// Violation records it sent beyond what the audit log keeps of one
-    /// child (`supervisor::MAX_VIOLATION_RECORDS`).
+    /// Forbidden calls beyond what the audit log keeps of one child
+    /// (`supervisor::MAX_VIOLATION_RECORDS`), counted.
     pub violations_dropped: u64,
+    /// Its seccomp filter's user-notification listener, sent with its
+    /// sandbox report: how the kernel tells us of its forbidden calls.
+    pub listener: Option<OwnedFd>,
 }
 
 impl Child {
@@ -136,6 +139,7 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
         stats: None,
         ready: false,
         violations_dropped: 0,
+        listener: None,
     })
 }
 

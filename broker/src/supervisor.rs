@@ -43,6 +43,8 @@ pub struct Supervisor {
     audit: crate::audit::AuditLog,
     /// Late-server reports logged (capped like violation records).
     late_reports: usize,
+    /// sandbox.violations=log: forbidden calls fail with EPERM.
+    log_only: bool,
     control: Option<crate::control::ControlSocket>,
     name: String,
     /// fbuf's `wait` was released (a VNC server may say so once).
@@ -61,6 +63,7 @@ impl Supervisor {
             signals,
             audit: crate::audit::AuditLog::new(&cfg.name, &cfg.sandbox.audit_log),
             late_reports: 0,
+            log_only: cfg.sandbox.log_only,
             control,
             name: cfg.name.clone(),
             viewer_connected: false,
@@ -82,9 +85,16 @@ impl Supervisor {
     fn wait_for_end(&mut self) -> i32 {
         loop {
             let watched: Vec<usize> = (0..self.children.len()).filter(|&i| self.children[i].connected).collect();
+            let listening: Vec<usize> =
+                (0..self.children.len()).filter(|&i| self.children[i].listener.is_some()).collect();
             let mut pfds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
             pfds.extend(watched.iter().map(|&i| PollFd::new(self.children[i].channel.as_fd(), PollFlags::POLLIN)));
+            let first_listener = pfds.len();
+            pfds.extend(listening.iter().filter_map(|&i| {
+                self.children[i].listener.as_ref().map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+            }));
             let mut clients = 0;
+            let first_control = pfds.len();
             if let Some(c) = &self.control {
                 pfds.push(PollFd::new(c.listener.as_fd(), PollFlags::POLLIN));
                 pfds.extend(c.clients.iter().map(|cl| PollFd::new(cl.stream.as_fd(), PollFlags::POLLIN)));
@@ -98,9 +108,23 @@ impl Supervisor {
                     return EXIT_ERROR;
                 }
             }
-            let ready: Vec<bool> = pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect();
+            let revents: Vec<PollFlags> = pfds.iter().map(|p| p.revents().unwrap_or(PollFlags::empty())).collect();
+            let ready: Vec<bool> = revents.iter().map(|r| !r.is_empty()).collect();
             drop(pfds);
-            // Messages first: a child that reports and then dies is reported once, by its message.
+            // What the kernel reports first: a forbidden call is recorded
+            // before whatever the child said or did next.
+            for (k, &i) in listening.iter().enumerate() {
+                let r = revents[first_listener + k];
+                if r.contains(PollFlags::POLLIN) {
+                    if let Some(status) = self.on_notification(i) {
+                        return status;
+                    }
+                } else if !r.is_empty() {
+                    // Every task under the filter is gone.
+                    self.children[i].listener = None;
+                }
+            }
+            // Messages next: a child that reports and then dies is reported once, by its message.
             for (k, &i) in watched.iter().enumerate() {
                 if ready[k + 1] {
                     if let Some(status) = self.on_message(i) {
@@ -114,7 +138,7 @@ impl Supervisor {
                 }
             }
             if let Some(c) = &mut self.control {
-                let first_client = watched.len() + 2;
+                let first_client = first_control + 1;
                 // Highest index first: answering a client removes it.
                 for k in (0..clients).rev() {
                     if ready[first_client + k] {
@@ -125,7 +149,7 @@ impl Supervisor {
                     }
                 }
                 c.expire();
-                if ready[watched.len() + 1] {
+                if ready[first_control] {
                     c.accept();
                 }
             }
@@ -134,8 +158,8 @@ impl Supervisor {
 
     fn on_message(&mut self, i: usize) -> Option<i32> {
         let child = &mut self.children[i];
-        let msg = match child.channel.recv::<ToBroker>() {
-            Ok((msg, _)) => msg,
+        let (msg, fds) = match child.channel.recv::<ToBroker>() {
+            Ok(m) => m,
             Err(ChannelError::Closed) => {
                 // Its exit status comes through SIGCHLD.
                 child.connected = false;
@@ -146,7 +170,7 @@ impl Supervisor {
                 return Some(EXIT_ERROR);
             }
         };
-        self.handle_message(i, msg)
+        self.handle_message(i, msg, fds)
     }
 
     /// Reads what a dead child sent before it died (a violation record, a
@@ -165,7 +189,7 @@ impl Supervisor {
     /// or one after Ready is lying (compromised), and the VM stops. Its
     /// violation records go to the audit log up to a limit per child; the
     /// rest are counted, so a flood cannot fill the host's disk.
-    fn handle_message(&mut self, i: usize, msg: ToBroker) -> Option<i32> {
+    fn handle_message(&mut self, i: usize, msg: ToBroker, fds: Vec<std::os::fd::OwnedFd>) -> Option<i32> {
         let child = &mut self.children[i];
         let lie = |what: &str| {
             eprintln!("capvm: {} (pid {}) {what}; stopping the VM", child.role, child.pid);
@@ -205,7 +229,13 @@ impl Supervisor {
             }
             ToBroker::Event(event) => Some(event_status(&event)),
             ToBroker::Sandboxed(report) => {
+                // Its seccomp listener comes with it, and only then.
+                let mut fds = fds.into_iter();
+                let (Some(listener), None) = (fds.next(), fds.next()) else {
+                    return lie("sent its sandbox report without its seccomp listener (or with more)");
+                };
                 child.sandbox = Some(report);
+                child.listener = Some(listener);
                 None
             }
             // fbuf's `wait`: the first viewer is in; the vCPUs may run.
@@ -231,35 +261,60 @@ impl Supervisor {
                 }
                 None
             }
-            ToBroker::Violation(v) if child.violations.len() >= MAX_VIOLATION_RECORDS && !v.killed => {
-                if child.violations_dropped == 0 {
-                    eprintln!(
-                        "capvm: {} (pid {}) sent more than {MAX_VIOLATION_RECORDS} violation records; \
-                         the rest are counted, not logged",
-                        child.role, child.pid
-                    );
-                }
-                child.violations_dropped += 1;
-                None
+        }
+    }
+
+    /// The kernel reports a forbidden system call of child `i` through the
+    /// seccomp listener the child handed over: record it (up to a limit per
+    /// child, the rest counted), then answer EPERM (log mode) or kill the
+    /// child and stop the VM. Nothing the child does can alter or suppress
+    /// the report: the calling thread waits in the kernel until we answer.
+    fn on_notification(&mut self, i: usize) -> Option<i32> {
+        let log_only = self.log_only;
+        let child = &mut self.children[i];
+        let listener = child.listener.as_ref()?;
+        let notif = match crate::seccomp_notify::receive(listener) {
+            Ok(Some(n)) => n,
+            // The calling thread died before we read it.
+            Ok(None) => return None,
+            Err(e) => {
+                eprintln!("capvm: {} (pid {}): reading its seccomp listener: {e}", child.role, child.pid);
+                child.listener = None;
+                return None;
             }
-            ToBroker::Violation(v) => {
-                let record = self.audit.record(&child.role, child.pid.as_raw() as u32, &v);
-                let line = crate::audit::describe(&v);
-                child.violations.push(record);
-                if v.killed {
-                    eprintln!(
-                        "capvm: {} (pid {}) made a forbidden system call, {line}; stopping the VM (sandbox.violations=kill)",
-                        child.role, child.pid
-                    );
-                    Some(EXIT_ERROR)
-                } else {
-                    eprintln!(
-                        "capvm: {} (pid {}): forbidden system call {line} denied with EPERM (sandbox.violations=log)",
-                        child.role, child.pid
-                    );
-                    None
-                }
+        };
+        let v = notif.record(!log_only);
+        if child.violations.len() >= MAX_VIOLATION_RECORDS && log_only {
+            if child.violations_dropped == 0 {
+                eprintln!(
+                    "capvm: {} (pid {}) made more than {MAX_VIOLATION_RECORDS} forbidden system calls; \
+                     the rest are counted, not logged",
+                    child.role, child.pid
+                );
             }
+            child.violations_dropped += 1;
+        } else {
+            let record = self.audit.record(&child.role, child.pid.as_raw() as u32, &v);
+            child.violations.push(record);
+            let line = crate::audit::describe(&v);
+            if log_only {
+                eprintln!(
+                    "capvm: {} (pid {}): forbidden system call {line} denied with EPERM (sandbox.violations=log)",
+                    child.role, child.pid
+                );
+            } else {
+                eprintln!(
+                    "capvm: {} (pid {}) made a forbidden system call, {line}; stopping the VM (sandbox.violations=kill)",
+                    child.role, child.pid
+                );
+            }
+        }
+        if log_only {
+            notif.deny(listener);
+            None
+        } else {
+            let _ = kill(child.pid, Signal::SIGKILL);
+            Some(EXIT_ERROR)
         }
     }
 

@@ -233,7 +233,6 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
 /// confines itself: the test hook's operation only reaches the role it names.
 fn sandbox_config(cfg: &VmConfig, role: &str) -> SandboxConfig {
     SandboxConfig {
-        log_only: cfg.sandbox.log_only,
         test_violation: cfg.sandbox.test_violation.as_ref().filter(|t| t.role == role).map(|t| t.op.clone()),
         broker_pid: std::process::id(),
     }

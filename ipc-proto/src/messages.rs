@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 14;
+pub const PROTO_VERSION: u32 = 15;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -37,10 +37,10 @@ pub enum ToBroker {
     /// The child cannot go on; one line saying why.
     Fatal(String),
     /// The child entered its sandbox; what it holds and how it is confined.
+    /// Carries one fd: its seccomp filter's user-notification listener,
+    /// through which the kernel reports every forbidden syscall to the
+    /// broker (the child keeps no copy).
     Sandboxed(SandboxReport),
-    /// The child made a syscall its manifest does not allow (sent from its
-    /// SIGSYS handler, so plain integers only).
-    Violation(ViolationRecord),
     /// From a VNC server started with `wait`: the first viewer is in.
     ViewerConnected,
     /// From the runner: a device server has not answered a vCPU's access
@@ -72,15 +72,15 @@ pub struct FdReport {
     pub ioctls: Vec<String>,
 }
 
-/// One forbidden syscall, as the SIGSYS handler saw it.
+/// One forbidden syscall, as the kernel reported it to the broker.
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
 pub struct ViolationRecord {
     pub nr: u64,
     pub args: [u64; 6],
     /// Where the syscall was made.
     pub ip: u64,
-    /// The process exits after reporting (sandbox.violations=kill); else
-    /// the syscall returned EPERM and it goes on.
+    /// The broker killed the process (sandbox.violations=kill); else the
+    /// syscall returned EPERM and it went on.
     pub killed: bool,
 }
 
@@ -180,8 +180,6 @@ pub enum BridgeKind {
 /// How a child confines itself.
 #[derive(Encode, Decode, Debug, Clone, PartialEq, Default)]
 pub struct SandboxConfig {
-    /// Log mode: forbidden syscalls fail with EPERM instead of ending the child.
-    pub log_only: bool,
     /// Test hook (`-o sandbox.test_violation=ROLE:OP`, sent only to the
     /// children of ROLE): right after entering its sandbox the child
     /// attempts this forbidden operation (capvm_policy::hostile::OPS).
@@ -433,7 +431,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (14, 0xc920_ce77_6bf7_b89a);
+    const WIRE_FINGERPRINT: (u32, u64) = (15, 0x7973_780f_e52c_88e3);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -449,7 +447,7 @@ mod tests {
     }
 
     fn sandbox() -> SandboxConfig {
-        SandboxConfig { log_only: true, test_violation: Some("open".into()), broker_pid: 4242 }
+        SandboxConfig { test_violation: Some("open".into()), broker_pid: 4242 }
     }
 
     /// One of every message, every field set to something of its own.
@@ -557,7 +555,6 @@ mod tests {
                 fds: vec![FdReport { fd: 5, what: "doorbell".into(), rights: vec!["CAP_READ".into()], ioctls: vec![] }],
                 enter_us: 77,
             }),
-            ToBroker::Violation(ViolationRecord { nr: 257, args: [1, 2, 3, 4, 5, 6], ip: 0xdead, killed: true }),
         ];
         (to_child, to_broker)
     }

@@ -9,17 +9,21 @@
 //! 5. no capabilities (bounding, ambient, effective, permitted, inheritable);
 //! 6. Landlock: no filesystem access, no TCP, signals and abstract unix
 //!    sockets scoped to the sandbox (also sets no_new_privs);
-//! 7. seccomp: the manifest's filter; anything else raises SIGSYS, whose
-//!    handler sends the broker one [`ViolationRecord`] and then exits, or
-//!    (log mode) makes the syscall return EPERM.
+//! 7. seccomp: the manifest's filter; anything else is a user notification
+//!    (SECCOMP_RET_USER_NOTIF): the calling thread waits while the broker,
+//!    which holds the filter's listener, records the call from what the
+//!    kernel tells it and answers EPERM (log mode) or kills the child. The
+//!    child sends the listener with its sandbox report and keeps no copy,
+//!    so nothing it does afterwards (a signal handler, a closed channel, a
+//!    flood) changes what is recorded.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{BorrowedFd, RawFd};
 
-use capvm_ipc::{FdReport, SandboxReport, ToBroker, ViolationRecord, CHILD_CONTROL_FD};
+use capvm_ipc::{Channel, FdReport, SandboxReport, ToBroker};
 use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, Scope, ABI};
 
-use crate::{Manifest, OnViolation, NAMESPACES};
+use crate::{Manifest, NAMESPACES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -29,6 +33,8 @@ pub enum SandboxError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error("sandbox: applying seccomp: {0}")]
     Apply(#[from] seccompiler::Error),
+    #[error("sandbox: sending the report and the seccomp listener: {0}")]
+    Report(#[from] capvm_ipc::ChannelError),
 }
 
 fn os(what: &'static str) -> SandboxError {
@@ -46,8 +52,10 @@ fn check(rc: libc::c_long, what: &'static str) -> Result<(), SandboxError> {
 /// The uid and gid a child runs as outside its user namespace.
 pub const NOBODY: u32 = 65534;
 
-/// Confines the calling process as `m` says. Must run single-threaded.
-pub fn enter(m: &Manifest, on_violation: OnViolation) -> Result<SandboxReport, SandboxError> {
+/// Confines the calling process as `m` says and sends the broker its
+/// sandbox report with the seccomp listener on `channel`. Must run
+/// single-threaded.
+pub fn enter(m: &Manifest, channel: &Channel) -> Result<(), SandboxError> {
     let start = std::time::Instant::now();
     close_unlisted(&m.fd_numbers())?;
     enter_namespaces()?;
@@ -58,14 +66,45 @@ pub fn enter(m: &Manifest, on_violation: OnViolation) -> Result<SandboxReport, S
     // Landlock sets it too, but not when Landlock is missing.
     // SAFETY: prctl with integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _, "no_new_privs")?;
-    install_sigsys_handler(on_violation)?;
     let main = crate::seccomp::manifest_filter(m)?;
     let clone3 = crate::seccomp::clone3_filter()?;
     seccompiler::apply_filter(&clone3)?;
-    seccompiler::apply_filter(&main)?;
+    let listener = apply_with_listener(&main)?;
     let mut r = report(m, landlock);
     r.enter_us = start.elapsed().as_micros() as u64;
-    Ok(r)
+    // SAFETY: the kernel just made this fd for us; it stays open until the
+    // close below. (Not an OwnedFd: debug builds check an fd they adopt
+    // with fcntl, which the filter now refuses.)
+    let sent = channel.send(&ToBroker::Sandboxed(r), &[unsafe { BorrowedFd::borrow_raw(listener) }]);
+    // The listener is the broker's now; this process keeps no copy.
+    // SAFETY: closes the fd made above, once.
+    unsafe { libc::close(listener) };
+    Ok(sent?)
+}
+
+/// Installs `filter` with a user-notification listener (seccompiler's
+/// apply_filter takes no flags) and returns the listener.
+fn apply_with_listener(filter: &seccompiler::BpfProgram) -> Result<RawFd, SandboxError> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| SandboxError::Os {
+            what: "seccomp filter",
+            err: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?,
+        filter: filter.as_ptr().cast_mut().cast(),
+    };
+    // SAFETY: SECCOMP_SET_MODE_FILTER with a program that lives across the
+    // call (the kernel copies it); no_new_privs is set.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    check(fd, "seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)")?;
+    #[allow(clippy::cast_possible_truncation, reason = "an fd number")]
+    Ok(fd as RawFd)
 }
 
 /// The audit view of a manifest as entered.
@@ -224,60 +263,5 @@ fn restrict_landlock() -> String {
             RulesetStatus::NotEnforced => "not supported by this kernel".into(),
         },
         Err(e) => format!("failed: {e}"),
-    }
-}
-
-static KILL_ON_VIOLATION: AtomicBool = AtomicBool::new(true);
-
-fn install_sigsys_handler(on_violation: OnViolation) -> Result<(), SandboxError> {
-    KILL_ON_VIOLATION.store(on_violation == OnViolation::Kill, Ordering::SeqCst);
-    // SAFETY: installs an async-signal-safe handler (see on_sigsys).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigsys as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO;
-        libc::sigemptyset(&mut sa.sa_mask);
-        check(libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) as _, "sigaction(SIGSYS)")
-    }
-}
-
-/// Offset of `si_syscall` in siginfo_t for SIGSYS on x86_64: after
-/// si_signo, si_errno, si_code, padding (16 bytes) and si_call_addr (8).
-const SI_SYSCALL_OFFSET: usize = 24;
-const SI_CALL_ADDR_OFFSET: usize = 16;
-
-/// Async-signal-safe: no allocation, no locks; one encode into a stack
-/// buffer and one send on the control socket.
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo and ucontext for SA_SIGINFO.
-    unsafe {
-        let base = info as *const u8;
-        let nr = *(base.add(SI_SYSCALL_OFFSET) as *const i32) as u64;
-        let ip = *(base.add(SI_CALL_ADDR_OFFSET) as *const u64);
-        let uc = ctx as *mut libc::ucontext_t;
-        let g = &mut (*uc).uc_mcontext.gregs;
-        let args = [
-            g[libc::REG_RDI as usize] as u64,
-            g[libc::REG_RSI as usize] as u64,
-            g[libc::REG_RDX as usize] as u64,
-            g[libc::REG_R10 as usize] as u64,
-            g[libc::REG_R8 as usize] as u64,
-            g[libc::REG_R9 as usize] as u64,
-        ];
-        let killed = KILL_ON_VIOLATION.load(Ordering::Relaxed);
-        let msg = ToBroker::Violation(ViolationRecord { nr, args, ip, killed });
-        let mut buf = [0u8; 256];
-        if let Ok(n) = bincode::encode_into_slice(&msg, &mut buf, bincode::config::standard()) {
-            // sendmsg, not send (sendto): the one the manifest allows.
-            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: n };
-            let mut hdr: libc::msghdr = std::mem::zeroed();
-            hdr.msg_iov = &mut iov;
-            hdr.msg_iovlen = 1;
-            libc::sendmsg(CHILD_CONTROL_FD, &hdr, libc::MSG_NOSIGNAL);
-        }
-        if killed {
-            libc::_exit(159);
-        }
-        g[libc::REG_RAX as usize] = -(libc::EPERM as i64);
     }
 }

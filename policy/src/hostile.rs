@@ -8,16 +8,22 @@ pub const OPS: [&str; 8] = ["open", "socket", "connect", "execve", "ptrace", "ki
 pub const IOCTL_OP: &str = "ioctl";
 /// Lies a compromised child could tell the broker on its control channel,
 /// which the broker must not believe: a lifecycle event from a device
-/// server (a forged "reboot"), a second sandbox report, a flood of
-/// violation records meant to fill the host's disk with the audit log, a
-/// "viewer connected" (fbuf's `wait`) from anyone but the VNC server.
-pub const LIES: [&str; 5] = ["forge-event", "resend-report", "flood-violations", "viewer-connected", "report-late"];
-/// How many violation records "flood-violations" sends.
+/// server (a forged "reboot"), a second sandbox report, a "viewer
+/// connected" (fbuf's `wait`) from anyone but the VNC server, a late
+/// device server from anyone but the runner.
+pub const LIES: [&str; 4] = ["forge-event", "resend-report", "viewer-connected", "report-late"];
+/// Ways a compromised child could try to escape its own audit, each ending
+/// in the forbidden `socket(AF_INET, SOCK_STREAM, 0)`: ignore SIGSYS (the
+/// old reporting path), close its control channel first, or make so many
+/// forbidden calls that the audit log would fill the disk. The kernel
+/// reports every one to the broker regardless.
+pub const EVASIONS: [&str; 3] = ["ignore-sigsys", "close-channel", "flood-violations"];
+/// How many forbidden calls "flood-violations" makes.
 pub const FLOOD: usize = 1000;
 
 /// Tells the broker lie `op` on the control channel (fd 3).
 fn lie(op: &str) {
-    use capvm_ipc::{SandboxReport, ToBroker, ViolationRecord, VmEvent};
+    use capvm_ipc::{SandboxReport, ToBroker, VmEvent};
     // SAFETY: fd 3 is the child's control socket for its whole life; the
     // ManuallyDrop keeps this second handle from closing it.
     let channel = std::mem::ManuallyDrop::new(unsafe { capvm_ipc::Channel::from_raw_fd(capvm_ipc::CHILD_CONTROL_FD) });
@@ -36,15 +42,24 @@ fn lie(op: &str) {
         "report-late" => {
             drop(channel.send(&ToBroker::Late { device: "virtio-blk".into(), vcpu: 0, waited_ms: 1 }, &[]))
         }
-        "flood-violations" => {
-            let v = ViolationRecord { nr: libc::SYS_getpid as u64, args: [0; 6], ip: 0, killed: false };
-            for _ in 0..FLOOD {
-                if channel.send(&ToBroker::Violation(v), &[]).is_err() {
-                    break;
-                }
-            }
-        }
         _ => {}
+    }
+}
+
+/// Tries evasion `op` (EVASIONS), then the forbidden socket call.
+fn evade(op: &str) {
+    // SAFETY: plain syscalls; closing fd 3 loses this child its channel,
+    // which is the point (the broker must still hear of what follows).
+    unsafe {
+        match op {
+            "ignore-sigsys" => drop(libc::signal(libc::SIGSYS, libc::SIG_IGN)),
+            "close-channel" => drop(libc::close(capvm_ipc::CHILD_CONTROL_FD)),
+            _ => {}
+        }
+        let tries = if op == "flood-violations" { FLOOD } else { 1 };
+        for _ in 0..tries {
+            libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        }
     }
 }
 
@@ -104,6 +119,7 @@ pub fn attempt(op: &str, ro_fd: i32, ioctl_fd: i32, broker_pid: u32) -> Option<i
 pub fn run_hook(cfg: &capvm_ipc::SandboxConfig, ro_fd: i32, ioctl_fd: i32) {
     match cfg.test_violation.as_deref() {
         Some(op) if LIES.contains(&op) => lie(op),
+        Some(op) if EVASIONS.contains(&op) => evade(op),
         Some(op) => drop(attempt(op, ro_fd, ioctl_fd, cfg.broker_pid)),
         None => {}
     }

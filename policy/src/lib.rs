@@ -132,25 +132,6 @@ impl Manifest {
     }
 }
 
-/// What to do when a sandboxed process makes a forbidden syscall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnViolation {
-    /// Report it, then the process exits (the broker stops the VM).
-    Kill,
-    /// Report it; the syscall fails with EPERM and the process goes on.
-    Log,
-}
-
-impl From<&capvm_ipc::SandboxConfig> for OnViolation {
-    fn from(c: &capvm_ipc::SandboxConfig) -> OnViolation {
-        if c.log_only {
-            OnViolation::Log
-        } else {
-            OnViolation::Kill
-        }
-    }
-}
-
 /// A syscall number's name on x86_64, or "syscall_N".
 pub fn syscall_name(nr: u64) -> String {
     syscalls::Sysno::new(nr as usize).map(|s| s.name().to_string()).unwrap_or_else(|| format!("syscall_{nr}"))
@@ -178,7 +159,11 @@ impl fmt::Display for Manifest {
         for m in &self.mappings {
             writeln!(f, "  mapped, fd closed: {m}")?;
         }
-        writeln!(f, "  syscalls ({}; anything else traps and is audited):", self.syscalls.len())?;
+        writeln!(
+            f,
+            "  syscalls ({}; anything else the kernel reports to the broker, which audits it):",
+            self.syscalls.len()
+        )?;
         for s in &self.syscalls {
             let args = match &s.args {
                 Args::Any => String::new(),

@@ -25,7 +25,7 @@ fn common() -> Vec<SyscallRule> {
         r("mremap", Args::Any, "glibc's realloc moves large buffers (a VNC update) with it; protections stay"),
         r("madvise", Args::Any, "return freed memory"),
         r("brk", Args::Any, "heap"),
-        r("rt_sigreturn", Args::Any, "return from the SIGSYS/kick handlers"),
+        r("rt_sigreturn", Args::Any, "return from signal handlers (the runner's vCPU kick)"),
         r("restart_syscall", Args::Any, "the kernel restarts a poll a signal or debugger interrupted"),
         r("rt_sigprocmask", Args::Any, "thread start-up masks signals"),
         r("sigaltstack", Args::Any, "Rust's stack-overflow guard"),

@@ -1,7 +1,8 @@
 //! A manifest's syscall list as seccomp BPF (seccompiler).
 //!
 //! Two filters: the manifest's (allowed syscalls with their argument checks;
-//! anything else traps, SIGSYS, see `enforce`), and a tiny one that answers
+//! anything else a user notification the broker answers, see `enforce`),
+//! and a tiny one that answers
 //! `clone3` with ENOSYS, because seccomp cannot look into clone3's flags and
 //! glibc then falls back to `clone`, whose flags we can check. Of stacked
 //! filters the kernel takes the strictest answer, so ENOSYS wins over the
@@ -81,7 +82,7 @@ fn rules_for(m: &Manifest, args: &Args) -> Result<Option<Vec<SeccompRule>>, Secc
 }
 
 /// The manifest's filter: listed syscalls allowed as their rules say,
-/// everything else traps.
+/// everything else a user notification (the broker answers it).
 pub fn manifest_filter(m: &Manifest) -> Result<BpfProgram, SeccompError> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for s in &m.syscalls {
@@ -97,8 +98,19 @@ pub fn manifest_filter(m: &Manifest) -> Result<BpfProgram, SeccompError> {
     // clone3 passes this filter so that the ENOSYS filter decides it.
     map.insert(nr("clone3")?, Vec::new());
     let filter = SeccompFilter::new(map, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)?;
-    Ok(filter.try_into()?)
+    let mut program: BpfProgram = filter.try_into()?;
+    // seccompiler has no user-notification action: its "trap" returns
+    // become SECCOMP_RET_USER_NOTIF (the kernel asks the broker, `enforce`).
+    for insn in &mut program {
+        if insn.code == RET_K && insn.k == libc::SECCOMP_RET_TRAP {
+            insn.k = libc::SECCOMP_RET_USER_NOTIF;
+        }
+    }
+    Ok(program)
 }
+
+/// BPF_RET | BPF_K: return a constant.
+const RET_K: u16 = 0x06;
 
 /// clone3 gets ENOSYS; everything else is left to the manifest filter.
 pub fn clone3_filter() -> Result<BpfProgram, SeccompError> {
@@ -118,6 +130,15 @@ pub fn allowed_count(m: &Manifest) -> usize {
 mod tests {
     use super::*;
     use crate::roles;
+
+    #[test]
+    fn what_is_not_allowed_goes_to_the_broker_not_to_a_signal_handler() {
+        let m = roles::vcpu_runner(&roles::test_runner_fds(), 1);
+        let program = manifest_filter(&m).unwrap();
+        let returns: Vec<u32> = program.iter().filter(|i| i.code == RET_K).map(|i| i.k).collect();
+        assert!(returns.contains(&libc::SECCOMP_RET_USER_NOTIF), "{returns:x?}");
+        assert!(!returns.contains(&libc::SECCOMP_RET_TRAP), "{returns:x?}");
+    }
 
     #[test]
     fn filters_build_for_every_role_shape() {

@@ -302,8 +302,7 @@ fn enter_sandbox(
 ) -> Result<(), RunnerError> {
     let kvm_fd = fds.kvm;
     let manifest = capvm_policy::roles::vcpu_runner(fds, std::process::id());
-    let report = capvm_policy::enforce::enter(&manifest, sandbox.into())?;
-    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    capvm_policy::enforce::enter(&manifest, channel)?;
     // Hostile-test hook: the kvm fd has neither CAP_WRITE nor CAP_IOCTL.
     capvm_policy::hostile::run_hook(sandbox, kvm_fd, kvm_fd);
     // As every child: the sandbox report, then Ready (after which the

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use capvm_ipc::ring::ExitRing;
 use capvm_ipc::stats::Stats;
-use capvm_ipc::{Channel, ChannelError, DeviceConfig, PciFds, StartDeviceFds, ToBroker, ToChild};
+use capvm_ipc::{Channel, ChannelError, DeviceConfig, PciFds, StartDeviceFds, ToChild};
 use capvm_policy::roles::PciDeviceFds;
 use capvm_policy::{FdGrant, SyscallRule};
 use vm_memory::GuestMemoryMmap;
@@ -109,8 +109,7 @@ impl Started {
             syscalls,
         );
         manifest.mappings = mappings;
-        let report = capvm_policy::enforce::enter(&manifest, (&self.config.sandbox).into())?;
-        channel.send(&ToBroker::Sandboxed(report), &[])?;
+        capvm_policy::enforce::enter(&manifest, channel)?;
         capvm_policy::hostile::run_hook(&self.config.sandbox, hook_fd, hook_fd);
         Ok(())
     }

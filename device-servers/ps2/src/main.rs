@@ -66,8 +66,7 @@ fn run(channel: &Channel) -> Result<(), Ps2Error> {
         mouse_irq.as_raw_fd(),
         input.as_raw_fd(),
     );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
-    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    capvm_policy::enforce::enter(&manifest, channel)?;
     capvm_policy::hostile::run_hook(&cfg.sandbox, input.as_raw_fd(), input.as_raw_fd());
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
     serve(channel, &ring, [&keyboard_irq, &mouse_irq], &input, &counters)

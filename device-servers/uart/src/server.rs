@@ -52,8 +52,7 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         irq.as_raw_fd(),
         &backend::manifest_fds(cfg.backend, &input, &output),
     );
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
-    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    capvm_policy::enforce::enter(&manifest, channel)?;
     // Hostile-test hook: the doorbell has neither CAP_WRITE nor CAP_IOCTL.
     let doorbell = ring.doorbell().as_raw_fd();
     capvm_policy::hostile::run_hook(&cfg.sandbox, doorbell, doorbell);

@@ -109,8 +109,7 @@ fn run(channel: &Channel) -> Result<(), VncError> {
         dropped_input: stats.counter("dropped_input"),
     };
     let manifest = capvm_policy::roles::vnc(&cfg.name, listener.as_raw_fd(), input.as_raw_fd());
-    let report = capvm_policy::enforce::enter(&manifest, (&cfg.sandbox).into())?;
-    channel.send(&ToBroker::Sandboxed(report), &[])?;
+    capvm_policy::enforce::enter(&manifest, channel)?;
     capvm_policy::hostile::run_hook(&cfg.sandbox, listener.as_raw_fd(), listener.as_raw_fd());
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
     serve(channel, &cfg, &listener, &vram, &state, &Input::new(input), &counters)
