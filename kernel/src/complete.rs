@@ -30,7 +30,7 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 16] = [
+pub const KINDS: [&str; 17] = [
     "int3",
     "int",
     "fwait",
@@ -47,6 +47,7 @@ pub const KINDS: [&str; 16] = [
     "stmxcsr",
     "fldcw",
     "simd",
+    "page_fault",
 ];
 
 /// The standard-format XSAVE area KVM_GET_XSAVE and KVM_SET_XSAVE use.
@@ -88,9 +89,9 @@ pub enum Outcome {
     Unsupported(String),
     /// The bytes do not decode (cut short, or not an instruction).
     Undecodable,
-    /// A memory operand did not translate (the guest would take a #PF;
-    /// not injected yet: the VM stops with the address).
-    Fault(u64),
+    /// A memory operand did not translate and no #PF could be raised
+    /// (`Machine::inject_page_fault` said no): the VM stops with the address.
+    Fault { linear: u64, write: bool },
 }
 
 /// The vCPU state a completion reads and changes.
@@ -128,6 +129,10 @@ pub trait Machine {
     fn control_registers(&self) -> (u64, u64);
     /// Where instructions run natively (`simd`); None where there is none.
     fn native(&mut self) -> Option<&mut NativeCpu>;
+    /// Raises the #PF an access to `linear` takes (CR2 and the error code
+    /// as the CPU sets them) instead of the completion: registers, RIP and
+    /// the XSAVE state stay as they were. False where it cannot.
+    fn inject_page_fault(&mut self, linear: u64, write: bool) -> bool;
 }
 
 /// Offset and size of XSAVE state component `i` (2-62) in the standard
@@ -204,7 +209,7 @@ fn write_all<B: AsRef<[u8]>>(m: &mut impl Machine, linear: u64, writes: &[(usize
     for (offset, bytes) in writes {
         let at = linear + *offset as u64;
         if !m.write(at, bytes.as_ref()) {
-            return Err(Outcome::Fault(at));
+            return Err(Outcome::Fault { linear: at, write: true });
         }
     }
     Ok(())
@@ -251,7 +256,13 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         _ if simd_features(&insn).is_some() => simd(m, &insn),
         other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
-    done.map_or_else(|outcome| outcome, Outcome::Completed)
+    match done {
+        Ok(kind) => Outcome::Completed(kind),
+        // The guest takes the #PF the CPU would have raised; RIP stays on
+        // the instruction and nothing else of the completion is kept.
+        Err(Outcome::Fault { linear, write }) if m.inject_page_fault(linear, write) => Outcome::Completed("page_fault"),
+        Err(outcome) => outcome,
+    }
 }
 
 /// LDMXCSR m32 (the kernel's kernel_fpu_begin sets the default MXCSR
@@ -262,7 +273,7 @@ fn ldmxcsr(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Out
     let linear = memory_address(m, insn, 0)?;
     let mut value = [0u8; 4];
     if !m.read(linear, &mut value) {
-        return Err(Outcome::Fault(linear));
+        return Err(Outcome::Fault { linear, write: false });
     }
     let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("ldmxcsr (no KVM_GET_XSAVE)".into()))?;
     let mask = match le32(&area, MXCSR_MASK) {
@@ -290,7 +301,7 @@ fn fldcw(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outco
     let linear = memory_address(m, insn, 0)?;
     let mut value = [0u8; 2];
     if !m.read(linear, &mut value) {
-        return Err(Outcome::Fault(linear));
+        return Err(Outcome::Fault { linear, write: false });
     }
     let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("fldcw (no KVM_GET_XSAVE)".into()))?;
     // As the CPU keeps it: bit 6 reads as one, bits 7 and 13-15 as zero.
@@ -334,7 +345,7 @@ fn xsave(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outco
     let area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xsave (no KVM_GET_XSAVE)".into()))?;
     let mut mem = vec![0u8; HEADER + 64];
     if !m.read(linear, &mut mem) {
-        return Err(Outcome::Fault(linear));
+        return Err(Outcome::Fault { linear, write: false });
     }
     let mut writes: Vec<(usize, &[u8])> = Vec::new();
     for (_, rs) in ranges(rfbm) {
@@ -389,7 +400,7 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
     // and so how much more there is to read.
     let mut mem = vec![0u8; XSAVE_AREA];
     if !m.read(linear, &mut mem[..HEADER + 64]) {
-        return Err(Outcome::Fault(linear));
+        return Err(Outcome::Fault { linear, write: false });
     }
     let (bv, comp) = (le64(&mem, HEADER), le64(&mem, HEADER + 8));
     let compacted = comp & COMPACTED != 0;
@@ -400,7 +411,7 @@ fn xrstor(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outc
     };
     let end = end.clamp(HEADER + 64, XSAVE_AREA);
     if !m.read(linear + (HEADER + 64) as u64, &mut mem[HEADER + 64..end]) {
-        return Err(Outcome::Fault(linear + (HEADER + 64) as u64));
+        return Err(Outcome::Fault { linear: linear + (HEADER + 64) as u64, write: false });
     }
     let mut area = m.xsave_area().ok_or_else(|| Outcome::Unsupported("xrstor (no KVM_GET_XSAVE)".into()))?;
     let mask = match le32(&area, MXCSR_MASK) {
@@ -459,7 +470,7 @@ fn cmpxchg16b(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, 
     }
     let pair = |hi: Register, lo: Register| u128::from(m.gpr64(hi)) << 64 | u128::from(m.gpr64(lo));
     let (expected, new) = (pair(Register::RDX, Register::RAX), pair(Register::RCX, Register::RBX));
-    let found = m.cmpxchg16(linear, expected, new).ok_or(Outcome::Fault(linear))?;
+    let found = m.cmpxchg16(linear, expected, new).ok_or(Outcome::Fault { linear, write: true })?;
     let zf = if found == expected { ZF } else { 0 };
     if found != expected {
         #[allow(clippy::cast_possible_truncation, reason = "the two halves of a u128")]
@@ -632,11 +643,15 @@ fn simd(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcom
         if needs_alignment(insn).is_some_and(|align| linear % align != 0) {
             return raise(m, GP, Some(0));
         }
-        if !m.read(linear, &mut operand[..size]) {
-            return Err(Outcome::Fault(linear));
-        }
         let access = InstructionInfoFactory::new().info(insn).op_access(n);
-        if matches!(access, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite) {
+        let writes =
+            matches!(access, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite);
+        // Read even a store's bytes: a partial store writes the rest back
+        // unchanged. A page fault says what the instruction does.
+        if !m.read(linear, &mut operand[..size]) {
+            return Err(Outcome::Fault { linear, write: writes });
+        }
+        if writes {
             write_back = Some((linear, size));
         }
     }
@@ -678,7 +693,7 @@ fn simd(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcom
 
     if let Some((linear, size)) = write_back {
         if !m.write(linear, &operand[..size]) {
-            return Err(Outcome::Fault(linear));
+            return Err(Outcome::Fault { linear, write: true });
         }
     }
     let new_bv = le64(&ctx.guest, XSTATE_BV);
@@ -726,7 +741,7 @@ fn operand_value(m: &mut impl Machine, insn: &Instruction, n: u32, width: u64) -
             let mut buf = [0u8; 8];
             let len = (width / 8) as usize;
             if !m.read(linear, &mut buf[..len]) {
-                return Err(Outcome::Fault(linear));
+                return Err(Outcome::Fault { linear, write: false });
             }
             Ok(u64::from_le_bytes(buf))
         }
@@ -787,6 +802,9 @@ mod tests {
         cr0: u64,
         cr4: u64,
         native: Native,
+        /// CR2 as a #PF sets it; whether the machine can raise one.
+        cr2: u64,
+        can_fault: bool,
     }
 
     /// A NativeCpu for the Fake (every Fake gets its own pages; states
@@ -826,6 +844,8 @@ mod tests {
                 cr0: 0x8000_0033,
                 cr4: CR4_OSFXSR | CR4_OSXSAVE | 1 << 10,
                 native: Native(NativeCpu::new().ok()),
+                cr2: 0,
+                can_fault: true,
             }
         }
         fn index(reg: Register) -> usize {
@@ -909,6 +929,14 @@ mod tests {
         }
         fn native(&mut self) -> Option<&mut NativeCpu> {
             self.native.0.as_mut()
+        }
+        fn inject_page_fault(&mut self, linear: u64, write: bool) -> bool {
+            if self.can_fault {
+                // Outside the Fake's memory nothing is present.
+                self.cr2 = linear;
+                self.injected.push((14, Some(u32::from(write) << 1)));
+            }
+            self.can_fault
         }
     }
 
@@ -1003,12 +1031,22 @@ mod tests {
         f.gpr[0] = u64::MAX;
         assert_eq!(complete(&mut f, &bytes), Outcome::Completed("lzcnt"));
         assert_eq!(f.gpr[0], 16, "a 32-bit result clears the upper half");
-        // An address that does not translate is a fault, and nothing moves.
+        // An address that does not translate is a #PF (CR2, a read of a
+        // page not present), and nothing else moves.
         let mut f = Fake::new();
         f.gpr[3] = 0xdead_0000;
         let before = f.clone();
-        assert_eq!(complete(&mut f, &[0xf3, 0x48, 0x0f, 0xb8, 0x03]), Outcome::Fault(0xdead_0000));
-        assert_eq!(f, before);
+        assert_eq!(complete(&mut f, &[0xf3, 0x48, 0x0f, 0xb8, 0x03]), Outcome::Completed("page_fault"));
+        assert_eq!((f.cr2, &f.injected[..]), (0xdead_0000, &[(14, Some(0))][..]));
+        assert_eq!((f.rip, f.gpr, f.rflags), (before.rip, before.gpr, before.rflags));
+        // A machine that cannot raise one stops with the address.
+        let mut f = before.clone();
+        f.can_fault = false;
+        assert_eq!(
+            complete(&mut f, &[0xf3, 0x48, 0x0f, 0xb8, 0x03]),
+            Outcome::Fault { linear: 0xdead_0000, write: false }
+        );
+        assert_eq!(f.injected, []);
     }
 
     #[test]
@@ -1582,11 +1620,19 @@ mod tests {
         assert!(
             matches!(complete(&mut f, &[0x66, 0x48, 0x0f, 0x6e, 0xc4]), Outcome::Unsupported(w) if w.contains("rsp"))
         );
-        // A memory operand that does not translate: a fault, nothing changed.
+        // A memory operand that does not translate: a #PF, nothing changed;
+        // for a store the error code says "write".
         let mut f = fresh();
         f.gpr[Register::RSI.number()] = 0x4000_0000;
         let before = f.clone();
-        assert_eq!(complete(&mut f, &[0x66, 0x0f, 0x38, 0x00, 0x1e]), Outcome::Fault(0x4000_0000));
+        assert_eq!(complete(&mut f, &[0x66, 0x0f, 0x38, 0x00, 0x1e]), Outcome::Completed("page_fault"));
+        assert_eq!((f.cr2, &f.injected[..]), (0x4000_0000, &[(14, Some(0))][..]));
         assert_eq!((f.rip, &f.area, &f.gpr), (before.rip, &before.area, &before.gpr));
+        let mut f = fresh();
+        f.gpr[Register::RSI.number()] = MEM + 2 * XSAVE_AREA as u64 - 8;
+        let before = f.clone();
+        assert_eq!(complete(&mut f, &[0xf3, 0x0f, 0x7f, 0x66, 0x10]), Outcome::Completed("page_fault"));
+        assert_eq!((f.cr2, &f.injected[..]), (MEM + 2 * XSAVE_AREA as u64 + 8, &[(14, Some(2))][..]));
+        assert_eq!((f.rip, &f.area, &f.mem), (before.rip, &before.area, &before.mem));
     }
 }

@@ -234,10 +234,14 @@ impl Vcpu {
     ) -> Result<complete::Outcome> {
         let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
         let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
-        let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None, native };
+        let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None, native, page_fault: None };
         let outcome = complete::complete(&mut m, insn);
         if let complete::Outcome::Completed(_) = outcome {
-            if let Some(area) = &m.xsave {
+            if let Some(cr2) = m.page_fault {
+                let mut sregs = m.sregs;
+                sregs.cr2 = cr2;
+                self.fd.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+            } else if let Some(area) = &m.xsave {
                 let mut x = kvm_bindings::kvm_xsave::default();
                 for (word, bytes) in x.region.iter_mut().zip(area.chunks_exact(4)) {
                     *word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
@@ -246,7 +250,9 @@ impl Vcpu {
                 // kvm_xsave (xsave_fits), so KVM reads nothing past it.
                 unsafe { self.fd.set_xsave(&x) }.context("KVM_SET_XSAVE")?;
             }
-            self.fd.set_regs(&m.regs).context("KVM_SET_REGS")?;
+            if m.page_fault.is_none() {
+                self.fd.set_regs(&m.regs).context("KVM_SET_REGS")?;
+            }
             if let Some((vector, error_code)) = m.inject {
                 let mut events = self.fd.get_vcpu_events().context("KVM_GET_VCPU_EVENTS")?;
                 if vector < 32 {
@@ -289,6 +295,8 @@ struct VcpuMachine<'a, M> {
     inject: Option<(u8, Option<u32>)>,
     xsave: Option<Vec<u8>>,
     native: Option<&'a mut NativeCpu>,
+    /// A #PF replaces the completion: CR2 to set, nothing else committed.
+    page_fault: Option<u64>,
 }
 
 /// Where KVM keeps a 64-bit general-purpose register (or RIP).
@@ -417,6 +425,23 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
     fn native(&mut self) -> Option<&mut NativeCpu> {
         self.native.as_deref_mut()
     }
+    fn inject_page_fault(&mut self, linear: u64, write: bool) -> bool {
+        // The first byte that faults: an access that starts on a good page
+        // faults on the next one (none here spans more than two). If both
+        // translate, the address is simply not RAM (MMIO, a hole): no #PF.
+        let next = (linear | 0xfff) + 1;
+        let at = match (self.translate(linear, write), self.translate(next, write)) {
+            (None, _) => linear,
+            (Some(_), None) => next,
+            (Some(_), Some(_)) => return false,
+        };
+        let present = self.translate(at, false).is_some();
+        let user = self.sregs.ss.dpl == 3;
+        let code = u32::from(present) | u32::from(write) << 1 | u32::from(user) << 2;
+        self.page_fault = Some(at);
+        self.inject = Some((14, Some(code)));
+        true
+    }
     fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128> {
         // 16-aligned (checked by the caller), so within one page.
         let phys = self.translate(linear, true)?;
@@ -454,5 +479,6 @@ mod tests {
         assert_eq!(ior(0xa6, size_of::<kvm_xcrs>()), 0x8188_aea6, "KVM_GET_XCRS");
         assert_eq!(ior(0xa4, size_of::<kvm_xsave>()), 0x9000_aea4, "KVM_GET_XSAVE");
         assert_eq!(iow(0xa5, size_of::<kvm_xsave>()), 0x5000_aea5, "KVM_SET_XSAVE");
+        assert_eq!(iow(0x84, size_of::<kvm_bindings::kvm_sregs>()), 0x4138_ae84, "KVM_SET_SREGS");
     }
 }

@@ -74,6 +74,8 @@ pub fn vcpu_ioctls() -> Vec<Ioctl> {
         Ioctl { name: "KVM_GET_XCRS", cmd: 0x8188_aea6 },
         Ioctl { name: "KVM_GET_XSAVE", cmd: 0x9000_aea4 },
         Ioctl { name: "KVM_SET_XSAVE", cmd: 0x5000_aea5 },
+        // A #PF for a completion's memory operand: CR2 before the exception.
+        Ioctl { name: "KVM_SET_SREGS", cmd: 0x4138_ae84 },
     ]
 }
 

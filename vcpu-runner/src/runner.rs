@@ -458,7 +458,7 @@ impl Refused {
                     _ => format!("the bytes do not decode; ran again {MAX_RETRIES} times"),
                 })
             }
-            Ok(Outcome::Fault(linear)) => Err(format!("its memory operand at {linear:#x} does not translate")),
+            Ok(Outcome::Fault { linear, .. }) => Err(format!("its memory operand at {linear:#x} is not guest RAM")),
             Err(e) => Err(format!("completing it failed: {e}")),
         }
     }

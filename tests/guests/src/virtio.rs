@@ -456,7 +456,7 @@ pub fn route_intx(dev: &Device) -> (u8, u8) {
 
 /// Points vector `v` at `handler`: a 64-bit interrupt gate, present,
 /// DPL 0, code selector 0x08.
-fn set_gate(v: u8, handler: u64) {
+pub fn set_gate(v: u8, handler: u64) {
     let low = (handler & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | (handler >> 16 & 0xffff) << 48;
     // SAFETY: our own IDT; interrupts are off while it changes.
     unsafe { write_volatile(addr_of_mut!(IDT[v as usize]), [low, handler >> 32]) }
@@ -470,13 +470,19 @@ pub fn enable_interrupts() {
     for v in [VECTOR_QUEUE, VECTOR_CONFIG] {
         set_gate(v, irq_entry as *const () as u64);
     }
-    // SAFETY: our own IDT and LAPIC, set up once with interrupts off.
+    load_idt();
+    // SAFETY: the LAPIC's spurious-vector register; interrupts are off.
+    unsafe { mmio_w::<u32>(0xfee0_00f0, 0x1ff) }
+}
+
+/// Loads the IDT (the gates `set_gate` wrote).
+pub fn load_idt() {
+    // SAFETY: our own IDT, set up with interrupts off.
     unsafe {
         write_volatile(
             addr_of_mut!(IDT_POINTER),
             IdtPointer { limit: (core::mem::size_of::<[[u64; 2]; 256]>() - 1) as u16, base: addr_of_mut!(IDT) as u64 },
         );
         core::arch::asm!("lidt [{}]", in(reg) addr_of_mut!(IDT_POINTER), options(nostack));
-        mmio_w::<u32>(0xfee0_00f0, 0x1ff);
     }
 }
