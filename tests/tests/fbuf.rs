@@ -19,14 +19,16 @@ fn pixel(x: u32, y: u32, k: u32) -> [u8; 3] {
     [r as u8, g as u8, b as u8]
 }
 
-/// A viewer made with vncdotool's API: captures, then (after a line on
+/// A viewer made with vncdotool's API, asking for ZRLE (vncdo's command
+/// line, used elsewhere, asks for Raw): captures, then (after a line on
 /// its stdin) asks for a full refresh and captures again; each capture is
 /// written as raw RGB beside its size. After a third line it moves the
 /// pointer and clicks, waits, types keys and ends with Escape.
 const VIEWER: &str = r#"
 import sys, time
-from vncdotool import api
+from vncdotool import api, client, rfb
 address, password, out = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+client.VNCDoToolClient.encoding = rfb.Encoding.ZRLE
 c = api.connect(address, password=password)
 try:
     for n in (1, 2):
@@ -211,6 +213,9 @@ fn a_vnc_viewer_sees_what_the_guest_draws_and_its_mode_changes() {
     assert!(vnc("viewers") >= 5, "{stats:?}");
     assert_eq!(stat(&stats, "fbuf (0:29.0): unsupported_modes"), 0);
     assert_eq!(vnc("key_events"), 10, "{stats:?}");
+    // The pictures above came in ZRLE (the API viewer's choice), and the
+    // wrong-password vncdo asked for Raw but never got a picture.
+    assert!(vnc("updates_zrle") >= 2 && vnc("updates_raw") == 0, "{stats:?}");
     assert_eq!(stat(&stats, "i8042: key_events"), 10, "{stats:?}");
     assert_eq!(stat(&stats, "i8042: bad_input_records"), 0, "{stats:?}");
     for n in 1..=2 {

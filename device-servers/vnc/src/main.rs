@@ -52,6 +52,8 @@ struct Counters {
     too_slow: Counter,
     refused_full: Counter,
     updates_bytes: Counter,
+    /// Updates with pixels, by encoding.
+    updates: CountersByKind,
     key_events: Counter,
     unmapped_keys: Counter,
     pointer_events: Counter,
@@ -103,6 +105,7 @@ fn run(channel: &Channel) -> Result<(), VncError> {
         too_slow: stats.counter("closed_too_slow"),
         refused_full: stats.counter("refused_server_full"),
         updates_bytes: stats.counter("update_bytes"),
+        updates: CountersByKind::new(&mut stats, "updates_", capvm_vnc::encode::NAMES),
         key_events: stats.counter("key_events"),
         unmapped_keys: stats.counter("unmapped_keys"),
         pointer_events: stats.counter("pointer_events"),
@@ -259,7 +262,9 @@ fn serve(
             channel.send(&ToBroker::ViewerConnected, &[])?;
         }
         for v in &mut viewers {
-            v.client.update(&screen);
+            if let Some(encoding) = v.client.update(&screen) {
+                counters.updates.inc(encoding);
+            }
             if !v.client.output.is_empty() {
                 match nix::unistd::write(&v.fd, &v.client.output) {
                     Ok(n) => {

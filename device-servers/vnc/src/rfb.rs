@@ -2,20 +2,20 @@
 //! state machine over bytes: what the viewer sent goes in, what to send
 //! comes out. No I/O here, so every hostile input can be tried in a test.
 //!
-//! Encodings: Raw, and the DesktopSize pseudo-encoding (a mode change
-//! reaches the viewer). Key and pointer events are parsed and handed on.
+//! Encodings: Raw, Zlib and ZRLE ([`encode`]; the first the viewer lists),
+//! and the DesktopSize pseudo-encoding (a mode change reaches the viewer). Key and pointer events are parsed and handed on.
 //! A viewer that breaks the protocol, sends a message this server cannot
 //! size, asks for a colour map or sends an oversized cut-text is closed:
 //! it affects no one else.
 
 use crate::auth;
+use crate::encode::{self, Encoder};
 use crate::screen::Screen;
 
 /// What the server speaks.
 const VERSION: &[u8; 12] = b"RFB 003.008\n";
 const SECURITY_NONE: u8 = 1;
 const SECURITY_VNC: u8 = 2;
-const ENCODING_RAW: i32 = 0;
 const ENCODING_DESKTOP_SIZE: i32 = -223;
 const ENCODING_QEMU_EXTENDED_KEY: i32 = -258;
 /// Cut text larger than this closes the viewer (the guest has no clipboard
@@ -96,7 +96,7 @@ impl PixelFormat {
     }
 
     /// Appends one framebuffer pixel (B, G, R, X) in this format.
-    fn put(&self, px: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn put(&self, px: &[u8], out: &mut Vec<u8>) {
         if *self == NATIVE {
             out.extend_from_slice(&px[..4]);
             return;
@@ -187,6 +187,9 @@ pub struct Client {
     format: PixelFormat,
     desktop_size: bool,
     pub extended_keys: bool,
+    /// The encoding for pixel data, and its zlib streams.
+    encoding: i32,
+    encoder: Encoder,
     pending: Option<Request>,
     /// The size the viewer was last told.
     size: (u32, u32),
@@ -213,6 +216,8 @@ impl Client {
             format: NATIVE,
             desktop_size: false,
             extended_keys: false,
+            encoding: encode::RAW,
+            encoder: Encoder::default(),
             pending: None,
             size: (screen.width, screen.height),
             dirty: vec![true; screen.tile_count()],
@@ -401,6 +406,7 @@ impl Client {
                 let encodings: Vec<i32> =
                     b[4..4 + 4 * n].chunks(4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
                 self.desktop_size = encodings.contains(&ENCODING_DESKTOP_SIZE);
+                self.encoding = encode::choose(&encodings);
                 self.extended_keys = encodings.contains(&ENCODING_QEMU_EXTENDED_KEY);
                 if self.extended_keys {
                     // Acknowledge with an empty rectangle of that encoding.
@@ -504,12 +510,13 @@ impl Client {
         }
     }
 
-    /// Answers a pending update request, if there is something to send.
-    pub fn update(&mut self, screen: &Screen) {
+    /// Answers a pending update request, if there is something to send;
+    /// the encoding its pixels went in, if it had any.
+    pub fn update(&mut self, screen: &Screen) -> Option<&'static str> {
         if self.phase != Phase::Normal {
-            return;
+            return None;
         }
-        let Some(req) = self.pending else { return };
+        let req = self.pending?;
         let resized = self.size != (screen.width, screen.height);
         let tell = resized && self.desktop_size;
         if resized && !self.desktop_size {
@@ -537,7 +544,7 @@ impl Client {
             }
         }
         if rects.is_empty() && !tell && req.incremental {
-            return;
+            return None;
         }
         self.pending = None;
         let count = rects.len() + usize::from(tell);
@@ -546,16 +553,13 @@ impl Client {
         if tell {
             self.rect_header(0, 0, screen.width, screen.height, ENCODING_DESKTOP_SIZE);
         }
+        let sent = (!rects.is_empty()).then(|| encode::name(self.encoding));
         for (x, y, w, h) in rects {
-            self.rect_header(x, y, w, h, ENCODING_RAW);
-            for row in y..y + h {
-                let start = (row * screen.width + x) as usize * 4;
-                for px in screen.pixels[start..start + w as usize * 4].chunks(4) {
-                    self.format.put(px, &mut self.output);
-                }
-            }
+            self.rect_header(x, y, w, h, self.encoding);
+            self.encoder.rect(self.encoding, &self.format, screen, (x, y, w, h), &mut self.output);
         }
         self.dirty = vec![false; screen.tile_count()];
+        sent
     }
 
     fn rect_header(&mut self, x: u32, y: u32, w: u32, h: u32, encoding: i32) {
@@ -669,7 +673,7 @@ mod tests {
             for n in [x, y, w, h] {
                 v.extend_from_slice(&n.to_be_bytes());
             }
-            v.extend_from_slice(&ENCODING_RAW.to_be_bytes());
+            v.extend_from_slice(&encode::RAW.to_be_bytes());
             v
         };
         assert_eq!(&c.output[4..16], &header(0, 0, 100, 64)[..]);
@@ -693,7 +697,7 @@ mod tests {
         let s = screen(100, 70);
         let mut c = connected(&s);
         let mut enc = vec![2, 0, 0, 2];
-        enc.extend_from_slice(&ENCODING_RAW.to_be_bytes());
+        enc.extend_from_slice(&encode::RAW.to_be_bytes());
         enc.extend_from_slice(&ENCODING_DESKTOP_SIZE.to_be_bytes());
         c.receive(&enc, &s);
         c.receive(&request(true, 100, 70), &s);
