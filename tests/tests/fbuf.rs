@@ -303,6 +303,57 @@ fn fuzzing_viewers_crash_nothing() {
     finish(child, Duration::from_secs(30));
 }
 
+/// The web console: Debian's noVNC, served with websockify in front of
+/// capvm's VNC server, in headless Chromium (tests/novnc/capture.js,
+/// playwright-core): its canvas holds exactly the guest's picture, VNC
+/// Authentication included.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn novnc_in_headless_chromium_shows_the_guest_screen() {
+    require_kvm();
+    let (vnc, web) = (free_port(), free_port());
+    let args = guest_args("fbuf", &["-s", &format!("29,fbuf,tcp=127.0.0.1:{vnc},password=capvm1")]);
+    let mut child = spawn(&args);
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, "fbuf: drawn 640 480", Instant::now() + Duration::from_secs(60));
+    let mut websockify = Command::new("websockify")
+        .args(["--web", "/usr/share/novnc", &web.to_string(), &format!("127.0.0.1:{vnc}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("websockify (scripts/setup installs it)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", web)).is_err() {
+        assert!(Instant::now() < deadline, "websockify did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shot = std::env::temp_dir().join(format!("capvm-novnc-{}.rgb", std::process::id()));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("novnc/capture.js");
+    let url = format!("http://127.0.0.1:{web}/vnc_lite.html?host=127.0.0.1&port={web}&password=capvm1");
+    let node = Command::new("timeout")
+        .args(["90", "node"])
+        .arg(&script)
+        .args([&url, "640", "480"])
+        .arg(&shot)
+        .output()
+        .expect("node (scripts/setup installs playwright-core in tests/novnc)");
+    let _ = websockify.kill();
+    let _ = websockify.wait();
+    assert!(
+        node.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&node.stdout),
+        String::from_utf8_lossy(&node.stderr)
+    );
+    assert_picture(&shot, 640, 480, 1);
+    std::fs::remove_file(&shot).unwrap();
+    let _ = std::fs::remove_file(shot.with_extension("rgb.png"));
+    destroy(args.last().unwrap());
+    child.stdout = Some(out);
+    finish(child, Duration::from_secs(30));
+}
+
 /// `wait`: the guest runs only once a viewer has finished its handshake.
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]

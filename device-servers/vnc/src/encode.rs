@@ -310,7 +310,8 @@ mod tests {
             let mut out = Vec::new();
             e.rect(ZLIB, &NATIVE, &s, (0, 0, s.width, s.height), &mut out);
             let raw = inflate(&mut zlib, &out[4..]);
-            assert_eq!(raw, s.pixels);
+            let opaque: Vec<u8> = s.pixels.chunks(4).flat_map(|p| [p[0], p[1], p[2], 0xff]).collect();
+            assert_eq!(raw, opaque);
             assert!(out.len() < raw.len() / 2, "zlib compressed {} to {}", raw.len(), out.len());
         }
     }

@@ -95,16 +95,26 @@ impl PixelFormat {
             })
     }
 
-    /// Appends one framebuffer pixel (B, G, R, X) in this format.
+    /// Appends one framebuffer pixel (B, G, R, X) in this format. The
+    /// bits of a 32-bit pixel that carry no colour are sent as ones, not
+    /// as the guest left them: RFB leaves them unused, but noVNC 1.3
+    /// (Debian 12's) draws them as alpha, and its Raw decoder sets alpha
+    /// only where the receive queue starts at 0, so a zero there made most
+    /// rectangles transparent.
     pub(crate) fn put(&self, px: &[u8], out: &mut Vec<u8>) {
         if *self == NATIVE {
-            out.extend_from_slice(&px[..4]);
+            out.extend_from_slice(&[px[0], px[1], px[2], 0xff]);
             return;
         }
         let rgb = [px[2], px[1], px[0]];
         let mut v = 0u32;
+        let mut colour_bits = 0u32;
         for (i, c) in rgb.into_iter().enumerate() {
             v |= (c as u32 * self.max[i] as u32 / 255) << self.shift[i];
+            colour_bits |= (self.max[i] as u32) << self.shift[i];
+        }
+        if self.bits_per_pixel == 32 {
+            v |= !colour_bits;
         }
         match (self.bits_per_pixel, self.big_endian) {
             (8, _) => out.push(v as u8),
@@ -677,7 +687,8 @@ mod tests {
             v
         };
         assert_eq!(&c.output[4..16], &header(0, 0, 100, 64)[..]);
-        assert_eq!(&c.output[16..20], &s.pixels[..4]);
+        // The pixel as the guest wrote it, its unused byte all ones.
+        assert_eq!(&c.output[16..20], &[s.pixels[0], s.pixels[1], s.pixels[2], 0xff]);
         let total = 4 + 2 * 12 + 100 * 70 * 4;
         assert_eq!(c.output.len(), total);
         c.output.clear();
