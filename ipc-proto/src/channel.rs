@@ -114,12 +114,18 @@ impl Channel {
         if truncated {
             return Err(ChannelError::Truncated);
         }
-        let (msg, used) = bincode::decode_from_slice(&buf[..len], config())?;
-        if used != len {
-            return Err(ChannelError::Truncated);
-        }
-        Ok((msg, fds))
+        Ok((decode(&buf[..len])?, fds))
     }
+}
+
+/// One message from the bytes of one datagram: the whole of them, within
+/// the size limit (the fuzz target `ipc_decode` calls this too).
+pub fn decode<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, ChannelError> {
+    let (msg, used) = bincode::decode_from_slice(bytes, config())?;
+    if used != bytes.len() {
+        return Err(ChannelError::Truncated);
+    }
+    Ok(msg)
 }
 
 impl AsFd for Channel {

@@ -6,6 +6,11 @@ use crate::keyboard::ACK;
 const BAT_OK: u8 = 0xaa;
 const RESEND: u8 = 0xfe;
 
+/// The most one packet moves (9-bit two's complement, less -256).
+const MAX_STEP: i32 = 255;
+/// The most packets one motion event becomes.
+const MAX_PACKETS: i32 = 32;
+
 pub struct Mouse {
     /// Stream mode reporting on.
     pub enabled: bool,
@@ -99,15 +104,24 @@ impl Mouse {
     /// Motion (screen directions) and buttons: the packets to queue, none
     /// while reporting is off. Large motions are split into packets of at
     /// most 255 counts each way.
-    pub fn motion(&mut self, mut dx: i32, mut dy: i32, mut wheel: i32, buttons: u8) -> Vec<u8> {
+    pub fn motion(&mut self, dx: i32, dy: i32, wheel: i32, buttons: u8) -> Vec<u8> {
         let changed = buttons != self.buttons;
         self.buttons = buttons;
         if !self.enabled {
             return Vec::new();
         }
+        // At most MAX_PACKETS packets an event: a pointer crossing a 4K
+        // screen needs 16; the input record's i32s could ask for millions
+        // (found by the i8042 fuzz target: 8 million packets, 25 MB, for
+        // one record a compromised VNC server could send).
+        let (mut dx, mut dy, mut wheel) = (
+            dx.clamp(-MAX_STEP * MAX_PACKETS, MAX_STEP * MAX_PACKETS),
+            dy.clamp(-MAX_STEP * MAX_PACKETS, MAX_STEP * MAX_PACKETS),
+            wheel.clamp(-8 * MAX_PACKETS, 7 * MAX_PACKETS),
+        );
         let mut out = Vec::new();
         loop {
-            let (x, y, z) = (dx.clamp(-255, 255), dy.clamp(-255, 255), wheel.clamp(-8, 7));
+            let (x, y, z) = (dx.clamp(-MAX_STEP, MAX_STEP), dy.clamp(-MAX_STEP, MAX_STEP), wheel.clamp(-8, 7));
             out.extend(self.packet(x, y, z));
             (dx, dy, wheel) = (dx - x, dy - y, wheel - z);
             if dx == 0 && dy == 0 && wheel == 0 {
@@ -135,6 +149,15 @@ impl Mouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_motion_is_a_bounded_number_of_packets() {
+        let mut m = Mouse::default();
+        m.command(0xf4);
+        let out = m.motion(i32::MAX, i32::MIN, i32::MAX, 0);
+        assert_eq!(out.len(), 3 * MAX_PACKETS as usize);
+        assert_eq!(&out[..3], &[0x08, 255, 255], "right 255, up 255 (a negative dy is up)");
+    }
 
     #[test]
     fn reset_knock_and_packets() {

@@ -3,9 +3,6 @@
 //! and interrupt eventfds, and nothing else. Started by the broker with its
 //! control socket at fd 3.
 
-mod blk;
-mod request;
-
 use capvm_ipc::{DeviceBackend, ToBroker};
 use capvm_virtio::server::{self, DeviceSandbox, ServerError, Setup};
 
@@ -22,7 +19,7 @@ fn main() {
         let (fds, syscalls) =
             capvm_policy::roles::virtio_blk_backend(std::os::fd::AsRawFd::as_raw_fd(&disk), opts.read_only);
         let sandbox = DeviceSandbox { fds, syscalls };
-        Ok((blk::Blk::new(disk, opts.clone(), setup.stats), sandbox))
+        Ok((capvm_virtio_blk::blk::Blk::new(disk, opts.clone(), setup.stats), sandbox))
     });
     if let Err(e) = result {
         if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
