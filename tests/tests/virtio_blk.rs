@@ -208,3 +208,41 @@ fn an_image_open_read_write_in_one_vm_is_refused_to_another() {
     assert_eq!(r.code(), 2, "{r:?}");
     std::fs::remove_file(img).unwrap();
 }
+
+/// Durability: once the guest has seen its write and the FLUSH after it
+/// acknowledged, the bytes are in the image, whether the disk's server or
+/// the whole VM is then SIGKILLed (nothing is kept in a process's memory).
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn a_flushed_write_survives_a_sigkill_of_the_server_or_the_whole_vm() {
+    require_kvm();
+    for (victim, cache) in [("server", ""), ("vm", ""), ("vm", ",sync")] {
+        let img = image(&format!("kill-{victim}{}", cache.trim_start_matches(',')), 1 << 20);
+        let args = with_disk("blk-rw 1 idle", &format!("{}{cache}", img.display()));
+        let mut child = spawn(&args);
+        let mut out = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        read_until(&mut out, &mut seen, "blk done", Instant::now() + Duration::from_secs(30));
+        let kids = children_of(child.id());
+        let server = kids.iter().find(|(_, comm)| comm.contains("virtio-bl")).expect("the disk's server").0;
+        let pids: Vec<u32> = if victim == "server" {
+            vec![server]
+        } else {
+            std::iter::once(child.id()).chain(kids.iter().map(|(p, _)| *p)).collect()
+        };
+        for pid in pids {
+            // SAFETY: kill(2) on the VM's own processes.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        child.stdout = Some(out);
+        let r = finish(child, Duration::from_secs(30));
+        if victim == "server" {
+            assert_eq!(r.code(), 4, "the VM stops naming its dead server: {r:?}");
+        }
+        let bytes = std::fs::read(&img).unwrap();
+        assert_eq!(&bytes[PATTERN_OFFSET..PATTERN_OFFSET + 4096], &pattern()[..], "{victim}{cache}: write lost");
+        std::fs::remove_file(img).unwrap();
+        // A SIGKILLed broker leaves its control socket behind.
+        let _ = std::fs::remove_file(runtime_dir().join(format!("{}.sock", args.last().unwrap())));
+    }
+}
