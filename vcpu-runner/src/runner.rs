@@ -326,6 +326,8 @@ fn supervise(
     use std::os::unix::thread::JoinHandleExt;
 
     let mut last_exits: Vec<u64> = vec![u64::MAX; threads.len()];
+    // Looks in a row that found each vCPU without an exit.
+    let mut quiet: Vec<u32> = vec![0; threads.len()];
     let mut late = Vec::new();
     loop {
         let mut pfd = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
@@ -339,12 +341,22 @@ fn supervise(
         }
         for (i, t) in threads.iter().enumerate() {
             let exits = shared.status[i].exits.load(Ordering::Relaxed);
-            if exits == last_exits[i] {
+            if exits != last_exits[i] {
+                quiet[i] = 0;
+            } else {
                 // Quiet since the last look: kick it out of KVM_RUN so it
                 // reports its MP state. A vCPU busy in emulated CPL0 code
-                // may not come out; it is then not halted either.
-                // SAFETY: the thread is alive (vCPU threads never return).
-                unsafe { libc::pthread_kill(t.as_pthread_t(), KICK_SIGNAL) };
+                // may not come out; it is then not halted either. One that
+                // stays quiet (an idle guest, asleep with interrupts on) is
+                // kicked ever less often, down to once a second: each kick
+                // costs a KVM_RUN round trip.
+                quiet[i] = quiet[i].saturating_add(1);
+                // Every look for eight, then every 2nd, 4th... (1 s at most).
+                let period = (1u32 << (quiet[i] / 8).min(5)).min(MAX_KICK_PERIODS);
+                if quiet[i] % period == 0 {
+                    // SAFETY: the thread is alive (vCPU threads never return).
+                    unsafe { libc::pthread_kill(t.as_pthread_t(), KICK_SIGNAL) };
+                }
             }
             last_exits[i] = exits;
         }
@@ -392,6 +404,8 @@ fn watch_rings(shared: &Shared, deadlines: RingDeadlines, late: &mut Vec<(usize,
 }
 
 const KICK_SIGNAL: libc::c_int = libc::SIGUSR1;
+/// A quiet vCPU is kicked at least every this many watchdog periods (1 s).
+const MAX_KICK_PERIODS: u32 = 20;
 
 extern "C" fn on_kick(_: libc::c_int) {}
 

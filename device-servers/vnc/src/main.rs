@@ -22,6 +22,8 @@ use nix::sys::socket::{accept4, SockFlag};
 
 /// How often a viewer waiting for a change has the picture compared.
 const REFRESH: Duration = Duration::from_millis(30);
+/// The longest between comparisons of a still picture.
+const STILL_REFRESH: Duration = Duration::from_secs(1);
 /// A viewer that has not finished its handshake by then is closed.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// A viewer that lets this much output pile up is too slow to keep.
@@ -189,12 +191,16 @@ fn serve(
     let mut screen = Screen::blank(blank.0, blank.1);
     let mut viewers: Vec<Viewer> = Vec::new();
     let mut last_refresh = Instant::now().checked_sub(REFRESH).unwrap_or_else(Instant::now);
+    // How often the picture is compared while a viewer waits: every 30 ms
+    // while it changes, backing off to once a second while it stays still
+    // (as QEMU's server does); viewer input brings it back at once.
+    let mut refresh = REFRESH;
     let mut buf = vec![0u8; 64 << 10];
     // fbuf's `wait`: the broker holds the vCPUs until a viewer is in.
     let mut waiting_for_viewer = cfg.wait;
     loop {
         let waiting = viewers.iter().any(|v| v.client.wants_update());
-        let timeout = if waiting { REFRESH } else { Duration::from_secs(1) };
+        let timeout = if waiting { refresh.saturating_sub(last_refresh.elapsed()) } else { Duration::from_secs(1) };
         let (control, accept, ready) = {
             let mut pfds = vec![PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
             let full = viewers.len() >= VNC_MAX_CLIENTS;
@@ -232,6 +238,7 @@ fn serve(
                 }
                 for e in v.client.input_events.drain(..) {
                     input.forward(e, counters);
+                    refresh = REFRESH;
                 }
             }
         }
@@ -247,9 +254,13 @@ fn serve(
                 Err(_) => {}
             }
         }
-        if viewers.iter().any(|v| v.client.wants_update()) && last_refresh.elapsed() >= REFRESH {
+        if viewers.iter().any(|v| v.client.wants_update()) && last_refresh.elapsed() >= refresh {
             last_refresh = Instant::now();
             let changed = screen.refresh(state.mode(), vram, blank);
+            refresh = match &changed {
+                Refresh::Tiles(t) if t.is_empty() => (refresh * 2).min(STILL_REFRESH),
+                _ => REFRESH,
+            };
             for v in &mut viewers {
                 match &changed {
                     Refresh::Resized => v.client.changed(&screen, None),

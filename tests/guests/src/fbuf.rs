@@ -7,6 +7,7 @@
 //! send, `kbd XX` or `aux XX`, until Escape; after one more byte on COM1
 //! it powers off. The host
 //! computes the same pictures (`pixel`) and scancodes to compare.
+//! `fbuf-anim` redraws the whole screen without end (a benchmark).
 
 use crate::io::{getc, inb, outb, poweroff, print, print_dec, print_hex};
 use crate::virtio::{self, cfg_read32, cfg_write32, mmio_r, mmio_w};
@@ -57,14 +58,50 @@ fn set_mode_and_draw(vram: u64, mmio: u64, w: u32, h: u32, k: u32) {
     print(b"\n");
 }
 
-pub extern "C" fn run() -> ! {
+/// The display's VRAM and MMIO BARs, memory decoding on.
+fn display() -> (u64, u64) {
     let Some(slot) = virtio::find(0x1234, 0x1111) else {
         print(b"fbuf: no display on bus 0\n");
         poweroff()
     };
     cfg_write32(slot, 0x04, (cfg_read32(slot, 0x04) & 0xffff) | 0x2);
-    let vram = (cfg_read32(slot, 0x10) & !0xf) as u64;
-    let mmio = (cfg_read32(slot, 0x18) & !0xf) as u64;
+    ((cfg_read32(slot, 0x10) & !0xf) as u64, (cfg_read32(slot, 0x18) & !0xf) as u64)
+}
+
+/// `fbuf-anim`: 1024x768, then picture 1, 2, 3... over the whole screen,
+/// as fast as user mode draws them, forever (bench/vs-qemu's display
+/// figures: every update a viewer gets is a full screen).
+pub extern "C" fn animate() -> ! {
+    let (vram, mmio) = display();
+    set_mode_and_draw(vram, mmio, 1024, 768, 1);
+    print(b"fbuf: animating\n");
+    for k in 2.. {
+        for y in 0..768 {
+            for x in 0..1024 {
+                // SAFETY: inside VRAM.
+                unsafe { mmio_w::<u32>(vram + 4 * (y * 1024 + x) as u64, pixel(x, y, k)) }
+            }
+        }
+    }
+    poweroff()
+}
+
+/// `fbuf-still`: 1024x768 with picture 1, drawn at CPL0 (slowly where
+/// CPL0 is emulated), then asleep with interrupts on: a still screen and
+/// an idle vCPU, for the VNC server's CPU use (bench/vs-qemu).
+pub fn still() -> ! {
+    let (vram, mmio) = display();
+    set_mode_and_draw(vram, mmio, 1024, 768, 1);
+    print(b"fbuf: still\n");
+    // Both 8259s masked: firmware (SeaBIOS under QEMU) leaves the PIT
+    // ticking into a guest without an IDT.
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+    crate::io::idle()
+}
+
+pub extern "C" fn run() -> ! {
+    let (vram, mmio) = display();
     // The EDID's header and its preferred mode (the first detailed timing).
     // SAFETY: the EDID block at the start of the MMIO BAR.
     let edid = |i: u64| unsafe { mmio_r::<u8>(mmio + i) } as u64;

@@ -6,7 +6,8 @@
 //! `triple-fault`,
 //! `cmpxchg16b` (an instruction kvm_pvm's emulator cannot run; the runner
 //! completes it), `xsaves` (one it neither runs nor completes), `refused N`
-//! and `simd N` (rounds of refused instructions, checked),
+//! and `simd N` (rounds of refused instructions, checked), `fbuf`,
+//! `fbuf-anim` and `fbuf-still` (the display; fbuf.rs),
 //! `unknown-port` (read port 0x1234), `clock` (RTC and PM timer), `spin` (loop at CPL0 forever),
 //! `echo` (echo COM1 input until 'q', then power off), `initrd` (print the
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
@@ -206,6 +207,8 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
         b"blk-fuzz" => blk::fuzz(),
         b"ahci" => ahci::run(),
         b"fbuf" => user::enter(fbuf::run),
+        b"fbuf-anim" => user::enter(fbuf::animate),
+        b"fbuf-still" => fbuf::still(),
         b"net" => net::run(),
         b"net-fuzz" => net::fuzz(),
         b"net-bench" => {
