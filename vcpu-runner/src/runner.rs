@@ -353,7 +353,7 @@ fn supervise(
                 quiet[i] = quiet[i].saturating_add(1);
                 // Every look for eight, then every 2nd, 4th... (1 s at most).
                 let period = (1u32 << (quiet[i] / 8).min(5)).min(MAX_KICK_PERIODS);
-                if quiet[i] % period == 0 {
+                if quiet[i].is_multiple_of(period) {
                     // SAFETY: the thread is alive (vCPU threads never return).
                     unsafe { libc::pthread_kill(t.as_pthread_t(), KICK_SIGNAL) };
                 }
