@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use capvm_tests::*;
 
-#[test]
-#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
-fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
-    require_kvm();
-    const ROUNDS: u64 = 200;
-    let args = guest_args(&format!("refused {ROUNDS}"), &[]);
+/// Runs the test guest's `cmd` (a loop between `bench: go` and `bench:
+/// end`) to the line with `last`: the console, the stats page read while
+/// the VM runs, and how long the loop took.
+fn rounds(cmd: &str, last: &str) -> (String, Vec<(String, u64)>, Duration) {
+    let args = guest_args(cmd, &[]);
     let name = args.last().unwrap().clone();
     let mut child = spawn(&args);
     drop(child.stdin.take());
@@ -21,19 +20,27 @@ fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
     read_until(&mut out, &mut seen, "bench: go", deadline);
     let go = Instant::now();
     read_until(&mut out, &mut seen, "bench: end", deadline);
-    let end = Instant::now();
-    read_until(&mut out, &mut seen, "rounds right", deadline);
+    let took = go.elapsed();
+    read_until(&mut out, &mut seen, last, deadline);
     let stats = get_stats(&name);
     destroy(&name);
     let _ = child.wait();
-    let text = String::from_utf8_lossy(&seen);
+    (String::from_utf8_lossy(&seen).into_owned(), stats, took)
+}
+
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
+    require_kvm();
+    const ROUNDS: u64 = 200;
+    let (text, stats, took) = rounds(&format!("refused {ROUNDS}"), "rounds right");
     assert!(text.contains(&format!("refused: {ROUNDS} of {ROUNDS} rounds right")), "{text}");
     if host_is_emulated() {
         // Two popcnt (register, memory), one stac, one clac a round.
         assert_eq!(stat(&stats, "vcpu-runner: completed_popcnt"), 2 * ROUNDS, "{stats:?}");
         assert_eq!(stat(&stats, "vcpu-runner: completed_stac"), ROUNDS, "{stats:?}");
         assert_eq!(stat(&stats, "vcpu-runner: completed_clac"), ROUNDS, "{stats:?}");
-        let per = end.duration_since(go) / (4 * ROUNDS as u32);
+        let per = took / (4 * ROUNDS as u32);
         eprintln!("one completion (with its emulation-failure exit) ~ {per:?}");
     }
 }
@@ -43,22 +50,7 @@ fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
 fn sse_at_cpl0_runs_natively_in_the_runner_with_the_right_results() {
     require_kvm();
     const ROUNDS: u64 = 200;
-    let args = guest_args(&format!("simd {ROUNDS}"), &[]);
-    let name = args.last().unwrap().clone();
-    let mut child = spawn(&args);
-    drop(child.stdin.take());
-    let mut out = child.stdout.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    read_until(&mut out, &mut seen, "bench: go", deadline);
-    let go = Instant::now();
-    read_until(&mut out, &mut seen, "bench: end", deadline);
-    let end = Instant::now();
-    read_until(&mut out, &mut seen, "handled", deadline);
-    let stats = get_stats(&name);
-    destroy(&name);
-    let _ = child.wait();
-    let text = String::from_utf8_lossy(&seen);
+    let (text, stats, took) = rounds(&format!("simd {ROUNDS}"), "handled");
     // The load from above the identity map took the #PF the CPU raises:
     // CR2 at the address, a read of a page not present (error code 0).
     assert!(
@@ -72,7 +64,7 @@ fn sse_at_cpl0_runs_natively_in_the_runner_with_the_right_results() {
         let simd = stat(&stats, "vcpu-runner: completed_simd");
         assert!(simd >= 4 * ROUNDS, "{stats:?}");
         assert_eq!(stat(&stats, "vcpu-runner: completed_page_fault"), 1, "{stats:?}");
-        let per = end.duration_since(go) / simd as u32;
+        let per = took / simd as u32;
         eprintln!("{simd} SIMD completions, one (with its emulation-failure exit) ~ {per:?}");
     }
 }
