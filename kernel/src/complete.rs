@@ -582,9 +582,11 @@ fn needs_alignment(insn: &Instruction) -> Option<u64> {
 fn simd(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
     let unsupported = |why: &str| Err(Outcome::Unsupported(format!("{:?} {why}", insn.mnemonic()).to_lowercase()));
     let Some((uses_state, host_has)) = simd_features(insn) else { return unsupported("") };
-    let xcr0 = m.xcr0().unwrap_or(1);
     let (cr0, cr4) = m.control_registers();
     let vex = matches!(insn.encoding(), EncodingKind::VEX | EncodingKind::EVEX);
+    // XCR0 (one more ioctl) matters only to VEX: legacy SSE state is there
+    // whatever XCR0 says.
+    let xcr0 = if vex { m.xcr0().unwrap_or(1) } else { 0b11 };
     // A fault: RIP stays on the instruction.
     fn raise(m: &mut impl Machine, vector: u8, error_code: Option<u32>) -> Result<&'static str, Outcome> {
         m.inject(vector, error_code);

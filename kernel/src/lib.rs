@@ -14,7 +14,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use host::HostKvm;
-pub use vcpu::{Exit, PhysicalMemory, Vcpu};
+pub use vcpu::{Exit, PhysicalMemory, RefusedAt, Vcpu};
 pub use vm::Vm;
 
 /// A failed KVM operation, naming what we tried.

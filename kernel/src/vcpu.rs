@@ -215,27 +215,45 @@ impl Vcpu {
         Ok((regs.rip, sregs.ss.dpl, phys))
     }
 
-    /// Completes an instruction KVM's instruction emulator refused
-    /// (`complete::complete`): `insn` holds the bytes at RIP, `ram` is
-    /// guest-physical memory. Registers change only when the instruction
-    /// was completed.
-    pub fn complete_refused(&mut self, insn: &[u8], ram: &impl PhysicalMemory) -> Result<complete::Outcome> {
+    /// Where an emulation failure (or another internal error) left the
+    /// vCPU: its registers, read once, and up to 15 bytes at RIP (as many
+    /// as translate to RAM).
+    pub fn refused_at(&self, ram: &impl PhysicalMemory) -> Result<RefusedAt> {
+        let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
+        let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
+        // Page by page: an instruction may cross into a page mapped elsewhere.
+        let mut bytes = Vec::with_capacity(15);
+        let mut linear = sregs.cs.base.wrapping_add(regs.rip);
+        while bytes.len() < 15 {
+            let mut piece = vec![0u8; (15 - bytes.len()).min(4096 - (linear & 0xfff) as usize)];
+            match self.fd.translate_gva(linear) {
+                Ok(t) if t.valid != 0 && ram.read(t.physical_address, &mut piece) => bytes.extend(&piece),
+                _ => break,
+            }
+            linear = linear.wrapping_add(piece.len() as u64);
+        }
+        Ok(RefusedAt { regs, sregs, rip: regs.rip, cpl: sregs.ss.dpl, bytes })
+    }
+
+    /// Completes the instruction KVM's instruction emulator refused
+    /// (`complete::complete`) where `at` says it stands. Registers change
+    /// only when the instruction was completed.
+    pub fn complete_refused(&mut self, at: &RefusedAt, ram: &impl PhysicalMemory) -> Result<complete::Outcome> {
         let mut native = self.native.take();
-        let outcome = self.complete_with(insn, ram, native.as_mut());
+        let outcome = self.complete_with(at, ram, native.as_mut());
         self.native = native;
         outcome
     }
 
     fn complete_with(
         &self,
-        insn: &[u8],
+        at: &RefusedAt,
         ram: &impl PhysicalMemory,
         native: Option<&mut NativeCpu>,
     ) -> Result<complete::Outcome> {
-        let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
-        let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
+        let (regs, sregs) = (at.regs, at.sregs);
         let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None, native, page_fault: None };
-        let outcome = complete::complete(&mut m, insn);
+        let outcome = complete::complete(&mut m, &at.bytes);
         if let complete::Outcome::Completed(_) = outcome {
             if let Some(cr2) = m.page_fault {
                 let mut sregs = m.sregs;
@@ -272,6 +290,16 @@ impl Vcpu {
         }
         Ok(outcome)
     }
+}
+
+/// The vCPU as an internal error left it (`Vcpu::refused_at`).
+pub struct RefusedAt {
+    regs: kvm_bindings::kvm_regs,
+    sregs: kvm_bindings::kvm_sregs,
+    pub rip: u64,
+    /// SS.DPL.
+    pub cpl: u8,
+    pub bytes: Vec<u8>,
 }
 
 /// Guest-physical memory as the runner maps it.

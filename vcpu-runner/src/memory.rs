@@ -47,18 +47,6 @@ impl GuestRam {
     pub fn memory(&self) -> GuestMemoryMmap {
         self.mem.clone()
     }
-
-    /// Up to `n` bytes at guest-physical `addr`, fewer at the end of RAM.
-    pub fn read(&self, addr: u64, n: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for i in 0..n as u64 {
-            match self.mem.read_obj::<u8>(GuestAddress(addr + i)) {
-                Ok(b) => out.push(b),
-                Err(_) => break,
-            }
-        }
-        out
-    }
 }
 
 impl capvm_kernel::PhysicalMemory for GuestRam {

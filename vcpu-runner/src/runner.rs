@@ -15,7 +15,7 @@ use capvm_ipc::{
 use capvm_kernel::boot::{BootRegs, EntryMode};
 use capvm_kernel::complete::Outcome;
 use capvm_kernel::vm::EventFd;
-use capvm_kernel::{Exit, HostKvm, KvmError, Vcpu, Vm};
+use capvm_kernel::{Exit, HostKvm, KvmError, RefusedAt, Vcpu, Vm};
 
 use crate::flash::{Flash, FlashCounters};
 use crate::fwcfg::FwCfg;
@@ -441,14 +441,8 @@ impl Refused {
     /// or runs the vCPU again a few times
     /// when the bytes there are not an instruction we complete (code
     /// patching). Err: the VM stops; what was tried, for its last line.
-    fn complete(
-        &mut self,
-        vcpu: &mut Vcpu,
-        ram: &GuestRam,
-        exits: &ExitCounters,
-        r: &InternalErrorReport,
-    ) -> Result<(), String> {
-        match vcpu.complete_refused(&r.bytes, ram) {
+    fn complete(&mut self, vcpu: &mut Vcpu, ram: &GuestRam, exits: &ExitCounters, r: &RefusedAt) -> Result<(), String> {
+        match vcpu.complete_refused(r, ram) {
             Ok(Outcome::Completed(kind)) => {
                 exits.completed.inc(kind);
                 self.last = None;
@@ -526,17 +520,26 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
             Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN) => Routed::Stop(VmEvent::PowerOff),
             Exit::SystemEvent(kind) => break ToBroker::Fatal(format!("vCPU {id}: system event {kind}")),
             Exit::InternalError(suberror) => {
-                let mut report = internal_error(&vcpu, &shared.ram, suberror);
-                if report.suberror != EMULATION_FAILURE {
-                    Routed::Stop(VmEvent::InternalError(report))
-                } else {
-                    match refused.complete(&mut vcpu, &shared.ram, &shared.router.exits, &report) {
-                        Ok(()) => Routed::Continue(0),
-                        Err(tried) => {
-                            report.tried = tried;
-                            Routed::Stop(VmEvent::InternalError(report))
+                let at = vcpu.refused_at(&shared.ram);
+                let mut report = InternalErrorReport {
+                    vcpu: id,
+                    suberror,
+                    rip: at.as_ref().map_or(0, |a| a.rip),
+                    cpl: at.as_ref().map_or(0, |a| a.cpl),
+                    bytes: at.as_ref().map(|a| a.bytes.clone()).unwrap_or_default(),
+                    tried: String::new(),
+                };
+                match at {
+                    Ok(at) if suberror == EMULATION_FAILURE => {
+                        match refused.complete(&mut vcpu, &shared.ram, &shared.router.exits, &at) {
+                            Ok(()) => Routed::Continue(0),
+                            Err(tried) => {
+                                report.tried = tried;
+                                Routed::Stop(VmEvent::InternalError(report))
+                            }
                         }
                     }
+                    _ => Routed::Stop(VmEvent::InternalError(report)),
                 }
             }
             Exit::Unhandled(what) => break ToBroker::Fatal(format!("vCPU {id}: unhandled exit {what}")),
@@ -573,9 +576,3 @@ fn fill_read(data: &mut [u8], v: u64) {
 
 /// KVM_INTERNAL_ERROR_EMULATION.
 const EMULATION_FAILURE: u32 = 1;
-
-fn internal_error(vcpu: &Vcpu, ram: &GuestRam, suberror: u32) -> InternalErrorReport {
-    let (rip, cpl, phys) = vcpu.where_am_i().unwrap_or((0, 0, None));
-    let bytes = phys.map(|pa| ram.read(pa, 15)).unwrap_or_default();
-    InternalErrorReport { vcpu: vcpu.id(), suberror, rip, cpl, bytes, tried: String::new() }
-}
