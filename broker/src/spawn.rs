@@ -23,8 +23,13 @@ pub enum SpawnError {
     Open { what: String, source: std::io::Error },
     #[error("pipe: {0}")]
     Pipe(#[source] nix::Error),
-    #[error("cannot start the {role} in a new pid namespace: {source} (capvm must run as root)")]
+    #[error(
+        "cannot start the {role} in a new pid namespace: {source} (as a user, capvm needs unprivileged user \
+         namespaces: sysctl kernel.unprivileged_userns_clone=1)"
+    )]
     NotRoot { role: String, source: std::io::Error },
+    #[error("cannot map the {role}'s user namespace ({what}): {source}")]
+    IdMap { role: String, what: &'static str, source: std::io::Error },
     #[error("cannot start the {role}: clone: {source}")]
     Clone { role: String, source: std::io::Error },
     #[error("cannot start {path}: {source}")]
@@ -90,6 +95,9 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
         .map_err(|source| SpawnError::Open { what: "/dev/null".into(), source })?;
     // A close-on-exec pipe: EOF means exec worked, 4 bytes are its errno.
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    // Run as a user, the child waits on this pipe until the broker has
+    // written its user namespace's id maps.
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
 
     // Opened as the broker: the child execs the fd, so it needs no search
     // permission on the directories above (a checkout under /root, say).
@@ -101,16 +109,21 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
     let argv = [argv0.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null()];
     let (sock, null, errw, exe_fd) = (theirs.as_raw_fd(), devnull.as_raw_fd(), err_w.as_raw_fd(), exe_file.as_raw_fd());
-    // SAFETY: geteuid cannot fail.
-    let as_root = unsafe { libc::geteuid() } == 0;
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let as_root = uid == 0;
+    // Root starts the child in a new pid namespace and drops it to nobody;
+    // a user cannot make a pid namespace alone, but can with a user
+    // namespace of the child's own, which then owns it.
+    let flags = libc::CLONE_NEWPID | if as_root { 0 } else { libc::CLONE_NEWUSER };
+    let go = if as_root { (-1, -1) } else { (go_r.as_raw_fd(), go_w.as_raw_fd()) };
 
     // SAFETY: clone without CLONE_VM behaves like fork; the child only makes
     // raw syscalls on memory prepared above, then execs or _exits.
-    let pid =
-        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
+    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
     if pid == 0 {
         // SAFETY: see above; we are the child.
-        unsafe { child_exec(sock, null, errw, exe_fd, as_root, &argv, &envp) };
+        unsafe { child_exec(sock, null, errw, exe_fd, go, as_root, &argv, &envp) };
     }
     if pid < 0 {
         let source = std::io::Error::last_os_error();
@@ -122,6 +135,27 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
     }
     drop(theirs);
     drop(err_w);
+    drop(go_r);
+    if !as_root {
+        // The child's ids are the user's own, inside as outside.
+        let map = |what: &'static str, data: String| {
+            std::fs::write(format!("/proc/{pid}/{what}"), data).map_err(|source| SpawnError::IdMap {
+                role: role.clone(),
+                what,
+                source,
+            })
+        };
+        let mapped = map("setgroups", "deny".into())
+            .and_then(|()| map("uid_map", format!("{uid} {uid} 1")))
+            .and_then(|()| map("gid_map", format!("{gid} {gid} 1")));
+        if let Err(e) = mapped {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+            return Err(e);
+        }
+    }
+    // Closing it lets the child go on.
+    drop(go_w);
     let mut buf = [0u8; 4];
     if let Ok(4) = nix::unistd::read(&err_r, &mut buf) {
         let errno = i32::from_ne_bytes(buf);
@@ -147,11 +181,13 @@ pub fn spawn(binary: &str, role: String) -> Result<Child, SpawnError> {
 ///
 /// # Safety
 /// Only to be called in a freshly cloned child of a single-threaded parent.
+#[allow(clippy::too_many_arguments, reason = "raw fds prepared before clone, nothing allocated after")]
 unsafe fn child_exec(
     sock: i32,
     null: i32,
     errw: i32,
     exe_fd: i32,
+    go: (i32, i32),
     as_root: bool,
     argv: &[*const libc::c_char; 2],
     envp: &[*const libc::c_char; 1],
@@ -164,6 +200,13 @@ unsafe fn child_exec(
             libc::write(errw, (&errno as *const i32).cast(), 4);
             libc::_exit(127);
         };
+        if go.0 >= 0 {
+            // Wait for the broker's id maps: EOF once it closes its end
+            // (this copy of the write end first).
+            libc::close(go.1);
+            let mut b = 0u8;
+            while libc::read(go.0, (&mut b as *mut u8).cast(), 1) < 0 && *libc::__errno_location() == libc::EINTR {}
+        }
         if libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0 {
             fail(errw);
         }

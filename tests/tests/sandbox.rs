@@ -483,3 +483,65 @@ fn a_stopped_server_is_reported_then_ends_the_vm_naming_it() {
     std::fs::remove_file(log).unwrap();
     assert!(!pid_exists(*uart), "the stopped server was left behind");
 }
+
+/// Unprivileged operation: a user in the `kvm` group (any uid; setpriv
+/// needs no passwd entry) runs a VM with a runtime directory of its own.
+/// Each child gets a user namespace of its own, which owns its pid
+/// namespace; inside the sandbox all is as under root: seccomp, no
+/// capabilities, the user's uid outside.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn a_user_in_the_kvm_group_runs_a_sandboxed_vm() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_kvm();
+    const UID: u32 = 64_123;
+    let kvm_gid = std::fs::metadata("/dev/kvm").unwrap().gid();
+    // The binaries where that user may run them (a checkout under /root
+    // is not), and a runtime directory it owns.
+    let dir = std::env::temp_dir().join(format!("capvm-unpriv-{}", std::process::id()));
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    for b in ["capvm", "capvm-uart", "capvm-vcpu-runner"] {
+        std::fs::copy(bin_dir().join(b), dir.join(b)).unwrap();
+    }
+    std::fs::copy(guest(), dir.join("testguest")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&run_dir, Some(UID), Some(kvm_gid)).unwrap();
+    let name = unique_vm_name();
+    let mut cmd = Command::new("setpriv");
+    // Through env(1): spawn_with sets the tests' own runtime directory.
+    cmd.args(["--reuid", &UID.to_string(), "--regid", &kvm_gid.to_string(), "--clear-groups", "--", "env"])
+        .arg(format!("CAPVM_RUNTIME_DIR={}", run_dir.display()))
+        .arg(dir.join("capvm"));
+    let args: Vec<String> = ["-c", "1", "-m", "64M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-o".into(),
+            format!("boot.kernel={}", dir.join("testguest").display()),
+            "-o".into(),
+            "boot.cmdline=idle".into(),
+            name.clone(),
+        ])
+        .collect();
+    let child = spawn_with(cmd, &args);
+    // setpriv and env exec capvm: same pid.
+    let kids = wait_for_children(child.id(), 2, Duration::from_secs(10));
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    for (pid, comm) in &kids {
+        assert_eq!(status_field(*pid, "Seccomp:"), "2", "{comm}");
+        assert_eq!(status_field(*pid, "CapEff:"), "0000000000000000", "{comm}");
+        let uid = status_field(*pid, "Uid:");
+        assert!(uid.split_whitespace().all(|u| u == UID.to_string()), "{comm}: uid {uid}");
+        assert_ne!(ns(*pid, "pid"), ns(child.id(), "pid"), "{comm} shares the broker's pid namespace");
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let r = finish(child, Duration::from_secs(10));
+    assert_eq!(r.code(), 1, "{r:?}");
+    assert!(r.stdout.contains("capvm test guest: idle"), "{r:?}");
+    assert!(!run_dir.join(format!("{name}.sock")).exists(), "control socket left behind");
+    assert!(kids.iter().all(|(p, _)| !pid_exists(*p)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
