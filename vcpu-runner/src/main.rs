@@ -4,14 +4,13 @@
 //! Started by the broker with its control socket at fd 3; everything else
 //! (/dev/kvm, RAM, rings, eventfds) arrives in the `StartRunner` message.
 
-mod flash;
-mod fwcfg;
 mod memory;
 mod pci;
 mod platform;
 mod router;
-mod rtc;
 mod runner;
+
+use capvm_vcpu_runner::{flash, fwcfg, rtc};
 
 use capvm_ipc::{ToBroker, ToChild};
 
