@@ -10,8 +10,8 @@ pub const IOCTL_OP: &str = "ioctl";
 /// which the broker must not believe: a lifecycle event from a device
 /// server (a forged "reboot"), a second sandbox report, a "viewer
 /// connected" (fbuf's `wait`) from anyone but the VNC server, a late
-/// device server from anyone but the runner.
-pub const LIES: [&str; 4] = ["forge-event", "resend-report", "viewer-connected", "report-late"];
+/// device server from anyone but the runner; bytes that are no message.
+pub const LIES: [&str; 5] = ["forge-event", "resend-report", "viewer-connected", "report-late", "garbage"];
 /// Ways a compromised child could try to escape its own audit, each ending
 /// in the forbidden `socket(AF_INET, SOCK_STREAM, 0)`: ignore SIGSYS (the
 /// old reporting path), close its control channel first, or make so many
@@ -39,6 +39,12 @@ fn lie(op: &str) {
         "forge-event" => drop(channel.send(&ToBroker::Event(VmEvent::Reboot), &[])),
         "resend-report" => drop(channel.send(&ToBroker::Sandboxed(report()), &[])),
         "viewer-connected" => drop(channel.send(&ToBroker::ViewerConnected, &[])),
+        "garbage" => {
+            // write(2), which the filter allows on the control socket (send
+            // would be sendto, which it does not).
+            // SAFETY: a plain write of a local buffer to the control socket.
+            unsafe { libc::write(capvm_ipc::CHILD_CONTROL_FD, b"\xff\xfe not a message".as_ptr().cast(), 18) };
+        }
         "report-late" => {
             drop(channel.send(&ToBroker::Late { device: "virtio-blk".into(), vcpu: 0, waited_ms: 1 }, &[]))
         }

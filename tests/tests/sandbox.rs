@@ -353,8 +353,9 @@ fn a_debugger_making_a_child_open_a_file_is_denied_and_audited() {
 
 /// A compromised device server lies to the broker: a forged "reboot"
 /// (which bhyve-style wrappers answer by starting the VM again), a second
-/// sandbox report, a viewer that connected, a late server. None is
-/// believed: each stops the VM with status 4 naming the liar.
+/// sandbox report, a viewer that connected, a late server, bytes that are
+/// no message. None is believed: each stops the VM with status 4 naming
+/// the liar.
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn the_broker_believes_no_lie_a_device_server_tells() {
@@ -367,6 +368,7 @@ fn the_broker_believes_no_lie_a_device_server_tells() {
         ("virtio-blk", "resend-report", "virtio-blk (0:4.0) (pid"),
         ("uart", "viewer-connected", "uart server (com1) (pid"),
         ("uart", "report-late", "uart server (com1) (pid"),
+        ("virtio-blk", "garbage", "virtio-blk (0:4.0) (pid"),
     ] {
         let hook = format!("sandbox.test_violation={role}:{op}");
         let r = run(&guest_args("idle", &["-o", &hook, "-s", &blk]));
@@ -376,6 +378,7 @@ fn the_broker_believes_no_lie_a_device_server_tells() {
             "forge-event" => "sent a lifecycle event, which only the vCPU runner may send; stopping the VM",
             "viewer-connected" => "said a viewer connected, which only a display's VNC server may say, once",
             "report-late" => "reported a late device server, which only the vCPU runner may report",
+            "garbage" => "sent a bad message",
             _ => "sent a second sandbox report; stopping the VM",
         };
         assert!(r.stderr.contains(why), "{role}:{op}: {r:?}");
