@@ -4,8 +4,6 @@
 //! eventfds, and nothing else. Started by the broker with its control
 //! socket at fd 3.
 
-mod net;
-
 use capvm_ipc::{DeviceBackend, ToBroker};
 use capvm_virtio::server::{self, DeviceSandbox, ServerError, Setup};
 
@@ -21,7 +19,7 @@ fn main() {
             .map_err(|_| ServerError::Protocol("StartDevice for a NIC carries exactly one backend fd".into()))?;
         let (fds, syscalls) = capvm_policy::roles::virtio_net_backend(std::os::fd::AsRawFd::as_raw_fd(&tap));
         let sandbox = DeviceSandbox { fds, syscalls };
-        Ok((net::Net::new(tap, opts.clone(), setup.stats), sandbox))
+        Ok((capvm_virtio_net::net::Net::new(tap, opts.clone(), setup.stats), sandbox))
     });
     if let Err(e) = result {
         if channel.send(&ToBroker::Fatal(e.to_string()), &[]).is_err() {
