@@ -49,6 +49,10 @@ fn check(rc: libc::c_long, what: &'static str) -> Result<(), SandboxError> {
     }
 }
 
+/// How many times (2 ms apart: 10 s) a child retries sending its listener
+/// while too many fds of its user are in flight.
+const IN_FLIGHT_RETRIES: u32 = 5000;
+
 /// The uid and gid a child runs as outside its user namespace.
 pub const NOBODY: u32 = 65534;
 
@@ -72,10 +76,24 @@ pub fn enter(m: &Manifest, channel: &Channel) -> Result<(), SandboxError> {
     let listener = apply_with_listener(&main)?;
     let mut r = report(m, landlock);
     r.enter_us = start.elapsed().as_micros() as u64;
+    let msg = ToBroker::Sandboxed(r);
     // SAFETY: the kernel just made this fd for us; it stays open until the
     // close below. (Not an OwnedFd: debug builds check an fd they adopt
     // with fcntl, which the filter now refuses.)
-    let sent = channel.send(&ToBroker::Sandboxed(r), &[unsafe { BorrowedFd::borrow_raw(listener) }]);
+    let fd = unsafe { BorrowedFd::borrow_raw(listener) };
+    // An fd in a unix socket counts against its sender's user until the
+    // peer takes it, and the kernel refuses more in flight than the
+    // sender's RLIMIT_NOFILE (ETOOMANYREFS). Every child is the same user
+    // and holds a small limit, and the broker reads once all are started:
+    // wait for it a while (seen in CI with nine children).
+    let mut sent = channel.send(&msg, &[fd]);
+    for _ in 0..IN_FLIGHT_RETRIES {
+        if !matches!(&sent, Err(capvm_ipc::ChannelError::Io(e)) if *e as i32 == libc::ETOOMANYREFS) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        sent = channel.send(&msg, &[fd]);
+    }
     // The listener is the broker's now; this process keeps no copy.
     // SAFETY: closes the fd made above, once.
     unsafe { libc::close(listener) };
