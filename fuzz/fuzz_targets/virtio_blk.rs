@@ -7,11 +7,9 @@
 
 use std::sync::OnceLock;
 
-use capvm_fuzz::{guest_ram, memfd_disk, Input};
-use capvm_ipc::stats::Counter;
+use capvm_fuzz::{guest_ram, memfd_disk, transport, virtio_bar_offset, Input};
 use capvm_ipc::BlkOptions;
-use capvm_virtio::layout::{self, COMMON, COMMON_LEN, DEVICE, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY};
-use capvm_virtio::transport::{Transport, TransportStats};
+use capvm_virtio::layout;
 use capvm_virtio_blk::blk::Blk;
 
 const SECTORS: u64 = 64;
@@ -19,14 +17,6 @@ const SECTORS: u64 = 64;
 fn disk() -> &'static std::os::fd::OwnedFd {
     static DISK: OnceLock<std::os::fd::OwnedFd> = OnceLock::new();
     DISK.get_or_init(|| memfd_disk(SECTORS * 512))
-}
-
-fn eventfd() -> std::os::fd::OwnedFd {
-    // SAFETY: eventfd with flags; the result is checked, then owned.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0, "eventfd");
-    // SAFETY: the fd just made.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -44,30 +34,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let stats_fd = capvm_ipc::stats::create().expect("stats page");
     let mut stats = capvm_ipc::stats::Stats::attach(std::os::fd::AsFd::as_fd(&stats_fd)).expect("stats page");
     let blk = Blk::new(disk().try_clone().expect("dup"), opts, &mut stats);
-    let function = layout::function(4, 0, layout::BLK_QUEUES, 0xc000_0000, 24);
-    let vectors = function.msix.as_ref().map_or(0, |m| m.vectors);
-    let irqs = (0..vectors).map(|_| eventfd()).collect();
-    let counters = TransportStats {
-        config_accesses: Counter::none(),
-        mmio_accesses: Counter::none(),
-        notify_exits: Counter::none(),
-        interrupts: Counter::none(),
-        intx_interrupts: Counter::none(),
-    };
-    let mut t = Transport::new(blk, &function, irqs, Some(eventfd()), counters);
+    let mut t = transport(blk, &layout::function(4, 0, layout::BLK_QUEUES, 0xc000_0000, 24));
     t.set_memory(guest_ram(&mut input, 0x1_0000));
     while !input.done() {
         let op = input.u8();
-        // Most accesses land where the registers are.
-        let offset = match op >> 4 {
-            0..=4 => COMMON + u64::from(input.u8()) % COMMON_LEN,
-            5 => ISR,
-            6..=7 => DEVICE + u64::from(input.u8()),
-            8 => NOTIFY + u64::from(input.u8() % 4) * 4,
-            9 => MSIX_TABLE + u64::from(input.u8()),
-            10 => MSIX_PBA,
-            _ => u64::from(input.u16()) % layout::BAR_SIZE,
-        };
+        let offset = virtio_bar_offset(op, &mut input);
         let size = input.size();
         match op % 6 {
             0 | 1 => drop(t.bar_write(offset, size, input.u64())),

@@ -7,21 +7,11 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use capvm_fuzz::{guest_ram, Input};
-use capvm_ipc::stats::Counter;
+use capvm_fuzz::{guest_ram, transport, virtio_bar_offset, Input};
 use capvm_ipc::NetOptions;
-use capvm_virtio::layout::{self, COMMON, COMMON_LEN, DEVICE, ISR, MSIX_TABLE, NOTIFY};
+use capvm_virtio::layout;
 use capvm_virtio::server::Backend;
-use capvm_virtio::transport::{Transport, TransportStats};
 use capvm_virtio_net::net::Net;
-
-fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd with flags; checked, then owned.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0, "eventfd");
-    // SAFETY: the fd just made.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
 
 fn tap_pair() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
@@ -45,28 +35,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let stats_fd = capvm_ipc::stats::create().expect("stats page");
     let mut stats = capvm_ipc::stats::Stats::attach(std::os::fd::AsFd::as_fd(&stats_fd)).expect("stats page");
     let net = Net::new(tap, NetOptions { mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56], mtu: 1500 }, &mut stats);
-    let function = layout::function(5, 0, layout::NET_QUEUES, 0xc000_0000, 24);
-    let vectors = function.msix.as_ref().map_or(0, |m| m.vectors);
-    let counters = TransportStats {
-        config_accesses: Counter::none(),
-        mmio_accesses: Counter::none(),
-        notify_exits: Counter::none(),
-        interrupts: Counter::none(),
-        intx_interrupts: Counter::none(),
-    };
-    let mut t = Transport::new(net, &function, (0..vectors).map(|_| eventfd()).collect(), Some(eventfd()), counters);
+    let mut t = transport(net, &layout::function(5, 0, layout::NET_QUEUES, 0xc000_0000, 24));
     t.set_memory(guest_ram(&mut input, 0x1_0000));
     let mut sink = vec![0u8; 70_000];
     while !input.done() {
         let op = input.u8();
-        let offset = match op >> 4 {
-            0..=4 => COMMON + u64::from(input.u8()) % COMMON_LEN,
-            5 => ISR,
-            6..=7 => DEVICE + u64::from(input.u8()),
-            8 => NOTIFY + u64::from(input.u8() % 4) * 4,
-            9 => MSIX_TABLE + u64::from(input.u8()),
-            _ => u64::from(input.u16()) % layout::BAR_SIZE,
-        };
+        let offset = virtio_bar_offset(op, &mut input);
         let size = input.size();
         match op % 7 {
             0 | 1 => drop(t.bar_write(offset, size, input.u64())),

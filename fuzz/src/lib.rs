@@ -3,6 +3,10 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use capvm_ipc::stats::Counter;
+use capvm_ipc::PciFunction;
+use capvm_virtio::layout::{self, COMMON, COMMON_LEN, DEVICE, ISR, MSIX_PBA, MSIX_TABLE, NOTIFY};
+use capvm_virtio::transport::{Device, Transport, TransportStats};
 use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 
 /// The fuzzer's bytes, taken from the front; past the end everything is 0
@@ -60,4 +64,42 @@ pub fn memfd_disk(size: u64) -> OwnedFd {
     // SAFETY: ftruncate on our own memfd.
     assert_eq!(unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), size as i64) }, 0);
     fd
+}
+
+/// A non-blocking eventfd (an irqfd or notify fd nobody reads).
+pub fn eventfd() -> OwnedFd {
+    // SAFETY: eventfd with flags; the result is checked, then owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd");
+    // SAFETY: the fd just made.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `device` behind its virtio-pci transport as `function` lays it out,
+/// every MSI-X vector and INTx# an eventfd, counters counting nothing.
+pub fn transport<D: Device>(device: D, function: &PciFunction) -> Transport<D> {
+    let vectors = function.msix.as_ref().map_or(0, |m| m.vectors);
+    let counters = TransportStats {
+        config_accesses: Counter::none(),
+        mmio_accesses: Counter::none(),
+        notify_exits: Counter::none(),
+        interrupts: Counter::none(),
+        intx_interrupts: Counter::none(),
+    };
+    Transport::new(device, function, (0..vectors).map(|_| eventfd()).collect(), Some(eventfd()), counters)
+}
+
+/// A BAR offset for operation byte `op`: most land where the registers
+/// are (common configuration, ISR, device configuration, notify, MSI-X),
+/// the rest anywhere in the BAR.
+pub fn virtio_bar_offset(op: u8, input: &mut Input) -> u64 {
+    match op >> 4 {
+        0..=4 => COMMON + u64::from(input.u8()) % COMMON_LEN,
+        5 => ISR,
+        6..=7 => DEVICE + u64::from(input.u8()),
+        8 => NOTIFY + u64::from(input.u8() % 4) * 4,
+        9 => MSIX_TABLE + u64::from(input.u8()),
+        10 => MSIX_PBA,
+        _ => u64::from(input.u16()) % layout::BAR_SIZE,
+    }
 }
