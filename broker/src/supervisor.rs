@@ -173,8 +173,8 @@ impl Supervisor {
         self.handle_message(i, msg, fds)
     }
 
-    /// Reads what a dead child sent before it died (a violation record, a
-    /// fatal error): its last words explain its death better than a status.
+    /// Reads what a dead child sent before it died (a fatal error): its
+    /// last words explain its death better than a status.
     fn drain_messages(&mut self, i: usize) -> Option<i32> {
         while self.children[i].connected {
             if let Some(status) = self.on_message(i) {
@@ -186,9 +186,9 @@ impl Supervisor {
 
     /// What a child says is checked against what its role may say: a
     /// device server that sends a lifecycle event, a second sandbox report
-    /// or one after Ready is lying (compromised), and the VM stops. Its
-    /// violation records go to the audit log up to a limit per child; the
-    /// rest are counted, so a flood cannot fill the host's disk.
+    /// or one after Ready, a report without its seccomp listener, is lying
+    /// (compromised), and the VM stops. (Forbidden system calls come from
+    /// the kernel, through `on_notification`, not from the child.)
     fn handle_message(&mut self, i: usize, msg: ToBroker, fds: Vec<std::os::fd::OwnedFd>) -> Option<i32> {
         let child = &mut self.children[i];
         let lie = |what: &str| {
