@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use capvm_ipc::ViolationRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub struct AuditLog {
     vm: String,
@@ -14,7 +14,7 @@ pub struct AuditLog {
 }
 
 /// One audit record, as the log and `capvmctl --audit` show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Seconds since the epoch.
     pub time: u64,
@@ -26,7 +26,7 @@ pub struct AuditRecord {
     pub args: [u64; 6],
     pub ip: u64,
     /// "killed" (sandbox.violations=kill) or "denied" (log: EPERM).
-    pub action: &'static str,
+    pub action: String,
 }
 
 impl AuditRecord {
@@ -43,7 +43,13 @@ pub fn describe(v: &ViolationRecord) -> String {
 }
 
 impl AuditLog {
+    /// Makes the log's directory now, while the broker may (once confined,
+    /// Landlock lets it create files there, not directories); the file
+    /// itself waits for the first record.
     pub fn new(vm: &str, path: &Path) -> AuditLog {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
         AuditLog { vm: vm.to_string(), path: path.to_path_buf() }
     }
 
@@ -59,7 +65,7 @@ impl AuditLog {
             nr: v.nr,
             args: v.args,
             ip: v.ip,
-            action: if v.killed { "killed" } else { "denied" },
+            action: if v.killed { "killed" } else { "denied" }.to_string(),
         };
         if let Err(e) = self.append(&record.to_json()) {
             eprintln!("capvm: cannot write the audit log {}: {e}", self.path.display());
@@ -85,9 +91,6 @@ impl AuditLog {
     }
 
     fn append(&self, line: &str) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         writeln!(f, "{line}")
     }

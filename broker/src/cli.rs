@@ -30,11 +30,12 @@ or firmware (bhyve's bootrom):
                          VARFILE: a flash below the ROM where UEFI firmware keeps its variables
   -f name,string=VALUE|file=PATH   a file the firmware finds in fw_cfg (name it opt/...)
 
-sandbox (every child process; see capvmctl --audit):
-  --print-policy               print each child's manifest for this command line, start nothing
+sandbox (every child process, and the broker once they run; see capvmctl --audit):
+  --print-policy               print each process's manifest for this command line, start nothing
   -o sandbox.violations=kill|log  a forbidden syscall stops the VM (kill, default) or fails
                                with EPERM and is recorded (log)
-  -o sandbox.audit_log=PATH    JSON-lines audit log (default /var/log/capvm/NAME.audit.jsonl)
+  -o sandbox.audit_log=PATH    JSON-lines audit log (default /var/log/capvm/NAME.audit.jsonl;
+                               a user's: ~/.local/state/capvm/)
 
 exit status: 0 reboot, 1 poweroff, 2 halt, 3 triple fault, 4 error";
 

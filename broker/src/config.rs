@@ -238,6 +238,22 @@ pub struct SandboxSettings {
     pub test_violation: Option<TestViolation>,
 }
 
+/// Where audit logs go by default: root's in /var/log/capvm; a user's in
+/// `$XDG_STATE_HOME/capvm` (`~/.local/state/capvm`), which the user owns
+/// and which outlives the VM, unlike its runtime directory.
+pub fn default_audit_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/log/capvm");
+    }
+    // Empty is unset (the XDG base directory spec), and so is relative.
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .and_then(absolute)
+        .or_else(|| std::env::var_os("HOME").and_then(absolute).map(|h| h.join(".local/state")));
+    state.map_or_else(crate::control::runtime_dir, |s| s.join("capvm"))
+}
+
 /// `-o sandbox.test_violation=ROLE:OP`: the children of ROLE attempt OP.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestViolation {
@@ -433,13 +449,15 @@ impl VmConfig {
         let test_violation = match tree.get("sandbox.test_violation") {
             None => None,
             Some(t) => {
-                let roles = devices::hostile_roles();
+                let mut roles = devices::hostile_roles();
+                roles.push("broker");
                 let parsed = t.split_once(':').and_then(|(role, op)| {
                     let role = *roles.iter().find(|r| **r == role)?;
-                    let known = capvm_policy::hostile::OPS.contains(&op)
-                        || op == capvm_policy::hostile::IOCTL_OP
-                        || capvm_policy::hostile::LIES.contains(&op)
-                        || capvm_policy::hostile::EVASIONS.contains(&op);
+                    // The broker has no channel to lie on or audit to evade.
+                    let child_only = role != "broker"
+                        && (capvm_policy::hostile::LIES.contains(&op) || capvm_policy::hostile::EVASIONS.contains(&op));
+                    let known =
+                        capvm_policy::hostile::OPS.contains(&op) || op == capvm_policy::hostile::IOCTL_OP || child_only;
                     known.then(|| TestViolation { role, op: op.to_string() })
                 });
                 let Some(parsed) = parsed else {
@@ -458,7 +476,7 @@ impl VmConfig {
             audit_log: tree
                 .get("sandbox.audit_log")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(format!("/var/log/capvm/{name}.audit.jsonl"))),
+                .unwrap_or_else(|| default_audit_dir().join(format!("{name}.audit.jsonl"))),
             test_violation,
         };
 

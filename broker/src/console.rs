@@ -58,10 +58,16 @@ pub struct ComError {
 pub struct ComHost {
     pub kind: UartBackendKind,
     pub fds: Vec<OwnedFd>,
-    _socket: Option<SocketPath>,
+    socket: Option<SocketPath>,
 }
 
 impl ComHost {
+    /// Lets go of the backend's fds (the uart server holds them), keeping
+    /// the socket path to remove when the VM ends.
+    pub fn into_socket_path(self) -> Option<SocketPath> {
+        self.socket
+    }
+
     /// Opens what `-l comN,...` names: stdio (dup'ed), a tty, or a socket to listen on.
     pub fn open(com: &ComPort) -> Result<ComHost, ComError> {
         let err = |what: &str, source: std::io::Error| ComError { com: com.name, what: what.to_string(), source };
@@ -71,7 +77,7 @@ impl ComHost {
             ComBackend::Stdio => Ok(ComHost {
                 kind: UartBackendKind::Stdio,
                 fds: vec![dup(std::io::stdin().as_fd())?, dup(std::io::stdout().as_fd())?],
-                _socket: None,
+                socket: None,
             }),
             ComBackend::Tty(path) => {
                 let f = OpenOptions::new()
@@ -80,7 +86,7 @@ impl ComHost {
                     .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
                     .open(path)
                     .map_err(|e| err(&format!("cannot open {}", path.display()), e))?;
-                Ok(ComHost { kind: UartBackendKind::Tty, fds: vec![f.into()], _socket: None })
+                Ok(ComHost { kind: UartBackendKind::Tty, fds: vec![f.into()], socket: None })
             }
             ComBackend::Socket(path) => {
                 let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
@@ -91,7 +97,7 @@ impl ComHost {
                 let guard = SocketPath(path.clone());
                 listen(&fd, Backlog::MAXCONN)
                     .map_err(|e| nix_err(&format!("cannot listen on {}", path.display()), e))?;
-                Ok(ComHost { kind: UartBackendKind::Socket, fds: vec![fd], _socket: Some(guard) })
+                Ok(ComHost { kind: UartBackendKind::Socket, fds: vec![fd], socket: Some(guard) })
             }
         }
     }

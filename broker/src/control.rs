@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::MsgFlags;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::console::SocketPath;
 use crate::spawn::Child;
@@ -114,7 +114,13 @@ impl ControlSocket {
 
     /// Client `k` can be read: once its request line is whole (or it hung
     /// up, or sent too much), answers it and lets it go.
-    pub fn on_readable(&mut self, k: usize, children: &[Child], vm: &str) -> Request {
+    pub fn on_readable(
+        &mut self,
+        k: usize,
+        children: &[Child],
+        own: Option<&capvm_ipc::SandboxReport>,
+        vm: &str,
+    ) -> Request {
         let Some(c) = self.clients.get_mut(k) else { return Request::Answered };
         let mut buf = [0u8; MAX_REQUEST];
         let done = match c.stream.read(&mut buf) {
@@ -138,7 +144,7 @@ impl ControlSocket {
             self.send_display(&mut c.stream);
             return Request::Answered;
         }
-        let (answer, request) = answer(&line, children, vm);
+        let (answer, request) = answer(&line, children, own, vm);
         let _ = c.stream.write_all(answer.as_bytes());
         request
     }
@@ -159,16 +165,13 @@ impl ControlSocket {
 }
 
 /// The answer to one request line, and what it asks of the supervisor.
-fn answer(line: &str, children: &[Child], vm: &str) -> (String, Request) {
-    {
-        match line.trim() {
-            "status" => (format!("{vm} {}\n", std::process::id()), Request::Answered),
-            "destroy" => ("destroying\n".to_string(), Request::Destroy),
-            "audit json" => (audit_json(children), Request::Answered),
-            "audit" => (audit_text(children), Request::Answered),
-            "stats" => (stats_text(children), Request::Answered),
-            other => (format!("error: unknown request '{other}'\n"), Request::Answered),
-        }
+fn answer(line: &str, children: &[Child], own: Option<&capvm_ipc::SandboxReport>, vm: &str) -> (String, Request) {
+    match line.trim() {
+        "status" => (format!("{vm} {}\n", std::process::id()), Request::Answered),
+        "destroy" => ("destroying\n".to_string(), Request::Destroy),
+        "audit json" => (audit_json(children, own), Request::Answered),
+        "stats" => (stats_text(children), Request::Answered),
+        other => (format!("error: unknown request '{other}'\n"), Request::Answered),
     }
 }
 
@@ -190,112 +193,80 @@ fn stats_text(children: &[Child]) -> String {
     s
 }
 
-/// Per-process facts read from /proc, so the audit shows what is, not only
-/// what was asked for.
-struct Observed {
-    seccomp: String,
-    cap_eff: String,
-    new_namespaces: Vec<String>,
-    open_fds: Vec<i32>,
-}
-
-fn observe(pid: u32) -> Observed {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field =
-        |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
-    let seccomp = match field("Seccomp:").as_str() {
-        "2" => "filter",
-        "1" => "strict",
-        "0" => "none",
-        _ => "unknown",
-    }
-    .to_string();
-    let me = std::process::id();
-    let new_namespaces = ["user", "mnt", "pid", "ipc", "uts", "net"]
-        .iter()
-        .filter(|ns| {
-            let link = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).ok();
-            pid != me && link(pid).is_some() && link(pid) != link(me)
-        })
-        .map(|s| s.to_string())
-        .collect();
-    let mut open_fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    open_fds.sort_unstable();
-    Observed { seccomp, cap_eff: field("CapEff:"), new_namespaces, open_fds }
-}
-
-/// One process in `capvmctl --audit --json`.
-#[derive(Serialize)]
-struct AuditEntry<'a> {
-    role: &'a str,
-    pid: u32,
+/// One process in `capvmctl --audit --json`. The broker fills in what it
+/// was told and decided; capvmctl adds what /proc shows (`observe`), so
+/// the audit shows what is, not only what was asked for, and the broker,
+/// confined, needs no /proc.
+#[derive(Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub role: String,
+    pub pid: u32,
     /// What /proc says: "filter", "strict", "none".
-    seccomp: String,
-    /// Microseconds the child took to enter its sandbox.
-    sandbox_enter_us: Option<u64>,
-    allowed_syscalls: Option<u32>,
-    namespaces: Vec<String>,
-    landlock: &'a str,
-    capabilities: String,
-    fds: Vec<FdEntry<'a>>,
-    open_fds: Vec<i32>,
-    violations: &'a [crate::audit::AuditRecord],
+    #[serde(default)]
+    pub seccomp: String,
+    /// Microseconds the process took to enter its sandbox.
+    pub sandbox_enter_us: Option<u64>,
+    pub allowed_syscalls: Option<u32>,
+    /// Namespaces it does not share with the broker.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    pub landlock: String,
+    /// Effective capabilities, as /proc shows them.
+    #[serde(default)]
+    pub capabilities: String,
+    pub fds: Vec<FdEntry>,
+    #[serde(default)]
+    pub open_fds: Vec<i32>,
+    pub violations: Vec<crate::audit::AuditRecord>,
     /// Records beyond the audit log's limit per child, counted only.
-    violations_dropped: u64,
+    pub violations_dropped: u64,
 }
 
-#[derive(Serialize)]
-struct FdEntry<'a> {
-    fd: i32,
-    what: &'a str,
-    rights: &'a [String],
-    ioctls: &'a [String],
+#[derive(Serialize, Deserialize)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub what: String,
+    pub rights: Vec<String>,
+    pub ioctls: Vec<String>,
 }
 
-fn audit_json(children: &[Child]) -> String {
-    let me = std::process::id();
-    let b = observe(me);
-    let mut entries = vec![AuditEntry {
-        role: "broker",
-        pid: me,
-        seccomp: b.seccomp,
-        sandbox_enter_us: None,
-        allowed_syscalls: None,
+fn entry(role: &str, pid: u32, report: Option<&capvm_ipc::SandboxReport>) -> AuditEntry {
+    AuditEntry {
+        role: role.to_string(),
+        pid,
+        seccomp: String::new(),
+        sandbox_enter_us: report.map(|r| r.enter_us),
+        allowed_syscalls: report.map(|r| r.allowed_syscalls),
         namespaces: Vec::new(),
-        landlock: "none (the broker opens host resources)",
-        capabilities: b.cap_eff,
-        fds: Vec::new(),
-        open_fds: b.open_fds,
-        violations: &[],
+        landlock: report.map_or("not yet reported", |r| &r.landlock).to_string(),
+        capabilities: String::new(),
+        fds: report
+            .map(|r| {
+                r.fds
+                    .iter()
+                    .map(|f| FdEntry {
+                        fd: f.fd,
+                        what: f.what.clone(),
+                        rights: f.rights.clone(),
+                        ioctls: f.ioctls.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        open_fds: Vec::new(),
+        violations: Vec::new(),
         violations_dropped: 0,
-    }];
+    }
+}
+
+/// The broker's answer to `audit json`: itself, then every live child.
+fn audit_json(children: &[Child], own: Option<&capvm_ipc::SandboxReport>) -> String {
+    let mut entries = vec![entry("broker", std::process::id(), own)];
     for c in children.iter().filter(|c| c.alive) {
-        let pid = c.pid.as_raw() as u32;
-        let o = observe(pid);
-        let report = c.sandbox.as_ref();
-        entries.push(AuditEntry {
-            role: &c.role,
-            pid,
-            seccomp: o.seccomp,
-            sandbox_enter_us: report.map(|r| r.enter_us),
-            allowed_syscalls: report.map(|r| r.allowed_syscalls),
-            namespaces: o.new_namespaces,
-            landlock: report.map_or("not yet reported", |r| &r.landlock),
-            capabilities: o.cap_eff,
-            fds: report
-                .map(|r| {
-                    r.fds
-                        .iter()
-                        .map(|f| FdEntry { fd: f.fd, what: &f.what, rights: &f.rights, ioctls: &f.ioctls })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            open_fds: o.open_fds,
-            violations: &c.violations,
-            violations_dropped: c.violations_dropped,
-        });
+        let mut e = entry(&c.role, c.pid.as_raw() as u32, c.sandbox.as_ref());
+        e.violations = c.violations.clone();
+        e.violations_dropped = c.violations_dropped;
+        entries.push(e);
     }
     match serde_json::to_string(&entries) {
         Ok(json) => json + "\n",
@@ -303,46 +274,95 @@ fn audit_json(children: &[Child]) -> String {
     }
 }
 
-fn audit_text(children: &[Child]) -> String {
-    let me = std::process::id();
-    let b = observe(me);
-    let mut out = format!("broker  pid {me}: not sandboxed (it opens host resources); seccomp {}\n", b.seccomp);
-    for c in children.iter().filter(|c| c.alive) {
-        let pid = c.pid.as_raw() as u32;
-        let o = observe(pid);
-        out += &format!("\n{}  pid {pid}\n", c.role);
-        match &c.sandbox {
-            Some(r) => {
-                out += &format!(
-                    "  seccomp: {} ({} syscalls allowed, anything else reported by the kernel)\n",
-                    o.seccomp, r.allowed_syscalls
-                );
-                out += &format!("  namespaces (new): {}\n", o.new_namespaces.join(", "));
-                out += &format!("  landlock: {}; effective capabilities: {}\n", r.landlock, o.cap_eff);
-                out += &format!("  sandbox entered in {} µs\n", r.enter_us);
+/// Adds to each entry what /proc shows of it; namespaces are those it
+/// does not share with the broker (the first entry).
+pub fn observe(entries: &mut [AuditEntry]) {
+    let Some(broker) = entries.first().map(|e| e.pid) else { return };
+    for e in entries.iter_mut() {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", e.pid)).unwrap_or_default();
+        let field =
+            |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
+        e.seccomp = match field("Seccomp:").as_str() {
+            "2" => "filter",
+            "1" => "strict",
+            "0" => "none",
+            _ => "unknown",
+        }
+        .to_string();
+        e.capabilities = field("CapEff:");
+        let link = |p: u32, ns: &str| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).ok();
+        e.namespaces = ["user", "mnt", "pid", "ipc", "uts", "net"]
+            .iter()
+            .filter(|ns| e.pid != broker && link(e.pid, ns).is_some() && link(e.pid, ns) != link(broker, ns))
+            .map(|s| s.to_string())
+            .collect();
+        e.open_fds = std::fs::read_dir(format!("/proc/{}/fd", e.pid))
+            .map(|d| d.flatten().filter_map(|f| f.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        e.open_fds.sort_unstable();
+    }
+}
+
+/// The audit for people.
+pub fn audit_text(entries: &[AuditEntry]) -> String {
+    let mut out = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        if i == 0 {
+            out += &format!("{}  pid {}: confined once its children started\n", e.role, e.pid);
+            match e.allowed_syscalls {
+                Some(n) => out += &format!("  seccomp: {} ({n} syscalls allowed, anything else kills it)\n", e.seccomp),
+                None => out += &format!("  seccomp: {} (not confined yet)\n", e.seccomp),
+            }
+            out += &format!("  landlock: {}; effective capabilities: {}\n", e.landlock, e.capabilities);
+            continue;
+        }
+        out += &format!("\n{}  pid {}\n", e.role, e.pid);
+        match e.allowed_syscalls {
+            Some(n) => {
+                out +=
+                    &format!("  seccomp: {} ({n} syscalls allowed, anything else reported by the kernel)\n", e.seccomp);
+                out += &format!("  namespaces (new): {}\n", e.namespaces.join(", "));
+                out += &format!("  landlock: {}; effective capabilities: {}\n", e.landlock, e.capabilities);
+                out += &format!("  sandbox entered in {} µs\n", e.sandbox_enter_us.unwrap_or(0));
                 out += "  fds:\n";
-                for f in &r.fds {
+                for f in &e.fds {
                     let rights = if f.rights.is_empty() { "(none)".to_string() } else { f.rights.join("|") };
                     out += &format!("    {:>3}  {:<40} {rights}\n", f.fd, f.what);
                     if !f.ioctls.is_empty() {
                         out += &format!("         ioctls: {}\n", f.ioctls.join(" "));
                     }
                 }
-                let open: Vec<String> = o.open_fds.iter().map(|f| f.to_string()).collect();
+                let open: Vec<String> = e.open_fds.iter().map(|f| f.to_string()).collect();
                 out += &format!("  open fds now: {}\n", open.join(" "));
             }
             None => out += "  sandbox: not yet entered\n",
         }
-        out += &format!("  violations: {}", c.violations.len());
-        if c.violations_dropped > 0 {
-            out += &format!(" (and {} more, not logged)", c.violations_dropped);
+        out += &format!("  violations: {}", e.violations.len());
+        if e.violations_dropped > 0 {
+            out += &format!(" (and {} more, not logged)", e.violations_dropped);
         }
         out += "\n";
-        for v in &c.violations {
+        for v in &e.violations {
             out += &format!("    {}\n", v.to_json());
         }
     }
     out
+}
+
+/// `capvmctl --audit [--json]`: the broker's audit of VM `name`, with what
+/// /proc shows added.
+pub fn audit(name: &str, json: bool) -> Result<String, ControlError> {
+    let answer = request(name, "audit json")?;
+    let mut entries: Vec<AuditEntry> = match serde_json::from_str(&answer) {
+        Ok(e) => e,
+        Err(_) => return Ok(answer),
+    };
+    observe(&mut entries);
+    Ok(if json {
+        serde_json::to_string(&entries).map(|j| j + "\n").unwrap_or_else(|e| format!("error: {e}\n"))
+    } else {
+        audit_text(&entries)
+    })
 }
 
 /// `capvmctl`'s side: one request to one VM.
@@ -390,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_json_audit_is_json_and_names_the_broker() {
-        let v: serde_json::Value = serde_json::from_str(&audit_json(&[])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&audit_json(&[], None)).unwrap();
         assert_eq!(v[0]["role"], "broker");
         assert_eq!(v[0]["pid"], std::process::id());
         assert!(v[0]["allowed_syscalls"].is_null() && v[0]["violations"].as_array().is_some_and(Vec::is_empty));

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod confine;
 pub mod console;
 pub mod control;
 pub mod devices;

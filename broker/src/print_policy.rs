@@ -166,18 +166,33 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
 
 pub fn print(cfg: &VmConfig) -> String {
     let mut s = format!(
-        "# capvm sandbox policy for VM {} (violations: {})\n# the broker itself is not sandboxed: it opens every host resource\n",
+        "# capvm sandbox policy for VM {} (violations: {})\n# the broker opens every host resource, starts the children, then confines itself (role broker, last)\n",
         cfg.name,
         if cfg.sandbox.log_only { "log, EPERM" } else { "kill" }
     );
     match manifests(cfg) {
         Ok(manifests) => {
-            for m in manifests {
+            for m in &manifests {
                 s += "\n";
                 s += &m.to_string();
             }
+            s += "\n";
+            s += &broker(cfg, &manifests).to_string();
         }
         Err(e) => s += &format!("\n# cannot lay the children's fds out: {e}\n"),
     }
     s
+}
+
+/// The broker's manifest: its fd numbers and its children's pids are
+/// known only once the VM runs.
+fn broker(cfg: &VmConfig, children: &[Manifest]) -> Manifest {
+    roles::broker(&roles::BrokerFds {
+        signalfd: -1,
+        control: -1,
+        channels: children.iter().map(|m| (-1, m.role.clone())).collect(),
+        stats: vec![(-1, "each server".into())],
+        children: Vec::new(),
+        paths: crate::confine::paths(cfg),
+    })
 }

@@ -49,6 +49,8 @@ pub struct Supervisor {
     name: String,
     /// fbuf's `wait` was released (a VNC server may say so once).
     viewer_connected: bool,
+    /// The broker's own sandbox, once entered (`confine`).
+    own_sandbox: Option<capvm_ipc::SandboxReport>,
 }
 
 impl Supervisor {
@@ -67,7 +69,24 @@ impl Supervisor {
             control,
             name: cfg.name.clone(),
             viewer_connected: false,
+            own_sandbox: None,
         }
+    }
+
+    /// Confines the broker (crate::confine) to what supervising these
+    /// children needs; call once every child is started.
+    pub fn confine(&mut self, cfg: &crate::config::VmConfig) -> Result<(), capvm_policy::enforce::SandboxError> {
+        use std::os::fd::AsRawFd;
+        let fds = capvm_policy::roles::BrokerFds {
+            signalfd: self.signals.as_fd().as_raw_fd(),
+            control: self.control.as_ref().map_or(-1, |c| c.listener.as_raw_fd()),
+            channels: self.children.iter().map(|c| (c.channel.as_fd().as_raw_fd(), c.role.clone())).collect(),
+            stats: self.children.iter().filter_map(|c| Some((c.stats.as_ref()?.as_raw_fd(), c.role.clone()))).collect(),
+            children: self.children.iter().map(|c| c.pid.as_raw() as u32).collect(),
+            paths: crate::confine::paths(cfg),
+        };
+        self.own_sandbox = Some(crate::confine::enter(&fds, cfg)?);
+        Ok(())
     }
 
     /// Runs until the VM ends; returns the exit status after every child is gone.
@@ -142,7 +161,9 @@ impl Supervisor {
                 // Highest index first: answering a client removes it.
                 for k in (0..clients).rev() {
                     if ready[first_client + k] {
-                        if let crate::control::Request::Destroy = c.on_readable(k, &self.children, &self.name) {
+                        if let crate::control::Request::Destroy =
+                            c.on_readable(k, &self.children, self.own_sandbox.as_ref(), &self.name)
+                        {
                             eprintln!("capvm: destroyed by capvmctl");
                             return EXIT_POWEROFF;
                         }

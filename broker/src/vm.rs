@@ -51,6 +51,8 @@ pub enum VmError {
     BarWindowFull,
     #[error("cannot start the {role}: {source}")]
     Start { role: String, source: capvm_ipc::ChannelError },
+    #[error("cannot confine the broker: {0}")]
+    Confine(#[source] capvm_policy::enforce::SandboxError),
     /// A host call that should not fail did (out of fds, memory).
     #[error("{what}: {source}")]
     Os { what: &'static str, source: std::io::Error },
@@ -220,11 +222,19 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         &served,
         &mut children,
     );
-    let supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
+    let mut supervisor = Supervisor::new(children, signalfd, cfg, Some(control));
     if let Err(e) = started {
         // Stop whatever did start, then report.
         supervisor.run_stopped();
         return Err(e);
+    }
+    // The children hold their images, taps, rings and RAM now; the broker
+    // keeps no copy (its COM socket paths stay, to be removed at the end).
+    let _com_sockets: Vec<_> = coms.into_iter().map(|(_, host, _)| host.into_socket_path()).collect();
+    drop((served, ps2, vars));
+    if let Err(e) = supervisor.confine(cfg) {
+        supervisor.run_stopped();
+        return Err(VmError::Confine(e));
     }
     Ok(supervisor.run())
 }

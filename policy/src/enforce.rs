@@ -65,7 +65,7 @@ pub fn enter(m: &Manifest, channel: &Channel) -> Result<(), SandboxError> {
     enter_namespaces()?;
     pivot_to_empty_root()?;
     set_rlimits(m)?;
-    drop_capabilities()?;
+    set_capabilities(0)?;
     let landlock = restrict_landlock();
     // Landlock sets it too, but not when Landlock is missing.
     // SAFETY: prctl with integer arguments.
@@ -103,6 +103,85 @@ pub fn enter(m: &Manifest, channel: &Channel) -> Result<(), SandboxError> {
 /// Installs `filter` with a user-notification listener (seccompiler's
 /// apply_filter takes no flags) and returns the listener.
 fn apply_with_listener(filter: &seccompiler::BpfProgram) -> Result<RawFd, SandboxError> {
+    let fd = install(filter, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER, "seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)")?;
+    #[allow(clippy::cast_possible_truncation, reason = "an fd number")]
+    Ok(fd as RawFd)
+}
+
+/// Confines the broker once every child is started (`roles::broker`):
+/// Landlock leaves it the manifest's paths only, no TCP and no abstract
+/// sockets; as root it keeps CAP_KILL alone (its children run as nobody);
+/// then no_new_privs and its seccomp filter, which the kernel logs when it
+/// refuses a call (nobody else could audit the broker). Must run
+/// single-threaded; returns the audit's view of it.
+pub fn enter_broker(m: &Manifest, log_only: bool) -> Result<SandboxReport, SandboxError> {
+    let start = std::time::Instant::now();
+    let paths = match &m.confinement {
+        crate::Confinement::Broker { paths } => paths.as_slice(),
+        crate::Confinement::Child => &[],
+    };
+    let landlock = restrict_broker_landlock(paths);
+    // SAFETY: geteuid cannot fail.
+    let keep = if unsafe { libc::geteuid() } == 0 { 1 << CAP_KILL } else { 0 };
+    set_capabilities(keep)?;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _, "no_new_privs")?;
+    let filter = crate::seccomp::broker_filter(m, log_only)?;
+    install(&filter, libc::SECCOMP_FILTER_FLAG_LOG, "seccomp(SECCOMP_FILTER_FLAG_LOG)")?;
+    let mut r = report(m, landlock);
+    r.namespaces = Vec::new();
+    r.enter_us = start.elapsed().as_micros() as u64;
+    Ok(r)
+}
+
+/// CAP_KILL's number (linux/capability.h).
+const CAP_KILL: u32 = 5;
+
+/// The broker's Landlock: no filesystem access but what `paths` grant,
+/// no TCP, no abstract unix sockets. Signals are not scoped: its children
+/// were started before, outside this domain, and it must be able to kill
+/// them (seccomp lets it kill nothing else).
+fn restrict_broker_landlock(paths: &[(crate::BrokerPath, String)]) -> String {
+    use landlock::{PathBeneath, PathFd, RulesetCreatedAttr};
+    let abi = ABI::V6;
+    let mut missing = Vec::new();
+    let result = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.scope(Scope::AbstractUnixSocket))
+        .and_then(|r| r.create())
+        .and_then(|mut r| {
+            for (what, path) in paths {
+                let access = match what {
+                    crate::BrokerPath::RemoveFiles => AccessFs::RemoveFile.into(),
+                    crate::BrokerPath::AppendFiles => AccessFs::MakeReg | AccessFs::WriteFile,
+                };
+                match PathFd::new(path) {
+                    Ok(fd) => r = r.add_rule(PathBeneath::new(fd, access))?,
+                    Err(_) => missing.push(path.as_str()),
+                }
+            }
+            r.restrict_self()
+        });
+    let status = describe_landlock(result.map(|s| s.ruleset));
+    if missing.is_empty() {
+        status
+    } else {
+        format!("{status} ({} missing: no access)", missing.join(", "))
+    }
+}
+
+fn describe_landlock(status: Result<RulesetStatus, landlock::RulesetError>) -> String {
+    match status {
+        Ok(RulesetStatus::FullyEnforced) => "enforced".into(),
+        Ok(RulesetStatus::PartiallyEnforced) => "partially enforced (older kernel ABI)".into(),
+        Ok(RulesetStatus::NotEnforced) => "not supported by this kernel".into(),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, flags, filter); no_new_privs is set.
+fn install(filter: &seccompiler::BpfProgram, flags: libc::c_ulong, what: &'static str) -> Result<i64, SandboxError> {
     let prog = libc::sock_fprog {
         len: u16::try_from(filter.len()).map_err(|_| SandboxError::Os {
             what: "seccomp filter",
@@ -112,17 +191,11 @@ fn apply_with_listener(filter: &seccompiler::BpfProgram) -> Result<RawFd, Sandbo
     };
     // SAFETY: SECCOMP_SET_MODE_FILTER with a program that lives across the
     // call (the kernel copies it); no_new_privs is set.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &prog as *const libc::sock_fprog,
-        )
+    let rc = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
     };
-    check(fd, "seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)")?;
-    #[allow(clippy::cast_possible_truncation, reason = "an fd number")]
-    Ok(fd as RawFd)
+    check(rc, what)?;
+    Ok(rc)
 }
 
 /// The audit view of a manifest as entered.
@@ -237,7 +310,9 @@ fn set_rlimits(m: &Manifest) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn drop_capabilities() -> Result<(), SandboxError> {
+/// Empties the bounding and ambient sets and keeps only the capabilities
+/// in `keep` (a mask of the first 32) effective and permitted.
+fn set_capabilities(keep: u32) -> Result<(), SandboxError> {
     // SAFETY: prctl/capset with plain integers and a zeroed capability set.
     unsafe {
         for cap in 0..64 {
@@ -261,7 +336,9 @@ fn drop_capabilities() -> Result<(), SandboxError> {
         }
         const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
         let mut header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-        let data = [Data::default(); 2];
+        let mut data = [Data::default(); 2];
+        data[0].effective = keep;
+        data[0].permitted = keep;
         check(libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()), "capset")
     }
 }
@@ -274,12 +351,5 @@ fn restrict_landlock() -> String {
         .and_then(|r| r.scope(Scope::from_all(abi)))
         .and_then(|r| r.create())
         .and_then(|r| r.restrict_self());
-    match result {
-        Ok(s) => match s.ruleset {
-            RulesetStatus::FullyEnforced => "enforced".into(),
-            RulesetStatus::PartiallyEnforced => "partially enforced (older kernel ABI)".into(),
-            RulesetStatus::NotEnforced => "not supported by this kernel".into(),
-        },
-        Err(e) => format!("failed: {e}"),
-    }
+    describe_landlock(result.map(|s| s.ruleset))
 }

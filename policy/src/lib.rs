@@ -92,8 +92,9 @@ pub enum Args {
     ThreadsOnly,
     /// ioctl: only the commands listed on the fd in argument 0.
     IoctlList,
-    /// Argument 0 must be one of these values (prctl options, own pid).
-    Arg0In(Vec<u64>),
+    /// Each listed argument must be one of its values (prctl options, its
+    /// own pid; the broker's kill: its children's pids and SIGKILL).
+    ArgsIn(Vec<(u8, Vec<u64>)>),
 }
 
 /// One allowed syscall.
@@ -109,6 +110,26 @@ pub struct SyscallRule {
 /// Linux namespaces every sandboxed child gets anew.
 pub const NAMESPACES: [&str; 6] = ["user", "mount", "pid", "ipc", "uts", "net"];
 
+/// How a process is confined besides its seccomp filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confinement {
+    /// A child: new namespaces, an empty root, no filesystem at all.
+    Child,
+    /// The broker, once its children are started: it keeps its namespaces
+    /// (it made the children's), and Landlock lets it reach only these
+    /// paths, (path, what for).
+    Broker { paths: Vec<(BrokerPath, String)> },
+}
+
+/// What the broker may still do under a path once confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerPath {
+    /// Remove the sockets it created there (its control socket, COM sockets).
+    RemoveFiles,
+    /// Create and append to files there (the audit log).
+    AppendFiles,
+}
+
 /// Everything one process may hold and do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -121,6 +142,7 @@ pub struct Manifest {
     /// Host memory it keeps mapped after closing the fd it came from: a
     /// right the fd list alone would not show.
     pub mappings: Vec<String>,
+    pub confinement: Confinement,
 }
 
 impl Manifest {
@@ -141,16 +163,37 @@ impl fmt::Display for Manifest {
     /// The review format of `capvm --print-policy`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "role {}", self.role)?;
-        writeln!(f, "  namespaces: {} (all new)", NAMESPACES.join(", "))?;
-        writeln!(f, "  root: empty read-only tmpfs; landlock: no filesystem access, no TCP, signals and abstract sockets scoped")?;
-        writeln!(f, "  capabilities: none; no_new_privs")?;
-        let limits: Vec<String> = self.rlimits.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        writeln!(f, "  rlimits: {}", limits.join(", "))?;
+        let otherwise = match &self.confinement {
+            Confinement::Child => {
+                writeln!(f, "  namespaces: {} (all new)", NAMESPACES.join(", "))?;
+                writeln!(f, "  root: empty read-only tmpfs; landlock: no filesystem access, no TCP, signals and abstract sockets scoped")?;
+                writeln!(f, "  capabilities: none; no_new_privs")?;
+                let limits: Vec<String> = self.rlimits.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                writeln!(f, "  rlimits: {}", limits.join(", "))?;
+                "the kernel reports to the broker, which audits it"
+            }
+            Confinement::Broker { paths } => {
+                writeln!(f, "  confined once every child is started: it starts, opens and connects nothing more")?;
+                writeln!(f, "  namespaces: the host's (it made the children's); uid: whoever ran capvm")?;
+                writeln!(f, "  landlock: no TCP, abstract sockets scoped, the filesystem only here:")?;
+                for (path, why) in paths {
+                    let what = match path {
+                        BrokerPath::RemoveFiles => "remove files",
+                        BrokerPath::AppendFiles => "create and append files",
+                    };
+                    writeln!(f, "    {what} under {why}")?;
+                }
+                writeln!(f, "  capabilities: CAP_KILL only (as root: its children run as nobody); no_new_privs")?;
+                "kills the broker, and so the VM (sandbox.violations=log: fails with EPERM); the kernel logs it"
+            }
+        };
         writeln!(f, "  fds:")?;
         for g in &self.fds {
             let rights: Vec<&str> = g.rights.iter().map(|r| r.capsicum_name()).collect();
             let rights = if rights.is_empty() { "(none)".to_string() } else { rights.join("|") };
-            writeln!(f, "    {:>3}  {:<34} {rights}", g.fd, g.what)?;
+            // Negative: a number known only once the VM runs.
+            let fd = if g.fd < 0 { "-".to_string() } else { g.fd.to_string() };
+            writeln!(f, "    {fd:>3}  {:<34} {rights}", g.what)?;
             if !g.ioctls.is_empty() {
                 let names: Vec<&str> = g.ioctls.iter().map(|i| i.name).collect();
                 writeln!(f, "         ioctls: {}", names.join(" "))?;
@@ -159,11 +202,7 @@ impl fmt::Display for Manifest {
         for m in &self.mappings {
             writeln!(f, "  mapped, fd closed: {m}")?;
         }
-        writeln!(
-            f,
-            "  syscalls ({}; anything else the kernel reports to the broker, which audits it):",
-            self.syscalls.len()
-        )?;
+        writeln!(f, "  syscalls ({}; anything else {otherwise}):", self.syscalls.len())?;
         for s in &self.syscalls {
             let args = match &s.args {
                 Args::Any => String::new(),
@@ -173,7 +212,16 @@ impl fmt::Display for Manifest {
                 Args::NoExec => " [no PROT_EXEC]".into(),
                 Args::ThreadsOnly => " [threads only]".into(),
                 Args::IoctlList => " [listed commands only]".into(),
-                Args::Arg0In(v) => format!(" [arg0 in {v:?}]"),
+                Args::ArgsIn(each) => {
+                    let each: Vec<String> = each
+                        .iter()
+                        .map(|(i, v)| match v.as_slice() {
+                            [] => format!("arg{i} known at start"),
+                            v => format!("arg{i} in {v:?}"),
+                        })
+                        .collect();
+                    format!(" [{}]", each.join(", "))
+                }
             };
             writeln!(f, "    {:<16}{args:<28} {}", s.name, s.why)?;
         }

@@ -2,7 +2,7 @@
 //! when it enters its sandbox; the broker's `--print-policy` shows the same
 //! manifests with the numbers a default start gives.
 
-use crate::{Args, FdGrant, Ioctl, Manifest, Right, SyscallRule};
+use crate::{Args, BrokerPath, Confinement, FdGrant, Ioctl, Manifest, Right, SyscallRule};
 
 use Right::*;
 
@@ -149,12 +149,16 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
     syscalls.extend([
         r("ioctl", Args::IoctlList, "run vCPUs and read their state"),
         r("clone", Args::ThreadsOnly, "one thread per vCPU"),
-        r("rt_sigaction", Args::Arg0In(vec![32, 33]), "glibc sets up its internal thread signals at the first thread"),
+        r(
+            "rt_sigaction",
+            Args::ArgsIn(vec![(0, vec![32, 33])]),
+            "glibc sets up its internal thread signals at the first thread",
+        ),
         r("rseq", Args::Any, "glibc registers each new thread"),
         r("sched_getaffinity", Args::Any, "Rust's thread start-up reads its own stack bounds through glibc"),
         r("set_robust_list", Args::Any, "glibc registers each new thread"),
-        r("prctl", Args::Arg0In(vec![libc::PR_SET_NAME as u64]), "name vCPU threads"),
-        r("tgkill", Args::Arg0In(vec![own_pid as u64]), "kick its own vCPU threads out of KVM_RUN"),
+        r("prctl", Args::ArgsIn(vec![(0, vec![libc::PR_SET_NAME as u64])]), "name vCPU threads"),
+        r("tgkill", Args::ArgsIn(vec![(0, vec![own_pid as u64])]), "kick its own vCPU threads out of KVM_RUN"),
     ]);
     let rlimits = rlimits(&fds);
     let mut mappings: Vec<String> = f
@@ -172,7 +176,7 @@ pub fn vcpu_runner(f: &RunnerFds, own_pid: u32) -> Manifest {
                 .into(),
         );
     }
-    Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits, mappings }
+    Manifest { role: "vcpu-runner".into(), fds, syscalls, rlimits, mappings, confinement: Confinement::Child }
 }
 
 /// Where a UART's bytes go, as fds.
@@ -223,7 +227,14 @@ pub fn uart(name: &str, doorbell: i32, irq: i32, backend: &UartBackendFds) -> Ma
         });
     }
     let rlimits = rlimits(&fds);
-    Manifest { role: format!("uart ({name})"), fds, syscalls, rlimits, mappings: vec![] }
+    Manifest {
+        role: format!("uart ({name})"),
+        fds,
+        syscalls,
+        rlimits,
+        mappings: vec![],
+        confinement: Confinement::Child,
+    }
 }
 
 /// The fds every PCI device server (virtio, AHCI) holds besides its backend's.
@@ -265,7 +276,7 @@ pub fn pci_device(name: &str, f: &PciDeviceFds, backend: Vec<FdGrant>, backend_s
     let mut syscalls = common();
     syscalls.extend(backend_syscalls);
     let rlimits = rlimits(&fds);
-    Manifest { role: name.to_string(), fds, syscalls, rlimits, mappings: vec![] }
+    Manifest { role: name.to_string(), fds, syscalls, rlimits, mappings: vec![], confinement: Confinement::Child }
 }
 
 /// A virtio-blk server's disk, with the rights its mode needs: pread needs
@@ -313,7 +324,6 @@ pub fn virtio_net_backend(tap: i32) -> (Vec<FdGrant>, Vec<SyscallRule>) {
     (vec![FdGrant::new(tap, "tap", &[Read, Write, Event])], syscalls)
 }
 
-/// The lowest fd number not in `fds`: where the kernel puts the next new fd.
 /// The i8042 server (PS/2 keyboard and mouse): its exit ring's doorbell,
 /// IRQ 1's and IRQ 12's eventfds, the read end of the display's input
 /// socket; no guest RAM, nothing of the host.
@@ -325,7 +335,7 @@ pub fn ps2(doorbell: i32, keyboard_irq: i32, mouse_irq: i32, input: i32) -> Mani
     fds.push(FdGrant::new(input, "viewers' keys and motion (from the VNC server)", &[Read, Event]));
     let syscalls = common();
     let rlimits = rlimits(&fds);
-    Manifest { role: "i8042".into(), fds, syscalls, rlimits, mappings: vec![] }
+    Manifest { role: "i8042".into(), fds, syscalls, rlimits, mappings: vec![], confinement: Confinement::Child }
 }
 
 /// How many viewers a VNC server serves at once (its reserved fds, and so
@@ -351,9 +361,129 @@ pub fn vnc(name: &str, listener: i32, input: i32) -> Manifest {
     let rlimits = rlimits(&fds);
     let mappings =
         vec![format!("{name}'s framebuffer (read-only)"), format!("{name}'s display state page (read-only)")];
-    Manifest { role: format!("vnc ({name})"), fds, syscalls, rlimits, mappings }
+    Manifest { role: format!("vnc ({name})"), fds, syscalls, rlimits, mappings, confinement: Confinement::Child }
 }
 
+/// What the broker holds once it has started its children. An fd number
+/// below zero is one not known before the VM runs (`--print-policy`).
+pub struct BrokerFds {
+    pub signalfd: i32,
+    /// The control socket capvmctl connects to.
+    pub control: i32,
+    /// (fd, role) of each child's channel.
+    pub channels: Vec<(i32, String)>,
+    /// (fd, role) of each child's stats page, mapped read-only to answer
+    /// capvmctl --get-stats.
+    pub stats: Vec<(i32, String)>,
+    /// Its children's pids: the only processes it may signal.
+    pub children: Vec<u32>,
+    /// What Landlock leaves it of the filesystem.
+    pub paths: Vec<(BrokerPath, String)>,
+}
+
+/// The ioctls the broker keeps, on whichever fd: the seccomp listeners'
+/// (read a child's forbidden call, answer it), a socket's non-blocking
+/// flag, and the terminal modes it restores on exit.
+pub fn broker_ioctls() -> Vec<Ioctl> {
+    vec![
+        Ioctl { name: "SECCOMP_IOCTL_NOTIF_RECV", cmd: libc::SECCOMP_IOCTL_NOTIF_RECV },
+        Ioctl { name: "SECCOMP_IOCTL_NOTIF_SEND", cmd: libc::SECCOMP_IOCTL_NOTIF_SEND },
+        Ioctl { name: "FIONBIO", cmd: libc::FIONBIO },
+        Ioctl { name: "TCGETS", cmd: libc::TCGETS },
+        Ioctl { name: "TCSETS", cmd: libc::TCSETS },
+    ]
+}
+
+/// The broker once its children run: it supervises (their channels and
+/// seccomp listeners, its signalfd, the control socket) and does nothing
+/// else: no process, file, socket or mapping of code is made any more.
+pub fn broker(b: &BrokerFds) -> Manifest {
+    let mut fds = vec![
+        FdGrant::new(2, "stderr (diagnostics)", &[Write]),
+        FdGrant::new(b.signalfd, "signalfd (SIGCHLD, SIGTERM, SIGINT, SIGHUP)", &[Read, Event]),
+        FdGrant::new(b.control, "control socket (capvmctl)", &[Accept, Event]),
+    ];
+    for (fd, role) in &b.channels {
+        fds.push(FdGrant::new(*fd, format!("{role}'s channel"), &[Read, Write, Event]));
+    }
+    for (fd, role) in &b.stats {
+        fds.push(FdGrant::new(*fd, format!("{role}'s stats page"), &[Mmap]));
+    }
+    let mut later = |what: &str, rights: &[Right]| {
+        let mut g = FdGrant::new(-1, what, rights);
+        g.reserved = true;
+        fds.push(g);
+    };
+    later("each child's seccomp listener (with its report)", &[Ioctl, Event]);
+    later("capvmctl clients (when connected)", &[Read, Write, Event]);
+    let r = |name, args, why| SyscallRule { name, args, why };
+    let pids = b.children.iter().map(|&p| u64::from(p)).collect();
+    let syscalls = vec![
+        r("read", Args::Any, "children's messages, signals, capvmctl requests"),
+        r("recvmsg", Args::Any, "children's messages, with a seccomp listener"),
+        r("recvfrom", Args::Any, "capvmctl requests (std's socket read)"),
+        r("write", Args::Any, "stderr, capvmctl answers"),
+        r("writev", Args::Any, "stderr"),
+        r("sendmsg", Args::Any, "messages to children; a display's fds to capvmctl --screenshot"),
+        r("sendto", Args::Any, "capvmctl answers"),
+        r("poll", Args::Any, "wait for children, signals and clients"),
+        r("ppoll", Args::Any, "wait for children, signals and clients"),
+        r("accept4", Args::FdWith(&[Accept]), "take a capvmctl client"),
+        r("close", Args::Any, "drop a client or a listener"),
+        r(
+            "ioctl",
+            Args::ArgsIn(vec![(1, broker_ioctls().iter().map(|i| i.cmd).collect())]),
+            "seccomp listeners (NOTIF_RECV, NOTIF_SEND), FIONBIO, TCGETS/TCSETS",
+        ),
+        r(
+            "fcntl",
+            Args::ArgsIn(vec![(
+                1,
+                [libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL].map(|c| c as u64).to_vec(),
+            )]),
+            "fd flags (no locks, no duplicates)",
+        ),
+        r(
+            "setsockopt",
+            Args::ArgsIn(vec![(1, vec![libc::SOL_SOCKET as u64]), (2, vec![libc::SO_SNDTIMEO as u64])]),
+            "a send timeout for capvmctl answers",
+        ),
+        r("kill", Args::ArgsIn(vec![(0, pids), (1, vec![libc::SIGKILL as u64])]), "SIGKILL its children, no one else"),
+        r("wait4", Args::Any, "reap its children"),
+        r("openat", Args::Any, "append to the audit log (Landlock allows nothing else)"),
+        r("newfstatat", Args::Any, "does the audit log's directory exist"),
+        r("statx", Args::Any, "does the audit log's directory exist"),
+        r("fstat", Args::Any, "file sizes (std)"),
+        r("unlink", Args::Any, "remove its control and COM sockets (Landlock: only there)"),
+        r("mmap", Args::NoExec, "heap, and the children's stats pages read; never executable"),
+        r("mprotect", Args::NoExec, "guard pages; never executable"),
+        r("munmap", Args::Any, "free memory"),
+        r("mremap", Args::Any, "realloc"),
+        r("madvise", Args::Any, "return freed memory"),
+        r("brk", Args::Any, "heap"),
+        r("futex", Args::Any, "std's locks (stderr)"),
+        r("rt_sigreturn", Args::Any, "return from a signal handler"),
+        r("rt_sigprocmask", Args::Any, "signals stay blocked (the signalfd takes them)"),
+        r("restart_syscall", Args::Any, "the kernel restarts an interrupted poll"),
+        r("nanosleep", Args::Any, "waiting for children to exit"),
+        r("clock_nanosleep", Args::Any, "waiting for children to exit"),
+        r("clock_gettime", Args::Any, "time (when the vDSO is not used)"),
+        r("getrandom", Args::Any, "hash map seeds"),
+        r("getpid", Args::Any, "capvmctl status"),
+        r("sigaltstack", Args::Any, "std's exit path frees the main thread's signal stack"),
+        r("exit_group", Args::Any, "the VM's exit status"),
+    ];
+    Manifest {
+        role: "broker".into(),
+        fds,
+        syscalls,
+        rlimits: Vec::new(),
+        mappings: vec!["each child's stats page (read-only, while answering --get-stats)".into()],
+        confinement: Confinement::Broker { paths: b.paths.clone() },
+    }
+}
+
+/// The lowest fd number not in `fds`: where the kernel puts the next new fd.
 fn first_free(fds: &[FdGrant]) -> i32 {
     (0..).find(|n| !fds.iter().any(|f| f.fd == *n)).expect("a free fd number")
 }

@@ -52,13 +52,13 @@ fn rules_for(m: &Manifest, args: &Args) -> Result<Option<Vec<SeccompRule>>, Secc
         Args::FdWith(rights) => m
             .fds
             .iter()
-            .filter(|g| rights.iter().all(|r| g.has(*r)))
+            .filter(|g| g.fd >= 0 && rights.iter().all(|r| g.has(*r)))
             .map(|g| rule(vec![eq32(0, g.fd as u64)?]))
             .collect::<Result<Vec<_>, _>>()?,
         Args::NoExec => {
             // mmap(addr, len, prot, flags, fd, off): anonymous (fd -1) or a CAP_MMAP fd.
             let mut v = vec![rule(vec![no_exec(2)?, eq32(4, u32::MAX as u64)?])?];
-            for g in m.fds.iter().filter(|g| g.has(crate::Right::Mmap)) {
+            for g in m.fds.iter().filter(|g| g.fd >= 0 && g.has(crate::Right::Mmap)) {
                 v.push(rule(vec![no_exec(2)?, eq32(4, g.fd as u64)?])?);
             }
             v
@@ -76,14 +76,28 @@ fn rules_for(m: &Manifest, args: &Args) -> Result<Option<Vec<SeccompRule>>, Secc
             }
             v
         }
-        Args::Arg0In(values) => values.iter().map(|&x| rule(vec![eq32(0, x)?])).collect::<Result<Vec<_>, _>>()?,
+        Args::ArgsIn(each) => {
+            // A rule is an AND of conditions: one rule per combination of values.
+            let mut combos: Vec<Vec<Cond>> = vec![Vec::new()];
+            for (arg, values) in each {
+                let mut next = Vec::new();
+                for c in &combos {
+                    for &v in values {
+                        let mut c = c.clone();
+                        c.push(eq32(*arg, v)?);
+                        next.push(c);
+                    }
+                }
+                combos = next;
+            }
+            combos.into_iter().map(rule).collect::<Result<Vec<_>, _>>()?
+        }
     };
     Ok(if rules.is_empty() { None } else { Some(rules) })
 }
 
-/// The manifest's filter: listed syscalls allowed as their rules say,
-/// everything else a user notification (the broker answers it).
-pub fn manifest_filter(m: &Manifest) -> Result<BpfProgram, SeccompError> {
+/// The manifest's syscalls as seccompiler rules.
+fn rule_map(m: &Manifest) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for s in &m.syscalls {
         // mprotect(addr, len, prot) has no fd: only the prot check applies.
@@ -95,6 +109,23 @@ pub fn manifest_filter(m: &Manifest) -> Result<BpfProgram, SeccompError> {
             map.entry(nr(s.name)?).or_default().extend(rules);
         }
     }
+    Ok(map)
+}
+
+/// The broker's filter: anything it does not list kills it (and with it
+/// the VM: its children die with it), or in log mode fails with EPERM.
+/// Nobody else can audit the broker, so it is installed with
+/// SECCOMP_FILTER_FLAG_LOG and the kernel logs the call.
+pub fn broker_filter(m: &Manifest, log_only: bool) -> Result<BpfProgram, SeccompError> {
+    let mismatch = if log_only { SeccompAction::Errno(libc::EPERM as u32) } else { SeccompAction::KillProcess };
+    let filter = SeccompFilter::new(rule_map(m)?, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
+    Ok(filter.try_into()?)
+}
+
+/// A child's filter: listed syscalls allowed as their rules say,
+/// everything else a user notification (the broker answers it).
+pub fn manifest_filter(m: &Manifest) -> Result<BpfProgram, SeccompError> {
+    let mut map = rule_map(m)?;
     // clone3 passes this filter so that the ENOSYS filter decides it.
     map.insert(nr("clone3")?, Vec::new());
     let filter = SeccompFilter::new(map, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)?;
@@ -153,6 +184,31 @@ mod tests {
             assert!(manifest_filter(&u).unwrap().len() > 20);
         }
         assert!(!clone3_filter().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_broker_may_kill_only_its_children_and_only_with_sigkill() {
+        let fds = |children| roles::BrokerFds {
+            signalfd: 4,
+            control: 5,
+            channels: vec![(6, "uart (com1)".into())],
+            stats: vec![(7, "uart (com1)".into())],
+            children,
+            paths: Vec::new(),
+        };
+        let b = roles::broker(&fds(vec![100, 101]));
+        let kill = b.syscalls.iter().find(|s| s.name == "kill").unwrap();
+        // One rule per child, each also requiring SIGKILL.
+        assert_eq!(rules_for(&b, &kill.args).unwrap().unwrap().len(), 2);
+        // Before its children are known it may kill no one.
+        let none = roles::broker(&fds(Vec::new()));
+        let kill_none = none.syscalls.iter().find(|s| s.name == "kill").unwrap();
+        assert!(rules_for(&none, &kill_none.args).unwrap().is_none());
+        let returns = |p: BpfProgram| p.iter().filter(|i| i.code == RET_K).map(|i| i.k).collect::<Vec<u32>>();
+        assert!(returns(broker_filter(&b, false).unwrap()).contains(&libc::SECCOMP_RET_KILL_PROCESS));
+        let log = returns(broker_filter(&b, true).unwrap());
+        assert!(log.contains(&(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32)), "{log:x?}");
+        assert!(!log.contains(&libc::SECCOMP_RET_USER_NOTIF), "nobody answers the broker's notifications");
     }
 
     #[test]

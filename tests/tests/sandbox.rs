@@ -96,7 +96,16 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let policy = run(&pp);
     assert_eq!(policy.code(), 0, "{policy:?}");
     let manifests = policy_fds(&policy.stdout);
-    assert_eq!(manifests.len(), 9, "{}", policy.stdout);
+    assert_eq!(manifests.len(), 10, "{}", policy.stdout);
+    // The broker's own manifest comes last: what it keeps once its
+    // children run, and where Landlock lets it reach.
+    let broker_policy = policy.stdout.split("\nrole broker\n").nth(1).expect("the broker's manifest");
+    assert!(broker_policy.contains("CAP_KILL only") && broker_policy.contains("remove files under"), "{broker_policy}");
+    let calls: Vec<&str> = broker_policy.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    for forbidden in ["execve", "execveat", "clone", "clone3", "fork", "socket", "connect", "ptrace", "mount"] {
+        assert!(!calls.contains(&forbidden), "the broker may still {forbidden}: {broker_policy}");
+    }
+    assert!(calls.contains(&"kill") && calls.contains(&"wait4"), "{broker_policy}");
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
     let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
@@ -171,6 +180,14 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
             assert!(native.is_empty(), "{role}:\n{maps}");
         }
     }
+    // The broker is confined too: its own filter, no_new_privs, CAP_KILL
+    // alone (it runs as root here), in the host's namespaces.
+    assert_eq!(status_field(broker, "Seccomp:"), "2", "the broker has no seccomp filter");
+    assert_eq!(status_field(broker, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(broker, "CapEff:"), "0000000000000020", "the broker keeps more than CAP_KILL");
+    let broker_line = audit.lines().next().unwrap_or_default();
+    assert!(broker_line.starts_with(&format!("broker  pid {broker}: confined")), "{audit}");
+    assert!(audit.contains("anything else kills it"), "{audit}");
     assert!(audit.contains("seccomp: filter"), "{audit}");
     assert!(audit.contains("landlock: enforced"), "{audit}");
     assert!(audit.contains("KVM_RUN"), "{audit}");
@@ -297,6 +314,44 @@ fn a_violation_in_kill_mode_stops_the_vm_and_leaves_nothing() {
         assert!(kids.iter().all(|(p, _)| !pid_exists(*p)), "{role}: children outlived the VM");
         std::fs::remove_file(&log).unwrap();
     }
+}
+
+/// Once its children run the broker is confined: Landlock refuses it a
+/// file outside its paths, and its seccomp filter refuses a socket, with
+/// EPERM in log mode and by killing it (the VM with it) in kill mode,
+/// which the kernel logs.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn the_broker_is_confined_once_its_children_run() {
+    use std::os::unix::process::ExitStatusExt;
+    require_kvm();
+    let log = audit_log("broker");
+    let audit = format!("sandbox.audit_log={}", log.display());
+    for (mode, op, refused) in
+        [("kill", "open", "returned -1 (Permission denied"), ("log", "socket", "returned -1 (Operation not permitted")]
+    {
+        let hook = format!("sandbox.test_violation=broker:{op}");
+        let violations = format!("sandbox.violations={mode}");
+        let r = run(&guest_args("hello", &["-o", &hook, "-o", &audit, "-o", &violations]));
+        assert_eq!(r.code(), 2, "{op}: {r:?}");
+        assert!(r.stderr.contains(&format!("sandbox.test_violation=broker:{op}: {refused}")), "{op}: {r:?}");
+        assert!(r.stdout.contains("Hello from a capvm guest"), "{op}: {r:?}");
+    }
+    let child = spawn(&guest_args("spin", &["-o", "sandbox.test_violation=broker:socket", "-o", &audit]));
+    let pid = child.id();
+    let r = finish(child, Duration::from_secs(20));
+    assert_eq!(r.status.signal(), Some(libc::SIGSYS), "{r:?}");
+    // Nobody else can audit the broker: the kernel logs the call (audit
+    // type 1326), when this host lets us read its log.
+    if let Ok(out) = Command::new("dmesg").output() {
+        let log = String::from_utf8_lossy(&out.stdout);
+        let line = log.lines().find(|l| l.contains("type=1326") && l.contains(&format!(" pid={pid} ")));
+        eprintln!("the kernel's record of the broker's call: {line:?}");
+        if let Some(line) = line {
+            assert!(line.contains("syscall=41") && line.contains("sig=31"), "{line}");
+        }
+    }
+    assert!(!log.exists(), "the broker's own calls are not the children's audit");
 }
 
 #[test]
@@ -510,11 +565,16 @@ fn a_user_in_the_kvm_group_runs_a_sandboxed_vm() {
     std::fs::copy(guest(), dir.join("testguest")).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(&run_dir, Some(UID), Some(kvm_gid)).unwrap();
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(UID), Some(kvm_gid)).unwrap();
     let name = unique_vm_name();
     let mut cmd = Command::new("setpriv");
     // Through env(1): spawn_with sets the tests' own runtime directory.
     cmd.args(["--reuid", &UID.to_string(), "--regid", &kvm_gid.to_string(), "--clear-groups", "--", "env"])
         .arg(format!("CAPVM_RUNTIME_DIR={}", run_dir.display()))
+        .arg(format!("HOME={}", home.display()))
+        .arg("XDG_STATE_HOME=")
         .arg(dir.join("capvm"));
     let args: Vec<String> = ["-c", "1", "-m", "64M", "-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]
         .iter()
@@ -524,6 +584,11 @@ fn a_user_in_the_kvm_group_runs_a_sandboxed_vm() {
             format!("boot.kernel={}", dir.join("testguest").display()),
             "-o".into(),
             "boot.cmdline=idle".into(),
+            // A forbidden call, for the user's own audit log.
+            "-o".into(),
+            "sandbox.violations=log".into(),
+            "-o".into(),
+            "sandbox.test_violation=uart:open".into(),
             name.clone(),
         ])
         .collect();
@@ -539,6 +604,13 @@ fn a_user_in_the_kvm_group_runs_a_sandboxed_vm() {
         assert!(uid.split_whitespace().all(|u| u == UID.to_string()), "{comm}: uid {uid}");
         assert_ne!(ns(*pid, "pid"), ns(child.id(), "pid"), "{comm} shares the broker's pid namespace");
     }
+    // The broker confines itself as a user too, with no capability at all.
+    assert_eq!(status_field(child.id(), "Seccomp:"), "2", "the user's broker");
+    assert_eq!(status_field(child.id(), "CapEff:"), "0000000000000000", "the user's broker");
+    // The audit log is the user's, under ~/.local/state/capvm.
+    let audit = home.join(format!(".local/state/capvm/{name}.audit.jsonl"));
+    let records = std::fs::read_to_string(&audit).unwrap_or_else(|e| panic!("{}: {e}", audit.display()));
+    assert!(records.contains("\"syscall\":\"openat\""), "{records}");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let r = finish(child, Duration::from_secs(10));

@@ -70,7 +70,8 @@ fn run(args: &[String]) -> i32 {
             return 1;
         }
     };
-    match control::request(&vm, what) {
+    let answer = if audit { control::audit(&vm, json) } else { control::request(&vm, what) };
+    match answer {
         Ok(answer) => {
             print!("{answer}");
             0
