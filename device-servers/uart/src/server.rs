@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use capvm_ipc::ring::{ExitRing, Op};
+use capvm_ipc::ring::ExitRing;
 use capvm_ipc::{Channel, ChannelError, FdLayoutError, RingError, StartUartFds, ToBroker, ToChild, PROTO_VERSION};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vm_superio::{Serial, Trigger};
@@ -81,22 +81,7 @@ pub fn run(channel: &Channel) -> Result<(), UartError> {
         drop(pfds);
 
         if ring_ready {
-            ring.serve_polling(|_, req| {
-                let offset = req.addr.wrapping_sub(base as u64);
-                // Registers are bytes; a wider or out-of-range access floats high.
-                if offset >= 8 || req.size != 1 {
-                    return u64::MAX;
-                }
-                match req.op {
-                    Op::PioRead => serial.read(offset as u8) as u64,
-                    Op::PioWrite => {
-                        // A failing host output is the host's problem, not the guest's.
-                        let _ = serial.write(offset as u8, req.data as u8);
-                        0
-                    }
-                    _ => u64::MAX,
-                }
-            });
+            ring.serve_polling(|_, req| crate::registers::access(&mut serial, base, req));
         }
         if input_ready {
             let room = serial.fifo_capacity().min(buf.len());
