@@ -66,7 +66,7 @@ pub fn enter(m: &Manifest, channel: &Channel) -> Result<(), SandboxError> {
     pivot_to_empty_root()?;
     set_rlimits(m)?;
     set_capabilities(0)?;
-    let landlock = restrict_landlock();
+    let landlock = restrict_landlock(Scope::from_all(ABI::V6), &[]);
     // Landlock sets it too, but not when Landlock is missing.
     // SAFETY: prctl with integer arguments.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _, "no_new_privs")?;
@@ -120,7 +120,7 @@ pub fn enter_broker(m: &Manifest, log_only: bool) -> Result<SandboxReport, Sandb
         crate::Confinement::Broker { paths } => paths.as_slice(),
         crate::Confinement::Child => &[],
     };
-    let landlock = restrict_broker_landlock(paths);
+    let landlock = restrict_landlock(Scope::AbstractUnixSocket.into(), paths);
     // SAFETY: geteuid cannot fail.
     let keep = if unsafe { libc::geteuid() } == 0 { 1 << CAP_KILL } else { 0 };
     set_capabilities(keep)?;
@@ -136,49 +136,6 @@ pub fn enter_broker(m: &Manifest, log_only: bool) -> Result<SandboxReport, Sandb
 
 /// CAP_KILL's number (linux/capability.h).
 const CAP_KILL: u32 = 5;
-
-/// The broker's Landlock: no filesystem access but what `paths` grant,
-/// no TCP, no abstract unix sockets. Signals are not scoped: its children
-/// were started before, outside this domain, and it must be able to kill
-/// them (seccomp lets it kill nothing else).
-fn restrict_broker_landlock(paths: &[(crate::BrokerPath, String)]) -> String {
-    use landlock::{PathBeneath, PathFd, RulesetCreatedAttr};
-    let abi = ABI::V6;
-    let mut missing = Vec::new();
-    let result = Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))
-        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
-        .and_then(|r| r.scope(Scope::AbstractUnixSocket))
-        .and_then(|r| r.create())
-        .and_then(|mut r| {
-            for (what, path) in paths {
-                let access = match what {
-                    crate::BrokerPath::RemoveFiles => AccessFs::RemoveFile.into(),
-                    crate::BrokerPath::AppendFiles => AccessFs::MakeReg | AccessFs::WriteFile,
-                };
-                match PathFd::new(path) {
-                    Ok(fd) => r = r.add_rule(PathBeneath::new(fd, access))?,
-                    Err(_) => missing.push(path.as_str()),
-                }
-            }
-            r.restrict_self()
-        });
-    let status = describe_landlock(result.map(|s| s.ruleset));
-    if missing.is_empty() {
-        status
-    } else {
-        format!("{status} ({} missing: no access)", missing.join(", "))
-    }
-}
-
-fn describe_landlock(status: Result<RulesetStatus, landlock::RulesetError>) -> String {
-    match status {
-        Ok(RulesetStatus::FullyEnforced) => "enforced".into(),
-        Ok(RulesetStatus::PartiallyEnforced) => "partially enforced (older kernel ABI)".into(),
-        Ok(RulesetStatus::NotEnforced) => "not supported by this kernel".into(),
-        Err(e) => format!("failed: {e}"),
-    }
-}
 
 /// seccomp(SECCOMP_SET_MODE_FILTER, flags, filter); no_new_privs is set.
 fn install(filter: &seccompiler::BpfProgram, flags: libc::c_ulong, what: &'static str) -> Result<i64, SandboxError> {
@@ -343,13 +300,42 @@ fn set_capabilities(keep: u32) -> Result<(), SandboxError> {
     }
 }
 
-fn restrict_landlock() -> String {
+/// Landlock: no filesystem access but what `paths` grant (a child gets
+/// none), no TCP, and the IPC `scopes` confined to this domain. The
+/// broker's signals are not scoped: its children were started before it
+/// confined itself, outside its domain, and it must be able to kill them
+/// (seccomp lets it kill nothing else).
+fn restrict_landlock(scopes: landlock::BitFlags<Scope>, paths: &[(crate::BrokerPath, String)]) -> String {
+    use landlock::{PathBeneath, PathFd, RulesetCreatedAttr};
     let abi = ABI::V6;
+    let mut missing = Vec::new();
     let result = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
-        .and_then(|r| r.scope(Scope::from_all(abi)))
+        .and_then(|r| r.scope(scopes))
         .and_then(|r| r.create())
-        .and_then(|r| r.restrict_self());
-    describe_landlock(result.map(|s| s.ruleset))
+        .and_then(|mut r| {
+            for (what, path) in paths {
+                let access = match what {
+                    crate::BrokerPath::RemoveFiles => AccessFs::RemoveFile.into(),
+                    crate::BrokerPath::AppendFiles => AccessFs::MakeReg | AccessFs::WriteFile,
+                };
+                match PathFd::new(path) {
+                    Ok(fd) => r = r.add_rule(PathBeneath::new(fd, access))?,
+                    Err(_) => missing.push(path.as_str()),
+                }
+            }
+            r.restrict_self()
+        });
+    let status = match result.map(|s| s.ruleset) {
+        Ok(RulesetStatus::FullyEnforced) => "enforced".to_string(),
+        Ok(RulesetStatus::PartiallyEnforced) => "partially enforced (older kernel ABI)".into(),
+        Ok(RulesetStatus::NotEnforced) => "not supported by this kernel".into(),
+        Err(e) => format!("failed: {e}"),
+    };
+    if missing.is_empty() {
+        status
+    } else {
+        format!("{status} ({} missing: no access)", missing.join(", "))
+    }
 }
