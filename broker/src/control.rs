@@ -277,7 +277,10 @@ fn audit_json(children: &[Child], own: Option<&capvm_ipc::SandboxReport>) -> Str
 /// Adds to each entry what /proc shows of it; namespaces are those it
 /// does not share with the broker (the first entry).
 pub fn observe(entries: &mut [AuditEntry]) {
+    const NAMESPACES: [&str; 6] = ["user", "mnt", "pid", "ipc", "uts", "net"];
+    let links = |pid: u32| NAMESPACES.map(|ns| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok());
     let Some(broker) = entries.first().map(|e| e.pid) else { return };
+    let broker_links = links(broker);
     for e in entries.iter_mut() {
         let status = std::fs::read_to_string(format!("/proc/{}/status", e.pid)).unwrap_or_default();
         let field =
@@ -290,12 +293,15 @@ pub fn observe(entries: &mut [AuditEntry]) {
         }
         .to_string();
         e.capabilities = field("CapEff:");
-        let link = |p: u32, ns: &str| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).ok();
-        e.namespaces = ["user", "mnt", "pid", "ipc", "uts", "net"]
-            .iter()
-            .filter(|ns| e.pid != broker && link(e.pid, ns).is_some() && link(e.pid, ns) != link(broker, ns))
-            .map(|s| s.to_string())
-            .collect();
+        e.namespaces = if e.pid == broker {
+            Vec::new()
+        } else {
+            let own = links(e.pid);
+            (0..NAMESPACES.len())
+                .filter(|&i| own[i].is_some() && own[i] != broker_links[i])
+                .map(|i| NAMESPACES[i].to_string())
+                .collect()
+        };
         e.open_fds = std::fs::read_dir(format!("/proc/{}/fd", e.pid))
             .map(|d| d.flatten().filter_map(|f| f.file_name().to_str()?.parse().ok()).collect())
             .unwrap_or_default();
