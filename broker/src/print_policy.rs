@@ -64,7 +64,7 @@ pub fn manifests(cfg: &VmConfig) -> Result<Vec<Manifest>, VmError> {
     let mut has_display = false;
     let mut routes = Vec::new();
     for d in &cfg.served {
-        let function = (d.served.layout)(d.slot, d.func, &mut alloc)?;
+        let function = (d.served.layout)(d.slot, d.func, d.device.as_ref(), &mut alloc)?;
         let mut fds = Fds::child();
         let start = StartDeviceFds::take_from(&function, d.device.backend_fd_count(), fds.received())?;
         fds.free(start.ring);

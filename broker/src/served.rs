@@ -145,6 +145,6 @@ impl ServedHost {
 /// Opens a served device's host resources and lays its function out.
 pub fn open(d: &ServedConfig, alloc: &mut Allocator, vcpus: u32) -> Result<ServedHost, VmError> {
     let opened = d.device.open().map_err(|source| VmError::Device { at: d.at(), source })?;
-    let function = (d.served.layout)(d.slot, d.func, alloc)?;
+    let function = (d.served.layout)(d.slot, d.func, d.device.as_ref(), alloc)?;
     ServedHost::new(d.name(), d.emulation, d.served.server, function, opened, d.device.needs_guest_ram(), vcpus)
 }

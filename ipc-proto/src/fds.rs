@@ -139,7 +139,8 @@ pub struct StartDeviceFds<F> {
 impl DeviceBackend {
     pub fn fd_count(&self) -> usize {
         match self {
-            DeviceBackend::Blk(_) | DeviceBackend::Net(_) | DeviceBackend::Fbuf(_) => 1,
+            DeviceBackend::Blk(_) | DeviceBackend::Net(_) => 1,
+            DeviceBackend::Fbuf(o) => 1 + usize::from(o.rom_size.is_some()),
             DeviceBackend::Ahci(drives) => drives.len(),
         }
     }

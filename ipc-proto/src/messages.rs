@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 15;
+pub const PROTO_VERSION: u32 = 16;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -241,8 +241,13 @@ pub enum BarKind {
     Mem64,
 }
 
-/// One memory BAR: its index (a 64-bit BAR takes `index` and `index + 1`),
-/// its size (a power of two) and where the broker placed it.
+/// One memory BAR: its index (a 64-bit BAR takes `index` and `index + 1`,
+/// [`ROM_BAR`] is the expansion ROM), its size (a power of two) and where
+/// the broker placed it.
+/// The expansion-ROM BAR's index (config offset 0x30; Linux's
+/// PCI_ROM_RESOURCE): read-only, decoded only while its enable bit is set.
+pub const ROM_BAR: u8 = 6;
+
 #[derive(Encode, Decode, Debug, Clone, Copy, PartialEq)]
 pub struct BarSpec {
     pub index: u8,
@@ -306,6 +311,9 @@ pub enum DeviceBackend {
 pub struct FbufOptions {
     pub width: u32,
     pub height: u32,
+    /// The option ROM's length, if it has one: its bytes come in a memfd
+    /// after the state page, which the server reads and closes.
+    pub rom_size: Option<u32>,
 }
 
 /// The i8042 server: ports 0x60 and 0x64, IRQ 1 and 12; its input comes
@@ -431,7 +439,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (15, 0x7973_780f_e52c_88e3);
+    const WIRE_FINGERPRINT: (u32, u64) = (16, 0x6a9d_77d4_9d7e_2e72);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -514,7 +522,7 @@ mod tests {
                 name: "fbuf (0:29.0)".into(),
                 memory: vec![],
                 function: function(),
-                backend: DeviceBackend::Fbuf(FbufOptions { width: 1024, height: 768 }),
+                backend: DeviceBackend::Fbuf(FbufOptions { width: 1024, height: 768, rom_size: Some(0x7000) }),
                 sandbox: SandboxConfig::default(),
             }),
             ToChild::StartVnc(VncConfig {

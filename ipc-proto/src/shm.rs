@@ -15,6 +15,19 @@ pub fn sealed_memfd(name: &str, size: u64) -> Result<OwnedFd, nix::Error> {
     Ok(fd)
 }
 
+/// A memfd holding `bytes`, sealed against any change: read-only data
+/// handed to another process (a display's option ROM).
+pub fn sealed_copy(name: &str, bytes: &[u8]) -> Result<OwnedFd, nix::Error> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += nix::unistd::write(&fd, &bytes[written..])?;
+    }
+    let seals = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(fd)
+}
+
 /// Maps every region of the guest-RAM memfd, shared: how the broker (to
 /// load the kernel), the vCPU runner (to hand it to KVM) and the device
 /// servers (to reach virtqueues) see guest memory.

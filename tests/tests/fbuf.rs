@@ -235,6 +235,9 @@ fn bad_fbuf_options_are_one_line_errors() {
         ("vga=on", "has no VGA"),
         ("tcp=1,rfb=2", "give tcp= or rfb=, not both"),
         ("bogus=1", "bogus"),
+        ("rom=", "rom: give a PATH to the display's option ROM, or off"),
+        ("rom=/nonexistent/vga.bin", "option ROM /nonexistent/vga.bin: No such file"),
+        ("rom=/etc/passwd", "option ROM /etc/passwd: not an option ROM"),
     ] {
         let r = run(&guest_args("hello", &["-s", &format!("29,fbuf,{opts}")]));
         assert_eq!(r.code(), 4, "{opts}: {r:?}");
@@ -401,6 +404,58 @@ fn a_screenshot_of_a_vm_without_a_display_is_a_clear_error() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "capvmctl: this VM has no display (add -s N,fbuf)\n");
     destroy(&name);
     finish(child, Duration::from_secs(30));
+}
+
+/// SeaBIOS runs the display's option ROM (Debian's SeaVGABIOS for
+/// bochs-display, behind the function's expansion-ROM BAR), which sets
+/// the EDID's mode and draws SeaBIOS's text screen into the framebuffer;
+/// with `rom=off` the function has no ROM and the screen stays dark.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn seabios_shows_its_screen_through_the_displays_option_rom() {
+    require_kvm();
+    const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+    let firmware = |fbuf: &str| {
+        let mut args: Vec<String> = ["-c", "1", "-m", "256M", "-s", "0,hostbridge", "-s", "31,lpc", "-s", fbuf]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-l".into(), "com1,stdio".into(), "-l".into(), format!("bootrom,{SEABIOS}"), unique_vm_name()]);
+        args
+    };
+    for rom in [true, false] {
+        let fbuf = format!("29,fbuf,tcp=127.0.0.1:0,w=800,h=600{}", if rom { "" } else { ",rom=off" });
+        let args = firmware(&fbuf);
+        let name = args.last().unwrap().clone();
+        let mut child = spawn(&args);
+        let mut seen = Vec::new();
+        // Nothing to boot: SeaBIOS says so (on COM1 too: its serial
+        // console mirrors the VGA BIOS's), waits 5 s and reboots.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        read_until(child.stdout.as_mut().unwrap(), &mut seen, "No bootable device.", deadline);
+        let stats = get_stats(&name);
+        let shot = std::env::temp_dir().join(format!("{name}.png"));
+        capvmctl(&[&format!("--vm={name}"), &format!("--screenshot={}", shot.display())]);
+        let r = finish(child, Duration::from_secs(60));
+        assert_eq!(r.code(), 0, "{r:?}");
+        let rom_reads = stat(&stats, "fbuf (0:29.0): rom_reads");
+        let modes = stat(&stats, "fbuf (0:29.0): mode_changes");
+        let text = ocr(&shot);
+        std::fs::remove_file(&shot).unwrap();
+        if rom {
+            // Its header, its PCI data structure and a copy of all of it.
+            assert!(rom_reads > 1000, "{stats:?}");
+            assert!(modes >= 1, "{stats:?}");
+            for want in ["SeaBIOS (version", "No bootable device"] {
+                assert!(text.contains(want), "{want:?} not on the screen:\n{text}");
+            }
+            // The ROM BAR SeaBIOS placed was accepted.
+            assert_eq!(stat(&stats, "vcpu-runner: bar_moves_rejected"), 0, "{stats:?}");
+        } else {
+            assert_eq!((rom_reads, modes), (0, 0), "{stats:?}");
+            assert!(!text.contains("SeaBIOS"), "{text}");
+        }
+    }
 }
 
 /// Reads a capture (raw RGB, `w` x `h`) with tesseract: grey, inverted

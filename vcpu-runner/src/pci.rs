@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use capvm_ipc::ring::{ExitRing, Op, Request};
 use capvm_ipc::stats::Counter;
-use capvm_ipc::{memmap, BarKind, MsiSpec, PciFunction};
+use capvm_ipc::{memmap, BarKind, MsiSpec, PciFunction, ROM_BAR};
 use capvm_kernel::vm::{EventFd, IoEventAddress};
 use capvm_kernel::Vm;
 
@@ -28,6 +28,8 @@ use crate::router::Device;
 pub use memmap::{PCI_CONFIG_ADDRESS as CONFIG_ADDRESS, PCI_CONFIG_DATA as CONFIG_DATA};
 const ENABLE: u32 = 1 << 31;
 const COMMAND_MEMORY: u64 = 1 << 1;
+const ROM_ADDRESS: u64 = 0x30;
+const ROM_ENABLE: u64 = 1;
 
 /// A platform function answered here: vendor, device, class (base, sub).
 #[derive(Clone, Copy)]
@@ -201,7 +203,8 @@ impl PciBus {
         let ring = &devices[self.served[i].device].ring;
         ring.call(vcpu, Request { op: Op::ConfigWrite, region: 0, addr: offset, size, data: value });
         let end = offset + size as u64;
-        if offset < 0x06 && end > 0x04 || offset < 0x28 && end > 0x10 {
+        let touches = |reg: u64, len: u64| offset < reg + len && end > reg;
+        if touches(0x04, 2) || touches(0x10, 0x18) || touches(ROM_ADDRESS, 4) {
             self.remap(vm, ring, vcpu, i);
         }
         if let Some(msi) = self.served[i].layout.msi {
@@ -291,13 +294,19 @@ impl PciBus {
         let memory_on = read(0x04) & COMMAND_MEMORY != 0;
         let mut decoding = self.decoding();
         for bar in &f.layout.bars {
-            let reg = 0x10 + 4 * bar.index as u64;
-            let high = (bar.kind == BarKind::Mem64).then(|| read(reg + 4));
-            let addr = bar_address(read(reg), high);
+            // The expansion ROM decodes only while its own enable bit is set too.
+            let (addr, on) = if bar.index == ROM_BAR {
+                let v = read(ROM_ADDRESS);
+                (v & 0xffff_f800, memory_on && v & ROM_ENABLE != 0)
+            } else {
+                let reg = 0x10 + 4 * bar.index as u64;
+                let high = (bar.kind == BarKind::Mem64).then(|| read(reg + 4));
+                (bar_address(read(reg), high), memory_on)
+            };
             let others = decoding.bars.iter().filter(|(&k, _)| k != (i, bar.index)).map(|(_, &placed)| placed);
             let fits = bar_may_decode(addr, bar.size, &self.ram, others);
-            let new = (memory_on && fits).then_some(addr);
-            if memory_on && !fits {
+            let new = (on && fits).then_some(addr);
+            if on && !fits {
                 self.counters.rejected_bars.inc();
             }
             let old = decoding.bars.get(&(i, bar.index)).map(|&(a, _)| a);

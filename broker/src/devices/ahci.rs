@@ -33,7 +33,7 @@ pub const PORT_OPTIONS: &[&str] = &[
 
 pub const SERVED: Served = Served {
     server: "capvm-ahci",
-    layout: |slot, func, alloc| Ok(layout::function(slot, func, alloc.bar(layout::ABAR_SIZE)?, alloc.gsis(1))),
+    layout: |slot, func, _, alloc| Ok(layout::function(slot, func, alloc.bar(layout::ABAR_SIZE)?, alloc.gsis(1))),
     parse,
 };
 

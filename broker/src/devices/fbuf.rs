@@ -20,13 +20,16 @@ use super::{DeviceError, Opened, Served, ServedDevice, SlotOptions};
 use crate::config::ConfigError;
 
 /// bhyve's fbuf options.
-pub const OPTIONS: &[&str] = &["tcp", "rfb", "w", "h", "vga", "wait", "password"];
+pub const OPTIONS: &[&str] = &["tcp", "rfb", "w", "h", "vga", "wait", "password", "rom"];
 
 pub const SERVED: Served = Served {
     server: "capvm-fbuf",
-    layout: |slot, func, alloc| {
+    layout: |slot, func, device, alloc| {
         let vram = alloc.bar(display::VRAM_SIZE)?;
-        Ok(layout::function(slot, func, vram, alloc.bar(layout::MMIO_SIZE)?))
+        let mmio = alloc.bar(layout::MMIO_SIZE)?;
+        let has_rom = device.as_any().downcast_ref::<FbufConfig>().is_some_and(|c| c.rom.path().is_some());
+        let rom = if has_rom { Some(alloc.bar(layout::ROM_SIZE)?) } else { None };
+        Ok(layout::function(slot, func, vram, mmio, rom))
     },
     parse,
 };
@@ -36,6 +39,8 @@ const DEFAULT_ADDRESS: &str = "127.0.0.1:5900";
 const DEFAULT_SIZE: (u32, u32) = (1024, 768);
 /// RFB's VNC Authentication uses the first 8 bytes of the password.
 const PASSWORD_MAX: usize = 8;
+/// SeaBIOS's VGA BIOS for this device, from Debian's seabios package.
+pub const DEFAULT_ROM: &str = "/usr/share/seabios/vgabios-bochs-display.bin";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FbufConfig {
@@ -45,6 +50,56 @@ pub struct FbufConfig {
     pub password: Option<String>,
     /// bhyve's `wait`: the vCPUs start when the first viewer is in.
     pub wait: bool,
+    pub rom: OptionRom,
+}
+
+/// The display's option ROM (`rom=`), behind its expansion-ROM BAR: a
+/// BIOS runs it to put its screen on the display (SeaBIOS's VGA BIOS for
+/// this device). UEFI drives the device itself and skips it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionRom {
+    /// `rom=off`: no ROM; SeaBIOS's screen stays on COM1.
+    Off,
+    /// No `rom=`: [`DEFAULT_ROM`] if it is installed.
+    Default,
+    /// `rom=PATH`: this file, which must be there.
+    Path(std::path::PathBuf),
+}
+
+impl OptionRom {
+    /// The file to read, if the display has a ROM.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            OptionRom::Off => None,
+            OptionRom::Default => Some(std::path::Path::new(DEFAULT_ROM)).filter(|p| p.exists()),
+            OptionRom::Path(p) => Some(p),
+        }
+    }
+
+    /// The ROM's bytes, checked to be an option ROM that fits its BAR.
+    pub fn read(&self) -> Result<Option<Vec<u8>>, DeviceError> {
+        let Some(path) = self.path() else { return Ok(None) };
+        let bad = |why: String| DeviceError::OptionRom { path: path.display().to_string(), why };
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        check_option_rom(&bytes).map_err(bad)?;
+        Ok(Some(bytes))
+    }
+}
+
+/// An x86 option ROM: the 0x55 0xaa signature, and a length (byte 2, in
+/// 512-byte blocks) that the file holds and a BIOS has room for.
+fn check_option_rom(rom: &[u8]) -> Result<(), String> {
+    match rom {
+        [0x55, 0xaa, blocks, ..] if *blocks as usize * 512 > rom.len() => {
+            Err(format!("its header says {} bytes but the file has {}", *blocks as usize * 512, rom.len()))
+        }
+        [0x55, 0xaa, 0, ..] => Err("its header says it is empty".into()),
+        [0x55, 0xaa, ..] if rom.len() as u64 > layout::ROM_SIZE => {
+            Err(format!("{} bytes; the display's ROM BAR holds {}", rom.len(), layout::ROM_SIZE))
+        }
+        [0x55, 0xaa, ..] => Ok(()),
+        _ => Err("not an option ROM (no 0x55 0xaa signature)".into()),
+    }
 }
 
 /// What the VNC server gets, opened: the listening socket, VRAM and the
@@ -91,7 +146,13 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
     if password.as_ref().is_some_and(|p| p.is_empty() || p.len() > PASSWORD_MAX) {
         return Err(bad(format!("password: give 1 to {PASSWORD_MAX} characters (VNC Authentication uses 8)")));
     }
-    Ok(Box::new(FbufConfig { address, width, height, password, wait }))
+    let rom = match o.get("rom") {
+        None => OptionRom::Default,
+        Some("off") => OptionRom::Off,
+        Some("") => return Err(bad("rom: give a PATH to the display's option ROM, or off".into())),
+        Some(p) => OptionRom::Path(p.into()),
+    };
+    Ok(Box::new(FbufConfig { address, width, height, password, wait, rom }))
 }
 
 /// `IP:PORT`, `[IPv6]:PORT` or `PORT` (on 127.0.0.1).
@@ -136,12 +197,24 @@ impl ServedDevice for FbufConfig {
             width: self.width,
             height: self.height,
         };
-        let backend = DeviceBackend::Fbuf(FbufOptions { width: self.width, height: self.height });
-        Ok(Opened { backend, fds: vec![state], display: Some(host) })
+        let mut fds = vec![state];
+        let rom = self.rom.read()?;
+        if let Some(bytes) = &rom {
+            fds.push(capvm_ipc::shm::sealed_copy("capvm-option-rom", bytes).map_err(os("cannot hold the option ROM"))?);
+        }
+        let rom_size = rom.map(|r| r.len() as u32);
+        let backend = DeviceBackend::Fbuf(FbufOptions { width: self.width, height: self.height, rom_size });
+        Ok(Opened { backend, fds, display: Some(host) })
     }
 
     fn needs_guest_ram(&self) -> bool {
         false
+    }
+
+    /// The state page, and the ROM's memfd (read and closed before the
+    /// server confines itself).
+    fn backend_fd_count(&self) -> usize {
+        1 + usize::from(self.rom.path().is_some())
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {
@@ -150,5 +223,37 @@ impl ServedDevice for FbufConfig {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_option_rom_has_its_signature_and_the_length_it_claims() {
+        let rom = |blocks: u8, len: usize| {
+            let mut r = vec![0u8; len];
+            r[..3].copy_from_slice(&[0x55, 0xaa, blocks]);
+            r
+        };
+        assert_eq!(check_option_rom(&rom(56, 56 * 512)), Ok(()), "Debian's 28 KiB VGA BIOS");
+        assert!(check_option_rom(&rom(4, 4096)).is_ok(), "a file may run past the image");
+        assert!(check_option_rom(b"hello").unwrap_err().contains("no 0x55 0xaa"));
+        assert!(check_option_rom(&[0x55]).unwrap_err().contains("no 0x55 0xaa"));
+        assert!(check_option_rom(&rom(0, 512)).unwrap_err().contains("empty"));
+        assert!(check_option_rom(&rom(8, 1024)).unwrap_err().contains("says 4096 bytes but the file has 1024"));
+        let big = rom(255, 128 << 10);
+        assert!(check_option_rom(&big).unwrap_err().contains("ROM BAR holds 65536"));
+    }
+
+    #[test]
+    fn rom_off_has_no_rom_and_a_path_is_taken_as_given() {
+        assert_eq!(OptionRom::Off.path(), None);
+        assert_eq!(OptionRom::Off.read().unwrap(), None);
+        let p = OptionRom::Path("/nonexistent/rom.bin".into());
+        assert_eq!(p.path(), Some(std::path::Path::new("/nonexistent/rom.bin")));
+        let e = p.read().unwrap_err().to_string();
+        assert!(e.starts_with("option ROM /nonexistent/rom.bin: "), "{e}");
     }
 }

@@ -60,8 +60,9 @@ pub enum Kind {
 pub struct Served {
     /// The executable, beside `capvm` (or in `$CAPVM_LIBEXEC_DIR`).
     pub server: &'static str,
-    /// Lays its PCI function out: BARs and interrupt GSIs from the allocator.
-    pub layout: fn(u8, u8, &mut Allocator) -> Result<PciFunction, VmError>,
+    /// Lays its PCI function out: BARs and interrupt GSIs from the
+    /// allocator; its options may shape it (a display's ROM).
+    pub layout: fn(u8, u8, &dyn ServedDevice, &mut Allocator) -> Result<PciFunction, VmError>,
     /// Checks the slot's options.
     pub parse: fn(&SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError>,
 }
@@ -85,6 +86,8 @@ pub enum DeviceError {
     Listen { address: String, source: std::io::Error },
     #[error("{what}: {source}")]
     Os { what: &'static str, source: std::io::Error },
+    #[error("option ROM {path}: {why}")]
+    OptionRom { path: String, why: String },
 }
 
 /// A device's host resources, opened.
@@ -157,7 +160,7 @@ pub const EMULATIONS: &[Emulation] = &[
         conf: Conf::Flat { first: "path" },
         kind: Kind::Served(Served {
             server: "capvm-virtio-blk",
-            layout: |slot, func, alloc| alloc.virtio(slot, func, capvm_virtio::layout::BLK_QUEUES),
+            layout: |slot, func, _, alloc| alloc.virtio(slot, func, capvm_virtio::layout::BLK_QUEUES),
             parse: virtio_blk::parse,
         }),
     },
@@ -168,13 +171,13 @@ pub const EMULATIONS: &[Emulation] = &[
         conf: Conf::Flat { first: "backend" },
         kind: Kind::Served(Served {
             server: "capvm-virtio-net",
-            layout: |slot, func, alloc| alloc.virtio(slot, func, capvm_virtio::layout::NET_QUEUES),
+            layout: |slot, func, _, alloc| alloc.virtio(slot, func, capvm_virtio::layout::NET_QUEUES),
             parse: virtio_net::parse,
         }),
     },
     Emulation {
         name: "fbuf",
-        help: "display (bochs-display registers in their own process) and VNC server in another: [tcp=[IP:]PORT][,w=W][,h=H][,password=P][,vga=off]",
+        help: "display (bochs-display registers in their own process) and VNC server in another: [tcp=[IP:]PORT][,w=W][,h=H][,password=P][,vga=off][,rom=PATH|off]",
         options: fbuf::OPTIONS,
         conf: Conf::Flat { first: "" },
         kind: Kind::Served(fbuf::SERVED),

@@ -1,8 +1,9 @@
 //! capvm-fbuf: the display's registers in their own process. It holds its
 //! exit ring and the display state page, where it publishes the mode the
 //! guest sets; no guest RAM, no framebuffer (the runner maps that into the
-//! guest, the VNC server reads it), no host file. Started by the broker
-//! with its control socket at fd 3.
+//! guest, the VNC server reads it), no host file. Its option ROM, if it
+//! has one, it reads into its own memory before it confines itself.
+//! Started by the broker with its control socket at fd 3.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -12,7 +13,7 @@ use capvm_fbuf::layout::{self, DISPI_OFFSET, DISPI_SIZE, EDID_OFFSET, EDID_SIZE,
 use capvm_ipc::display::DisplayState;
 use capvm_ipc::ring::{ExitRing, Op};
 use capvm_ipc::stats::Counter;
-use capvm_ipc::{Channel, DeviceBackend, DeviceConfig, ToBroker, PROTO_VERSION};
+use capvm_ipc::{Channel, DeviceBackend, DeviceConfig, ToBroker, PROTO_VERSION, ROM_BAR};
 use capvm_pci::server::ServerError;
 use capvm_pci::{ConfigSpace, Identity};
 
@@ -25,12 +26,15 @@ struct Counters {
     mmio_accesses: Counter,
     mode_changes: Counter,
     unsupported_modes: Counter,
+    rom_reads: Counter,
 }
 
 struct Display {
     config: ConfigSpace,
     dispi: Dispi,
     edid: [u8; 128],
+    /// The option ROM's bytes (empty: none); the rest of its BAR reads 0.
+    rom: Vec<u8>,
     state: DisplayState,
     counters: Counters,
 }
@@ -40,7 +44,12 @@ fn run(channel: &Channel) -> Result<(), ServerError> {
     let DeviceBackend::Fbuf(options) = started.config.backend else {
         return Err(ServerError::Protocol("capvm-fbuf was started for another device".into()));
     };
-    check_layout(&started.config)?;
+    check_layout(&started.config, options.rom_size.is_some())?;
+    let rom = match (options.rom_size, started.backend.get(1)) {
+        (Some(len), Some(fd)) => read_rom(fd.as_fd(), len)?,
+        _ => Vec::new(),
+    };
+    started.backend.truncate(1);
     let state_fd = started.backend.first().ok_or_else(|| ServerError::Protocol("no display state page".into()))?;
     let state = DisplayState::attach(state_fd.as_fd()).map_err(ServerError::Stats)?;
     let grants = vec![capvm_policy::FdGrant::new(state_fd.as_raw_fd(), "display state page (memfd, mapped)", &[])];
@@ -50,13 +59,14 @@ fn run(channel: &Channel) -> Result<(), ServerError> {
         mmio_accesses: stats.counter("mmio_accesses"),
         mode_changes: stats.counter("mode_changes"),
         unsupported_modes: stats.counter("unsupported_modes"),
+        rom_reads: stats.counter("rom_reads"),
     };
     started.confine(channel, grants, Vec::new(), Vec::new())?;
 
     // QEMU's bochs-display: drivers match these ids.
     let mut config = ConfigSpace::new(&Identity {
-        vendor: 0x1234,
-        device: 0x1111,
+        vendor: layout::VENDOR,
+        device: layout::DEVICE,
         revision: 2,
         class: [0x03, 0x80, 0x00],
         subsystem_vendor: 0x1af4,
@@ -65,18 +75,19 @@ fn run(channel: &Channel) -> Result<(), ServerError> {
     for bar in &started.config.function.bars {
         config.add_bar(bar);
     }
-    let mut display =
-        Display { config, dispi: Dispi::default(), edid: edid::block(options.width, options.height), state, counters };
+    let edid = edid::block(options.width, options.height);
+    let mut display = Display { config, dispi: Dispi::default(), edid, rom, state, counters };
     display.state.publish(None);
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
     serve(channel, &started.ring, &mut display)
 }
 
 /// The function the broker laid out must be the one this server answers.
-fn check_layout(cfg: &DeviceConfig) -> Result<(), ServerError> {
+fn check_layout(cfg: &DeviceConfig, has_rom: bool) -> Result<(), ServerError> {
     let f = &cfg.function;
     let addr = |i: u8| f.bars.iter().find(|b| b.index == i).map_or(0, |b| b.addr);
-    if *f != layout::function(f.slot, f.func, addr(layout::VRAM_BAR), addr(MMIO_BAR)) {
+    let rom = has_rom.then(|| addr(ROM_BAR));
+    if *f != layout::function(f.slot, f.func, addr(layout::VRAM_BAR), addr(MMIO_BAR), rom) {
         return Err(ServerError::Protocol(format!("{f:?} is not a display layout")));
     }
     Ok(())
@@ -84,12 +95,8 @@ fn check_layout(cfg: &DeviceConfig) -> Result<(), ServerError> {
 
 impl Display {
     fn mmio_read(&self, offset: u64, size: u8) -> u64 {
-        let bytes = |base: u64, data: &[u8]| {
-            let at = (offset - base) as usize;
-            (0..size as usize).fold(0u64, |v, i| v | (*data.get(at + i).unwrap_or(&0) as u64) << (8 * i))
-        };
         match offset {
-            o if (EDID_OFFSET..EDID_OFFSET + EDID_SIZE).contains(&o) => bytes(EDID_OFFSET, &self.edid),
+            o if (EDID_OFFSET..EDID_OFFSET + EDID_SIZE).contains(&o) => read_le(&self.edid, o - EDID_OFFSET, size),
             o if (DISPI_OFFSET..DISPI_OFFSET + DISPI_SIZE).contains(&o) && size == 2 && o.is_multiple_of(2) => {
                 self.dispi.read(((o - DISPI_OFFSET) / 2) as u16) as u64
             }
@@ -118,6 +125,31 @@ impl Display {
     }
 }
 
+/// `size` bytes of `data` at `at`, little-endian, as memory reads: past
+/// its end reads 0.
+fn read_le(data: &[u8], at: u64, size: u8) -> u64 {
+    let byte = |i: u64| at.checked_add(i).and_then(|a| data.get(usize::try_from(a).ok()?)).copied().unwrap_or(0);
+    (0..size.min(8) as u64).fold(0, |v, i| v | (byte(i) as u64) << (8 * i))
+}
+
+/// The option ROM's `len` bytes from the broker's sealed memfd.
+fn read_rom(fd: std::os::fd::BorrowedFd, len: u32) -> Result<Vec<u8>, ServerError> {
+    if len as u64 > layout::ROM_SIZE {
+        return Err(ServerError::Protocol(format!("an option ROM of {len} bytes does not fit its BAR")));
+    }
+    let mut rom = vec![0u8; len as usize];
+    let mut got = 0;
+    while got < rom.len() {
+        match nix::sys::uio::pread(fd, &mut rom[got..], got as i64) {
+            Ok(0) => return Err(ServerError::Protocol(format!("the option ROM ends at {got} of {len} bytes"))),
+            Ok(n) => got += n,
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(ServerError::Protocol(format!("reading the option ROM: {e}"))),
+        }
+    }
+    Ok(rom)
+}
+
 fn serve(channel: &Channel, ring: &ExitRing, d: &mut Display) -> Result<(), ServerError> {
     capvm_pci::server::serve(channel, ring, &[], |_| {
         ring.serve_polling(|_, req| match req.op {
@@ -134,6 +166,11 @@ fn serve(channel: &Channel, ring: &ExitRing, d: &mut Display) -> Result<(), Serv
                 d.counters.mmio_accesses.inc();
                 d.mmio_read(req.addr, req.size)
             }
+            Op::MmioRead if req.region == ROM_BAR => {
+                d.counters.rom_reads.inc();
+                read_le(&d.rom, req.addr, req.size)
+            }
+            Op::MmioWrite if req.region == ROM_BAR => 0,
             Op::MmioWrite if req.region == MMIO_BAR => {
                 d.counters.mmio_accesses.inc();
                 d.mmio_write(req.addr, req.size, req.data);

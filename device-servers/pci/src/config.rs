@@ -3,7 +3,7 @@
 //! would let it change. BAR sizing falls out of that: writing all-ones to a
 //! BAR reads back the size mask with the type bits.
 
-use capvm_ipc::{BarKind, BarSpec};
+use capvm_ipc::{BarKind, BarSpec, ROM_BAR};
 
 pub const CONFIG_SIZE: usize = 4096;
 
@@ -12,6 +12,7 @@ pub const COMMAND: usize = 0x04;
 pub const STATUS: usize = 0x06;
 pub const BAR0: usize = 0x10;
 pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
+pub const ROM_ADDRESS: usize = 0x30;
 pub const CAPABILITIES_POINTER: usize = 0x34;
 pub const INTERRUPT_LINE: usize = 0x3c;
 pub const INTERRUPT_PIN: usize = 0x3d;
@@ -23,6 +24,8 @@ pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 pub const STATUS_INTERRUPT: u16 = 1 << 3;
 const STATUS_CAPABILITIES: u16 = 1 << 4;
 const BAR_MEM64: u32 = 0b100;
+/// The expansion ROM's enable bit; its address takes bits 31:11.
+pub const ROM_ENABLE: u32 = 1;
 
 /// Where capabilities start: right after the type-0 header.
 const FIRST_CAPABILITY: usize = 0x40;
@@ -88,10 +91,16 @@ impl ConfigSpace {
         self.u16_at(COMMAND)
     }
 
-    /// A memory BAR at the address the broker chose.
+    /// A memory BAR at the address the broker chose; [`ROM_BAR`] is the
+    /// expansion ROM, placed there but not yet enabled.
     pub fn add_bar(&mut self, bar: &BarSpec) {
-        let at = BAR0 + 4 * bar.index as usize;
         let size_mask = !(bar.size - 1);
+        if bar.index == ROM_BAR {
+            self.put(ROM_ADDRESS, &(bar.addr as u32 & !0x7ff).to_le_bytes());
+            self.allow(ROM_ADDRESS, &((size_mask as u32 & !0x7ff) | ROM_ENABLE).to_le_bytes());
+            return;
+        }
+        let at = BAR0 + 4 * bar.index as usize;
         let (type_bits, words) = match bar.kind {
             BarKind::Mem32 => (0, 1),
             BarKind::Mem64 => (BAR_MEM64, 2),
@@ -183,6 +192,18 @@ mod tests {
         assert_eq!(c.read(0x0b, 1), 0x01);
         c.write(COMMAND as u64, 2, 0xffff);
         assert_eq!(c.command(), 0x0406);
+    }
+
+    #[test]
+    fn the_expansion_rom_sizes_in_2k_granules_and_enables_on_its_own() {
+        let mut c = space();
+        c.add_bar(&BarSpec { index: ROM_BAR, kind: BarKind::Mem32, size: 0x8000, addr: 0xc001_0000 });
+        assert_eq!(c.read(0x30, 4), 0xc001_0000, "placed, not enabled");
+        c.write(0x30, 4, 0xffff_fffe);
+        assert_eq!(c.read(0x30, 4), 0xffff_8000, "32 KiB, enable still clear");
+        c.write(0x30, 4, 0xc002_0001);
+        assert_eq!(c.read(0x30, 4), 0xc002_0001);
+        assert_eq!(c.read(0x10, 4), 0xc000_0004, "BAR 0 untouched");
     }
 
     #[test]
