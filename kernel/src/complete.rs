@@ -30,7 +30,7 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 17] = [
+pub const KINDS: [&str; 19] = [
     "int3",
     "int",
     "fwait",
@@ -46,6 +46,8 @@ pub const KINDS: [&str; 17] = [
     "ldmxcsr",
     "stmxcsr",
     "fldcw",
+    "lsl",
+    "lar",
     "simd",
     "page_fault",
 ];
@@ -133,6 +135,20 @@ pub trait Machine {
     /// as the CPU sets them) instead of the completion: registers, RIP and
     /// the XSAVE state stay as they were. False where it cannot.
     fn inject_page_fault(&mut self, linear: u64, write: bool) -> bool;
+    /// The descriptor tables and the CPL, for LSL and LAR.
+    fn descriptor_tables(&self) -> DescriptorTables;
+}
+
+/// Where the vCPU's descriptors are, and its privilege level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DescriptorTables {
+    /// The GDT's linear base and limit (its last byte's offset).
+    pub gdt: (u64, u32),
+    /// The LDT's, when one is loaded.
+    pub ldt: Option<(u64, u32)>,
+    pub cpl: u8,
+    /// IA-32e mode (EFER.LMA): which system descriptor types exist.
+    pub long_mode: bool,
 }
 
 /// Offset and size of XSAVE state component `i` (2-62) in the standard
@@ -253,6 +269,7 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         Mnemonic::Stmxcsr | Mnemonic::Vstmxcsr => stmxcsr(m, &insn),
         Mnemonic::Fldcw => fldcw(m, &insn),
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => count_bits(m, &insn),
+        Mnemonic::Lsl | Mnemonic::Lar => limit_or_rights(m, &insn),
         _ if simd_features(&insn).is_some() => simd(m, &insn),
         other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
@@ -517,6 +534,90 @@ fn count_bits(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, 
     m.set_rflags(m.rflags() & !ARITHMETIC | flags);
     m.set_rip(insn.next_ip());
     Ok(kind)
+}
+
+/// LSL and LAR: a descriptor's segment limit (bytes, granularity
+/// applied) or access rights, with ZF set, if the selector names a
+/// descriptor this CPL may see; else ZF clear and the destination kept.
+/// Linux reads its getcpu segment with `lsl` (in the NMI backtrace an RCU
+/// stall triggers, for one), and the emulator refuses it.
+fn limit_or_rights(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
+    let (width, kind) = match insn.code() {
+        Code::Lsl_r16_rm16 => (16, "lsl"),
+        Code::Lsl_r32_r32m16 => (32, "lsl"),
+        Code::Lsl_r64_r64m16 => (64, "lsl"),
+        Code::Lar_r16_rm16 => (16, "lar"),
+        Code::Lar_r32_r32m16 => (32, "lar"),
+        Code::Lar_r64_r64m16 => (64, "lar"),
+        other => return Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
+    };
+    // The selector: a 16-bit memory operand, or a register's low 16 bits.
+    let selector = operand_value(m, insn, 1, 16)? as u16;
+    let tables = m.descriptor_tables();
+    let seen = match descriptor(m, &tables, selector)? {
+        Some(d) if descriptor_visible(d, selector, &tables, kind == "lar") => Some(d),
+        _ => None,
+    };
+    let flags = match seen {
+        Some(d) => {
+            // LAR: the descriptor's second dword, bits 8-23 (19:16, which
+            // the SDM leaves undefined, hold the limit's top on the CPU).
+            let value = if kind == "lar" { d >> 32 & 0x00ff_ff00 } else { segment_limit(d) };
+            write_register(m, insn.op0_register(), width, value);
+            m.rflags() | ZF
+        }
+        None => m.rflags() & !ZF,
+    };
+    m.set_rflags(flags);
+    m.set_rip(insn.next_ip());
+    Ok(kind)
+}
+
+/// The 8-byte descriptor `selector` names; None for the null selector, a
+/// selector past its table's limit or into a missing LDT.
+fn descriptor(m: &mut impl Machine, t: &DescriptorTables, selector: u16) -> Result<Option<u64>, Outcome> {
+    let index = u64::from(selector & !7);
+    let table = match (selector & 4 != 0, t.ldt) {
+        (true, Some(ldt)) => ldt,
+        (true, None) => return Ok(None),
+        (false, _) if index == 0 => return Ok(None),
+        (false, _) => t.gdt,
+    };
+    if index + 7 > u64::from(table.1) {
+        return Ok(None);
+    }
+    let linear = table.0.wrapping_add(index);
+    let mut d = [0u8; 8];
+    if !m.read(linear, &mut d) {
+        return Err(Outcome::Fault { linear, write: false });
+    }
+    Ok(Some(u64::from_le_bytes(d)))
+}
+
+/// Whether LSL (or LAR) may report this descriptor: code and data
+/// segments, and the system types that have a limit (LAR: and call
+/// gates); DPL at least CPL and RPL, but for conforming code.
+fn descriptor_visible(d: u64, selector: u16, t: &DescriptorTables, lar: bool) -> bool {
+    let (system, kind, dpl) = (d >> 44 & 1 == 0, d >> 40 & 0xf, (d >> 45 & 3) as u8);
+    let kind_ok = match (system, t.long_mode) {
+        (false, _) => true,
+        // LDT, 64-bit TSS available and busy; LAR also 64-bit call gates.
+        (true, true) => matches!(kind, 2 | 9 | 0xb) || lar && kind == 0xc,
+        // 16- and 32-bit TSS, LDT; LAR also call and task gates.
+        (true, false) => matches!(kind, 1 | 2 | 3 | 9 | 0xb) || lar && matches!(kind, 4 | 5 | 0xc),
+    };
+    let conforming_code = !system && kind & 0b1100 == 0b1100;
+    kind_ok && (conforming_code || dpl >= t.cpl && dpl >= (selector & 3) as u8)
+}
+
+/// A descriptor's limit in bytes: 20 bits, in 4 KiB units when G is set.
+fn segment_limit(d: u64) -> u64 {
+    let raw = d & 0xffff | (d >> 48 & 0xf) << 16;
+    if d >> 55 & 1 != 0 {
+        raw << 12 | 0xfff
+    } else {
+        raw
+    }
 }
 
 /// Whether `insn` belongs to the instruction sets that run natively: SIMD
@@ -807,6 +908,7 @@ mod tests {
         /// CR2 as a #PF sets it; whether the machine can raise one.
         cr2: u64,
         can_fault: bool,
+        tables: DescriptorTables,
     }
 
     /// A NativeCpu for the Fake (every Fake gets its own pages; states
@@ -848,6 +950,7 @@ mod tests {
                 native: Native(NativeCpu::new().ok()),
                 cr2: 0,
                 can_fault: true,
+                tables: DescriptorTables { gdt: (MEM, 0x7f), ldt: None, cpl: 0, long_mode: true },
             }
         }
         fn index(reg: Register) -> usize {
@@ -940,6 +1043,9 @@ mod tests {
             }
             self.can_fault
         }
+        fn descriptor_tables(&self) -> DescriptorTables {
+            self.tables
+        }
     }
 
     /// What the host CPU says: the destination and flags after `insn dst,
@@ -1013,6 +1119,104 @@ mod tests {
                 assert_eq!(flags & d, want_flags & d, "{kind} {bytes:02x?} flags of {src:#x}");
             }
         }
+    }
+
+    /// Linux's GDT (arch/x86/include/asm/segment.h, 64-bit) as far as a
+    /// user process can probe it: kernel CS and DS, user CS32, DS and CS,
+    /// the TSS (DPL 0), and the getcpu segment with `limit` (CPU and node).
+    fn linux_gdt(f: &mut Fake, cpunode: u64) {
+        let entries: [(usize, u64); 7] = [
+            (2, 0x00af_9b00_0000_ffff),
+            (3, 0x00cf_9300_0000_ffff),
+            (4, 0x00cf_fb00_0000_ffff),
+            (5, 0x00cf_f300_0000_ffff),
+            (6, 0x00af_fb00_0000_ffff),
+            (8, 0x0000_8b00_0000_4087),
+            (15, 0x0040_f500_0000_0000 | cpunode & 0xffff | (cpunode >> 16 & 0xf) << 48),
+        ];
+        for (i, d) in entries {
+            f.mem[8 * i..8 * i + 8].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+
+    /// `lsl`/`lar rax, ebx` on the host, from user mode: RAX and ZF.
+    fn host_descriptor(lar: bool, selector: u64) -> (u64, bool) {
+        let (mut value, zf): (u64, u8);
+        value = 0x5a5a;
+        // SAFETY: register-only instructions that fault on nothing.
+        unsafe {
+            if lar {
+                std::arch::asm!("lar {v}, {s:e}", "setz {z}", v = inout(reg) value, s = in(reg) selector, z = out(reg_byte) zf);
+            } else {
+                std::arch::asm!("lsl {v}, {s:e}", "setz {z}", v = inout(reg) value, s = in(reg) selector, z = out(reg_byte) zf);
+            }
+        }
+        (value, zf != 0)
+    }
+
+    #[test]
+    fn lsl_and_lar_match_the_host_cpu_on_linuxs_gdt() {
+        // The host's getcpu segment limit is whatever CPU ran this; the
+        // fake's GDT gets the same, the rest is Linux's fixed layout.
+        let (cpunode, ok) = host_descriptor(false, 0x7b);
+        assert!(ok, "the host kernel is Linux with its getcpu segment");
+        // Null, kernel CS/DS (DPL 0: invisible at CPL 3), user segments
+        // with RPL 3 and 0, the TSS, getcpu, past the GDT, an LDT selector.
+        for selector in [0u64, 3, 0x10, 0x18, 0x23, 0x2b, 0x33, 0x28, 0x40, 0x7b, 0x78, 0x83, 0xfff8, 0x7, 0x2f] {
+            for lar in [false, true] {
+                let (want, want_zf) = host_descriptor(lar, selector);
+                let mut f = Fake::new();
+                f.tables.cpl = 3;
+                linux_gdt(&mut f, cpunode);
+                f.gpr[0] = 0x5a5a;
+                f.gpr[3] = selector;
+                // lsl/lar rax, ebx
+                let bytes: &[u8] = if lar { &[0x48, 0x0f, 0x02, 0xc3] } else { &[0x48, 0x0f, 0x03, 0xc3] };
+                let kind = if lar { "lar" } else { "lsl" };
+                assert_eq!(complete(&mut f, bytes), Outcome::Completed(kind));
+                assert_eq!(f.rip, 0x1000 + 4);
+                assert_eq!(f.rflags & ZF != 0, want_zf, "{kind} {selector:#x}: ZF");
+                // The host's accessed bits are the CPU's to set: LAR's type
+                // is compared without bit 8.
+                let mask = if lar { !0x100 } else { u64::MAX };
+                assert_eq!(f.gpr[0] & mask, want & mask, "{kind} {selector:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn lsl_at_cpl0_sees_every_segment_and_widths_write_as_the_cpu_does() {
+        let mut f = Fake::new();
+        linux_gdt(&mut f, 0x1003);
+        // lsl eax, [rbx] with the selector in memory (kernel CS: G, all ones).
+        f.mem[0x100..0x102].copy_from_slice(&0x10u16.to_le_bytes());
+        f.gpr[3] = MEM + 0x100;
+        f.gpr[0] = u64::MAX;
+        assert_eq!(complete(&mut f, &[0x0f, 0x03, 0x03]), Outcome::Completed("lsl"));
+        assert_eq!((f.gpr[0], f.rflags & ZF), (0xffff_ffff, ZF), "32 bits clear the top half");
+        // lsl ax, bx on the getcpu segment: 16 bits keep the rest.
+        let mut f = Fake::new();
+        linux_gdt(&mut f, 0x1003);
+        f.gpr[0] = 0xaaaa_bbbb_cccc_dddd;
+        f.gpr[3] = 0x7b;
+        assert_eq!(complete(&mut f, &[0x66, 0x0f, 0x03, 0xc3]), Outcome::Completed("lsl"));
+        assert_eq!(f.gpr[0], 0xaaaa_bbbb_cccc_1003);
+        // The TSS at CPL 0: a 64-bit TSS has a limit; past the GDT, none.
+        let mut f = Fake::new();
+        linux_gdt(&mut f, 0);
+        f.gpr[3] = 0x40;
+        assert_eq!(complete(&mut f, &[0x48, 0x0f, 0x03, 0xc3]), Outcome::Completed("lsl"));
+        assert_eq!((f.gpr[0], f.rflags & ZF), (0x4087, ZF));
+        f.gpr[3] = 0x80;
+        f.rip = 0x1000;
+        complete(&mut f, &[0x48, 0x0f, 0x03, 0xc3]);
+        assert_eq!((f.gpr[0], f.rflags & ZF), (0x4087, 0), "kept, ZF clear");
+        // A GDT that does not translate: the guest takes the #PF.
+        let mut f = Fake::new();
+        f.tables.gdt = (0x4000_0000, 0x7f);
+        f.gpr[3] = 0x10;
+        assert_eq!(complete(&mut f, &[0x48, 0x0f, 0x03, 0xc3]), Outcome::Completed("page_fault"));
+        assert_eq!((f.cr2, f.rip), (0x4000_0010, 0x1000));
     }
 
     #[test]

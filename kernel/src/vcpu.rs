@@ -453,6 +453,15 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
     fn native(&mut self) -> Option<&mut NativeCpu> {
         self.native.as_deref_mut()
     }
+    fn descriptor_tables(&self) -> complete::DescriptorTables {
+        let (s, ldt) = (&self.sregs, &self.sregs.ldt);
+        complete::DescriptorTables {
+            gdt: (s.gdt.base, u32::from(s.gdt.limit)),
+            ldt: (ldt.present != 0 && ldt.unusable == 0).then_some((ldt.base, ldt.limit)),
+            cpl: s.ss.dpl,
+            long_mode: s.efer & EFER_LMA != 0,
+        }
+    }
     fn inject_page_fault(&mut self, linear: u64, write: bool) -> bool {
         // The first byte that faults: an access that starts on a good page
         // faults on the next one (none here spans more than two). If both

@@ -30,17 +30,18 @@ fn rounds(cmd: &str, last: &str) -> (String, Vec<(String, u64)>, Duration) {
 
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
-fn popcnt_stac_and_clac_at_cpl0_give_the_right_results_and_are_counted() {
+fn popcnt_stac_clac_and_lsl_at_cpl0_give_the_right_results_and_are_counted() {
     require_kvm();
     const ROUNDS: u64 = 200;
     let (text, stats, took) = rounds(&format!("refused {ROUNDS}"), "rounds right");
     assert!(text.contains(&format!("refused: {ROUNDS} of {ROUNDS} rounds right")), "{text}");
     if host_is_emulated() {
-        // Two popcnt (register, memory), one stac, one clac a round.
+        // Two popcnt (register, memory), one stac, one clac, two lsl a round.
         assert_eq!(stat(&stats, "vcpu-runner: completed_popcnt"), 2 * ROUNDS, "{stats:?}");
         assert_eq!(stat(&stats, "vcpu-runner: completed_stac"), ROUNDS, "{stats:?}");
         assert_eq!(stat(&stats, "vcpu-runner: completed_clac"), ROUNDS, "{stats:?}");
-        let per = took / (4 * ROUNDS as u32);
+        assert_eq!(stat(&stats, "vcpu-runner: completed_lsl"), 2 * ROUNDS, "{stats:?}");
+        let per = took / (6 * ROUNDS as u32);
         eprintln!("one completion (with its emulation-failure exit) ~ {per:?}");
     }
 }

@@ -361,7 +361,8 @@ pf_entry:
 
 /// `refused N`: N rounds, at CPL0, of the instructions kvm_pvm's emulator
 /// refuses and the runner completes: popcnt and tzcnt on a register and on
-/// memory, stac and clac; each result checked against what it must be
+/// memory, stac and clac, lsl of the code segment and of a selector past
+/// the GDT; each result checked against what it must be
 /// (computed without those instructions). Prints how many rounds were
 /// right between `bench: go` and `bench: end`, then idles. (No lzcnt: the
 /// emulator runs it as bsr without an exit, so no VMM can correct it;
@@ -390,10 +391,29 @@ fn refused(rounds: u64) -> ! {
             );
             core::arch::asm!("stac", "pushfq", "pop {s}", "clac", "pushfq", "pop {c}", s = out(reg) ac_set, c = out(reg) ac_clear);
         }
+        let (limit, seen, kept, past): (u64, u8, u64, u8);
+        // SAFETY: lsl reads the GDT; 0x08 is the 64-bit code segment (a
+        // 4 GiB limit), 0x48 lies past the GDT's end (ZF clear, kept).
+        unsafe {
+            core::arch::asm!(
+                "lsl {l}, {cs:e}",
+                "setz {v}",
+                "lsl {k}, {far:e}",
+                "setz {p}",
+                cs = in(reg) 0x08u64,
+                far = in(reg) 0x48u64,
+                l = out(reg) limit,
+                v = out(reg_byte) seen,
+                k = inout(reg) x => kept,
+                p = out(reg_byte) past,
+                options(nostack, readonly),
+            );
+        }
+        let lsl_right = (limit, seen, kept, past) == (0xffff_ffff, 1, x, 0);
         let ac = 1 << 18;
         // tzcnt of 0 is 64 (bsf would leave its destination alone).
         let (pop, tz) = (x.count_ones() as u64, if x == 0 { 64 } else { x.trailing_zeros() as u64 });
-        if (pop_r, tz_r, pop_m, tz_m) == (pop, tz, pop, tz) && ac_set & ac != 0 && ac_clear & ac == 0 {
+        if (pop_r, tz_r, pop_m, tz_m) == (pop, tz, pop, tz) && ac_set & ac != 0 && ac_clear & ac == 0 && lsl_right {
             right += 1;
         }
     }
