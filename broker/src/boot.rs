@@ -20,7 +20,7 @@ use capvm_kernel::boot::{identity_page_tables, GDT, GDT_ADDR};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, screen_info};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -48,6 +48,46 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 /// Offset of the 64-bit entry point in a bzImage's protected-mode kernel.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// screen_info's VIDEO_TYPE_VLFB: a VESA linear framebuffer, which
+/// Linux's sysfb hands to simplefb or simpledrm.
+const VIDEO_TYPE_VLFB: u8 = 0x23;
+/// screen_info's capability: `ext_lfb_base` holds the base's high half.
+const VIDEO_CAPABILITY_64BIT_BASE: u32 = 1 << 1;
+
+/// A display's framebuffer, started in its preferred mode (32 bits per
+/// pixel, XRGB) so a kernel can draw on it from its first lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Framebuffer {
+    pub addr: u64,
+    pub size: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Framebuffer {
+    /// As the boot parameters describe it, as a BIOS's VESA mode would.
+    fn screen_info(&self) -> screen_info {
+        screen_info {
+            orig_video_isVGA: VIDEO_TYPE_VLFB,
+            lfb_width: self.width as u16,
+            lfb_height: self.height as u16,
+            lfb_depth: 32,
+            lfb_base: self.addr as u32,
+            ext_lfb_base: (self.addr >> 32) as u32,
+            capabilities: if self.addr >> 32 != 0 { VIDEO_CAPABILITY_64BIT_BASE } else { 0 },
+            // A VESA framebuffer's size is in 64 KiB units.
+            lfb_size: (self.size >> 16) as u32,
+            lfb_linelength: (self.width * 4) as u16,
+            red_size: 8,
+            red_pos: 16,
+            green_size: 8,
+            green_pos: 8,
+            blue_size: 8,
+            blue_pos: 0,
+            ..Default::default()
+        }
+    }
+}
 
 /// Boot ROM sizes: whole 4 KiB pages, as bhyve asks (Debian's
 /// OVMF_CODE_4M.fd is not whole 64 KiB blocks), at most 16 MiB with the
@@ -184,13 +224,16 @@ impl VarStore {
 }
 
 /// Loads the kernel, its command line and initrd, and the ACPI tables for
-/// `cpus` vCPUs, and says where to start.
+/// `cpus` vCPUs, and says where to start. A kernel booted with a zero
+/// page (64-bit entry) is told of `framebuffer` in its screen_info; a PVH
+/// kernel has nowhere to be told.
 pub fn load(
     mem: &GuestMemoryMmap,
     regions: &[MemoryRegion],
     cfg: &BootConfig,
     cpus: u32,
     i8042: bool,
+    framebuffer: Option<Framebuffer>,
 ) -> Result<BootState, BootError> {
     let kpath = cfg.kernel.display().to_string();
     let mut kernel =
@@ -247,7 +290,7 @@ pub fn load(
             for (addr, entry) in identity_page_tables() {
                 mem.write_obj(entry, GuestAddress(addr)).map_err(mem_err)?;
             }
-            write_zero_page(mem, regions, &result, cfg.cmdline.len(), initrd)?;
+            write_zero_page(mem, regions, &result, cfg.cmdline.len(), initrd, framebuffer)?;
             let entry = if bzimage { result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET } else { result.kernel_load.0 };
             Ok(BootState { mode: EntryMode::Long64, entry, rsp: BOOT_STACK_TOP, rsi: ZERO_PAGE_ADDR, rbx: 0 })
         }
@@ -305,8 +348,12 @@ fn write_zero_page(
     result: &KernelLoaderResult,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    framebuffer: Option<Framebuffer>,
 ) -> Result<(), BootError> {
     let mut params = boot_params::default();
+    if let Some(fb) = framebuffer {
+        params.screen_info = fb.screen_info();
+    }
     if let Some(hdr) = result.setup_header {
         params.hdr = hdr;
     }
@@ -332,6 +379,31 @@ fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_framebuffer_is_a_vesa_linear_framebuffer_in_screen_info() {
+        let fb = Framebuffer { addr: 0xc000_0000, size: 32 << 20, width: 800, height: 600 };
+        let si = fb.screen_info();
+        let (isvga, w, h, depth, base, size, line) = (
+            si.orig_video_isVGA,
+            si.lfb_width,
+            si.lfb_height,
+            si.lfb_depth,
+            si.lfb_base,
+            si.lfb_size,
+            si.lfb_linelength,
+        );
+        assert_eq!((isvga, w, h, depth, base, line), (0x23, 800, 600, 32, 0xc000_0000, 3200));
+        assert_eq!(size, 512, "in 64 KiB units");
+        // XRGB8888, which Linux's sysfb matches as "x8r8g8b8".
+        let rgbx = [si.red_size, si.red_pos, si.green_size, si.green_pos, si.blue_size, si.blue_pos, si.rsvd_size];
+        assert_eq!(rgbx, [8, 16, 8, 8, 8, 0, 0]);
+        let (ext, caps) = (si.ext_lfb_base, si.capabilities);
+        assert_eq!((ext, caps), (0, 0));
+        let high = Framebuffer { addr: 0x1_2000_0000, ..fb }.screen_info();
+        let (base, ext, caps) = (high.lfb_base, high.ext_lfb_base, high.capabilities);
+        assert_eq!((base, ext, caps), (0x2000_0000, 1, 2));
+    }
 
     #[test]
     fn memory_regions_split_around_the_pci_hole() {

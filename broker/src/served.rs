@@ -137,6 +137,20 @@ impl ServedHost {
         }
     }
 
+    /// A display's framebuffer, as a kernel's boot parameters describe it.
+    pub fn framebuffer(&self) -> Option<crate::boot::Framebuffer> {
+        let d = self.display.as_ref()?;
+        let vram = self.function.bars.iter().find(|b| b.index == capvm_fbuf::layout::VRAM_BAR)?;
+        Some(crate::boot::Framebuffer { addr: vram.addr, size: vram.size, width: d.width, height: d.height })
+    }
+
+    /// A display starts in its preferred mode rather than off.
+    pub fn start_in_preferred_mode(&mut self) {
+        if let DeviceBackend::Fbuf(o) = &mut self.backend {
+            o.preferred_mode_at_start = true;
+        }
+    }
+
     pub fn route(&self) -> DeviceRoute {
         DeviceRoute { name: self.name.clone(), pio: Vec::new(), irq_gsis: Vec::new(), pci: Some(self.function.clone()) }
     }

@@ -146,14 +146,25 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         shm::sealed_memfd("capvm-guest-ram", memfd_size).map_err(|source| VmError::Ram { size: cfg.memory, source })?;
     let mut regions = boot::memory_regions(cfg.memory);
     regions.extend(rom.map(|r| r.region(cfg.memory)));
+    // Devices are laid out before the kernel is loaded: its boot
+    // parameters name the display's framebuffer.
+    let mut alloc = crate::served::Allocator::default();
+    let mut served: Vec<ServedHost> =
+        cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
+    let framebuffer = served.iter().find_map(ServedHost::framebuffer);
     let boot_state = {
         let file = File::from(ram.try_clone().map_err(|source| VmError::Os { what: "dup the RAM fd", source })?);
         let mem = shm::map_guest_ram(file, &regions)?;
         match &image {
-            boot::Image::Kernel(k) => boot::load(&mem, &regions, k, cfg.cpus, cfg.has_display())?,
+            boot::Image::Kernel(k) => boot::load(&mem, &regions, k, cfg.cpus, cfg.has_display(), framebuffer)?,
             boot::Image::Rom(rom) => rom.load(&mem)?,
         }
     };
+    // A kernel told of the framebuffer finds the display in that mode, as
+    // a BIOS would have left it.
+    if boot_state.mode == capvm_ipc::EntryMode::Long64 && framebuffer.is_some() {
+        served.iter_mut().for_each(ServedHost::start_in_preferred_mode);
+    }
 
     // What firmware reads through fw_cfg; the user's files (-f) are read now.
     let fw_cfg = match &cfg.boot {
@@ -182,9 +193,6 @@ pub fn run(cfg: &VmConfig) -> Result<i32, VmError> {
         .map(|c| Ok((c.clone(), ComHost::open(c)?, DeviceWires::new(cfg.cpus, 1)?)))
         .collect::<Result<_, VmError>>()?;
 
-    let mut alloc = crate::served::Allocator::default();
-    let served: Vec<ServedHost> =
-        cfg.served.iter().map(|d| crate::served::open(d, &mut alloc, cfg.cpus)).collect::<Result<_, _>>()?;
     // A display: capvmctl --screenshot reads it; the i8042 reads its viewers.
     let display = served.iter().find_map(|d| d.display.as_ref());
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| VmError::Os { what: "dup", source });

@@ -6,7 +6,7 @@ use bincode::{Decode, Encode};
 /// Bumped whenever a message, a message's fds or the ring layout changes
 /// incompatibly. `tests::wire_format_is_pinned_to_the_protocol_version`
 /// fails until it is.
-pub const PROTO_VERSION: u32 = 16;
+pub const PROTO_VERSION: u32 = 17;
 
 /// Broker to child.
 #[derive(Encode, Decode, Debug, Clone, PartialEq)]
@@ -314,6 +314,9 @@ pub struct FbufOptions {
     /// The option ROM's length, if it has one: its bytes come in a memfd
     /// after the state page, which the server reads and closes.
     pub rom_size: Option<u32>,
+    /// Start with the preferred mode on (width x height, 32 bits), as a
+    /// BIOS leaves it: the directly booted kernel was told so.
+    pub preferred_mode_at_start: bool,
 }
 
 /// The i8042 server: ports 0x60 and 0x64, IRQ 1 and 12; its input comes
@@ -439,7 +442,7 @@ mod tests {
     /// The fingerprint of every message's encoding and fd order at
     /// PROTO_VERSION. Change a message, its fds or their order and this
     /// test fails: bump PROTO_VERSION and take the new fingerprint it prints.
-    const WIRE_FINGERPRINT: (u32, u64) = (16, 0x6a9d_77d4_9d7e_2e72);
+    const WIRE_FINGERPRINT: (u32, u64) = (17, 0x451f_0a40_b1c4_e67e);
 
     fn function() -> PciFunction {
         PciFunction {
@@ -522,7 +525,12 @@ mod tests {
                 name: "fbuf (0:29.0)".into(),
                 memory: vec![],
                 function: function(),
-                backend: DeviceBackend::Fbuf(FbufOptions { width: 1024, height: 768, rom_size: Some(0x7000) }),
+                backend: DeviceBackend::Fbuf(FbufOptions {
+                    width: 1024,
+                    height: 768,
+                    rom_size: Some(0x7000),
+                    preferred_mode_at_start: true,
+                }),
                 sandbox: SandboxConfig::default(),
             }),
             ToChild::StartVnc(VncConfig {

@@ -458,6 +458,48 @@ fn seabios_shows_its_screen_through_the_displays_option_rom() {
     }
 }
 
+/// A directly booted bzImage finds the display in its boot parameters
+/// (screen_info: a VESA linear framebuffer at BAR 0) and the display
+/// already in that mode with its memory decoding, as a BIOS leaves it.
+/// With `nomodeset` (an installer's safe-graphics mode), which keeps the
+/// bochs driver away, simpledrm draws the console there: the boot log is
+/// on the screen though no driver of the device ran.
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn a_directly_booted_bzimage_draws_on_the_framebuffer_its_boot_parameters_name() {
+    require_kvm();
+    let bzimage = fixture("CAPVM_LINUX_VMLINUX", "linux/build").with_file_name("bzImage");
+    let cmdline = "console=tty0 console=ttyS0 panic=-1 root=/dev/vda rootwait nomodeset";
+    let args = vm_args(2, "256M", &bzimage, cmdline, &["-s", "29,fbuf,tcp=127.0.0.1:0,w=640,h=480"]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    read_until(&mut out, &mut seen, "fb0: simpledrmdrmfb frame buffer device", deadline);
+    let serial = String::from_utf8_lossy(&seen).to_string();
+    assert!(serial.contains("[drm] Initialized simpledrm") && !serial.contains("bochs-drm"), "{serial}");
+    // fbcon redraws the console at emulated speed: look until it shows.
+    let shot = std::env::temp_dir().join(format!("{name}.png"));
+    let mut text = String::new();
+    for _ in 0..30 {
+        capvmctl(&[&format!("--vm={name}"), &format!("--screenshot={}", shot.display())]);
+        text = ocr(&shot);
+        if text.contains("Initialized simpledrm") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::fs::remove_file(&shot).unwrap();
+    assert!(text.contains("Initialized simpledrm"), "not on the screen:\n{text}");
+    // Nobody set a mode or touched the registers: it was there at start.
+    let stats = get_stats(&name);
+    assert_eq!(stat(&stats, "fbuf (0:29.0): mode_changes"), 0, "{stats:?}");
+    assert_eq!(stat(&stats, "fbuf (0:29.0): mmio_accesses"), 0, "{stats:?}");
+    destroy(&name);
+    let _ = child.wait();
+}
+
 /// Reads a capture (raw RGB, `w` x `h`) with tesseract: grey, inverted
 /// (dark text on light), scaled up twice, as one block of text.
 fn ocr(png: &std::path::Path) -> String {

@@ -285,6 +285,16 @@ impl PciBus {
         self.slots.iter().find(|(s, f, _)| *s == slot && *f == func).map(|(_, _, o)| o)
     }
 
+    /// Maps what decodes before the guest runs: nothing, but for a display
+    /// a directly booted kernel was told of, which starts with memory
+    /// decoding on, as a BIOS leaves the screen it drew on. Through vCPU
+    /// 0's ring slot: no vCPU runs yet.
+    pub fn map_as_found(&self, vm: &Vm, devices: &[Device]) {
+        for (i, f) in self.served.iter().enumerate() {
+            self.remap(vm, &devices[f.device].ring, 0, i);
+        }
+    }
+
     /// Reads function `i`'s command register and BARs back from its server
     /// and maps each BAR where it is, if it may be there.
     fn remap(&self, vm: &Vm, ring: &ExitRing, vcpu: u32, i: usize) {

@@ -182,6 +182,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         routing_errors: stats.counter("pci_routing_errors"),
     };
     let pci = PciBus::new(bridges, served, ram_ranges, counters);
+    pci.map_as_found(&vm, &devices);
 
     let mut vcpus = Vec::new();
     for id in 0..cfg.vcpus {

@@ -203,7 +203,12 @@ impl ServedDevice for FbufConfig {
             fds.push(capvm_ipc::shm::sealed_copy("capvm-option-rom", bytes).map_err(os("cannot hold the option ROM"))?);
         }
         let rom_size = rom.map(|r| r.len() as u32);
-        let backend = DeviceBackend::Fbuf(FbufOptions { width: self.width, height: self.height, rom_size });
+        let backend = DeviceBackend::Fbuf(FbufOptions {
+            width: self.width,
+            height: self.height,
+            rom_size,
+            preferred_mode_at_start: false,
+        });
         Ok(Opened { backend, fds, display: Some(host) })
     }
 

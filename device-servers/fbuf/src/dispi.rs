@@ -125,6 +125,16 @@ impl Dispi {
         }
     }
 
+    /// Sets `width` x `height` at 32 bits and enables it, as a driver
+    /// would (a BIOS's mode before a directly booted kernel).
+    pub fn set_mode(&mut self, width: u16, height: u16) -> Change {
+        self.write(INDEX_ENABLE, 0);
+        self.write(INDEX_XRES, width);
+        self.write(INDEX_YRES, height);
+        self.write(INDEX_BPP, 32);
+        self.write(INDEX_ENABLE, ENABLED | LFB_ENABLED)
+    }
+
     /// How many rows of the virtual width fit in VRAM.
     fn update_virt_height(&mut self) {
         let row = self.reg(INDEX_VIRT_WIDTH) as u64 * self.bytes_per_pixel();
@@ -188,6 +198,14 @@ mod tests {
         // Panning: the picture starts a row lower.
         assert_eq!(d.write(INDEX_Y_OFFSET, 1), Change::Mode(Some(Mode { offset: 3200, ..m })));
         assert_eq!(d.write(INDEX_ENABLE, 0), Change::Mode(None));
+    }
+
+    #[test]
+    fn the_mode_at_start_is_the_one_a_driver_would_set() {
+        let (mut started, mut driven) = (Dispi::default(), Dispi::default());
+        assert_eq!(started.set_mode(1024, 768), set_mode(&mut driven, 1024, 768));
+        assert_eq!(started.regs, driven.regs);
+        assert_eq!(started.read(INDEX_VIRT_WIDTH), 1024);
     }
 
     #[test]

@@ -77,7 +77,19 @@ fn run(channel: &Channel) -> Result<(), ServerError> {
     }
     let edid = edid::block(options.width, options.height);
     let mut display = Display { config, dispi: Dispi::default(), edid, rom, state, counters };
-    display.state.publish(None);
+    // A directly booted kernel was told the screen is on: as a BIOS
+    // would leave it, in the preferred mode with its framebuffer decoding.
+    let start = match options.preferred_mode_at_start {
+        true => {
+            display.config.put(capvm_pci::config::COMMAND, &capvm_pci::config::COMMAND_MEMORY.to_le_bytes());
+            display.dispi.set_mode(options.width as u16, options.height as u16)
+        }
+        false => Change::Mode(None),
+    };
+    display.state.publish(match start {
+        Change::Mode(mode) => mode,
+        _ => None,
+    });
     channel.send(&ToBroker::Ready { version: PROTO_VERSION }, &[])?;
     serve(channel, &started.ring, &mut display)
 }
