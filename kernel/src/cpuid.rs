@@ -30,8 +30,9 @@ const CPUID7_ECX_OSPKE: u32 = 1 << 4;
 const CPUID_8000_0001_ECX_ABM: u32 = 1 << 5;
 // Leaf 0x4000_0001 EAX: KVM's paravirtual features. On an emulated host a
 // guest gets only those that need no hypercall: kvm-clock (MSR based) and
-// the no-op I/O delay. Hypercall-based ones (PV IPIs, PV sched yield, PV
-// unhalt's kick) left a KVM_GUEST kernel waiting for good at SMP bring-up.
+// the no-op I/O delay. `vmcall` from emulated CPL0 never completes there,
+// so no hypercall-based one (PV IPIs stopped SMP bring-up; PV unhalt's
+// kick and PV sched yield would strike later). docs/kvm-pvm.md.
 const KVM_FEATURE_CLOCKSOURCE: u32 = 1 << 0;
 const KVM_FEATURE_NOP_IO_DELAY: u32 = 1 << 1;
 const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
