@@ -740,6 +740,18 @@ mod tests {
     }
 
     #[test]
+    fn fbuf_rom_off_has_no_rom_and_a_path_is_taken_as_given() {
+        use crate::devices::fbuf::FbufConfig;
+        let rom = |value: &str| {
+            let mut v = base();
+            v.extend([("pci.0.29.0.device", "fbuf"), ("pci.0.29.0.rom", value), ("pci.0.31.0.device", "lpc")]);
+            served::<FbufConfig>(&VmConfig::from_tree(&tree(&v)).unwrap(), 0).rom.clone()
+        };
+        assert_eq!(rom("off"), None);
+        assert_eq!(rom("/nonexistent/rom.bin"), Some(PathBuf::from("/nonexistent/rom.bin")));
+    }
+
+    #[test]
     fn vmconfig_without_kernel_says_how_to_give_one() {
         let e = VmConfig::from_tree(&tree(&[("name", "vm0")])).unwrap_err();
         assert!(e.0.contains("boot.kernel"));

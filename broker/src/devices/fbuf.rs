@@ -10,6 +10,7 @@
 use std::any::Any;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use capvm_fbuf::layout;
 use capvm_ipc::display::{self, MAX_SIZE, MIN_SIZE};
@@ -27,7 +28,7 @@ pub const SERVED: Served = Served {
     layout: |slot, func, device, alloc| {
         let vram = alloc.bar(display::VRAM_SIZE)?;
         let mmio = alloc.bar(layout::MMIO_SIZE)?;
-        let has_rom = device.as_any().downcast_ref::<FbufConfig>().is_some_and(|c| c.rom.path().is_some());
+        let has_rom = device.as_any().downcast_ref::<FbufConfig>().is_some_and(|c| c.rom.is_some());
         let rom = if has_rom { Some(alloc.bar(layout::ROM_SIZE)?) } else { None };
         Ok(layout::function(slot, func, vram, mmio, rom))
     },
@@ -50,40 +51,20 @@ pub struct FbufConfig {
     pub password: Option<String>,
     /// bhyve's `wait`: the vCPUs start when the first viewer is in.
     pub wait: bool,
-    pub rom: OptionRom,
+    /// The display's option ROM (`rom=`), behind its expansion-ROM BAR: a
+    /// BIOS runs it to put its screen on the display (SeaBIOS's VGA BIOS
+    /// for this device); UEFI drives the device itself and skips it. None
+    /// with `rom=off`, or with no `rom=` when [`DEFAULT_ROM`] is not
+    /// installed; a path given must be there.
+    pub rom: Option<PathBuf>,
 }
 
-/// The display's option ROM (`rom=`), behind its expansion-ROM BAR: a
-/// BIOS runs it to put its screen on the display (SeaBIOS's VGA BIOS for
-/// this device). UEFI drives the device itself and skips it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OptionRom {
-    /// `rom=off`: no ROM; SeaBIOS's screen stays on COM1.
-    Off,
-    /// No `rom=`: [`DEFAULT_ROM`] if it is installed.
-    Default,
-    /// `rom=PATH`: this file, which must be there.
-    Path(std::path::PathBuf),
-}
-
-impl OptionRom {
-    /// The file to read, if the display has a ROM.
-    pub fn path(&self) -> Option<&std::path::Path> {
-        match self {
-            OptionRom::Off => None,
-            OptionRom::Default => Some(std::path::Path::new(DEFAULT_ROM)).filter(|p| p.exists()),
-            OptionRom::Path(p) => Some(p),
-        }
-    }
-
-    /// The ROM's bytes, checked to be an option ROM that fits its BAR.
-    pub fn read(&self) -> Result<Option<Vec<u8>>, DeviceError> {
-        let Some(path) = self.path() else { return Ok(None) };
-        let bad = |why: String| DeviceError::OptionRom { path: path.display().to_string(), why };
-        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        check_option_rom(&bytes).map_err(bad)?;
-        Ok(Some(bytes))
-    }
+/// The ROM's bytes, checked to be an option ROM that fits its BAR.
+fn read_option_rom(path: &Path) -> Result<Vec<u8>, DeviceError> {
+    let bad = |why: String| DeviceError::OptionRom { path: path.display().to_string(), why };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    check_option_rom(&bytes).map_err(bad)?;
+    Ok(bytes)
 }
 
 /// An x86 option ROM: the 0x55 0xaa signature, and a length (byte 2, in
@@ -146,11 +127,13 @@ pub fn parse(o: &SlotOptions) -> Result<Box<dyn ServedDevice>, ConfigError> {
     if password.as_ref().is_some_and(|p| p.is_empty() || p.len() > PASSWORD_MAX) {
         return Err(bad(format!("password: give 1 to {PASSWORD_MAX} characters (VNC Authentication uses 8)")));
     }
+    // The default is looked up once, here: the layout, the fd count and
+    // open() then agree on whether there is a ROM.
     let rom = match o.get("rom") {
-        None => OptionRom::Default,
-        Some("off") => OptionRom::Off,
+        None => Some(PathBuf::from(DEFAULT_ROM)).filter(|p| p.exists()),
+        Some("off") => None,
         Some("") => return Err(bad("rom: give a PATH to the display's option ROM, or off".into())),
-        Some(p) => OptionRom::Path(p.into()),
+        Some(p) => Some(p.into()),
     };
     Ok(Box::new(FbufConfig { address, width, height, password, wait, rom }))
 }
@@ -198,7 +181,7 @@ impl ServedDevice for FbufConfig {
             height: self.height,
         };
         let mut fds = vec![state];
-        let rom = self.rom.read()?;
+        let rom = self.rom.as_deref().map(read_option_rom).transpose()?;
         if let Some(bytes) = &rom {
             fds.push(capvm_ipc::shm::sealed_copy("capvm-option-rom", bytes).map_err(os("cannot hold the option ROM"))?);
         }
@@ -219,7 +202,7 @@ impl ServedDevice for FbufConfig {
     /// The state page, and the ROM's memfd (read and closed before the
     /// server confines itself).
     fn backend_fd_count(&self) -> usize {
-        1 + usize::from(self.rom.path().is_some())
+        1 + usize::from(self.rom.is_some())
     }
 
     fn backend_policy(&self, fds: &[i32]) -> (Vec<FdGrant>, Vec<SyscallRule>) {
@@ -253,12 +236,8 @@ mod tests {
     }
 
     #[test]
-    fn rom_off_has_no_rom_and_a_path_is_taken_as_given() {
-        assert_eq!(OptionRom::Off.path(), None);
-        assert_eq!(OptionRom::Off.read().unwrap(), None);
-        let p = OptionRom::Path("/nonexistent/rom.bin".into());
-        assert_eq!(p.path(), Some(std::path::Path::new("/nonexistent/rom.bin")));
-        let e = p.read().unwrap_err().to_string();
+    fn a_rom_that_cannot_be_read_is_named_in_the_error() {
+        let e = read_option_rom(Path::new("/nonexistent/rom.bin")).unwrap_err().to_string();
         assert!(e.starts_with("option ROM /nonexistent/rom.bin: "), "{e}");
     }
 }
