@@ -93,8 +93,13 @@ impl CountersByKind {
 
     /// Adds one to `kind`'s counter; a kind the family lacks counts nowhere.
     pub fn inc(&self, kind: &str) {
+        self.add(kind, 1);
+    }
+
+    /// Adds `n` to `kind`'s counter, as `inc` does one.
+    pub fn add(&self, kind: &str, n: u64) {
         if let Some((_, c)) = self.0.iter().find(|(k, _)| *k == kind) {
-            c.inc();
+            c.add(n);
         }
     }
 }

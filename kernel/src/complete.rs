@@ -18,6 +18,9 @@ use iced_x86::{
 
 use crate::native::{self, NativeCpu};
 
+mod simd;
+pub use simd::Batch;
+
 /// RFLAGS bits.
 const CF: u64 = 1 << 0;
 const PF: u64 = 1 << 2;
@@ -30,7 +33,7 @@ const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 
 /// The instructions this engine completes, as the stats page counts them
 /// (`completed_<kind>`).
-pub const KINDS: [&str; 19] = [
+pub const KINDS: [&str; 20] = [
     "int3",
     "int",
     "fwait",
@@ -49,6 +52,7 @@ pub const KINDS: [&str; 19] = [
     "lsl",
     "lar",
     "simd",
+    "after_simd",
     "page_fault",
 ];
 
@@ -86,6 +90,9 @@ const FSW_ES: u16 = 1 << 7;
 pub enum Outcome {
     /// Carried out; the name counts it on the stats page ("popcnt").
     Completed(&'static str),
+    /// A refused SIMD instruction and the run after it (`simd::run`),
+    /// counted as `simd` and `after_simd`.
+    Batch(Batch),
     /// Not an instruction this engine completes: the mnemonic, for the
     /// one line that stops the VM.
     Unsupported(String),
@@ -270,7 +277,10 @@ pub fn complete(m: &mut impl Machine, bytes: &[u8]) -> Outcome {
         Mnemonic::Fldcw => fldcw(m, &insn),
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => count_bits(m, &insn),
         Mnemonic::Lsl | Mnemonic::Lar => limit_or_rights(m, &insn),
-        _ if simd_features(&insn).is_some() => simd(m, &insn),
+        _ if simd::simd_features(&insn).is_some() => match simd::run(m, &insn) {
+            Ok(batch) if batch.simd + batch.plain > 1 => return Outcome::Batch(batch),
+            done => done.map(|_| "simd"),
+        },
         other => Err(Outcome::Unsupported(format!("{other:?}").to_lowercase())),
     };
     match done {
@@ -619,221 +629,6 @@ fn segment_limit(d: u64) -> u64 {
         raw
     }
 }
-
-/// Whether `insn` belongs to the instruction sets that run natively: SIMD
-/// (MMX to AVX2, with AES, SHA, CLMUL, GFNI) and the bit-manipulation
-/// extensions crypto code uses. Some(true) when it uses SIMD state, and
-/// whether the host CPU has every set it needs (it raises #UD otherwise,
-/// as the guest, which sees the host's CPUID, would expect).
-fn simd_features(insn: &Instruction) -> Option<(bool, bool)> {
-    use CpuidFeature as F;
-    let (mut simd, mut host) = (false, true);
-    for &f in insn.cpuid_features() {
-        let (state, has) = match f {
-            F::MMX => (true, is_x86_feature_detected!("mmx")),
-            F::SSE | F::SSE2 => (true, true),
-            F::SSE3 => (true, is_x86_feature_detected!("sse3")),
-            F::SSSE3 => (true, is_x86_feature_detected!("ssse3")),
-            F::SSE4_1 => (true, is_x86_feature_detected!("sse4.1")),
-            F::SSE4_2 => (true, is_x86_feature_detected!("sse4.2")),
-            F::AVX => (true, is_x86_feature_detected!("avx")),
-            F::AVX2 => (true, is_x86_feature_detected!("avx2")),
-            F::FMA => (true, is_x86_feature_detected!("fma")),
-            F::F16C => (true, is_x86_feature_detected!("f16c")),
-            F::AES => (true, is_x86_feature_detected!("aes")),
-            F::PCLMULQDQ => (true, is_x86_feature_detected!("pclmulqdq")),
-            F::VAES => (true, is_x86_feature_detected!("vaes")),
-            F::VPCLMULQDQ => (true, is_x86_feature_detected!("vpclmulqdq")),
-            F::SHA => (true, is_x86_feature_detected!("sha")),
-            F::GFNI => (true, is_x86_feature_detected!("gfni")),
-            F::BMI1 => (false, is_x86_feature_detected!("bmi1")),
-            F::BMI2 => (false, is_x86_feature_detected!("bmi2")),
-            F::ADX => (false, is_x86_feature_detected!("adx")),
-            _ => return None,
-        };
-        simd |= state;
-        host &= has;
-    }
-    Some((simd, host))
-}
-
-/// Legacy SSE instructions with a 16-byte memory operand raise #GP when it
-/// is not 16-aligned, but for the unaligned moves and the string compares;
-/// VEX ones only for the explicitly aligned moves (SDM vol. 2, 2.4-2.5).
-fn needs_alignment(insn: &Instruction) -> Option<u64> {
-    use Mnemonic as M;
-    match insn.mnemonic() {
-        M::Movaps | M::Movapd | M::Movdqa | M::Movntps | M::Movntpd | M::Movntdq | M::Movntdqa => Some(16),
-        M::Vmovaps | M::Vmovapd | M::Vmovdqa | M::Vmovntps | M::Vmovntpd | M::Vmovntdq | M::Vmovntdqa => {
-            Some(insn.memory_size().size() as u64)
-        }
-        M::Movups | M::Movupd | M::Movdqu | M::Lddqu | M::Pcmpestri | M::Pcmpestrm | M::Pcmpistri | M::Pcmpistrm => {
-            None
-        }
-        _ if insn.encoding() == EncodingKind::Legacy && insn.memory_size().size() == 16 => Some(16),
-        _ => None,
-    }
-}
-
-/// An instruction of `simd_features` runs natively (`native`): the guest's
-/// general-purpose registers, arithmetic flags and SIMD state loaded, its
-/// memory operand copied in and out. What the CPU would raise first (#UD,
-/// #NM, #GP for alignment) is raised here and nothing runs; what cannot be
-/// made certain (unmasked SIMD exceptions, a pending x87 one) stops the VM.
-fn simd(m: &mut impl Machine, insn: &Instruction) -> Result<&'static str, Outcome> {
-    let unsupported = |why: &str| Err(Outcome::Unsupported(format!("{:?} {why}", insn.mnemonic()).to_lowercase()));
-    let Some((uses_state, host_has)) = simd_features(insn) else { return unsupported("") };
-    let (cr0, cr4) = m.control_registers();
-    let vex = matches!(insn.encoding(), EncodingKind::VEX | EncodingKind::EVEX);
-    // XCR0 (one more ioctl) matters only to VEX: legacy SSE state is there
-    // whatever XCR0 says.
-    let xcr0 = if vex { m.xcr0().unwrap_or(1) } else { 0b11 };
-    // A fault: RIP stays on the instruction.
-    fn raise(m: &mut impl Machine, vector: u8, error_code: Option<u32>) -> Result<&'static str, Outcome> {
-        m.inject(vector, error_code);
-        Ok("simd")
-    }
-    if !host_has || (uses_state && !vex && (cr0 & CR0_EM != 0 || cr4 & CR4_OSFXSR == 0)) {
-        return raise(m, UD, None);
-    }
-    if vex && (cr4 & CR4_OSXSAVE == 0 || xcr0 & 0b110 != 0b110) {
-        return raise(m, UD, None);
-    }
-    if uses_state && cr0 & CR0_TS != 0 {
-        return raise(m, NM, None);
-    }
-    // The operands: general-purpose registers but RSP, vector registers,
-    // at most one plain memory operand (no string forms, no VSIB).
-    let mut memory = None;
-    for n in 0..insn.op_count() {
-        match insn.op_kind(n) {
-            OpKind::Register if insn.op_register(n).full_register() == Register::RSP => {
-                return unsupported("names rsp")
-            }
-            OpKind::Register
-            | OpKind::Immediate8
-            | OpKind::Immediate8_2nd
-            | OpKind::Immediate16
-            | OpKind::Immediate32 => {}
-            OpKind::Memory if !insn.memory_index().is_vector_register() => memory = Some(n),
-            _ => return unsupported("has an operand that is not a register or plain memory"),
-        }
-    }
-    if insn.flow_control() != FlowControl::Next {
-        return unsupported("changes control flow");
-    }
-    let Some(mut area) = m.xsave_area() else { return unsupported("(no XSAVE area)") };
-    let mxcsr = le32(&area, MXCSR);
-    if uses_state && mxcsr & 0x1f80 != 0x1f80 {
-        return unsupported("with unmasked SIMD exceptions");
-    }
-    if insn.cpuid_features().contains(&CpuidFeature::MMX)
-        && u16::from_le_bytes([area[FSW], area[FSW + 1]]) & FSW_ES != 0
-    {
-        return unsupported("with an x87 exception pending");
-    }
-
-    // The memory operand's bytes, and whether they are written back.
-    let mut operand = [0u8; native::MAX_OPERAND];
-    let mut native_insn = *insn;
-    let mut write_back = None;
-    if let Some(n) = memory {
-        let size = insn.memory_size().size();
-        if size == 0 || size > native::MAX_OPERAND {
-            return unsupported("has a memory operand of an unexpected size");
-        }
-        let linear = memory_address(m, insn, n)?;
-        if needs_alignment(insn).is_some_and(|align| linear % align != 0) {
-            return raise(m, GP, Some(0));
-        }
-        let access = InstructionInfoFactory::new().info(insn).op_access(n);
-        let writes =
-            matches!(access, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite);
-        // Read even a store's bytes: a partial store writes the rest back
-        // unchanged. A page fault says what the instruction does.
-        if !m.read(linear, &mut operand[..size]) {
-            return Err(Outcome::Fault { linear, write: writes });
-        }
-        if writes {
-            write_back = Some((linear, size));
-        }
-    }
-    let host_xcr0 = native::host_xcr0();
-    let mask = host_xcr0 & 0b11 | host_xcr0 & xcr0 & 0xe4;
-    let mut ctx = native::Context::new();
-    ctx.guest.copy_from_slice(&area);
-    let xstate_bv = le64(&area, XSTATE_BV);
-    ctx.guest[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(xstate_bv & mask).to_le_bytes());
-    ctx.guest[HEADER_REST].fill(0);
-    ctx.mask = mask;
-    for (i, slot) in ctx.gprs.iter_mut().enumerate() {
-        *slot = m.gpr64(GPRS[i]);
-    }
-    ctx.rflags = m.rflags() & ARITHMETIC | 2;
-    let Some(cpu) = m.native() else { return unsupported("(no native page)") };
-    if memory.is_some() {
-        native_insn.set_memory_base(Register::RIP);
-        native_insn.set_memory_index(Register::None);
-        native_insn.set_memory_index_scale(1);
-        native_insn.set_memory_displacement64(cpu.operand_address());
-        native_insn.set_memory_displ_size(8);
-        native_insn.set_segment_prefix(Register::None);
-    }
-    let mut encoder = Encoder::new(64);
-    if encoder.encode(&native_insn, cpu.code_address()).is_err() {
-        return unsupported("does not encode for 64-bit mode");
-    }
-    let code = encoder.take_buffer();
-
-    cpu.operand()[..].copy_from_slice(&operand);
-    // SAFETY: simd_features and the operand checks above admit only
-    // instructions on registers and the one operand copy, with no control
-    // flow; #UD, #NM and alignment #GP were raised instead of running;
-    // exceptions are masked in MXCSR and none is pending for x87; the
-    // area's header is one XRSTOR accepts for `mask`.
-    unsafe { cpu.run(&code, &mut ctx) };
-    operand.copy_from_slice(&cpu.operand()[..]);
-
-    if let Some((linear, size)) = write_back {
-        if !m.write(linear, &operand[..size]) {
-            return Err(Outcome::Fault { linear, write: true });
-        }
-    }
-    let new_bv = le64(&ctx.guest, XSTATE_BV);
-    let header = area[HEADER_REST].to_vec();
-    area.copy_from_slice(&ctx.guest);
-    area[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(xstate_bv & !mask | new_bv & mask).to_le_bytes());
-    area[HEADER_REST].copy_from_slice(&header);
-    m.set_xsave_area(area);
-    for (i, &value) in ctx.gprs.iter().enumerate() {
-        if GPRS[i] != Register::RSP {
-            m.set_gpr64(GPRS[i], value);
-        }
-    }
-    m.set_rflags(m.rflags() & !ARITHMETIC | ctx.rflags & ARITHMETIC);
-    m.set_rip(insn.next_ip());
-    Ok("simd")
-}
-
-/// The general-purpose registers in encoding order (`native::Context`).
-const GPRS: [Register; 16] = [
-    Register::RAX,
-    Register::RCX,
-    Register::RDX,
-    Register::RBX,
-    Register::RSP,
-    Register::RBP,
-    Register::RSI,
-    Register::RDI,
-    Register::R8,
-    Register::R9,
-    Register::R10,
-    Register::R11,
-    Register::R12,
-    Register::R13,
-    Register::R14,
-    Register::R15,
-];
 
 /// The value of operand `n` (a register or memory), `width` bits.
 fn operand_value(m: &mut impl Machine, insn: &Instruction, n: u32, width: u64) -> Result<u64, Outcome> {
@@ -1840,5 +1635,246 @@ mod tests {
         assert_eq!(complete(&mut f, &[0xf3, 0x0f, 0x7f, 0x66, 0x10]), Outcome::Completed("page_fault"));
         assert_eq!((f.cr2, &f.injected[..]), (MEM + 2 * XSAVE_AREA as u64 + 8, &[(14, Some(2))][..]));
         assert_eq!((f.rip, &f.area, &f.mem), (before.rip, &before.area, &before.mem));
+    }
+
+    // A run as a kernel's crypto code has them: SIMD with integer
+    // instructions and a loop branch between, RSI pointing at 64 bytes.
+    // `capvm_test_run` loads a `RunState` (RAX..R15 but RSP, XMM0-2, and
+    // the arithmetic flags), runs the code between the two labels on the
+    // host CPU and stores it back; the same bytes are the Fake's code.
+    std::arch::global_asm!(
+        ".pushsection .text.capvm_test_run,\"ax\",@progbits",
+        ".global capvm_test_run, capvm_test_run_start, capvm_test_run_end",
+        "capvm_test_run:",
+        "push rbx",
+        "push rbp",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rdi",
+        "movdqu xmm0, [rdi + 128]",
+        "movdqu xmm1, [rdi + 144]",
+        "movdqu xmm2, [rdi + 160]",
+        "push qword ptr [rdi + 176]",
+        "popfq",
+        "mov rax, [rdi]",
+        "mov rcx, [rdi + 8]",
+        "mov rdx, [rdi + 16]",
+        "mov rbx, [rdi + 24]",
+        "mov rbp, [rdi + 40]",
+        "mov rsi, [rdi + 48]",
+        "mov r8, [rdi + 64]",
+        "mov r9, [rdi + 72]",
+        "mov r10, [rdi + 80]",
+        "mov r11, [rdi + 88]",
+        "mov r12, [rdi + 96]",
+        "mov r13, [rdi + 104]",
+        "mov r14, [rdi + 112]",
+        "mov r15, [rdi + 120]",
+        "mov rdi, [rdi + 56]",
+        "capvm_test_run_start:",
+        "movdqu xmm0, [rsi]",
+        "mov ecx, 5",
+        "2:",
+        "paddd xmm0, xmm1",
+        "pshufb xmm0, xmm2",
+        "add rax, rcx",
+        "imul rbx, rax, 7",
+        "pxor xmm1, xmm0",
+        "movq rdx, xmm1",
+        "xor rdx, rax",
+        "mov [rsi + 32 + rcx * 4], edx",
+        "dec ecx",
+        "jnz 2b",
+        "movdqu [rsi + 16], xmm0",
+        "lea rdi, [rax + rbx * 2 + 5]",
+        "lea r10, [rip + capvm_test_run_start]",
+        "sub r10, rdi",
+        "test rdx, rdx",
+        "setz r8b",
+        "cmovs r9, rbx",
+        "nop dword ptr [rax + rax * 1 + 0]",
+        "jmp 3f",
+        "ud2",
+        "3:",
+        "capvm_test_run_end:",
+        "pushfq",
+        "xchg rdi, [rsp + 8]",
+        "mov [rdi], rax",
+        "mov [rdi + 8], rcx",
+        "mov [rdi + 16], rdx",
+        "mov [rdi + 24], rbx",
+        "mov [rdi + 40], rbp",
+        "mov [rdi + 48], rsi",
+        "mov [rdi + 64], r8",
+        "mov [rdi + 72], r9",
+        "mov [rdi + 80], r10",
+        "mov [rdi + 88], r11",
+        "mov [rdi + 96], r12",
+        "mov [rdi + 104], r13",
+        "mov [rdi + 112], r14",
+        "mov [rdi + 120], r15",
+        "pop rax",
+        "mov [rdi + 176], rax",
+        "pop rax",
+        "mov [rdi + 56], rax",
+        "movdqu [rdi + 128], xmm0",
+        "movdqu [rdi + 144], xmm1",
+        "movdqu [rdi + 160], xmm2",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbp",
+        "pop rbx",
+        "ret",
+        ".popsection",
+    );
+
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct RunState {
+        gprs: [u64; 16],
+        xmm: [[u8; 16]; 3],
+        rflags: u64,
+    }
+
+    extern "sysv64" {
+        fn capvm_test_run(state: *mut RunState);
+        static capvm_test_run_start: u8;
+        static capvm_test_run_end: u8;
+    }
+
+    /// The run's code bytes, and where the Fake keeps its code and data.
+    fn run_code() -> &'static [u8] {
+        // SAFETY: two labels in one section of this test's text, in order.
+        unsafe {
+            let start = &raw const capvm_test_run_start;
+            let end = &raw const capvm_test_run_end;
+            std::slice::from_raw_parts(start, end as usize - start as usize)
+        }
+    }
+    const RUN_CODE: u64 = MEM + 0x100;
+    const RUN_DATA: u64 = MEM + 0x800;
+
+    /// A Fake holding `code` at RUN_CODE (then `hlt`, which no run takes)
+    /// and `state`, with RSI at RUN_DATA.
+    fn run_fake(code: &[u8], state: &RunState, data: &Memory) -> Fake {
+        let mut f = Fake::new();
+        let at = (RUN_CODE - MEM) as usize;
+        f.mem[at..at + code.len()].copy_from_slice(code);
+        f.mem[at + code.len()] = 0xf4;
+        let at = (RUN_DATA - MEM) as usize;
+        f.mem[at..at + 64].copy_from_slice(&data.0);
+        f.rip = RUN_CODE;
+        f.xcr0 = host_xcr0() & 0b111;
+        f.area = simd_state().0.to_vec();
+        for (i, x) in state.xmm.iter().enumerate() {
+            f.area[SSE_STATE.start + 16 * i..][..16].copy_from_slice(x);
+        }
+        f.gpr = state.gprs;
+        f.gpr[Register::RSI.number()] = RUN_DATA;
+        f.rflags = state.rflags;
+        f
+    }
+
+    #[test]
+    fn a_run_after_a_refused_simd_instruction_gives_what_the_host_cpu_gives() {
+        if NativeCpu::new().is_err() || !is_x86_feature_detected!("ssse3") {
+            eprintln!("skipped: the host CPU lacks XSAVE or SSSE3");
+            return;
+        }
+        let code = run_code();
+        let mut data = simd_memory();
+        let mut state = RunState {
+            gprs: std::array::from_fn(|i| 0x0123_4567_89ab_cdefu64.rotate_left(7 * i as u32)),
+            xmm: std::array::from_fn(|i| std::array::from_fn(|j| (17 * i + 5 * j) as u8 & 0x8f)),
+            rflags: 0x2 | CF | OF,
+        };
+        let mut f = run_fake(code, &state, &data);
+        let outcome = complete(&mut f, &code[..15]);
+
+        // On the host CPU, RSI at the same bytes.
+        state.gprs[Register::RSI.number()] = data.0.as_mut_ptr() as u64;
+        let host_code = code.as_ptr() as u64;
+        // SAFETY: the run touches its registers and the 64 bytes at RSI.
+        unsafe { capvm_test_run(&mut state) };
+
+        // Five rounds of 4 SIMD and 6 other instructions, a load and a
+        // store around them, and 9 instructions after: hlt ends the run.
+        assert_eq!(outcome, Outcome::Batch(Batch { simd: 22, plain: 1 + 30 + 8 }));
+        assert!(f.injected.is_empty(), "{:?}", f.injected);
+        assert_eq!(f.rip, RUN_CODE + code.len() as u64);
+        let at = (RUN_DATA - MEM) as usize;
+        assert_eq!(&f.mem[at..at + 64], &data.0[..]);
+        for (i, x) in state.xmm.iter().enumerate() {
+            assert_eq!(&f.area[SSE_STATE.start + 16 * i..][..16], x, "xmm{i}");
+        }
+        assert_eq!(f.rflags & ARITHMETIC, state.rflags & ARITHMETIC);
+        for r in GPRS_IN_ORDER {
+            let want = match r {
+                Register::RSI => RUN_DATA,
+                // The RIP-relative lea: where the code is, minus RDI.
+                Register::R10 => state.gprs[r.number()].wrapping_sub(host_code).wrapping_add(RUN_CODE),
+                _ => state.gprs[r.number()],
+            };
+            assert_eq!(f.gpr[r.number()], want, "{r:?}");
+        }
+    }
+
+    const GPRS_IN_ORDER: [Register; 15] = [
+        Register::RAX,
+        Register::RCX,
+        Register::RDX,
+        Register::RBX,
+        Register::RBP,
+        Register::RSI,
+        Register::RDI,
+        Register::R8,
+        Register::R9,
+        Register::R10,
+        Register::R11,
+        Register::R12,
+        Register::R13,
+        Register::R14,
+        Register::R15,
+    ];
+
+    #[test]
+    fn a_run_ends_where_the_emulator_should_take_over() {
+        let Ok(_) = NativeCpu::new() else { return };
+        let state = RunState { gprs: [0; 16], xmm: [[0; 16]; 3], rflags: 2 };
+        let data = simd_memory();
+        let pxor = [0x66, 0x0f, 0xef, 0xc1]; // pxor xmm0, xmm1
+        let inc = [0x48, 0xff, 0xc0]; // inc rax
+        let movdqa_off = [0x66, 0x0f, 0x6f, 0x46, 0x08]; // movdqa xmm0, [rsi+8]: #GP
+        let push = [0x50]; // push rax: the stack is the emulator's
+        let ends_after = |code: Vec<u8>, simd: u32, plain: u32| {
+            let mut f = run_fake(&code, &state, &data);
+            let outcome = complete(&mut f, &code);
+            let want =
+                if simd + plain > 1 { Outcome::Batch(Batch { simd, plain }) } else { Outcome::Completed("simd") };
+            assert_eq!(outcome, want, "{code:02x?}");
+            assert!(f.injected.is_empty(), "nothing raised: the emulator meets it again");
+            f
+        };
+        // Twenty integer instructions after SIMD: the run stops after twelve.
+        let f = ends_after([&pxor[..], &inc.repeat(20)].concat(), 1, 12);
+        assert_eq!((f.rip, f.gpr[0]), (RUN_CODE + 4 + 12 * 3, 12));
+        // Before an instruction that would fault, and one it does not take.
+        let f = ends_after([&pxor[..], &inc, &movdqa_off].concat(), 1, 1);
+        assert_eq!(f.rip, RUN_CODE + 7);
+        let f = ends_after([&pxor[..], &pxor, &push].concat(), 2, 0);
+        assert_eq!(f.rip, RUN_CODE + 8);
+        // A locked instruction is atomic; a copy of its operand is not.
+        let lock_add = [0xf0, 0x01, 0x06]; // lock add [rsi], eax
+        let f = ends_after([&pxor[..], &inc, &lock_add].concat(), 1, 1);
+        assert_eq!(f.rip, RUN_CODE + 7);
+        // A single-stepping guest gets its #DB after the refused one.
+        let mut f = run_fake(&[&pxor[..], &pxor].concat(), &state, &data);
+        f.rflags |= 1 << 8;
+        assert_eq!(complete(&mut f, &pxor), Outcome::Completed("simd"));
+        assert_eq!(f.rip, RUN_CODE + 4);
     }
 }

@@ -252,9 +252,19 @@ impl Vcpu {
         native: Option<&mut NativeCpu>,
     ) -> Result<complete::Outcome> {
         let (regs, sregs) = (at.regs, at.sregs);
-        let mut m = VcpuMachine { vcpu: self, regs, sregs, ram, inject: None, xsave: None, native, page_fault: None };
+        let mut m = VcpuMachine {
+            vcpu: self,
+            regs,
+            sregs,
+            ram,
+            inject: None,
+            xsave: None,
+            native,
+            page_fault: None,
+            translated: Default::default(),
+        };
         let outcome = complete::complete(&mut m, &at.bytes);
-        if let complete::Outcome::Completed(_) = outcome {
+        if matches!(outcome, complete::Outcome::Completed(_) | complete::Outcome::Batch(_)) {
             if let Some(cr2) = m.page_fault {
                 let mut sregs = m.sregs;
                 sregs.cr2 = cr2;
@@ -325,6 +335,11 @@ struct VcpuMachine<'a, M> {
     native: Option<&'a mut NativeCpu>,
     /// A #PF replaces the completion: CR2 to set, nothing else committed.
     page_fault: Option<u64>,
+    /// Pages translated during this completion (linear page, physical
+    /// page, writable): a run of SIMD code fetches and loads from the same
+    /// few pages, and KVM_TRANSLATE is an ioctl. Like a TLB, it may miss a
+    /// page-table change another vCPU makes meanwhile.
+    translated: std::cell::RefCell<Vec<(u64, u64, bool)>>,
 }
 
 /// Where KVM keeps a 64-bit general-purpose register (or RIP).
@@ -355,8 +370,20 @@ impl<M> VcpuMachine<'_, M> {
     /// The guest-physical address of `linear`, if it translates (and is
     /// writable, when `write`).
     fn translate(&self, linear: u64, write: bool) -> Option<u64> {
-        match self.vcpu.fd.translate_gva(linear) {
-            Ok(t) if t.valid != 0 && (!write || t.writeable != 0) => Some(t.physical_address),
+        let (page, offset) = (linear & !0xfff, linear & 0xfff);
+        let mut cache = self.translated.borrow_mut();
+        if let Some(&(_, phys, writable)) = cache.iter().find(|e| e.0 == page) {
+            if writable || !write {
+                return Some(phys | offset);
+            }
+        }
+        match self.vcpu.fd.translate_gva(page) {
+            Ok(t) if t.valid != 0 => {
+                let (phys, writable) = (t.physical_address & !0xfff, t.writeable != 0);
+                cache.retain(|e| e.0 != page);
+                cache.push((page, phys, writable));
+                (writable || !write).then_some(phys | offset)
+            }
             _ => None,
         }
     }

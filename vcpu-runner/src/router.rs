@@ -26,6 +26,10 @@ pub struct ExitCounters {
     /// Instructions completed for the host's emulator, by kind
     /// (capvm_kernel::complete::KINDS).
     pub completed: CountersByKind,
+    /// Refused SIMD instructions: each began a run of native instructions
+    /// (capvm_kernel::complete::Batch). completed_simd and
+    /// completed_after_simd over it is how many a run took on average.
+    pub simd_runs: Counter,
     /// Emulation failures run again because the code at RIP had changed.
     pub emulation_retries: Counter,
     /// Device-server answers a vCPU waited for past `exit_ring.report`.

@@ -103,6 +103,7 @@ pub fn start(channel: &Channel) -> Result<Never, RunnerError> {
         pio: stats.counter("pio_exits"),
         mmio: stats.counter("mmio_exits"),
         completed: CountersByKind::new(&mut stats, "completed_", capvm_kernel::complete::KINDS),
+        simd_runs: stats.counter("simd_runs"),
         emulation_retries: stats.counter("emulation_retries"),
         late_answers: stats.counter("late_answers"),
     };
@@ -446,6 +447,17 @@ impl Refused {
         match vcpu.complete_refused(r, ram) {
             Ok(Outcome::Completed(kind)) => {
                 exits.completed.inc(kind);
+                if kind == "simd" {
+                    exits.simd_runs.inc();
+                }
+                self.last = None;
+                self.retries = 0;
+                Ok(())
+            }
+            Ok(Outcome::Batch(b)) => {
+                exits.completed.add("simd", b.simd.into());
+                exits.completed.add("after_simd", b.plain.into());
+                exits.simd_runs.inc();
                 self.last = None;
                 self.retries = 0;
                 Ok(())
