@@ -118,6 +118,10 @@ pub trait Machine {
     fn segment_base(&self, seg: Register) -> u64;
     /// Reads linear guest memory; false if an address does not translate.
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> bool;
+    /// Reads instruction bytes (a fetch: no-execute pages refuse it).
+    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> bool {
+        self.read(linear, buf)
+    }
     /// Injects an exception vector (< 32) or a software interrupt, with
     /// an error code for the exceptions that have one.
     fn inject(&mut self, vector: u8, error_code: Option<u32>);

@@ -10,6 +10,7 @@ pub mod complete;
 pub mod cpuid;
 pub mod host;
 pub mod native;
+pub mod paging;
 pub mod vcpu;
 pub mod vm;
 

@@ -11,6 +11,7 @@ use iced_x86::Register;
 
 use crate::boot::{BootRegs, EntryMode, GDT, GDT_ADDR, PML4_ADDR, SEL_CODE32, SEL_CODE64, SEL_DATA, SEL_TSS};
 use crate::native::NativeCpu;
+use crate::paging::{self, Access, Miss, Paging};
 use crate::{complete, Context, Result};
 
 const X86_CR0_PE: u64 = 1 << 0;
@@ -21,6 +22,7 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_RESERVED: u64 = 1 << 1;
 const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_AC: u64 = 1 << 18;
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -202,17 +204,11 @@ impl Vcpu {
         Ok(regs.rflags & RFLAGS_IF == 0)
     }
 
-    /// RIP, CPL and the guest-physical address of RIP (if it translates),
-    /// for reporting where the guest stopped.
-    pub fn where_am_i(&self) -> Result<(u64, u8, Option<u64>)> {
+    /// RIP and CPL, for reporting where the guest stopped.
+    pub fn where_am_i(&self) -> Result<(u64, u8)> {
         let regs = self.fd.get_regs().context("KVM_GET_REGS")?;
         let sregs = self.fd.get_sregs().context("KVM_GET_SREGS")?;
-        let linear = sregs.cs.base.wrapping_add(regs.rip);
-        let phys = match self.fd.translate_gva(linear) {
-            Ok(t) if t.valid != 0 => Some(t.physical_address),
-            _ => None,
-        };
-        Ok((regs.rip, sregs.ss.dpl, phys))
+        Ok((regs.rip, sregs.ss.dpl))
     }
 
     /// Where an emulation failure (or another internal error) left the
@@ -224,10 +220,13 @@ impl Vcpu {
         // Page by page: an instruction may cross into a page mapped elsewhere.
         let mut bytes = Vec::with_capacity(15);
         let mut linear = sregs.cs.base.wrapping_add(regs.rip);
+        // The bytes as they are, whatever the page's rights: what the
+        // emulator was given.
+        let paging = Paging { cpl: 0, ac: true, ..paging(&regs, &sregs) };
         while bytes.len() < 15 {
             let mut piece = vec![0u8; (15 - bytes.len()).min(4096 - (linear & 0xfff) as usize)];
-            match self.fd.translate_gva(linear) {
-                Ok(t) if t.valid != 0 && ram.read(t.physical_address, &mut piece) => bytes.extend(&piece),
+            match paging::translate(ram, &paging, linear, Access::Read) {
+                Ok(phys) if ram.read(phys, &mut piece) => bytes.extend(&piece),
                 _ => break,
             }
             linear = linear.wrapping_add(piece.len() as u64);
@@ -261,7 +260,7 @@ impl Vcpu {
             xsave: None,
             native,
             page_fault: None,
-            translated: Default::default(),
+            miss: Default::default(),
         };
         let outcome = complete::complete(&mut m, &at.bytes);
         if matches!(outcome, complete::Outcome::Completed(_) | complete::Outcome::Batch(_)) {
@@ -324,7 +323,8 @@ pub trait PhysicalMemory {
 }
 
 /// A vCPU's registers as a completion sees them, read once and written
-/// back once; memory through KVM_TRANSLATE and the runner's RAM mapping.
+/// back once; memory through a walk of the guest's page tables (`paging`)
+/// in the runner's RAM mapping.
 struct VcpuMachine<'a, M> {
     vcpu: &'a Vcpu,
     regs: kvm_bindings::kvm_regs,
@@ -335,11 +335,21 @@ struct VcpuMachine<'a, M> {
     native: Option<&'a mut NativeCpu>,
     /// A #PF replaces the completion: CR2 to set, nothing else committed.
     page_fault: Option<u64>,
-    /// Pages translated during this completion (linear page, physical
-    /// page, writable): a run of SIMD code fetches and loads from the same
-    /// few pages, and KVM_TRANSLATE is an ioctl. Like a TLB, it may miss a
-    /// page-table change another vCPU makes meanwhile.
-    translated: std::cell::RefCell<Vec<(u64, u64, bool)>>,
+    /// Why the last access that did not translate failed, and where:
+    /// the #PF (or #GP) a fault of this completion raises.
+    miss: std::cell::Cell<Option<(u64, Miss)>>,
+}
+
+/// What a page walk needs of the vCPU (`paging`).
+fn paging(regs: &kvm_bindings::kvm_regs, sregs: &kvm_bindings::kvm_sregs) -> Paging {
+    Paging {
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+        cpl: sregs.ss.dpl,
+        ac: regs.rflags & RFLAGS_AC != 0,
+    }
 }
 
 /// Where KVM keeps a 64-bit general-purpose register (or RIP).
@@ -366,25 +376,19 @@ fn gpr(r: &mut kvm_bindings::kvm_regs, reg: Register) -> Option<&mut u64> {
     })
 }
 
-impl<M> VcpuMachine<'_, M> {
-    /// The guest-physical address of `linear`, if it translates (and is
-    /// writable, when `write`).
-    fn translate(&self, linear: u64, write: bool) -> Option<u64> {
-        let (page, offset) = (linear & !0xfff, linear & 0xfff);
-        let mut cache = self.translated.borrow_mut();
-        if let Some(&(_, phys, writable)) = cache.iter().find(|e| e.0 == page) {
-            if writable || !write {
-                return Some(phys | offset);
+impl<M: PhysicalMemory> VcpuMachine<'_, M> {
+    /// The guest-physical address of `linear` for a data access, as the
+    /// CPU would translate it (`paging`); a miss is kept for the fault.
+    fn translate(&self, linear: u64, access: Access) -> Option<u64> {
+        match paging::translate(self.ram, &paging(&self.regs, &self.sregs), linear, access) {
+            Ok(phys) => {
+                self.miss.set(None);
+                Some(phys)
             }
-        }
-        match self.vcpu.fd.translate_gva(page) {
-            Ok(t) if t.valid != 0 => {
-                let (phys, writable) = (t.physical_address & !0xfff, t.writeable != 0);
-                cache.retain(|e| e.0 != page);
-                cache.push((page, phys, writable));
-                (writable || !write).then_some(phys | offset)
+            Err(miss) => {
+                self.miss.set(Some((linear, miss)));
+                None
             }
-            _ => None,
         }
     }
 
@@ -392,13 +396,13 @@ impl<M> VcpuMachine<'_, M> {
     /// page mapped elsewhere): guest-physical address and the part of the
     /// buffer each covers. None if a page does not translate (writable,
     /// when `write`), before anything is touched.
-    fn pages(&self, linear: u64, len: usize, write: bool) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
+    fn pages(&self, linear: u64, len: usize, access: Access) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
         let mut pieces = Vec::new();
         let mut done = 0;
         while done < len {
             let at = linear.wrapping_add(done as u64);
             let in_page = (4096 - (at & 0xfff) as usize).min(len - done);
-            pieces.push((self.translate(at, write)?, done..done + in_page));
+            pieces.push((self.translate(at, access)?, done..done + in_page));
             done += in_page;
         }
         Some(pieces)
@@ -449,12 +453,16 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
         }
     }
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> bool {
-        let Some(pages) = self.pages(linear, buf.len(), false) else { return false };
+        let Some(pages) = self.pages(linear, buf.len(), Access::Read) else { return false };
+        pages.into_iter().all(|(phys, r)| self.ram.read(phys, &mut buf[r]))
+    }
+    fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> bool {
+        let Some(pages) = self.pages(linear, buf.len(), Access::Fetch) else { return false };
         pages.into_iter().all(|(phys, r)| self.ram.read(phys, &mut buf[r]))
     }
     fn write(&mut self, linear: u64, buf: &[u8]) -> bool {
         // Every page translated first, so a fault writes nothing.
-        let Some(pages) = self.pages(linear, buf.len(), true) else { return false };
+        let Some(pages) = self.pages(linear, buf.len(), Access::Write) else { return false };
         pages.into_iter().all(|(phys, r)| self.ram.write(phys, &buf[r]))
     }
     fn inject(&mut self, vector: u8, error_code: Option<u32>) {
@@ -489,26 +497,29 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
             long_mode: s.efer & EFER_LMA != 0,
         }
     }
-    fn inject_page_fault(&mut self, linear: u64, write: bool) -> bool {
-        // The first byte that faults: an access that starts on a good page
-        // faults on the next one (none here spans more than two). If both
-        // translate, the address is simply not RAM (MMIO, a hole): no #PF.
-        let next = (linear | 0xfff) + 1;
-        let at = match (self.translate(linear, write), self.translate(next, write)) {
-            (None, _) => linear,
-            (Some(_), None) => next,
-            (Some(_), Some(_)) => return false,
-        };
-        let present = self.translate(at, false).is_some();
-        let user = self.sregs.ss.dpl == 3;
-        let code = u32::from(present) | u32::from(write) << 1 | u32::from(user) << 2;
-        self.page_fault = Some(at);
-        self.inject = Some((14, Some(code)));
-        true
+    fn inject_page_fault(&mut self, linear: u64, _write: bool) -> bool {
+        // What the walk found for the access that failed: its first byte
+        // that does not translate is `linear` or the start of the next page.
+        // An address that translates but is not RAM (MMIO, a hole) raises
+        // nothing.
+        match self.miss.take() {
+            Some((at, Miss::PageFault(code))) if at == linear || at == (linear | 0xfff) + 1 => {
+                self.page_fault = Some(at);
+                self.inject = Some((14, Some(code)));
+                true
+            }
+            Some((at, Miss::NonCanonical)) if at == linear => {
+                // #GP(0), CR2 as it was.
+                self.page_fault = Some(self.sregs.cr2);
+                self.inject = Some((13, Some(0)));
+                true
+            }
+            _ => false,
+        }
     }
     fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128> {
         // 16-aligned (checked by the caller), so within one page.
-        let phys = self.translate(linear, true)?;
+        let phys = self.translate(linear, Access::Write)?;
         let ptr = self.ram.host_address(phys, 16)?;
         #[allow(clippy::cast_possible_truncation, reason = "the two halves of a u128")]
         let (mut lo, mut hi) = (expected as u64, (expected >> 64) as u64);

@@ -64,7 +64,6 @@ pub fn vcpu_ioctls() -> Vec<Ioctl> {
         Ioctl { name: "KVM_RUN", cmd: 0xae80 },
         Ioctl { name: "KVM_GET_REGS", cmd: 0x8090_ae81 },
         Ioctl { name: "KVM_GET_SREGS", cmd: 0x8138_ae83 },
-        Ioctl { name: "KVM_TRANSLATE", cmd: 0xc018_ae85 },
         Ioctl { name: "KVM_GET_MP_STATE", cmd: 0x8004_ae98 },
         // Completing an int3, int n or fwait the host's emulator refused.
         Ioctl { name: "KVM_SET_REGS", cmd: 0x4090_ae82 },

@@ -525,7 +525,7 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared) -> Never {
                 Routed::Continue(0)
             }
             Exit::Shutdown => {
-                let (rip, cpl, _) = vcpu.where_am_i().unwrap_or((0, 0, None));
+                let (rip, cpl) = vcpu.where_am_i().unwrap_or((0, 0));
                 Routed::Stop(VmEvent::TripleFault { vcpu: id, rip, cpl })
             }
             Exit::Hlt => Routed::Stop(VmEvent::Halt),

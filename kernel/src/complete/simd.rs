@@ -225,9 +225,9 @@ fn fetch(m: &mut impl Machine) -> Option<Instruction> {
     let mut bytes = [0u8; 15];
     // All 15 bytes, or as many as the page holds (the next may not map).
     let in_page = (4096 - (linear & 0xfff) as usize).min(15);
-    let len = if m.read(linear, &mut bytes) {
+    let len = if m.fetch(linear, &mut bytes) {
         15
-    } else if m.read(linear, &mut bytes[..in_page]) {
+    } else if m.fetch(linear, &mut bytes[..in_page]) {
         in_page
     } else {
         return None;
