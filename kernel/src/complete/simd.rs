@@ -472,3 +472,34 @@ fn raise(m: &mut impl Machine, first: bool, vector: u8, error_code: Option<u32>)
     m.inject(vector, error_code);
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_hold_where_the_host_cpus_setcc_says_they_do() {
+        let Ok(mut cpu) = NativeCpu::new() else { return };
+        let mut ctx = native::Context::new();
+        ctx.mask = native::host_xcr0() & 0b11;
+        ctx.guest[MXCSR..MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+        for cc in 0..16u8 {
+            // setcc al: 0f 90+cc c0.
+            let setcc = [0x0f, 0x90 + cc, 0xc0];
+            let insn = Decoder::with_ip(64, &setcc, 0, DecoderOptions::NONE).decode();
+            for bits in 0..32u64 {
+                let flags = [CF, PF, ZF, SF, OF].iter().enumerate().fold(2, |f, (i, b)| f | ((bits >> i & 1) * b));
+                ctx.rflags = flags;
+                ctx.gprs[0] = 0;
+                // SAFETY: a register-only instruction; the header is zero.
+                unsafe { cpu.run(&setcc, &mut ctx) };
+                assert_eq!(
+                    condition_holds(insn.condition_code(), flags),
+                    ctx.gprs[0] == 1,
+                    "{:?} flags {flags:#x}",
+                    insn.condition_code()
+                );
+            }
+        }
+    }
+}
