@@ -377,8 +377,8 @@ fn gpr(r: &mut kvm_bindings::kvm_regs, reg: Register) -> Option<&mut u64> {
 }
 
 impl<M: PhysicalMemory> VcpuMachine<'_, M> {
-    /// The guest-physical address of `linear` for a data access, as the
-    /// CPU would translate it (`paging`); a miss is kept for the fault.
+    /// The guest-physical address of `linear` for `access`, as the CPU
+    /// would translate it (`paging`); a miss is kept for the fault.
     fn translate(&self, linear: u64, access: Access) -> Option<u64> {
         match paging::translate(self.ram, &paging(&self.regs, &self.sregs), linear, access) {
             Ok(phys) => {
@@ -394,8 +394,8 @@ impl<M: PhysicalMemory> VcpuMachine<'_, M> {
 
     /// `len` bytes at `linear`, page by page (an access may cross into a
     /// page mapped elsewhere): guest-physical address and the part of the
-    /// buffer each covers. None if a page does not translate (writable,
-    /// when `write`), before anything is touched.
+    /// buffer each covers. None if a page does not translate for
+    /// `access`, before anything is touched.
     fn pages(&self, linear: u64, len: usize, access: Access) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
         let mut pieces = Vec::new();
         let mut done = 0;
