@@ -444,7 +444,7 @@ impl State {
 }
 
 /// The general-purpose registers in encoding order (`native::Context`).
-const GPRS: [Register; 16] = [
+pub(super) const GPRS: [Register; 16] = [
     Register::RAX,
     Register::RCX,
     Register::RDX,
