@@ -196,8 +196,9 @@ fn read_entry(mem: &impl PhysicalMemory, gpa: u64, wide: bool) -> Option<u64> {
 }
 
 /// ORs `bits` into an entry atomically: another vCPU may be changing it.
+/// An entry in ROM keeps its bits, as the CPU's write there is dropped.
 fn set_bits(mem: &impl PhysicalMemory, e: Entry, bits: u64) {
-    let Some(ptr) = mem.host_address(e.gpa, if e.wide { 8 } else { 4 }) else { return };
+    let Some(ptr) = mem.writable_address(e.gpa, if e.wide { 8 } else { 4 }) else { return };
     // SAFETY: `ptr` is guest RAM mapped for the runner's life, and entries
     // are naturally aligned (table pages are, and the index scales by the
     // entry's size); guest RAM is only ever accessed atomically or by copy.
@@ -237,7 +238,7 @@ mod tests {
             dst.copy_from_slice(buf);
             true
         }
-        fn host_address(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        fn writable_address(&self, gpa: u64, len: usize) -> Option<*mut u8> {
             let mut ram = self.0.borrow_mut();
             ram.get_mut(gpa as usize..gpa as usize + len).map(|s| s.as_mut_ptr())
         }

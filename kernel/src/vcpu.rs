@@ -315,11 +315,12 @@ pub struct RefusedAt {
 pub trait PhysicalMemory {
     /// Fills `buf` from `gpa`; false if it is not all RAM.
     fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
-    /// Writes `buf` at `gpa`; false (nothing written) if it is not all RAM.
+    /// Writes `buf` at `gpa`; false (nothing written) if it is not all
+    /// writable RAM (ROM is not).
     fn write(&self, gpa: u64, buf: &[u8]) -> bool;
-    /// The host address of `len` bytes of RAM at `gpa`, if they are all RAM
-    /// in one mapping.
-    fn host_address(&self, gpa: u64, len: usize) -> Option<*mut u8>;
+    /// The host address of `len` bytes at `gpa` for an atomic write, if
+    /// they are all writable RAM in one mapping.
+    fn writable_address(&self, gpa: u64, len: usize) -> Option<*mut u8>;
 }
 
 /// A vCPU's registers as a completion sees them, read once and written
@@ -520,7 +521,7 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
     fn cmpxchg16(&mut self, linear: u64, expected: u128, new: u128) -> Option<u128> {
         // 16-aligned (checked by the caller), so within one page.
         let phys = self.translate(linear, Access::Write)?;
-        let ptr = self.ram.host_address(phys, 16)?;
+        let ptr = self.ram.writable_address(phys, 16)?;
         #[allow(clippy::cast_possible_truncation, reason = "the two halves of a u128")]
         let (mut lo, mut hi) = (expected as u64, (expected >> 64) as u64);
         // SAFETY: `ptr` points at 16 bytes of guest RAM, mapped for the
