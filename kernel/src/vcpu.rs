@@ -408,6 +408,12 @@ impl<M: PhysicalMemory> VcpuMachine<'_, M> {
         }
         Some(pieces)
     }
+
+    /// Fills `buf` from `linear`, every page translated for `access`.
+    fn copy_in(&self, linear: u64, buf: &mut [u8], access: Access) -> bool {
+        let Some(pages) = self.pages(linear, buf.len(), access) else { return false };
+        pages.into_iter().all(|(phys, r)| self.ram.read(phys, &mut buf[r]))
+    }
 }
 
 impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
@@ -454,12 +460,10 @@ impl<M: PhysicalMemory> complete::Machine for VcpuMachine<'_, M> {
         }
     }
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> bool {
-        let Some(pages) = self.pages(linear, buf.len(), Access::Read) else { return false };
-        pages.into_iter().all(|(phys, r)| self.ram.read(phys, &mut buf[r]))
+        self.copy_in(linear, buf, Access::Read)
     }
     fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> bool {
-        let Some(pages) = self.pages(linear, buf.len(), Access::Fetch) else { return false };
-        pages.into_iter().all(|(phys, r)| self.ram.read(phys, &mut buf[r]))
+        self.copy_in(linear, buf, Access::Fetch)
     }
     fn write(&mut self, linear: u64, buf: &[u8]) -> bool {
         // Every page translated first, so a fault writes nothing.

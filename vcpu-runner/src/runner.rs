@@ -450,17 +450,11 @@ impl Refused {
                 if kind == "simd" {
                     exits.simd_runs.inc();
                 }
-                self.last = None;
-                self.retries = 0;
-                Ok(())
             }
             Ok(Outcome::Batch(b)) => {
                 exits.completed.add("simd", b.simd.into());
                 exits.completed.add("after_simd", b.plain.into());
                 exits.simd_runs.inc();
-                self.last = None;
-                self.retries = 0;
-                Ok(())
             }
             Ok(outcome @ (Outcome::Unsupported(_) | Outcome::Undecodable)) => {
                 let here = (r.rip, r.bytes.clone());
@@ -474,14 +468,23 @@ impl Refused {
                 if self.retries <= MAX_RETRIES {
                     return Ok(());
                 }
-                Err(match outcome {
+                return Err(match outcome {
                     Outcome::Unsupported(what) => format!("{what} is not completed; ran again {MAX_RETRIES} times"),
                     _ => format!("the bytes do not decode; ran again {MAX_RETRIES} times"),
-                })
+                });
             }
-            Ok(Outcome::Fault { linear, .. }) => Err(format!("its memory operand at {linear:#x} is not guest RAM")),
-            Err(e) => Err(format!("completing it failed: {e}")),
+            Ok(Outcome::Fault { linear, write: false }) => {
+                return Err(format!("its memory operand at {linear:#x} is not guest RAM"));
+            }
+            Ok(Outcome::Fault { linear, write: true }) => {
+                return Err(format!("its store to {linear:#x} is not to writable guest RAM (ROM, MMIO or a hole)"));
+            }
+            Err(e) => return Err(format!("completing it failed: {e}")),
         }
+        // Completed: a later failure starts its own count.
+        self.last = None;
+        self.retries = 0;
+        Ok(())
     }
 }
 
