@@ -1857,6 +1857,13 @@ mod tests {
         let lock_add = [0xf0, 0x01, 0x06]; // lock add [rsi], eax
         let f = ends_after([&pxor[..], &inc, &lock_add].concat(), 1, 1);
         assert_eq!(f.rip, RUN_CODE + 7);
+        // ldmxcsr could set reserved bits (#GP on this CPU) or unmask
+        // exceptions the run's next instructions would raise here: it is
+        // completed alone, with its checks (found by the completion fuzz
+        // target: a SIGSEGV in the runner).
+        let ldmxcsr = [0x0f, 0xae, 0x16]; // ldmxcsr [rsi]
+        let f = ends_after([&pxor[..], &inc, &ldmxcsr].concat(), 1, 1);
+        assert_eq!(f.rip, RUN_CODE + 7);
         // A single-stepping guest gets its #DB after the refused one.
         let mut f = run_fake(&[&pxor[..], &pxor].concat(), &state, &data);
         f.rflags |= 1 << 8;
