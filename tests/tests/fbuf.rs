@@ -539,16 +539,15 @@ struct Booted {
 }
 
 /// Boots the fixture on a 640x480 display until its keyboard driver is
-/// bound. None (the VM
-/// destroyed) if the kernel waits for its root device and no keyboard
-/// came within 3 minutes.
+/// bound. None (the VM destroyed) if the kernel waits for its root
+/// device and no keyboard came within 3 minutes.
 ///
 /// Linux prints each line to the framebuffer console with interrupts
 /// off, and that takes a second or more here (emulated CPL0), while its
 /// PS/2 probes give up after 200-500 ms without their interrupt. A probe
 /// whose interrupt meets a line fails, and a keyboard that fails its
 /// probe is never bound (seen once in CI: no keyboard line in 15
-/// minutes; docs/linux-guest.md). That is the guest's timing, so the
+/// minutes; docs/display.md, "Not yet"). That is the guest's timing, so the
 /// test boots a second time; a controller that does not answer fails
 /// both.
 fn boot_until_keyboard(vmlinux: &std::path::Path, boot: u32) -> Option<Booted> {
