@@ -112,7 +112,11 @@ pub fn attempt(op: &str, ro_fd: i32, ioctl_fd: i32, broker_pid: u32) -> Option<i
                     p as i64
                 }
             }
-            "pwrite" => libc::pwrite(ro_fd, b"x".as_ptr().cast(), 1, 0) as i64,
+            "pwrite" => {
+                // pwritev: the write the disk servers are given.
+                let iov = libc::iovec { iov_base: c"x".as_ptr() as *mut libc::c_void, iov_len: 1 };
+                libc::pwritev(ro_fd, &iov, 1, 0) as i64
+            }
             // TIOCSTI would push input into a terminal; KVM_CREATE_VM a new VM.
             "ioctl" => libc::ioctl(ioctl_fd, libc::TIOCSTI, c"x".as_ptr()) as i64,
             _ => return None,

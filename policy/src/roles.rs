@@ -278,17 +278,17 @@ pub fn pci_device(name: &str, f: &PciDeviceFds, backend: Vec<FdGrant>, backend_s
     Manifest { role: name.to_string(), fds, syscalls, rlimits, mappings: vec![], confinement: Confinement::Child }
 }
 
-/// A virtio-blk server's disk, with the rights its mode needs: pread needs
-/// CAP_READ|CAP_SEEK, pwrite CAP_WRITE|CAP_SEEK; a read-only disk gets no
+/// A virtio-blk server's disk, with the rights its mode needs: preadv needs
+/// CAP_READ|CAP_SEEK, pwritev CAP_WRITE|CAP_SEEK; a read-only disk gets no
 /// CAP_WRITE, and no syscall that writes, at all.
 pub fn virtio_blk_backend(disk: i32, read_only: bool) -> (Vec<FdGrant>, Vec<SyscallRule>) {
     let r = |name, args, why| SyscallRule { name, args, why };
-    let mut syscalls = vec![r("pread64", Args::FdWith(&[Read, Seek]), "read sectors")];
+    let mut syscalls = vec![r("preadv", Args::FdWith(&[Read, Seek]), "read sectors into guest buffers")];
     if read_only {
         return (vec![FdGrant::new(disk, "disk (opened read-only)", &[Read, Seek])], syscalls);
     }
     syscalls.extend([
-        r("pwrite64", Args::FdWith(&[Write, Seek]), "write sectors"),
+        r("pwritev", Args::FdWith(&[Write, Seek]), "write sectors from guest buffers"),
         r("fdatasync", Args::FdWith(&[Fsync]), "FLUSH"),
         r("fallocate", Args::FdWith(&[Write]), "DISCARD and WRITE_ZEROES"),
     ]);

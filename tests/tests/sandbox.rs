@@ -109,7 +109,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     // The read-only disk's server holds it without CAP_WRITE and cannot pwrite.
     let blk = policy.stdout.split("role virtio-blk").nth(1).expect("a virtio-blk manifest");
     let blk = blk.split("role ").next().unwrap();
-    assert!(blk.contains("disk (opened read-only)") && !blk.contains("pwrite64"), "{blk}");
+    assert!(blk.contains("disk (opened read-only)") && !blk.contains("pwritev"), "{blk}");
     // The NIC's server holds its tap without ioctl: it cannot re-attach it.
     let net = policy.stdout.split("role virtio-net").nth(1).expect("a virtio-net manifest");
     let net = net.split("role ").next().unwrap();
@@ -117,7 +117,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     // The AHCI server's CD is read-only too; it has one MSI vector and INTx#.
     let ahci = policy.stdout.split("role ahci-cd").nth(1).expect("an ahci-cd manifest");
     let ahci = ahci.split("role ").next().unwrap();
-    assert!(ahci.contains("disk (opened read-only)") && !ahci.contains("pwrite64"), "{ahci}");
+    assert!(ahci.contains("disk (opened read-only)") && !ahci.contains("pwritev"), "{ahci}");
     assert!(ahci.contains("MSI/MSI-X vector 0 (irqfd)") && ahci.contains("INTx# (irqfd, level)"), "{ahci}");
     // The display's registers reach no guest RAM; its VNC server holds a
     // listening socket and its viewers, the picture read-only, no more.
@@ -127,7 +127,7 @@ fn every_child_is_confined_as_proc_shows_and_holds_only_its_manifest_fds() {
     let vnc = policy.stdout.split("role vnc").nth(1).expect("a vnc manifest");
     let vnc = vnc.split("role ").next().unwrap();
     assert!(!vnc.contains("guest RAM") && !vnc.contains("exit-ring") && vnc.contains("accept4"), "{vnc}");
-    assert!(vnc.contains("framebuffer (read-only)") && !vnc.contains("pwrite64"), "{vnc}");
+    assert!(vnc.contains("framebuffer (read-only)") && !vnc.contains("pwritev"), "{vnc}");
     // The i8042 reads viewers' input and raises its two lines; no more.
     let ps2 = policy.stdout.split("role i8042").nth(1).expect("an i8042 manifest");
     let ps2 = ps2.split("role ").next().unwrap();
@@ -223,7 +223,7 @@ const MATRIX: [(&str, &str); 9] = [
     ("ptrace", "ptrace"),
     ("kill", "kill"),
     ("mmap-exec", "mmap"),
-    ("pwrite", "pwrite64"),
+    ("pwrite", "pwritev"),
     ("ioctl", "ioctl"),
 ];
 

@@ -634,16 +634,16 @@ pub fn image_io(image: &Image, cmd: &Command, offset: u64, len: u64, to_guest: b
         return Err(CommandError::BadPrdt);
     }
     let mut left = len;
-    let mut at = offset;
+    let mut buffers = Vec::with_capacity(cmd.prdt.len());
     for p in cmd.prdt {
         if left == 0 {
             break;
         }
         let n = left.min(p.len as u64);
-        image.transfer(cmd.mem, p.addr, n as usize, at, to_guest)?;
-        at += n;
+        buffers.push((p.addr, n as usize));
         left -= n;
     }
+    image.transfer(cmd.mem, &buffers, offset, to_guest)?;
     Ok(Done { bytes: len, to_guest, ..Done::default() })
 }
 

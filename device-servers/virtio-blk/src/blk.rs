@@ -15,9 +15,9 @@ use capvm_ipc::stats::{Counter, CountersByKind, Stats};
 use capvm_ipc::BlkOptions;
 use capvm_virtio::Device;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::request::{gather, le32, le64, split_front, BlkRequestError, Request, S_OK};
+use crate::request::{gather, le32, le64, split_front, BlkRequestError, Request, Segment, S_OK};
 use BlkRequestError::*;
 
 const VIRTIO_ID_BLOCK: u16 = 2;
@@ -55,6 +55,8 @@ pub struct Blk {
     errors_by_kind: CountersByKind,
     bytes_read: Counter,
     bytes_written: Counter,
+    /// Requests whose data moved in one host call with the one before.
+    requests_merged: Counter,
 }
 
 impl Blk {
@@ -71,6 +73,7 @@ impl Blk {
             ),
             bytes_read: stats.counter("bytes_read"),
             bytes_written: stats.counter("bytes_written"),
+            requests_merged: stats.counter("requests_merged"),
         }
     }
 
@@ -87,12 +90,12 @@ impl Blk {
         self.opts.size / SECTOR
     }
 
-    /// Runs one request given its readable part (header, then data for
-    /// OUT/DISCARD/WRITE_ZEROES) and its writable part less the status
-    /// byte (data for IN/GET_ID). Returns how many bytes went to the guest.
-    fn execute(&self, mem: &GuestMemoryMmap, req: &Request) -> Result<u32, BlkRequestError> {
-        let (readable, writable) = (&req.readable, &req.writable);
-        let (header_segs, data_in) = split_front(readable, 16).ok_or(BadFraming)?;
+    /// Checks a request before anything moves, and says what it asks for.
+    /// Its readable part is the header, then data for OUT, DISCARD and
+    /// WRITE_ZEROES; its writable part, less the status byte, is data for
+    /// IN and GET_ID.
+    fn check(&self, mem: &GuestMemoryMmap, req: &Request) -> Result<Work, BlkRequestError> {
+        let (header_segs, data_in) = split_front(&req.readable, 16).ok_or(BadFraming)?;
         let mut header = [0u8; 16];
         gather(mem, &header_segs, &mut header)?;
         let kind = le32(&header, 0);
@@ -100,36 +103,67 @@ impl Blk {
         let to_guest = matches!(kind, T_IN | T_GET_ID);
         // Data goes one way only: an IN with readable data, or an OUT with
         // writable bytes besides the status, is malformed.
-        if to_guest && !data_in.is_empty() || !to_guest && !writable.is_empty() {
+        if to_guest && !data_in.is_empty() || !to_guest && !req.writable.is_empty() {
             return Err(BadFraming);
         }
-        let data = if to_guest { writable } else { &data_in[..] };
+        let data = if to_guest { req.writable.clone() } else { data_in };
+        if !matches!(kind, T_IN | T_OUT) {
+            return Ok(Work::Other { kind, data });
+        }
+        if kind == T_OUT && self.opts.read_only {
+            return Err(ReadOnly);
+        }
+        let len: u64 = data.iter().map(|s| s.len).sum();
+        if !len.is_multiple_of(SECTOR) {
+            return Err(BadFraming);
+        }
+        let end = sector.checked_add(len / SECTOR).ok_or(OutOfRange)?;
+        if end > self.capacity_sectors() || len > MAX_REQUEST {
+            return Err(OutOfRange);
+        }
+        // Every buffer is in guest RAM, so that a request that joins others
+        // in one host call cannot make them fail.
+        if data.iter().any(|s| mem.get_slice(s.addr, s.len as usize).is_err()) {
+            return Err(BadFraming);
+        }
+        let buffers = data.iter().map(|s| (s.addr, s.len as usize)).collect();
+        Ok(Work::Move(Transfer { to_guest, offset: sector * SECTOR, len, buffers }))
+    }
+
+    /// Moves the data of reads (or writes) that continue one another, in
+    /// one host call; a result for each. When the call fails, which
+    /// request it failed for is unknown: each then goes again alone, for
+    /// its own status.
+    fn move_data(&self, mem: &GuestMemoryMmap, run: &[&Transfer]) -> Vec<Result<u32, BlkRequestError>> {
+        let first = run[0];
+        let buffers: Vec<_> = run.iter().flat_map(|t| t.buffers.iter().copied()).collect();
+        match self.disk.transfer(mem, &buffers, first.offset, first.to_guest) {
+            Ok(()) => {
+                self.requests_merged.add(run.len() as u64 - 1);
+                run.iter().map(|t| Ok(self.moved(t))).collect()
+            }
+            Err(_) if run.len() > 1 => run.iter().flat_map(|&t| self.move_data(mem, &[t])).collect(),
+            Err(e) => vec![Err(e.into())],
+        }
+    }
+
+    /// Counts a transfer that is done; returns the bytes it gave the guest.
+    fn moved(&self, t: &Transfer) -> u32 {
+        if t.to_guest {
+            self.bytes_read.add(t.len);
+            t.len as u32
+        } else {
+            self.bytes_written.add(t.len);
+            0
+        }
+    }
+
+    /// Runs a request that moves no sector data (FLUSH, GET_ID, DISCARD,
+    /// WRITE_ZEROES, or a type we do not know) given its data segments.
+    /// Returns how many bytes went to the guest.
+    fn execute(&self, mem: &GuestMemoryMmap, kind: u32, data: &[Segment]) -> Result<u32, BlkRequestError> {
         let total: u64 = data.iter().map(|s| s.len).sum();
         match kind {
-            T_IN | T_OUT => {
-                if kind == T_OUT && self.opts.read_only {
-                    return Err(ReadOnly);
-                }
-                if !total.is_multiple_of(SECTOR) {
-                    return Err(BadFraming);
-                }
-                let end = sector.checked_add(total / SECTOR).ok_or(OutOfRange)?;
-                if end > self.capacity_sectors() || total > MAX_REQUEST {
-                    return Err(OutOfRange);
-                }
-                let mut offset = sector * SECTOR;
-                for seg in data {
-                    self.disk.transfer(mem, seg.addr, seg.len as usize, offset, kind == T_IN)?;
-                    offset += seg.len;
-                }
-                if kind == T_IN {
-                    self.bytes_read.add(total);
-                    Ok(total as u32)
-                } else {
-                    self.bytes_written.add(total);
-                    Ok(0)
-                }
-            }
             T_FLUSH => {
                 if !self.opts.read_only {
                     self.disk.flush()?;
@@ -170,6 +204,29 @@ impl Blk {
             }
             _ => Err(Unsupported(kind)),
         }
+    }
+
+    /// Writes a finished request's status and returns its chain; false if
+    /// the head cannot be returned (the driver broke its own queue).
+    fn complete(
+        &self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        p: &Pending,
+        result: Result<u32, BlkRequestError>,
+    ) -> bool {
+        let mut len = 0;
+        if let Some(status_at) = p.status {
+            let (status, written) = match result {
+                Ok(n) => (S_OK, n),
+                Err(e) => (e.status(), 0),
+            };
+            len = if mem.write_obj(status, status_at).is_ok() { written + 1 } else { written };
+        }
+        if let Err(e) = result {
+            self.count_error(e);
+        }
+        queue.add_used(mem, p.head, len).is_ok()
     }
 
     /// virtio_blk_config, as far as the features we offer describe it.
@@ -228,35 +285,85 @@ impl Device for Blk {
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
         let Some(queue) = queues.get_mut(index) else { return false };
-        let mut used = false;
+        // Everything the driver has made available is checked first, so
+        // that reads or writes that continue one another move together.
+        let mut pending = Vec::new();
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
             self.requests.inc();
-            // A broken chain (a loop, a runaway next, a bad indirect table)
-            // has no status byte we could trust: returned with length 0.
-            let (result, len) = match capvm_virtio::chain::whole(chain).as_deref().and_then(Request::parse) {
-                None => (Err(BadFraming), 0),
+            let head = chain.head_index();
+            pending.push(match capvm_virtio::chain::whole(chain).as_deref().and_then(Request::parse) {
+                // A broken chain (a loop, a runaway next, a bad indirect
+                // table) has no status byte we could trust: returned with
+                // length 0.
+                None => Pending { head, status: None, work: Work::Refused(BadFraming) },
                 Some(req) => {
-                    let result = self.execute(mem, &req);
-                    let (status, written) = match result {
-                        Ok(n) => (S_OK, n),
-                        Err(e) => (e.status(), 0),
-                    };
-                    let len = if mem.write_obj(status, req.status).is_ok() { written + 1 } else { written };
-                    (result, len)
+                    let work = self.check(mem, &req).unwrap_or_else(Work::Refused);
+                    Pending { head, status: Some(req.status), work }
                 }
+            });
+        }
+        // Then each runs in queue order: a FLUSH after the writes before it.
+        let mut used = false;
+        let mut at = 0;
+        while at < pending.len() {
+            let results = match &pending[at].work {
+                Work::Move(_) => self.move_data(mem, &continuing(&pending[at..])),
+                Work::Other { kind, data } => vec![self.execute(mem, *kind, data)],
+                Work::Refused(e) => vec![Err(*e)],
             };
-            if let Err(e) = result {
-                self.count_error(e);
+            for (p, &result) in pending[at..].iter().zip(&results) {
+                used |= self.complete(queue, mem, p, result);
             }
-            // A head the table does not have cannot be returned; the driver
-            // broke its own queue.
-            if queue.add_used(mem, head, len).is_ok() {
-                used = true;
-            }
+            at += results.len();
         }
         used
     }
+}
+
+/// A checked read or write: where on the disk, and the guest's buffers.
+struct Transfer {
+    to_guest: bool,
+    offset: u64,
+    len: u64,
+    buffers: Vec<(GuestAddress, usize)>,
+}
+
+/// What a checked request asks for.
+enum Work {
+    /// Sector data to move; it may join its neighbours in one host call.
+    Move(Transfer),
+    /// Anything else, run on its own.
+    Other { kind: u32, data: Vec<Segment> },
+    /// Refused before it reached the disk.
+    Refused(BlkRequestError),
+}
+
+/// A request taken off the queue, waiting for its turn.
+struct Pending {
+    head: u16,
+    /// Where its status byte goes; None for a broken chain.
+    status: Option<GuestAddress>,
+    work: Work,
+}
+
+/// The transfers at the front of `pending` that move in one host call:
+/// the first, and those after it in the same direction that each start
+/// where the one before ends, within UIO_MAXIOV buffers in all.
+fn continuing(pending: &[Pending]) -> Vec<&Transfer> {
+    let mut run: Vec<&Transfer> = Vec::new();
+    let mut buffers = 0;
+    for p in pending {
+        let Work::Move(t) = &p.work else { break };
+        if let Some(last) = run.last() {
+            let joins = t.to_guest == last.to_guest && t.offset == last.offset + last.len;
+            if !joins || buffers + t.buffers.len() > libc::UIO_MAXIOV as usize {
+                break;
+            }
+        }
+        buffers += t.buffers.len();
+        run.push(t);
+    }
+    run
 }
 
 impl capvm_virtio::server::Backend for Blk {}
@@ -275,8 +382,9 @@ mod tests {
     const DATA: u64 = 0x2_0000;
     const STATUS: u64 = 0x3_0000;
     const SECTORS: u64 = 64;
+    const QUEUE: u16 = 64;
 
-    /// A disk of SECTORS sectors on a temp file, guest RAM, a queue of 16
+    /// A disk of SECTORS sectors on a temp file, guest RAM, a queue of 64
     /// the test drives as a driver would, and the stats page.
     struct Rig {
         mem: GuestMemoryMmap,
@@ -319,7 +427,7 @@ mod tests {
         /// device run; returns the used length and the status byte.
         fn submit(&mut self, descs: &[(u64, u32, bool)]) -> (u32, u8) {
             self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-            let mock = MockSplitQueue::new(&self.mem, 16);
+            let mock = MockSplitQueue::new(&self.mem, QUEUE);
             let first = self.next_desc;
             mock.add_desc_chains(&capvm_virtio::test_utils::chain(first, descs), first).unwrap();
             self.next_desc += descs.len() as u16;
@@ -340,6 +448,34 @@ mod tests {
             h[0..4].copy_from_slice(&kind.to_le_bytes());
             h[8..16].copy_from_slice(&sector.to_le_bytes());
             self.mem.write_slice(&h, GuestAddress(HEADER)).unwrap();
+        }
+
+        /// Offers the requests `(kind, sector, data address, data length)`
+        /// at once, as a driver with many in flight does, and lets the
+        /// device run once; returns each one's status byte.
+        fn submit_all(&mut self, requests: &[(u32, u64, u64, u32)]) -> Vec<u8> {
+            let mock = MockSplitQueue::new(&self.mem, QUEUE);
+            let first = self.next_desc;
+            let mut descs = Vec::new();
+            for (i, &(kind, sector, data, len)) in requests.iter().enumerate() {
+                let (header, status) = (HEADER + 16 * i as u64, STATUS + i as u64);
+                let mut h = [0u8; 16];
+                h[0..4].copy_from_slice(&kind.to_le_bytes());
+                h[8..16].copy_from_slice(&sector.to_le_bytes());
+                self.mem.write_slice(&h, GuestAddress(header)).unwrap();
+                self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+                let chain = [(header, 16, false), (data, len, kind == T_IN), (status, 1, true)];
+                descs.extend(capvm_virtio::test_utils::chain(first + descs.len() as u16, &chain));
+            }
+            mock.add_desc_chains(&descs, first).unwrap();
+            self.next_desc += descs.len() as u16;
+            let mut q: Queue = mock.create_queue().unwrap();
+            let done = mock.used().idx().load();
+            q.set_next_avail(done);
+            q.set_next_used(done);
+            assert!(self.blk.process_queue(0, std::slice::from_mut(&mut q), &self.mem));
+            assert_eq!(mock.used().idx().load(), done + requests.len() as u16, "every chain returned");
+            (0..requests.len()).map(|i| self.mem.read_obj(GuestAddress(STATUS + i as u64)).unwrap()).collect()
         }
 
         /// A request of `kind` at `sector` with `len` bytes of data.
@@ -438,5 +574,55 @@ mod tests {
         let mut nodelete = rig(false, true);
         assert_eq!(nodelete.request(T_DISCARD, 0, 16), (1, S_UNSUPP));
         assert_eq!(nodelete.blk.features() & F_DISCARD, 0);
+    }
+
+    #[test]
+    fn blk_reads_and_writes_that_continue_one_another_move_together_in_queue_order() {
+        let mut r = rig(false, false);
+        let block = |i: u64| -> Vec<u8> { (0..512u64).map(|b| (b * 3 + i * 41) as u8).collect() };
+        for i in 0..4 {
+            r.mem.write_slice(&block(i), GuestAddress(DATA + i * 0x1000)).unwrap();
+        }
+        // Sectors 8, 9, 10 and then 20: the first three in one call.
+        let writes: Vec<_> = [8, 9, 10, 20].iter().zip(0..).map(|(&s, i)| (T_OUT, s, DATA + i * 0x1000, 512)).collect();
+        assert_eq!(r.submit_all(&writes), vec![S_OK; 4]);
+        assert_eq!(r.counter("requests_merged"), 2);
+        let img = r.image();
+        for (i, sector) in [8usize, 9, 10, 20].into_iter().enumerate() {
+            assert_eq!(img[sector * 512..][..512], block(i as u64)[..], "sector {sector}");
+        }
+        // A write, a read of it in the same batch (the read sees it), a
+        // FLUSH, then three reads of which the middle one's buffer is not
+        // guest RAM: it fails alone and the two around it do not join.
+        r.mem.write_slice(&block(9), GuestAddress(DATA + 0x8000)).unwrap();
+        let mixed = [
+            (T_OUT, 30, DATA + 0x8000, 512),
+            (T_IN, 30, DATA + 0x9000, 512),
+            (T_FLUSH, 0, DATA, 0),
+            (T_IN, 8, DATA + 0xa000, 512),
+            (T_IN, 9, 1 << 40, 512),
+            (T_IN, 10, DATA + 0xb000, 512),
+        ];
+        assert_eq!(r.submit_all(&mixed), vec![S_OK, S_OK, S_OK, S_OK, S_IOERR, S_OK]);
+        let read = |r: &Rig, at: u64| {
+            let mut b = vec![0u8; 512];
+            r.mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+            b
+        };
+        assert_eq!(read(&r, DATA + 0x9000), block(9), "the read after the write sees it");
+        assert_eq!((read(&r, DATA + 0xa000), read(&r, DATA + 0xb000)), (block(0), block(2)));
+        assert_eq!(r.counter("requests_merged"), 2, "nothing joined across the FLUSH or the bad buffer");
+        assert_eq!(r.counter("errors_bad_framing"), 1);
+    }
+
+    #[test]
+    fn blk_a_failed_joint_call_gives_each_request_its_own_status() {
+        let mut r = rig(false, false);
+        // The disk fd is read-only under a writable disk: every pwritev fails.
+        r.blk.disk = Image::new(std::fs::File::open(&r.path).unwrap().into());
+        let writes: Vec<_> = (0..3).map(|i| (T_OUT, i, DATA + i * 0x1000, 512)).collect();
+        assert_eq!(r.submit_all(&writes), vec![S_IOERR; 3]);
+        assert_eq!((r.counter("errors_io"), r.counter("requests_merged")), (3, 0));
+        assert_eq!(r.image(), vec![0xee; (SECTORS * SECTOR) as usize]);
     }
 }
