@@ -1082,13 +1082,17 @@ mod tests {
     #[repr(C, align(64))]
     struct Area([u8; XSAVE_AREA]);
 
-    use crate::native::host_xcr0;
+    // The thread's own state is saved and restored for these components
+    // only: the whole of it (AMX tiles and all) can outgrow XSAVE_AREA.
+    use crate::native::{host_xcr0, SIMD_COMPONENTS};
 
-    /// Native XSAVE of the whole state into `full` and of `rfbm` into
+    /// Native XSAVE of the SIMD state into `full` and of `rfbm` into
     /// `partial`, back to back (nothing runs between them).
     fn native_xsave(full: &mut Area, partial: &mut Area, rfbm: u64) {
+        let needed = native::standard_size(host_xcr0() & SIMD_COMPONENTS);
+        assert!(needed <= XSAVE_AREA, "this host's SIMD state needs {needed} bytes");
         // SAFETY: both areas are 64-byte aligned and XSAVE_AREA long,
-        // enough for x87, SSE and AVX (the components these tests use).
+        // enough for SIMD_COMPONENTS (checked above).
         unsafe {
             std::arch::asm!(
                 "xsave64 [{full}]",
@@ -1099,8 +1103,8 @@ mod tests {
                 partial = in(reg) partial.0.as_mut_ptr(),
                 lo = in(reg) rfbm & 0xffff_ffff,
                 hi = in(reg) rfbm >> 32,
-                inout("eax") u32::MAX => _,
-                inout("edx") u32::MAX => _,
+                inout("eax") SIMD_COMPONENTS as u32 => _,
+                inout("edx") 0u32 => _,
             );
         }
     }
@@ -1114,16 +1118,17 @@ mod tests {
         // state is restored from `before` before the block ends.
         unsafe {
             std::arch::asm!(
-                "mov eax, -1",
-                "mov edx, -1",
+                "mov eax, {all}",
+                "xor edx, edx",
                 "xsave64 [{before}]",
                 "mov eax, {lo:e}",
                 "mov edx, {hi:e}",
                 "xrstor64 [{src}]",
-                "mov eax, -1",
-                "mov edx, -1",
+                "mov eax, {all}",
+                "xor edx, edx",
                 "xsave64 [{after}]",
                 "xrstor64 [{before}]",
+                all = const SIMD_COMPONENTS,
                 before = in(reg) before.0.as_mut_ptr(),
                 after = in(reg) after.0.as_mut_ptr(),
                 src = in(reg) src.0.as_ptr(),
@@ -1246,16 +1251,17 @@ mod tests {
         // state is restored from `keep` before the block ends.
         unsafe {
             std::arch::asm!(
-                "mov eax, -1",
-                "mov edx, -1",
+                "mov eax, {all}",
+                "xor edx, edx",
                 "xsave64 [{keep}]",
                 "xrstor64 [{src}]",
                 "mov eax, {lo:e}",
                 "mov edx, {hi:e}",
                 "xsavec64 [{out}]",
-                "mov eax, -1",
-                "mov edx, -1",
+                "mov eax, {all}",
+                "xor edx, edx",
                 "xrstor64 [{keep}]",
+                all = const SIMD_COMPONENTS,
                 keep = in(reg) keep.0.as_mut_ptr(),
                 src = in(reg) src.0.as_ptr(),
                 out = in(reg) out.0.as_mut_ptr(),

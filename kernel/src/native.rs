@@ -26,6 +26,11 @@ pub const AREA: usize = 4096;
 const PAGE: usize = 4096;
 /// The largest memory operand an instruction may have (a ZMM register).
 pub const MAX_OPERAND: usize = 64;
+/// The XSAVE components a native instruction may use: x87, SSE, AVX and
+/// AVX-512's opmask and ZMM registers. Never PKRU, AMX's tiles or
+/// supervisor state. Their standard-format area ends at 2688 bytes on
+/// the CPUs we know, within AREA.
+pub const SIMD_COMPONENTS: u64 = 0xe7;
 
 /// What the trampoline loads before the instruction and stores after it.
 /// Field offsets are the trampoline's (checked by a test).
@@ -34,14 +39,16 @@ pub struct Context {
     /// The guest's state as a standard-format XSAVE area, its header
     /// sanitised so XRSTOR in user mode accepts it (`complete::simd`).
     pub guest: [u8; AREA],
-    /// The runner's own state, saved across the instruction.
+    /// The runner's own state (the components in `mask`), saved across
+    /// the instruction.
     host: [u8; AREA],
     /// RAX..R15 in encoding order (RSP's slot is neither loaded nor
     /// stored: the instruction must not name it).
     pub gprs: [u64; 16],
     /// RFLAGS to load (only arithmetic flags and bit 1) and as left.
     pub rflags: u64,
-    /// The XSAVE components to load and store (within the host's XCR0).
+    /// The XSAVE components to load and store (within the host's XCR0 and
+    /// [`SIMD_COMPONENTS`]).
     pub mask: u64,
     /// The address of the instruction (the code page).
     code: u64,
@@ -53,8 +60,10 @@ impl Context {
     }
 }
 
-// The trampoline: saves the runner's callee-saved registers and extended
-// state, loads the guest's, calls the code page (the instruction, then
+// The trampoline: saves the runner's callee-saved registers and the
+// extended state components in the mask (only those: the instruction
+// touches no other, and a host's whole state, AMX tiles and all, can be
+// far larger than AREA), loads the guest's, calls the code page (the instruction, then
 // `ret`), stores the guest's registers, flags and state back, and restores
 // the runner's. RDI points at a Context throughout (kept on the stack while
 // the guest's RDI is loaded).
@@ -69,11 +78,9 @@ std::arch::global_asm!(
     "push r14",
     "push r15",
     "push rdi",
-    "mov eax, -1",
-    "mov edx, -1",
-    "xsave64 [rdi + 4096]",
     "mov eax, [rdi + 8328]",
     "mov edx, [rdi + 8332]",
+    "xsave64 [rdi + 4096]",
     "xrstor64 [rdi]",
     "push qword ptr [rdi + 8336]",
     "push qword ptr [rdi + 8320]",
@@ -119,8 +126,6 @@ std::arch::global_asm!(
     "mov eax, [rdi + 8328]",
     "mov edx, [rdi + 8332]",
     "xsave64 [rdi]",
-    "mov eax, -1",
-    "mov edx, -1",
     "xrstor64 [rdi + 4096]",
     "pop r15",
     "pop r14",
@@ -150,12 +155,17 @@ pub struct NativeCpu {
 unsafe impl Send for NativeCpu {}
 
 impl NativeCpu {
-    /// Maps the pages. Fails where the host CPU has no XSAVE or needs a
-    /// larger area than `AREA` for its own state.
+    /// Maps the pages. Fails where the host has no XSAVE enabled, or its
+    /// [`SIMD_COMPONENTS`] need a larger area than `AREA`.
     pub fn new() -> io::Result<NativeCpu> {
-        let leaf1 = std::arch::x86_64::__cpuid(1);
-        if leaf1.ecx & (1 << 27) == 0 || std::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize > AREA {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "the host CPU's XSAVE state does not fit 4 KiB"));
+        let osxsave = std::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0;
+        if !osxsave {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the host has no XSAVE enabled"));
+        }
+        let size = standard_size(host_xcr0() & SIMD_COMPONENTS);
+        if size > AREA {
+            let why = format!("the host CPU's x87/SSE/AVX/AVX-512 state takes {size} bytes, over {AREA}");
+            return Err(io::Error::new(io::ErrorKind::Unsupported, why));
         }
         // SAFETY: plain system calls on fds and mappings created here;
         // every result is checked, and what was made is undone on error.
@@ -242,6 +252,19 @@ impl Drop for NativeCpu {
             libc::munmap(self.base.cast(), 2 * PAGE);
         }
     }
+}
+
+/// Where the standard-format XSAVE area of `components` ends: the legacy
+/// region and header (576 bytes), then each component at the offset
+/// CPUID leaf 0xD gives it.
+pub fn standard_size(components: u64) -> usize {
+    (2..63)
+        .filter(|i| components >> i & 1 != 0)
+        .map(|i| {
+            let leaf = std::arch::x86_64::__cpuid_count(0xd, i);
+            (leaf.ebx + leaf.eax) as usize
+        })
+        .fold(576, usize::max)
 }
 
 /// The host's XCR0 (the components user-mode XSAVE/XRSTOR may name).
