@@ -45,6 +45,10 @@ const MAX_SEGMENTS: u32 = 64;
 const ID_LEN: usize = 20;
 /// Largest data transfer of one request (the driver splits bigger ones).
 const MAX_REQUEST: u64 = 4 << 20;
+/// Most bytes requests join for in one host call. Joining pays for small
+/// requests (one system call for many); large ones gain nothing, and 32
+/// joined 1 MiB writes ran slower than 32 calls (docs/benchmarks.md).
+const MAX_JOINED: u64 = 1 << 20;
 
 pub struct Blk {
     disk: Image,
@@ -348,19 +352,21 @@ struct Pending {
 
 /// The transfers at the front of `pending` that move in one host call:
 /// the first, and those after it in the same direction that each start
-/// where the one before ends, within UIO_MAXIOV buffers in all.
+/// where the one before ends, within UIO_MAXIOV buffers and MAX_JOINED
+/// bytes in all.
 fn continuing(pending: &[Pending]) -> Vec<&Transfer> {
     let mut run: Vec<&Transfer> = Vec::new();
-    let mut buffers = 0;
+    let (mut buffers, mut bytes) = (0, 0);
     for p in pending {
         let Work::Move(t) = &p.work else { break };
         if let Some(last) = run.last() {
             let joins = t.to_guest == last.to_guest && t.offset == last.offset + last.len;
-            if !joins || buffers + t.buffers.len() > libc::UIO_MAXIOV as usize {
+            if !joins || buffers + t.buffers.len() > libc::UIO_MAXIOV as usize || bytes + t.len > MAX_JOINED {
                 break;
             }
         }
         buffers += t.buffers.len();
+        bytes += t.len;
         run.push(t);
     }
     run
