@@ -140,6 +140,37 @@ fn queue_notifies_take_the_ioeventfd_path_and_exits_do_not_grow_with_requests() 
     assert!(p_many.abs_diff(p_few) <= 8, "port exits grew with requests: {p_few} -> {p_many}");
 }
 
+/// A driver with 32 sequential 4 KiB writes in flight: the server joins
+/// them into fewer host calls, and every request still completes, each
+/// with its own status (the guest resets on any that failed).
+#[test]
+#[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
+fn sequential_writes_in_flight_join_in_one_call_and_all_complete() {
+    require_kvm();
+    let img = image("joined", 4 << 20);
+    // The bench's buffers start at 64 MiB.
+    let disk = format!("3,virtio-blk,{}", img.display());
+    let args = vm_args(1, "256M", guest(), "blk-bench write 4096 32 3000 hold", &["-s", &disk]);
+    let name = args.last().unwrap().clone();
+    let mut child = spawn(&args);
+    drop(child.stdin.take());
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, "bench: end", Instant::now() + Duration::from_secs(60));
+    let stats = get_stats(&name);
+    destroy(&name);
+    let _ = child.wait();
+    std::fs::remove_file(img).unwrap();
+    let blk = "virtio-blk (0:3.0)";
+    assert_eq!(stat(&stats, &format!("{blk}: requests")), 3000, "{stats:?}");
+    assert_eq!(stat(&stats, &format!("{blk}: bytes_written")), 3000 * 4096, "{stats:?}");
+    assert_eq!(stat(&stats, &format!("{blk}: request_errors")), 0, "{stats:?}");
+    // Each notify finds a few requests at least; most join the one before.
+    let merged = stat(&stats, &format!("{blk}: requests_merged"));
+    eprintln!("{merged} of 3000 requests joined the one before");
+    assert!(merged >= 1000, "only {merged} of 3000 requests joined another: {stats:?}");
+}
+
 #[test]
 #[cfg_attr(no_kvm, ignore = "needs /dev/kvm; CAPVM_TESTS_WITHOUT_KVM is set")]
 fn bad_disk_options_are_one_clear_line_and_status_4() {

@@ -429,13 +429,17 @@ mod tests {
     }
 
     impl Rig {
-        /// Offers one chain of (addr, len, device-writable) and lets the
-        /// device run; returns the used length and the status byte.
-        fn submit(&mut self, descs: &[(u64, u32, bool)]) -> (u32, u8) {
-            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        /// Offers `chains` of (addr, len, device-writable) at once, as a
+        /// driver with many requests in flight does, and lets the device
+        /// run once; returns the used elements (id, len) it added.
+        fn offer(&mut self, chains: &[Vec<(u64, u32, bool)>]) -> Vec<(u32, u32)> {
             let mock = MockSplitQueue::new(&self.mem, QUEUE);
             let first = self.next_desc;
-            mock.add_desc_chains(&capvm_virtio::test_utils::chain(first, descs), first).unwrap();
+            let mut descs = Vec::new();
+            for chain in chains {
+                descs.extend(capvm_virtio::test_utils::chain(first + descs.len() as u16, chain));
+            }
+            mock.add_desc_chains(&descs, first).unwrap();
             self.next_desc += descs.len() as u16;
             let mut q: Queue = mock.create_queue().unwrap();
             // The device has already taken what came before.
@@ -443,50 +447,45 @@ mod tests {
             q.set_next_avail(done);
             q.set_next_used(done);
             assert!(self.blk.process_queue(0, std::slice::from_mut(&mut q), &self.mem));
-            assert_eq!(mock.used().idx().load(), done + 1, "one chain returned");
-            let elem = mock.used().ring().ref_at(done as usize).unwrap().load();
-            assert_eq!(elem.id(), first as u32, "the head is returned");
-            (elem.len(), self.mem.read_obj(GuestAddress(STATUS)).unwrap())
+            assert_eq!(mock.used().idx().load(), done + chains.len() as u16, "every chain returned");
+            let used = |i: usize| mock.used().ring().ref_at((done as usize + i) % QUEUE as usize).unwrap().load();
+            (0..chains.len()).map(|i| (used(i).id(), used(i).len())).collect()
         }
 
-        fn header(&self, kind: u32, sector: u64) {
+        /// Offers one chain and lets the device run; returns the used
+        /// length and the status byte.
+        fn submit(&mut self, descs: &[(u64, u32, bool)]) -> (u32, u8) {
+            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            let first = self.next_desc;
+            let used = self.offer(&[descs.to_vec()]);
+            assert_eq!(used[0].0, first as u32, "the head is returned");
+            (used[0].1, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
+        }
+
+        fn header(&self, at: u64, kind: u32, sector: u64) {
             let mut h = [0u8; 16];
             h[0..4].copy_from_slice(&kind.to_le_bytes());
             h[8..16].copy_from_slice(&sector.to_le_bytes());
-            self.mem.write_slice(&h, GuestAddress(HEADER)).unwrap();
+            self.mem.write_slice(&h, GuestAddress(at)).unwrap();
         }
 
         /// Offers the requests `(kind, sector, data address, data length)`
-        /// at once, as a driver with many in flight does, and lets the
-        /// device run once; returns each one's status byte.
+        /// at once; returns each one's status byte.
         fn submit_all(&mut self, requests: &[(u32, u64, u64, u32)]) -> Vec<u8> {
-            let mock = MockSplitQueue::new(&self.mem, QUEUE);
-            let first = self.next_desc;
-            let mut descs = Vec::new();
+            let mut chains = Vec::new();
             for (i, &(kind, sector, data, len)) in requests.iter().enumerate() {
                 let (header, status) = (HEADER + 16 * i as u64, STATUS + i as u64);
-                let mut h = [0u8; 16];
-                h[0..4].copy_from_slice(&kind.to_le_bytes());
-                h[8..16].copy_from_slice(&sector.to_le_bytes());
-                self.mem.write_slice(&h, GuestAddress(header)).unwrap();
+                self.header(header, kind, sector);
                 self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
-                let chain = [(header, 16, false), (data, len, kind == T_IN), (status, 1, true)];
-                descs.extend(capvm_virtio::test_utils::chain(first + descs.len() as u16, &chain));
+                chains.push(vec![(header, 16, false), (data, len, kind == T_IN), (status, 1, true)]);
             }
-            mock.add_desc_chains(&descs, first).unwrap();
-            self.next_desc += descs.len() as u16;
-            let mut q: Queue = mock.create_queue().unwrap();
-            let done = mock.used().idx().load();
-            q.set_next_avail(done);
-            q.set_next_used(done);
-            assert!(self.blk.process_queue(0, std::slice::from_mut(&mut q), &self.mem));
-            assert_eq!(mock.used().idx().load(), done + requests.len() as u16, "every chain returned");
+            self.offer(&chains);
             (0..requests.len()).map(|i| self.mem.read_obj(GuestAddress(STATUS + i as u64)).unwrap()).collect()
         }
 
         /// A request of `kind` at `sector` with `len` bytes of data.
         fn request(&mut self, kind: u32, sector: u64, len: u32) -> (u32, u8) {
-            self.header(kind, sector);
+            self.header(HEADER, kind, sector);
             let to_guest = matches!(kind, T_IN | T_GET_ID);
             self.submit(&[(HEADER, 16, false), (DATA, len, to_guest), (STATUS, 1, true)])
         }
@@ -542,7 +541,7 @@ mod tests {
     #[test]
     fn blk_bad_framing_is_an_error_status_and_the_chain_comes_back() {
         let mut r = rig(false, false);
-        r.header(T_IN, 0);
+        r.header(HEADER, T_IN, 0);
         // Header too short; data the wrong way (an IN with readable data);
         // a sector count that is not whole.
         assert_eq!(r.submit(&[(HEADER, 8, false), (STATUS, 1, true)]), (1, S_IOERR));

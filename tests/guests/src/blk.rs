@@ -265,16 +265,20 @@ struct Bench {
     depth: u64,
     count: u64,
     sectors: u64,
+    /// Spin after `bench: end` instead of resetting, so the host can read
+    /// the device's counters.
+    hold: bool,
 }
 static mut BENCH: Bench =
-    Bench { dev: core::mem::MaybeUninit::uninit(), write: false, size: 0, depth: 0, count: 0, sectors: 0 };
+    Bench { dev: core::mem::MaybeUninit::uninit(), write: false, size: 0, depth: 0, count: 0, sectors: 0, hold: false };
 
 /// `blk-bench read|write SIZE DEPTH COUNT`: COUNT sequential requests of
 /// SIZE bytes with DEPTH in flight, from user mode (natively, where CPL0 is
 /// emulated), polling the used ring with interrupts off. Prints `bench: go`
 /// and `bench: end` around the requests (the host times the two lines),
-/// then resets.
-pub fn bench(write: bool, size: u64, depth: u64, count: u64) -> ! {
+/// then resets (or with `hold`, spins in user mode until the host stops
+/// the VM).
+pub fn bench(write: bool, size: u64, depth: u64, count: u64, hold: bool) -> ! {
     let depth = depth.clamp(1, QSIZE as u64 / 2);
     if size == 0 || !size.is_multiple_of(512) || size > 1 << 24 {
         print(b"blk-bench: SIZE must be a multiple of 512 up to 16 MiB\n");
@@ -288,7 +292,7 @@ pub fn bench(write: bool, size: u64, depth: u64, count: u64) -> ! {
         halt()
     }
     // SAFETY: set once at CPL0, read by the user-mode loop only.
-    unsafe { BENCH = Bench { dev: core::mem::MaybeUninit::new(dev), write, size, depth, count, sectors } };
+    unsafe { BENCH = Bench { dev: core::mem::MaybeUninit::new(dev), write, size, depth, count, sectors, hold } };
     crate::user::enter(bench_loop)
 }
 
@@ -366,5 +370,11 @@ extern "C" fn bench_loop() -> ! {
         }
     }
     print(b"bench: end\n");
+    if b.hold {
+        // User mode cannot halt: spin until the host stops the VM.
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     crate::io::reset_cf9()
 }

@@ -13,7 +13,7 @@
 //! PVH module count and the first module's first 8 bytes), `pio-loop N PORT`
 //! (N port writes from user mode, then reset: the exit benchmark),
 //! `blk-rw N [idle|intx]`, `blk-ro`, `blk-fuzz`, `blk-bench read|write SIZE
-//! DEPTH COUNT` (our own virtio-blk driver, see blk.rs), `net`, `net-fuzz`, `net-bench tx|rx
+//! DEPTH COUNT [hold]` (our own virtio-blk driver, see blk.rs), `net`, `net-fuzz`, `net-bench tx|rx
 //! SIZE COUNT` (our own virtio-net driver, see net.rs). The benchmarks print `bench: go` and
 //! `bench: end` around their user-mode loop.
 
@@ -201,7 +201,8 @@ extern "C" fn guest_main(start_info: *const StartInfo) -> ! {
             let write = matches!(words.next(), Some(b"write"));
             let mut num = || words.next().and_then(parse_num).unwrap_or(1);
             let (size, depth, count) = (num(), num(), num());
-            blk::bench(write, size, depth, count)
+            let hold = matches!(words.next(), Some(b"hold"));
+            blk::bench(write, size, depth, count, hold)
         }
         b"blk-ro" => blk::ro(),
         b"blk-fuzz" => blk::fuzz(),
