@@ -63,9 +63,9 @@ impl Context {
 // The trampoline: saves the runner's callee-saved registers and the
 // extended state components in the mask (only those: the instruction
 // touches no other, and a host's whole state, AMX tiles and all, can be
-// far larger than AREA), loads the guest's, calls the code page (the instruction, then
-// `ret`), stores the guest's registers, flags and state back, and restores
-// the runner's. RDI points at a Context throughout (kept on the stack while
+// far larger than AREA), loads the guest's, calls the code page (the
+// instruction, then `ret`), stores the guest's registers, flags and state
+// back, and restores the runner's. RDI points at a Context throughout (kept on the stack while
 // the guest's RDI is loaded).
 std::arch::global_asm!(
     ".pushsection .text.capvm_native_step,\"ax\",@progbits",

@@ -164,7 +164,16 @@ impl Vm {
         let xsave_fits = xsave_size <= crate::complete::XSAVE_AREA as i32;
         // Refused SIMD instructions run natively (complete::simd); without
         // the page they stop the VM as any other refused instruction.
-        let native = (self.host == HostKvm::Emulated).then(|| crate::native::NativeCpu::new().ok()).flatten();
+        let native = if self.host == HostKvm::Emulated {
+            let cpu = crate::native::NativeCpu::new();
+            // Said once: a guest that uses SIMD at CPL0 will stop.
+            if let (Err(e), 0) = (&cpu, id) {
+                eprintln!("capvm: refused SIMD instructions cannot be completed on this host: {e}");
+            }
+            cpu.ok()
+        } else {
+            None
+        };
         let vcpu = Vcpu::new(id, fd, xsave_fits, native);
         vcpu.setup_lapic()?;
         vcpu.setup_msrs()?;
