@@ -98,7 +98,7 @@ impl Blk {
     /// Its readable part is the header, then data for OUT, DISCARD and
     /// WRITE_ZEROES; its writable part, less the status byte, is data for
     /// IN and GET_ID.
-    fn check(&self, mem: &GuestMemoryMmap, req: &Request) -> Result<Work, BlkRequestError> {
+    fn check(&self, mem: &GuestMemoryMmap, req: Request) -> Result<Work, BlkRequestError> {
         let (header_segs, data_in) = split_front(&req.readable, 16).ok_or(BadFraming)?;
         let mut header = [0u8; 16];
         gather(mem, &header_segs, &mut header)?;
@@ -110,7 +110,7 @@ impl Blk {
         if to_guest && !data_in.is_empty() || !to_guest && !req.writable.is_empty() {
             return Err(BadFraming);
         }
-        let data = if to_guest { req.writable.clone() } else { data_in };
+        let data = if to_guest { req.writable } else { data_in };
         if !matches!(kind, T_IN | T_OUT) {
             return Ok(Work::Other { kind, data });
         }
@@ -130,8 +130,7 @@ impl Blk {
         if data.iter().any(|s| mem.get_slice(s.addr, s.len as usize).is_err()) {
             return Err(BadFraming);
         }
-        let buffers = data.iter().map(|s| (s.addr, s.len as usize)).collect();
-        Ok(Work::Move(Transfer { to_guest, offset: sector * SECTOR, len, buffers }))
+        Ok(Work::Move(Transfer { to_guest, offset: sector * SECTOR, len, data }))
     }
 
     /// Moves the data of reads (or writes) that continue one another, in
@@ -140,7 +139,7 @@ impl Blk {
     /// its own status.
     fn move_data(&self, mem: &GuestMemoryMmap, run: &[&Transfer]) -> Vec<Result<u32, BlkRequestError>> {
         let first = run[0];
-        let buffers: Vec<_> = run.iter().flat_map(|t| t.buffers.iter().copied()).collect();
+        let buffers: Vec<_> = run.iter().flat_map(|t| &t.data).map(|s| (s.addr, s.len as usize)).collect();
         match self.disk.transfer(mem, &buffers, first.offset, first.to_guest) {
             Ok(()) => {
                 self.requests_merged.add(run.len() as u64 - 1);
@@ -301,8 +300,8 @@ impl Device for Blk {
                 // length 0.
                 None => Pending { head, status: None, work: Work::Refused(BadFraming) },
                 Some(req) => {
-                    let work = self.check(mem, &req).unwrap_or_else(Work::Refused);
-                    Pending { head, status: Some(req.status), work }
+                    let status = Some(req.status);
+                    Pending { head, status, work: self.check(mem, req).unwrap_or_else(Work::Refused) }
                 }
             });
         }
@@ -329,7 +328,7 @@ struct Transfer {
     to_guest: bool,
     offset: u64,
     len: u64,
-    buffers: Vec<(GuestAddress, usize)>,
+    data: Vec<Segment>,
 }
 
 /// What a checked request asks for.
@@ -361,11 +360,11 @@ fn continuing(pending: &[Pending]) -> Vec<&Transfer> {
         let Work::Move(t) = &p.work else { break };
         if let Some(last) = run.last() {
             let joins = t.to_guest == last.to_guest && t.offset == last.offset + last.len;
-            if !joins || buffers + t.buffers.len() > libc::UIO_MAXIOV as usize || bytes + t.len > MAX_JOINED {
+            if !joins || buffers + t.data.len() > libc::UIO_MAXIOV as usize || bytes + t.len > MAX_JOINED {
                 break;
             }
         }
-        buffers += t.buffers.len();
+        buffers += t.data.len();
         bytes += t.len;
         run.push(t);
     }
